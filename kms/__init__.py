@@ -1,0 +1,5 @@
+"""Key providers: where key-encryption keys (KEKs) live.
+
+Every provider implements `kms.provider.KeyProvider` and passes the same contract
+tests (tests/kms/test_provider_contract.py). kms/ never imports Flask.
+"""

@@ -1,0 +1,99 @@
+"""The one error hierarchy of TokenVault.
+
+Messages never contain a submitted value: they name the field and the rule only.
+Only api/ maps these to HTTP status codes.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "VaultError",
+    "ValidationFailed",
+    "NotFound",
+    "Unauthenticated",
+    "Forbidden",
+    "Conflict",
+    "PayloadTooLarge",
+    "RateLimited",
+    "DecryptionFailed",
+    "KeyServiceUnavailable",
+    "StorageUnavailable",
+    "AuditWriteFailed",
+    "ConfigurationError",
+]
+
+
+class VaultError(Exception):
+    """Root of every error TokenVault raises on purpose."""
+
+    code = "internal_error"
+
+
+class ValidationFailed(VaultError):
+    """Input broke a rule; `field` and `rule` say which, never the value."""
+
+    code = "invalid_input"
+
+    def __init__(self, field: str, rule: str) -> None:
+        super().__init__(f"{field}: {rule}")
+        self.field = field
+        self.rule = rule
+
+
+class NotFound(VaultError):
+    """No such token, or one the caller may not see (the two are indistinguishable)."""
+
+    code = "not_found"
+
+
+class Unauthenticated(VaultError):
+    code = "unauthenticated"
+
+
+class Forbidden(VaultError):
+    """The caller's role may not use this operation at all."""
+
+    code = "forbidden"
+
+
+class Conflict(VaultError):
+    code = "conflict"
+
+
+class PayloadTooLarge(VaultError):
+    code = "payload_too_large"
+
+
+class RateLimited(VaultError):
+    code = "rate_limited"
+
+
+class DecryptionFailed(VaultError):
+    """Opaque on purpose: callers learn nothing about which check failed."""
+
+    code = "decryption_failed"
+
+    def __init__(self) -> None:
+        super().__init__("decryption failed")
+
+
+class KeyServiceUnavailable(VaultError):
+    """The key provider cannot be reached, is sealed, or refused us."""
+
+    code = "key_service_unavailable"
+
+
+class StorageUnavailable(VaultError):
+    code = "storage_unavailable"
+
+
+class AuditWriteFailed(VaultError):
+    """The audit event could not be written, so the operation did not happen."""
+
+    code = "audit_unavailable"
+
+
+class ConfigurationError(VaultError):
+    """Refuse to start: a setting, key file or policy is missing or unsafe."""
+
+    code = "configuration_error"

@@ -1,0 +1,1 @@
+"""HTTP and command-line surface of TokenVault: translates requests into vault/ calls."""

@@ -1,0 +1,95 @@
+"""Flask app factory: wires components, authentication, errors and request logging.
+
+Each gunicorn worker builds its own app (no preload), so no key material is shared
+between processes by accident.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from api import errors
+from api.auth import bearer_credentials
+from api.logs import configure, get_logger
+from api.openapi import document
+from api.routes import blueprint, components, origin
+from api.settings import Settings
+from api.wiring import Components, build
+from vault.errors import VaultError
+
+__all__ = ["create_app"]
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Strict-Transport-Security": "max-age=63072000; includeSubDomains",
+}
+
+
+def create_app(settings: Settings | None = None, *, parts: Components | None = None) -> Flask:
+    settings = settings or (parts.settings if parts else Settings.from_env())
+    configure(settings.log_level)
+    log = get_logger("tokenvault.http")
+    parts = parts or build(settings)
+
+    app = Flask("tokenvault")
+    app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["tokenvault"] = parts
+    if settings.proxy_hops:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops)  # type: ignore[method-assign]
+    errors.register(app)
+    openapi = document()
+
+    @app.before_request
+    def _start() -> None:
+        g.started = time.perf_counter()
+        supplied = request.headers.get("X-Request-ID", "")
+        g.request_id = supplied if _REQUEST_ID.match(supplied) else secrets.token_hex(16)
+        if request.path.startswith("/v1/"):
+            g.actor = components().clients.authenticate(bearer_credentials(), origin())
+            components().tokens.maybe_purge()
+
+    @app.after_request
+    def _finish(response: Response) -> Response:
+        response.headers.update(_SECURITY_HEADERS)
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        rule = request.url_rule.rule if request.url_rule else "unmatched"
+        log.info("request", method=request.method, route=rule, status=response.status_code,
+                 ms=round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2),
+                 request_id=g.get("request_id"), actor=getattr(g.get("actor"), "id", None))
+        return response
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return jsonify({"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz() -> tuple[Response, int]:
+        try:
+            components().tokens.check()
+        except VaultError as error:
+            return jsonify({"error": errors.error_body(error)}), 503
+        return jsonify({"status": "ready"}), 200
+
+    @app.get("/openapi.json")
+    def openapi_json() -> Response:
+        return jsonify(openapi)
+
+    app.register_blueprint(blueprint)
+    return app
+
+
+def wsgi_app() -> Any:
+    """Entry point for gunicorn (`api.app:wsgi_app()`)."""
+    return create_app()

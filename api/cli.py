@@ -1,0 +1,140 @@
+"""The `tokenvault` command: init, serve, clients, purge."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from api.settings import Settings
+from api.wiring import Components, build, build_provider
+from kms.local import LocalKeyProvider, create_master_key_file
+from vault.errors import VaultError
+from vault.migrate import upgrade
+
+__all__ = ["main"]
+
+DEMO_ROLES = ("checkout", "payment_gateway", "shipping", "support")
+
+
+def _components() -> Components:
+    return build(Settings.from_env())
+
+
+def _fail(error: VaultError) -> None:
+    click.echo(f"error: {error}", err=True)
+    sys.exit(2)
+
+
+@click.group()
+def main() -> None:
+    """TokenVault: tokenize card and personal data under envelope encryption."""
+    os.umask(0o077)  # database, keyring and key files are readable by the service user only
+
+
+@main.command()
+def init() -> None:
+    """Create the data dir, keys and database schema (idempotent)."""
+    settings = Settings.from_env()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(settings.data_dir, 0o700)
+    try:
+        if settings.kms == "local" and not (os.environ.get("TOKENVAULT_MASTER_KEY")
+                                            or os.environ.get("TOKENVAULT_MASTER_KEY_FILE")):
+            key_file = settings.data_dir / "master.key"
+            if create_master_key_file(key_file):
+                click.echo(f"generated a new master key at {key_file} (mode 0600); back it up apart from the "
+                           "database, or set TOKENVAULT_MASTER_KEY / TOKENVAULT_MASTER_KEY_FILE", err=True)
+        provider = build_provider(settings)
+        if isinstance(provider, LocalKeyProvider) or hasattr(provider, "initialise"):
+            if provider.initialise():
+                click.echo(f"created key-encryption key in the {provider.name} provider", err=True)
+        parts = build(settings, provider=provider)
+        upgrade(parts.engine)
+        with parts.engine.begin() as conn:
+            created = parts.keys.ensure_domain_keys(conn)
+        if created:
+            click.echo(f"created {len(created)} domain keys", err=True)
+    except VaultError as error:
+        _fail(error)
+    click.echo("initialised", err=True)
+
+
+@main.command()
+@click.option("--bind", default=None, help="host:port (default TOKENVAULT_BIND or 127.0.0.1:8080)")
+@click.option("--workers", type=int, default=None, help="gunicorn worker processes")
+def serve(bind: str | None, workers: int | None) -> None:
+    """Serve the HTTP API under gunicorn."""
+    settings = Settings.from_env()
+    env = dict(os.environ)
+    env["TOKENVAULT_BIND"] = bind or settings.bind
+    env["TOKENVAULT_WORKERS"] = str(workers or settings.workers)
+    conf = Path(__file__).with_name("gunicorn_conf.py")
+    args = [sys.executable, "-m", "gunicorn", "-c", str(conf), "api.app:wsgi_app()"]
+    os.execve(sys.executable, args, env)
+
+
+@main.group()
+def clients() -> None:
+    """Manage API clients."""
+
+
+@clients.command("create")
+@click.option("--name", required=True)
+@click.option("--role", required=True)
+def clients_create(name: str, role: str) -> None:
+    """Create a client; prints its API key once (only a keyed hash is stored)."""
+    try:
+        client_id, api_key = _components().clients.create(name, role)
+    except VaultError as error:
+        _fail(error)
+    click.echo(json.dumps({"client_id": client_id, "api_key": api_key.expose()}))
+
+
+@clients.command("list")
+def clients_list() -> None:
+    for row in _components().clients.list():
+        click.echo(json.dumps(row, default=str))
+
+
+@clients.command("revoke")
+@click.argument("client_id")
+def clients_revoke(client_id: str) -> None:
+    try:
+        _components().clients.revoke(client_id)
+    except VaultError as error:
+        _fail(error)
+    click.echo(f"revoked {client_id}", err=True)
+
+
+@clients.command("demo")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="env file for the demo keys")
+def clients_demo(out: Path) -> None:
+    """Create one demo client per role unless clients exist; writes their keys to OUT (mode 0600)."""
+    parts = _components()
+    if parts.clients.list():
+        click.echo("clients exist; no demo clients created", err=True)
+        return
+    lines = []
+    for role in DEMO_ROLES:
+        _, api_key = parts.clients.create(f"demo-{role}", role)
+        lines.append(f"{role.upper()}_KEY={api_key.expose()}")
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write("\n".join(lines) + "\n")
+    click.echo("demo clients created; their keys (shown once, also in " + str(out) + "):", err=True)
+    for line in lines:
+        click.echo("  " + line, err=True)
+
+
+@main.command()
+def purge() -> None:
+    """Delete expired tokens (CVVs first of all); safe to run from cron."""
+    try:
+        count = _components().tokens.purge_expired()
+    except VaultError as error:
+        _fail(error)
+    click.echo(json.dumps({"purged": count}))

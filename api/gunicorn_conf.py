@@ -1,0 +1,28 @@
+"""gunicorn settings for `tokenvault serve` (read from TOKENVAULT_* variables).
+
+No preload: every worker builds its own app, so key material is never created in
+the master and inherited by forks. gunicorn's access log is off: our own JSON log
+line records the route pattern, never the raw path (a path may hold a token or, by
+mistake, a card number).
+"""
+
+import os
+
+bind = os.environ.get("TOKENVAULT_BIND", "127.0.0.1:8080")
+workers = int(os.environ.get("TOKENVAULT_WORKERS", "2"))
+worker_class = os.environ.get("TOKENVAULT_WORKER_CLASS", "sync")
+threads = int(os.environ.get("TOKENVAULT_THREADS", "1"))
+timeout = 30
+graceful_timeout = 30
+keepalive = 5
+preload_app = False
+accesslog = None
+errorlog = "-"
+loglevel = os.environ.get("TOKENVAULT_LOG_LEVEL", "info")
+limit_request_line = 4094
+limit_request_fields = 64
+limit_request_field_size = 8190
+forwarded_allow_ips = os.environ.get("TOKENVAULT_FORWARDED_ALLOW_IPS", "127.0.0.1")
+proc_name = "tokenvault"
+certfile = os.environ.get("TOKENVAULT_TLS_CERT") or None
+keyfile = os.environ.get("TOKENVAULT_TLS_KEY") or None

@@ -1,0 +1,95 @@
+"""The OpenAPI 3.1 document, generated from the pydantic schemas the routes validate with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from api import schemas as s
+
+__all__ = ["document"]
+
+_ERRORS = {
+    "401": "Missing or invalid credentials",
+    "403": "The role may not use this endpoint",
+    "413": "Body too large",
+    "422": "Invalid input (names the field and rule, never echoes the value)",
+    "429": "Rate limited",
+    "503": "Key service or database unavailable; nothing was done",
+}
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _responses(ok: str, model: type[BaseModel] | None, description: str, *extra: str) -> dict[str, Any]:
+    out: dict[str, Any] = {ok: {"description": description, **(_json(_ref(model)) if model else {})}}
+    for code in ("401", "403", "422", "429", "503", *extra):
+        out[code] = {"description": _ERRORS.get(code, "Error"), **_json(_ref(s.ErrorBody))}
+    return out
+
+
+def document() -> dict[str, Any]:
+    models: list[type[BaseModel]] = [
+        s.BatchBody, s.DetokenizeBody, s.ErrorBody, s.TokenOut, s.BatchOut, s.DetokenizeOut, s.HealthOut,
+        *s.DOCUMENTED_ITEMS,
+    ]
+    _, defs = models_json_schema([(m, "validation") for m in models], ref_template="#/components/schemas/{model}")
+    schemas = defs.get("$defs", {})
+    schemas["TokenizeBody"] = {"oneOf": [_ref(m) for m in s.DOCUMENTED_ITEMS],
+                               "discriminator": {"propertyName": "kind"}}
+    token_param = [{"name": "token", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 256}}]
+    secured = [{"bearerAuth": []}]
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "TokenVault", "version": "1", "description": "Tokenization vault for card and personal data."},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
+        },
+        "paths": {
+            "/v1/tokens": {"post": {
+                "summary": "Tokenize one value", "operationId": "tokenize", "security": secured,
+                "requestBody": {"required": True, **_json(_ref_name("TokenizeBody"))},
+                "responses": _responses("201", s.TokenOut, "Token created (or found, if deterministic)", "409"),
+            }},
+            "/v1/tokens/batch": {"post": {
+                "summary": "Tokenize up to 1,000 values; one result per item, in order",
+                "operationId": "tokenizeBatch", "security": secured,
+                "requestBody": {"required": True, **_json(_ref(s.BatchBody))},
+                "responses": _responses("200", s.BatchOut, "Per-item results", "413"),
+            }},
+            "/v1/detokenize": {"post": {
+                "summary": "Values behind up to 1,000 tokens for a stated purpose",
+                "operationId": "detokenize", "security": secured,
+                "requestBody": {"required": True, **_json(_ref(s.DetokenizeBody))},
+                "responses": _responses("200", s.DetokenizeOut, "Per-token results; a token the caller may not "
+                                        "read answers exactly like one that does not exist"),
+            }},
+            "/v1/tokens/{token}": {
+                "get": {"summary": "Non-sensitive metadata of a token", "operationId": "readMetadata",
+                        "security": secured, "parameters": token_param,
+                        "responses": _responses("200", s.TokenOut, "Metadata", "404")},
+                "delete": {"summary": "Delete a token and its ciphertext", "operationId": "deleteToken",
+                           "security": secured, "parameters": token_param,
+                           "responses": _responses("204", None, "Deleted", "404")},
+            },
+            "/healthz": {"get": {"summary": "Process is up", "operationId": "health", "security": [],
+                                 "responses": {"200": {"description": "Up", **_json(_ref(s.HealthOut))}}}},
+            "/readyz": {"get": {"summary": "Database and key provider reachable", "operationId": "ready",
+                                "security": [],
+                                "responses": {"200": {"description": "Ready", **_json(_ref(s.HealthOut))},
+                                              "503": {"description": "Not ready", **_json(_ref(s.ErrorBody))}}}},
+        },
+    }
+
+
+def _ref_name(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}

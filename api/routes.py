@@ -1,0 +1,117 @@
+"""The /v1 endpoints: parse, call the vault, shape the answer. No domain logic here."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, TypeVar
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+from pydantic import BaseModel, ValidationError
+
+from api.auth import current_actor
+from api.errors import error_body
+from api.schemas import BatchBody, DetokenizeBody, TokenizeBody
+from api.wiring import Components
+from vault.audit import Origin
+from vault.errors import ValidationFailed, VaultError
+from vault.service import TokenRecord, TokenRequest
+
+__all__ = ["blueprint", "components", "origin"]
+
+blueprint = Blueprint("v1", __name__, url_prefix="/v1")
+Model = TypeVar("Model", bound=BaseModel)
+_FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
+
+
+def components() -> Components:
+    found: Components = current_app.extensions["tokenvault"]
+    return found
+
+
+def origin() -> Origin:
+    return Origin(request_id=g.get("request_id"), source=request.remote_addr,
+                  user_agent=request.headers.get("User-Agent"))
+
+
+def _validation_error(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> ValidationFailed:
+    """First pydantic error as field + rule; field names that are not plain names are not echoed."""
+    first = exc.errors(include_input=False, include_url=False, include_context=False)[0]
+    parts = [str(part) for part in (*prefix, *first["loc"])]
+    parts = [part if _FIELD_NAME.match(part) or part.isdigit() else "(unknown)" for part in parts]
+    rule = str(first["msg"]).removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        rule = "is not an accepted field"
+    return ValidationFailed(".".join(parts) or "body", rule)
+
+
+def _json_body() -> Any:
+    if not request.mimetype == "application/json":
+        raise ValidationFailed("body", "must be application/json")
+    try:
+        return json.loads(request.get_data(cache=False))
+    except (ValueError, RecursionError):
+        raise ValidationFailed("body", "is not valid JSON") from None
+
+
+def _parse(model: type[Model], data: Any, prefix: tuple[Any, ...] = ()) -> Model:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise _validation_error(exc, prefix) from None
+
+
+def _request_of(body: TokenizeBody) -> TokenRequest:
+    return TokenRequest(kind=body.kind, value=body.value, subject_id=body.subject_id,
+                        deterministic=body.deterministic, ttl_seconds=body.ttl_seconds)
+
+
+@blueprint.post("/tokens")
+def tokenize() -> tuple[Response, int]:
+    body = _parse(TokenizeBody, _json_body())
+    result = components().tokens.tokenize(current_actor(), [_request_of(body)], origin())[0]
+    if isinstance(result, VaultError):
+        raise result
+    return jsonify(result.public()), 201
+
+
+@blueprint.post("/tokens/batch")
+def tokenize_batch() -> tuple[Response, int]:
+    body = _parse(BatchBody, _json_body())
+    results: list[TokenRecord | VaultError | None] = [None] * len(body.items)
+    requests, positions = [], []
+    for index, item in enumerate(body.items):
+        try:
+            requests.append(_request_of(_parse(TokenizeBody, item, ("items", index))))
+            positions.append(index)
+        except ValidationFailed as error:
+            results[index] = error
+    if requests:
+        for index, result in zip(positions, components().tokens.tokenize(current_actor(), requests, origin()),
+                                 strict=True):
+            results[index] = result
+    return jsonify({"results": [
+        r.public() if isinstance(r, TokenRecord) else {"error": error_body(r)} for r in results if r is not None
+    ]}), 200
+
+
+@blueprint.post("/detokenize")
+def detokenize() -> tuple[Response, int]:
+    body = _parse(DetokenizeBody, _json_body())
+    results = components().tokens.detokenize(current_actor(), body.tokens, body.purpose, origin())
+    return jsonify({"results": [
+        {"token": r.token or None, "error": error_body(r.error)} if r.error else {"token": r.token, "value": r.value}
+        for r in results
+    ]}), 200
+
+
+@blueprint.get("/tokens/<path:token>")
+def read_metadata(token: str) -> tuple[Response, int]:
+    record = components().tokens.metadata(current_actor(), token, origin())
+    return jsonify(record.public()), 200
+
+
+@blueprint.delete("/tokens/<path:token>")
+def delete_token(token: str) -> tuple[str, int]:
+    components().tokens.delete(current_actor(), token, origin())
+    return "", 204

@@ -1,0 +1,104 @@
+"""Request and response shapes (pydantic), shared by validation and /openapi.json.
+
+Unknown fields are rejected everywhere. The per-kind `value` shapes come from
+vault.kinds so the document and the domain rules cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, create_model
+
+from vault.kinds import KINDS, VALUE_SCHEMAS
+
+KindName = Literal["card", "cvv", "address", "email", "phone", "name", "text"]
+PurposeName = Literal["payment", "fulfillment", "support", "marketing", "legal"]
+# Subject ids are opaque customer ids; '@' is refused so an email cannot become one.
+SubjectId = Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+TokenText = Annotated[StrictStr, Field(min_length=1, max_length=256)]
+BATCH_MAX = 1000
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TokenizeBody(Strict):
+    kind: KindName
+    value: Any
+    subject_id: SubjectId | None = None
+    deterministic: StrictBool = False
+    ttl_seconds: Annotated[StrictInt, Field(ge=1, le=315_360_000)] | None = None
+
+
+class BatchBody(Strict):
+    items: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=BATCH_MAX)]
+
+
+class DetokenizeBody(Strict):
+    tokens: Annotated[list[TokenText], Field(min_length=1, max_length=BATCH_MAX)]
+    purpose: PurposeName
+
+
+class ErrorDetail(Strict):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorBody(Strict):
+    error: ErrorDetail
+
+
+class TokenOut(Strict):
+    token: str
+    kind: KindName
+    metadata: dict[str, Any]
+    expires_at: str | None
+
+
+class BatchResultError(Strict):
+    error: ErrorDetail
+
+
+class BatchOut(Strict):
+    results: list[TokenOut | BatchResultError]
+
+
+class DetokenizedValue(Strict):
+    token: str
+    value: Any
+
+
+class DetokenizedError(Strict):
+    token: str | None
+    error: ErrorDetail
+
+
+class DetokenizeOut(Strict):
+    results: list[DetokenizedValue | DetokenizedError]
+
+
+class HealthOut(Strict):
+    status: str
+
+
+def _documented_items() -> list[type[BaseModel]]:
+    """One tokenize shape per kind, for the OpenAPI document only."""
+    shapes: list[type[BaseModel]] = []
+    for kind in KINDS:
+        model = create_model(  # type: ignore[call-overload]
+            f"Tokenize{kind.capitalize()}",
+            __config__=ConfigDict(extra="forbid"),
+            kind=(Literal[kind], ...),  # type: ignore[valid-type]
+            value=(VALUE_SCHEMAS[kind], ...),
+            subject_id=(SubjectId | None, None),
+            deterministic=(bool, False),
+            ttl_seconds=(Annotated[int, Field(ge=1, le=315_360_000)] | None, None),
+        )
+        shapes.append(model)
+    return shapes
+
+
+DOCUMENTED_ITEMS = _documented_items()

@@ -1,0 +1,74 @@
+"""Settings from the environment, read once at start and validated (fail closed)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vault.errors import ConfigurationError
+
+__all__ = ["Settings"]
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be an integer") from None
+    if not low <= value <= high:
+        raise ConfigurationError(f"{name} must be between {low} and {high}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    database_url: str
+    kms: str
+    bind: str
+    workers: int
+    policy_path: Path | None
+    key_cache_seconds: float
+    auth_cache_seconds: float
+    max_body_bytes: int
+    proxy_hops: int
+    log_level: str
+    env: Mapping[str, str] = field(repr=False)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        data_dir = Path(env.get("TOKENVAULT_DATA_DIR") or "var").resolve()
+        kms = env.get("TOKENVAULT_KMS") or "local"
+        if kms not in ("local", "vault"):
+            raise ConfigurationError("TOKENVAULT_KMS must be `local` or `vault`")
+        policy = env.get("TOKENVAULT_POLICY")
+        return cls(
+            data_dir=data_dir,
+            database_url=env.get("TOKENVAULT_DATABASE_URL") or f"sqlite:///{data_dir / 'tokenvault.db'}",
+            kms=kms,
+            bind=env.get("TOKENVAULT_BIND") or "127.0.0.1:8080",
+            workers=_int(env, "TOKENVAULT_WORKERS", 2, 1, 64),
+            policy_path=Path(policy) if policy else None,
+            key_cache_seconds=_float(env, "TOKENVAULT_KEY_CACHE_SECONDS", 300.0),
+            auth_cache_seconds=_float(env, "TOKENVAULT_AUTH_CACHE_SECONDS", 2.0),
+            max_body_bytes=_int(env, "TOKENVAULT_MAX_BODY_BYTES", 5 * 1024 * 1024, 1024, 64 * 1024 * 1024),
+            proxy_hops=_int(env, "TOKENVAULT_PROXY_HOPS", 0, 0, 5),
+            log_level=(env.get("TOKENVAULT_LOG_LEVEL") or "info").lower(),
+            env=env,
+        )

@@ -1,0 +1,57 @@
+"""The one place where settings become components: engine, key provider, services.
+
+Both the Flask app and the CLI get their services from here and never build them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Engine
+
+from api.settings import Settings
+from kms.local import LocalKeyProvider, load_master_key
+from kms.provider import KeyProvider
+from vault.clients import ClientRegistry
+from vault.keys import KeyHierarchy
+from vault.policy import Policy, load_policy
+from vault.service import TokenService
+from vault.storage import create_engine_for
+
+__all__ = ["Components", "build", "build_provider"]
+
+
+def build_provider(settings: Settings) -> KeyProvider:
+    if settings.kms == "vault":
+        from kms.vault_transit import VaultConfig, VaultTransitProvider
+
+        return VaultTransitProvider(config=VaultConfig.from_env(settings.env))
+    master = load_master_key(dict(settings.env), settings.data_dir / "master.key")
+    return LocalKeyProvider(keyring_path=settings.data_dir / "keyring.json", master_key=master)
+
+
+@dataclass(frozen=True)
+class Components:
+    settings: Settings
+    engine: Engine
+    provider: KeyProvider
+    keys: KeyHierarchy
+    policy: Policy
+    clients: ClientRegistry
+    tokens: TokenService
+
+
+def build(settings: Settings, *, provider: KeyProvider | None = None) -> Components:
+    policy = load_policy(settings.policy_path)
+    engine = create_engine_for(settings.database_url, pool_size=4)
+    provider = provider or build_provider(settings)
+    keys = KeyHierarchy(provider, cache_seconds=settings.key_cache_seconds)
+    return Components(
+        settings=settings,
+        engine=engine,
+        provider=provider,
+        keys=keys,
+        policy=policy,
+        clients=ClientRegistry(engine, keys, policy, cache_seconds=settings.auth_cache_seconds),
+        tokens=TokenService(engine=engine, keys=keys, policy=policy),
+    )

@@ -1,0 +1,211 @@
+"""The key hierarchy below the KEK: domain keys and data keys.
+
+    KEK (KeyProvider) ─ wraps ─> domain key (one active per purpose, 256-bit)
+    domain key ─ wraps ─> data key (one per subject and purpose, or one per record)
+    data key ─ seals ─> record
+
+The provider is called only to create a domain key or to unwrap one after a cache
+miss, so the KMS sees far less than one call per thousand operations. Unwrapped keys
+live only in process memory, in caches bounded in size and time.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cachetools import TTLCache
+from sqlalchemy import insert, select, update
+from sqlalchemy.engine import Connection
+
+from kms.provider import KeyProvider, wrapped_version
+from vault.envelope import Cipher, associated_data
+from vault.errors import DecryptionFailed, KeyServiceUnavailable
+from vault.secret import Secret
+from vault.storage import data_keys, domain_keys, insert_ignoring_conflict
+
+__all__ = ["KeyHierarchy", "DataKey", "PURPOSES"]
+
+# data: records; cvv: card security codes (own key, PCI DSS 3.3.2); index: keyed
+# hashes for deterministic tokens; auth: keyed hashes of client API keys.
+PURPOSES = ("data", "cvv", "index", "auth")
+RECORD_PURPOSES = ("data", "cvv")
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class DataKey:
+    """An unwrapped data key and the row that stores it wrapped."""
+
+    id: str
+    cipher: Cipher
+    row: dict[str, Any]
+
+
+class KeyHierarchy:
+    """Creates, wraps and caches domain and data keys; never stores a key unwrapped."""
+
+    def __init__(
+        self,
+        provider: KeyProvider,
+        *,
+        cache_seconds: float = 300.0,
+        data_key_cache_size: int = 10_000,
+        clock: Callable[[], datetime] = _now,
+    ) -> None:
+        self.provider = provider
+        self._clock = clock
+        self._lock = threading.Lock()
+        ttl = max(cache_seconds, 0.001)
+        self._domain: TTLCache[str, Secret[bytes]] = TTLCache(maxsize=64, ttl=ttl)
+        self._active: TTLCache[str, str] = TTLCache(maxsize=16, ttl=ttl)
+        self._data: TTLCache[str, Cipher] = TTLCache(maxsize=data_key_cache_size, ttl=ttl)
+
+    # -- domain keys ----------------------------------------------------------------------
+
+    def ensure_domain_keys(self, conn: Connection) -> list[str]:
+        """Make sure each purpose has an active domain key; returns the ids created."""
+        created = []
+        for purpose in PURPOSES:
+            existing = conn.execute(select(domain_keys.c.id).where(domain_keys.c.active_for == purpose)).first()
+            if existing is None:
+                created.append(self._create_domain_key(conn, purpose))
+        return created
+
+    def _create_domain_key(self, conn: Connection, purpose: str) -> str:
+        key, wrapped = self.provider.generate()
+        key_id = _new_id("dom")
+        conn.execute(
+            insert(domain_keys).values(
+                id=key_id,
+                purpose=purpose,
+                active_for=purpose,
+                wrapped=wrapped,
+                kek_version=wrapped_version(wrapped),
+                created_at=self._clock(),
+            )
+        )
+        self._domain[key_id] = key
+        return key_id
+
+    def rotate_domain_key(self, conn: Connection, purpose: str) -> str:
+        """Retire the active key of `purpose` and create a new one (old one still opens)."""
+        conn.execute(
+            update(domain_keys)
+            .where(domain_keys.c.active_for == purpose)
+            .values(active_for=None, retired_at=self._clock())
+        )
+        self._active.pop(purpose, None)
+        return self._create_domain_key(conn, purpose)
+
+    def _active_id(self, conn: Connection, purpose: str) -> str:
+        key_id = self._active.get(purpose)
+        if key_id is None:
+            row = conn.execute(select(domain_keys.c.id).where(domain_keys.c.active_for == purpose)).first()
+            key_id = row[0] if row is not None else self._create_domain_key(conn, purpose)
+            self._active[purpose] = key_id
+        return key_id
+
+    def _domain_secret(self, conn: Connection, key_id: str) -> Secret[bytes]:
+        key = self._domain.get(key_id)
+        if key is not None:
+            return key
+        row = conn.execute(select(domain_keys.c.wrapped).where(domain_keys.c.id == key_id)).first()
+        if row is None:
+            raise DecryptionFailed()
+        unwrapped = self.provider.unwrap([row[0]])[0]
+        if unwrapped is None:
+            raise DecryptionFailed()
+        with self._lock:
+            self._domain[key_id] = unwrapped
+        return unwrapped
+
+    def domain_cipher(self, conn: Connection, key_id: str) -> Cipher:
+        return Cipher(self._domain_secret(conn, key_id))
+
+    def hmac_key(self, conn: Connection, purpose: str) -> Secret[bytes]:
+        """Key for keyed hashes (PCI DSS 3.5.1.1), held like every other domain key."""
+        return self._domain_secret(conn, self._active_id(conn, purpose))
+
+    # -- data keys -------------------------------------------------------------------------
+
+    @staticmethod
+    def _wrap_aad(key_id: str, domain_key_id: str, subject_id: str | None, purpose: str) -> bytes:
+        return associated_data("dk", id=key_id, domain=domain_key_id, subject=subject_id, purpose=purpose)
+
+    def new_data_key(self, conn: Connection, purpose: str, subject_id: str | None) -> DataKey:
+        """A fresh data key, wrapped under the active domain key of `purpose`."""
+        domain_id = self._active_id(conn, purpose)
+        domain = self.domain_cipher(conn, domain_id)
+        key_id = _new_id("dk")
+        material = Secret(secrets.token_bytes(32))
+        wrapped = domain.seal(material.expose(), self._wrap_aad(key_id, domain_id, subject_id, purpose))
+        row = {
+            "id": key_id,
+            "domain_key_id": domain_id,
+            "subject_id": subject_id,
+            "purpose": purpose,
+            "wrapped": wrapped,
+            "created_at": self._clock(),
+        }
+        return DataKey(key_id, Cipher(material), row)
+
+    def subject_data_key(self, conn: Connection, subject_id: str, purpose: str) -> DataKey:
+        """The subject's data key for `purpose`, created once even under concurrent requests."""
+        row = conn.execute(
+            select(data_keys).where(data_keys.c.subject_id == subject_id, data_keys.c.purpose == purpose)
+        ).mappings().first()
+        if row is None:
+            key = self.new_data_key(conn, purpose, subject_id)
+            inserted = conn.execute(insert_ignoring_conflict(conn, data_keys, [key.row])).rowcount
+            if inserted == 1:
+                self._data[key.id] = key.cipher
+                return key
+            row = conn.execute(
+                select(data_keys).where(data_keys.c.subject_id == subject_id, data_keys.c.purpose == purpose)
+            ).mappings().one()
+        return DataKey(row["id"], self.open_data_keys(conn, [dict(row)])[row["id"]], dict(row))
+
+    def open_data_keys(self, conn: Connection, rows: Iterable[dict[str, Any]]) -> dict[str, Cipher]:
+        """Unwrap data-key rows (id, domain_key_id, subject_id, purpose, wrapped) into ciphers."""
+        out: dict[str, Cipher] = {}
+        for row in rows:
+            key_id = row["id"]
+            if key_id in out:
+                continue
+            cached = self._data.get(key_id)
+            if cached is not None:
+                out[key_id] = cached
+                continue
+            domain = self.domain_cipher(conn, row["domain_key_id"])
+            aad = self._wrap_aad(key_id, row["domain_key_id"], row["subject_id"], row["purpose"])
+            cipher = Cipher(Secret(domain.open(row["wrapped"], aad)))
+            if row["subject_id"] is not None:
+                self._data[key_id] = cipher
+            out[key_id] = cipher
+        return out
+
+    def forget(self, key_ids: Sequence[str]) -> None:
+        """Drop unwrapped copies of destroyed keys from this process's memory."""
+        for key_id in key_ids:
+            self._data.pop(key_id, None)
+
+    def check(self) -> None:
+        try:
+            self.provider.check()
+        except KeyServiceUnavailable:
+            raise
+        except Exception as exc:  # a provider bug must still read as "not ready"
+            raise KeyServiceUnavailable("key provider check failed") from exc
+

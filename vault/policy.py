@@ -1,0 +1,186 @@
+"""Who may do what: a declarative, deny-by-default policy loaded from TOML.
+
+A policy that names an unknown role, kind, operation, field, purpose or view refuses
+to load, so a typo can never widen access. Admins and auditors may never be granted
+detokenize (separation of duties).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from vault.errors import ConfigurationError
+from vault.kinds import KINDS
+
+__all__ = ["Policy", "Rule", "Decision", "OPERATIONS", "PURPOSES", "load_policy", "mask"]
+
+Operation = Literal["tokenize", "detokenize", "read_metadata", "delete"]
+OPERATIONS: tuple[str, ...] = ("tokenize", "detokenize", "read_metadata", "delete")
+Purpose = Literal["payment", "fulfillment", "support", "marketing", "legal"]
+PURPOSES: tuple[str, ...] = ("payment", "fulfillment", "support", "marketing", "legal")
+KindName = Literal["card", "cvv", "address", "email", "phone", "name", "text"]
+View = Literal["plain", "masked", "redacted"]
+AddressField = Literal["name", "line1", "line2", "city", "region", "postal_code", "country", "phone", "use"]
+CardField = Literal["pan", "exp_month", "exp_year", "holder"]
+NO_PLAINTEXT_ROLES = ("admin", "auditor")
+
+assert set(KINDS) == set(KindName.__args__)  # type: ignore[attr-defined]
+
+
+class Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    operations: tuple[Operation, ...] = Field(min_length=1)
+    kinds: tuple[KindName, ...] = Field(min_length=1)
+    purposes: tuple[Purpose, ...] = ()
+    uses: tuple[Literal["shipping", "billing"], ...] = ()
+    fields: tuple[AddressField | CardField, ...] = ()
+    view: View = "plain"
+
+    @model_validator(mode="after")
+    def _detokenize_needs_purpose(self) -> Rule:
+        if "detokenize" in self.operations and not self.purposes:
+            raise ValueError("a detokenize rule must list the purposes it allows")
+        if self.uses and set(self.kinds) != {"address"}:
+            raise ValueError("`uses` applies to address rules only")
+        return self
+
+    def matches(self, operation: str, kind: str, purpose: str | None, use: str | None) -> bool:
+        if operation not in self.operations or kind not in self.kinds:
+            return False
+        if self.purposes and purpose not in self.purposes:
+            return False
+        return not (self.uses and use not in self.uses)
+
+
+class Role(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    description: str = ""
+    rules: tuple[Rule, ...] = ()
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    keep_bin: bool = False
+
+
+class _PolicyFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    settings: Settings = Settings()
+    roles: dict[str, Role]
+
+    @model_validator(mode="after")
+    def _separation_of_duties(self) -> _PolicyFile:
+        for name in NO_PLAINTEXT_ROLES:
+            role = self.roles.get(name)
+            if role and any("detokenize" in rule.operations for rule in role.rules):
+                raise ValueError(f"role {name} may never detokenize (separation of duties)")
+        return self
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The rule that allowed an access; `None` from `decide` means deny."""
+
+    rule: Rule
+
+    @property
+    def view(self) -> str:
+        return self.rule.view
+
+
+class Policy:
+    """A loaded policy: answers "may this role do this?" and nothing else."""
+
+    def __init__(self, document: _PolicyFile, source: str) -> None:
+        self._doc = document
+        self.source = source
+
+    @property
+    def keep_bin(self) -> bool:
+        return self._doc.settings.keep_bin
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return tuple(self._doc.roles)
+
+    def has_role(self, role: str) -> bool:
+        return role in self._doc.roles
+
+    def rules_of(self, role: str) -> tuple[Rule, ...]:
+        found = self._doc.roles.get(role)
+        return found.rules if found else ()
+
+    def may_use(self, role: str, operation: str) -> bool:
+        """Whether any rule grants `operation` at all: decides 403 for a whole endpoint."""
+        return any(operation in rule.operations for rule in self.rules_of(role))
+
+    def decide(
+        self, role: str, operation: str, kind: str, *, purpose: str | None = None, use: str | None = None
+    ) -> Decision | None:
+        for rule in self.rules_of(role):
+            if rule.matches(operation, kind, purpose, use):
+                return Decision(rule)
+        return None
+
+
+def load_policy(path: Path | None = None) -> Policy:
+    """Load and validate a policy file (the shipped default when `path` is None)."""
+    try:
+        if path is None:
+            text = resources.files("vault").joinpath("policy.toml").read_text(encoding="utf-8")
+            source = "default"
+        else:
+            text = path.read_text(encoding="utf-8")
+            source = str(path)
+        raw = tomllib.loads(text)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigurationError(f"policy file unreadable: {exc}") from exc
+    try:
+        return Policy(_PolicyFile.model_validate(raw), source)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors(include_input=False)
+        )
+        raise ConfigurationError(f"policy {source} refused: {problems}") from None
+
+
+def mask(kind: str, value: Any, *, keep_bin: bool) -> Any:
+    """The masked view: enough to recognise a value, never enough to use it."""
+    if kind == "card":
+        pan = str(value["pan"])
+        head = pan[:6] if keep_bin and len(pan) >= 16 else ""
+        return {"pan": head + "*" * (len(pan) - len(head) - 4) + pan[-4:],
+                "exp_month": value["exp_month"], "exp_year": value["exp_year"]}
+    if kind == "email":
+        local, _, domain = str(value).partition("@")
+        return f"{local[:1]}***@{domain}"
+    if kind == "phone":
+        text = str(value)
+        return "*" * (len(text) - 2) + text[-2:]
+    if kind == "address":
+        return {"city": value.get("city"), "country": value.get("country"), "use": value.get("use")}
+    if kind == "name":
+        return str(value)[:1] + "***"
+    return "***"
+
+
+def apply_view(kind: str, value: Any, decision: Decision, *, keep_bin: bool) -> Any:
+    """What a caller actually receives under the rule that allowed it."""
+    rule = decision.rule
+    if rule.view == "redacted":
+        return "[redacted]"
+    if rule.view == "masked":
+        return mask(kind, value, keep_bin=keep_bin)
+    if rule.fields and isinstance(value, dict):
+        return {name: item for name, item in value.items() if name in rule.fields}
+    return value

@@ -1,0 +1,538 @@
+"""Tokenize, detokenize, read metadata and delete: the vault's use cases.
+
+Each call runs in one database transaction that holds the operation and its audit
+events together: if anything fails (key service, database, audit write) nothing of
+it stays and no value is returned. A PAN's whole path is here, in kinds.py (rules),
+tokens.py (formats), keys.py (which key) and envelope.py (sealing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import and_, delete, insert, or_, select
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from vault import audit
+from vault.audit import Actor, AuditEvent, Origin
+from vault.envelope import associated_data
+from vault.errors import (
+    Conflict,
+    DecryptionFailed,
+    Forbidden,
+    NotFound,
+    StorageUnavailable,
+    ValidationFailed,
+    VaultError,
+)
+from vault.keys import DataKey, KeyHierarchy
+from vault.kinds import (
+    CardValue,
+    canonical_bytes,
+    check_card_not_expired,
+    metadata_for,
+    parse_value,
+    value_from_bytes,
+)
+from vault.policy import PURPOSES, Policy, apply_view
+from vault.storage import data_keys, insert_ignoring_conflict, tokens
+from vault.tokens import card_token, kind_of_token, opaque_token
+
+__all__ = ["TokenService", "TokenRequest", "TokenRecord", "Detokenized", "Limits"]
+
+_TOKEN_RETRIES = 8
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Limits:
+    cvv_ttl_default: int = 600
+    cvv_ttl_max: int = 3600
+    ttl_max: int = 10 * 365 * 24 * 3600
+    batch_max: int = 1000
+    purge_interval: float = 30.0
+
+
+@dataclass(frozen=True)
+class TokenRequest:
+    kind: str
+    value: Any
+    subject_id: str | None = None
+    deterministic: bool = False
+    ttl_seconds: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    token: str
+    kind: str
+    metadata: dict[str, Any]
+    created_at: datetime
+    expires_at: datetime | None
+    subject_id: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "token": self.token,
+            "kind": self.kind,
+            "metadata": {**self.metadata, "created_at": _iso(self.created_at), "expires_at": _iso(self.expires_at)},
+            "expires_at": _iso(self.expires_at),
+        }
+
+
+@dataclass(frozen=True)
+class Detokenized:
+    token: str
+    value: Any = None
+    error: VaultError | None = None
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+
+
+def _purpose_of_kind(kind: str) -> str:
+    """CVVs live under their own domain key (PCI DSS 3.3.2); everything else under `data`."""
+    return "cvv" if kind == "cvv" else "data"
+
+
+@dataclass
+class _Pending:
+    index: int
+    request: TokenRequest
+    parsed: Any
+    lookup: bytes | None
+    data_key: DataKey
+    new_key: bool
+    row: dict[str, Any]
+
+
+class TokenService:
+    """The vault's operations. Holds no request state; safe to share across threads."""
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        keys: KeyHierarchy,
+        policy: Policy,
+        limits: Limits = Limits(),
+        clock: Callable[[], datetime] = _now,
+    ) -> None:
+        self._engine = engine
+        self._keys = keys
+        self._policy = policy
+        self._limits = limits
+        self._clock = clock
+        self._purge_lock = threading.Lock()
+        self._last_purge = 0.0
+
+    # -- shared helpers -------------------------------------------------------------------
+
+    def _event(self, actor: Actor, action: str, outcome: str, origin: Origin, **fields: Any) -> AuditEvent:
+        return AuditEvent(at=self._clock(), actor=actor.id, role=actor.role, action=action, outcome=outcome,
+                          origin=origin, **fields)
+
+    def _transaction(self, work: Callable[[Connection], Any]) -> Any:
+        """Run `work` in one transaction; database failures read as StorageUnavailable."""
+        try:
+            with self._engine.begin() as conn:
+                return work(conn)
+        except VaultError:
+            raise
+        except OperationalError as exc:
+            raise StorageUnavailable("database unavailable") from exc
+        except SQLAlchemyError as exc:
+            raise StorageUnavailable("database error") from exc
+
+    def _audit_failure(self, events: Sequence[AuditEvent]) -> None:
+        """Record denials and errors after their transaction rolled back.
+
+        If even this write fails, the caller still gets an error and no data.
+        """
+        try:
+            self._transaction(lambda conn: audit.record(conn, events))
+        except VaultError:
+            pass
+
+    def _deny(self, actor: Actor, action: str, origin: Origin, error: VaultError, **fields: Any) -> VaultError:
+        self._audit_failure([self._event(actor, action, "denied", origin, error_code=error.code, **fields)])
+        return error
+
+    def _lookup(self, conn: Connection, kind: str, subject_id: str | None, plaintext: bytes) -> bytes:
+        key = self._keys.hmac_key(conn, "index").expose()
+        message = json.dumps([kind, subject_id or ""]).encode() + b"\x00" + plaintext
+        return hmac.new(key, message, hashlib.sha256).digest()
+
+    @staticmethod
+    def _record_aad(row: dict[str, Any]) -> bytes:
+        return associated_data(
+            "rec",
+            token=row["token"],
+            kind=row["kind"],
+            subject=row["subject_id"],
+            key=row["data_key_id"],
+            meta=row["meta"],
+            expires=_iso(row["expires_at"]),
+        )
+
+    # -- tokenize --------------------------------------------------------------------------
+
+    def _validate(self, request: TokenRequest, today: date) -> Any:
+        try:
+            parsed = parse_value(request.kind, request.value)
+            if isinstance(parsed, CardValue):
+                check_card_not_expired(parsed, today)
+        except ValidationError as exc:
+            first = exc.errors(include_input=False, include_url=False)[0]
+            path = ".".join(str(part) for part in ("value", *first["loc"]))
+            message = str(first["msg"]).removeprefix("Value error, ")
+            raise ValidationFailed(path, message) from None
+        except ValueError as exc:
+            raise ValidationFailed("value.exp_year", str(exc)) from None
+        ttl = request.ttl_seconds
+        if request.kind == "cvv":
+            if request.deterministic:
+                raise ValidationFailed("deterministic", "is not allowed for cvv")
+            if ttl is not None and not 1 <= ttl <= self._limits.cvv_ttl_max:
+                raise ValidationFailed("ttl_seconds", f"must be 1 to {self._limits.cvv_ttl_max} for cvv")
+        elif ttl is not None and not 1 <= ttl <= self._limits.ttl_max:
+            raise ValidationFailed("ttl_seconds", "is out of range")
+        return parsed
+
+    def _expiry(self, request: TokenRequest, now: datetime) -> datetime | None:
+        ttl = request.ttl_seconds
+        if request.kind == "cvv" and ttl is None:
+            ttl = self._limits.cvv_ttl_default
+        return None if ttl is None else now + timedelta(seconds=ttl)
+
+    def tokenize(self, actor: Actor, requests: Sequence[TokenRequest], origin: Origin) -> list[TokenRecord | VaultError]:
+        """Tokenize a batch; one result per request, in order (a record or the error)."""
+        if not self._policy.may_use(actor.role, "tokenize"):
+            raise self._deny(actor, "tokenize", origin, Forbidden("role may not tokenize"))
+        if len(requests) > self._limits.batch_max:
+            raise ValidationFailed("items", f"at most {self._limits.batch_max} items")
+        now = self._clock()
+        results: list[TokenRecord | VaultError | None] = [None] * len(requests)
+        valid: list[tuple[int, TokenRequest, Any]] = []
+        for index, request in enumerate(requests):
+            try:
+                if self._policy.decide(actor.role, "tokenize", request.kind) is None:
+                    raise Forbidden("role may not tokenize this kind")
+                valid.append((index, request, self._validate(request, now.date())))
+            except VaultError as error:
+                results[index] = error
+
+        def work(conn: Connection) -> list[AuditEvent]:
+            self._store_new(conn, valid, results, now)
+            events = []
+            for index, request in enumerate(requests):
+                result = results[index]
+                if isinstance(result, TokenRecord):
+                    events.append(self._event(actor, "tokenize", "allowed", origin, token=result.token,
+                                              kind=result.kind, subject_id=result.subject_id))
+                else:
+                    events.append(self._event(actor, "tokenize", "denied", origin, kind=request.kind,
+                                              subject_id=request.subject_id,
+                                              error_code=result.code if result else "internal_error"))
+            audit.record(conn, events)
+            return events
+
+        try:
+            self._transaction(work)
+        except VaultError as error:
+            self._audit_failure([self._event(actor, "tokenize", "error", origin, error_code=error.code,
+                                             kind=r.kind, subject_id=r.subject_id) for r in requests])
+            raise
+        return [r if r is not None else Conflict("not stored") for r in results]
+
+    def _store_new(
+        self,
+        conn: Connection,
+        valid: list[tuple[int, TokenRequest, Any]],
+        results: list[TokenRecord | VaultError | None],
+        now: datetime,
+    ) -> None:
+        keep_bin = self._policy.keep_bin
+        pending: list[_Pending] = []
+        subject_keys: dict[tuple[str, str], DataKey] = {}
+        lookups: dict[bytes, int] = {}
+        for index, request, parsed in valid:
+            plaintext = canonical_bytes(parsed)
+            lookup = self._lookup(conn, request.kind, request.subject_id, plaintext) if request.deterministic else None
+            if lookup is not None and lookup in lookups:
+                pending.append(_Pending(index, request, parsed, lookup, pending[lookups[lookup]].data_key, False, {}))
+                continue
+            purpose = _purpose_of_kind(request.kind)
+            if request.subject_id is not None:
+                slot = (request.subject_id, purpose)
+                if slot not in subject_keys:
+                    subject_keys[slot] = self._keys.subject_data_key(conn, request.subject_id, purpose)
+                data_key, new_key = subject_keys[slot], False
+            else:
+                data_key, new_key = self._keys.new_data_key(conn, purpose, None), True
+            meta = json.dumps(metadata_for(request.kind, parsed, keep_bin=keep_bin), sort_keys=True)
+            row = {
+                "token": self._new_token(request.kind, parsed, keep_bin),
+                "kind": request.kind,
+                "subject_id": request.subject_id,
+                "data_key_id": data_key.id,
+                "lookup": lookup,
+                "meta": meta,
+                "created_at": now,
+                "expires_at": self._expiry(request, now),
+            }
+            row["ciphertext"] = data_key.cipher.seal(plaintext, self._record_aad(row))
+            if lookup is not None:
+                lookups[lookup] = len(pending)
+            pending.append(_Pending(index, request, parsed, lookup, data_key, new_key, row))
+
+        writers = [p for p in pending if p.row]
+        if not writers:
+            self._resolve_duplicates(conn, pending, results, now)
+            return
+        found = self._existing_by_lookup(conn, [p.lookup for p in writers if p.lookup is not None], now)
+        to_insert = [p for p in writers if p.lookup is None or p.lookup not in found]
+        new_keys = [p.data_key.row for p in to_insert if p.new_key]
+        if new_keys:
+            conn.execute(insert(data_keys), new_keys)
+        for _attempt in range(_TOKEN_RETRIES):
+            if not to_insert:
+                break
+            stmt = insert_ignoring_conflict(conn, tokens, [p.row for p in to_insert]).returning(tokens.c.token)
+            inserted = {row[0] for row in conn.execute(stmt)}
+            retry = []
+            for p in to_insert:
+                if p.row["token"] in inserted:
+                    results[p.index] = self._record(p.row)
+                elif p.lookup is not None:
+                    found.update(self._existing_by_lookup(conn, [p.lookup], now))
+                    if p.lookup not in found:
+                        retry.append(self._reissue(p))
+                else:
+                    retry.append(self._reissue(p))
+            to_insert = retry
+        for p in to_insert:
+            results[p.index] = Conflict("could not allocate a unique token")
+        unused = [p.data_key.id for p in writers if p.new_key and results[p.index] is None]
+        if unused:
+            conn.execute(delete(data_keys).where(data_keys.c.id.in_(unused)))
+        for p in writers:
+            if results[p.index] is None and p.lookup in found:
+                results[p.index] = found[p.lookup]
+        self._resolve_duplicates(conn, pending, results, now)
+
+    def _resolve_duplicates(
+        self, conn: Connection, pending: list[_Pending], results: list[TokenRecord | VaultError | None], now: datetime
+    ) -> None:
+        """Later items of a batch repeating an earlier deterministic value share its token."""
+        by_lookup = {p.lookup: results[p.index] for p in pending if p.row and p.lookup is not None}
+        for p in pending:
+            if not p.row:
+                results[p.index] = by_lookup.get(p.lookup) or Conflict("not stored")
+
+    def _reissue(self, p: _Pending) -> _Pending:
+        row = dict(p.row)
+        row["token"] = self._new_token(p.request.kind, p.parsed, self._policy.keep_bin)
+        row["ciphertext"] = p.data_key.cipher.seal(canonical_bytes(p.parsed), self._record_aad(row))
+        return _Pending(p.index, p.request, p.parsed, p.lookup, p.data_key, p.new_key, row)
+
+    @staticmethod
+    def _new_token(kind: str, parsed: Any, keep_bin: bool) -> str:
+        if isinstance(parsed, CardValue):
+            return card_token(parsed.pan, keep_bin=keep_bin)
+        return opaque_token(kind)
+
+    @staticmethod
+    def _record(row: Any) -> TokenRecord:
+        return TokenRecord(token=row["token"], kind=row["kind"], metadata=json.loads(row["meta"]),
+                           created_at=row["created_at"], expires_at=row["expires_at"], subject_id=row["subject_id"])
+
+    def _existing_by_lookup(self, conn: Connection, lookups: list[bytes], now: datetime) -> dict[bytes, TokenRecord]:
+        if not lookups:
+            return {}
+        # An expired deterministic token frees its slot: remove it so a new one can take it.
+        self._delete_tokens(conn, and_(tokens.c.lookup.in_(lookups), tokens.c.expires_at <= now))
+        rows = conn.execute(select(tokens).where(tokens.c.lookup.in_(lookups))).mappings()
+        return {row["lookup"]: self._record(row) for row in rows}
+
+    # -- detokenize ------------------------------------------------------------------------
+
+    def detokenize(self, actor: Actor, token_list: Sequence[str], purpose: str, origin: Origin) -> list[Detokenized]:
+        """Values for the tokens this role may read for `purpose`; others answer not found."""
+        if not self._policy.may_use(actor.role, "detokenize"):
+            raise self._deny(actor, "detokenize", origin, Forbidden("role may not detokenize"), purpose=purpose)
+        if purpose not in PURPOSES:
+            raise ValidationFailed("purpose", "is not a known purpose")
+        if len(token_list) > self._limits.batch_max:
+            raise ValidationFailed("tokens", f"at most {self._limits.batch_max} tokens")
+        now = self._clock()
+        kinds: dict[str, str] = {}
+        for token in token_list:
+            try:
+                kinds[token] = kind_of_token(token)
+            except ValidationFailed:
+                pass
+
+        def work(conn: Connection) -> list[Detokenized]:
+            rows = self._rows(conn, list(kinds), now)
+            ciphers = self._keys.open_data_keys(conn, [
+                {"id": r["data_key_id"], "domain_key_id": r["dk_domain"], "subject_id": r["dk_subject"],
+                 "purpose": r["dk_purpose"], "wrapped": r["dk_wrapped"]} for r in rows.values()
+            ]) if rows else {}
+            out, events, read_cvvs = [], [], []
+            for position, token in enumerate(token_list):
+                if token not in kinds:
+                    out.append(Detokenized(token="", error=ValidationFailed(f"tokens.{position}", "is not a token")))
+                    events.append(self._event(actor, "detokenize", "denied", origin, purpose=purpose,
+                                              error_code="invalid_input"))
+                    continue
+                row = rows.get(token)
+                meta = json.loads(row["meta"]) if row else {}
+                decision = (self._policy.decide(actor.role, "detokenize", row["kind"], purpose=purpose,
+                                                use=meta.get("use")) if row else None)
+                if row is None or decision is None:
+                    out.append(Detokenized(token=token, error=NotFound("not found")))
+                    events.append(self._event(actor, "detokenize", "denied", origin, token=token,
+                                              kind=kinds[token], purpose=purpose, error_code="not_found"))
+                    continue
+                try:
+                    plaintext = ciphers[row["data_key_id"]].open(row["ciphertext"], self._record_aad(dict(row)))
+                except DecryptionFailed as error:
+                    out.append(Detokenized(token=token, error=error))
+                    events.append(self._event(actor, "detokenize", "error", origin, token=token, kind=row["kind"],
+                                              subject_id=row["subject_id"], purpose=purpose,
+                                              key_id=row["data_key_id"], error_code=error.code))
+                    continue
+                value = apply_view(row["kind"], value_from_bytes(plaintext), decision,
+                                   keep_bin=self._policy.keep_bin)
+                if row["kind"] == "cvv":
+                    read_cvvs.append(token)
+                out.append(Detokenized(token=token, value=value))
+                events.append(self._event(actor, "detokenize", "allowed", origin, token=token, kind=row["kind"],
+                                          subject_id=row["subject_id"], purpose=purpose, key_id=row["data_key_id"]))
+            if read_cvvs:
+                # Read once (PCI DSS 3.3.1): the CVV is deleted in this same transaction.
+                # If another reader deleted it first, ours is not returned.
+                gone = set(read_cvvs) - self._delete_tokens(conn, tokens.c.token.in_(read_cvvs))
+                for position, item in enumerate(out):  # noqa: B007
+                    if item.token in gone and item.error is None:
+                        out[position] = Detokenized(token=item.token, error=NotFound("not found"))
+            audit.record(conn, events)
+            return out
+
+        try:
+            result: list[Detokenized] = self._transaction(work)
+        except VaultError as error:
+            self._audit_failure([self._event(actor, "detokenize", "error", origin, token=t if t in kinds else None,
+                                             purpose=purpose, error_code=error.code) for t in token_list])
+            raise
+        return result
+
+    def _rows(self, conn: Connection, token_list: list[str], now: datetime) -> dict[str, Any]:
+        if not token_list:
+            return {}
+        query = (
+            select(
+                tokens,
+                data_keys.c.domain_key_id.label("dk_domain"),
+                data_keys.c.subject_id.label("dk_subject"),
+                data_keys.c.purpose.label("dk_purpose"),
+                data_keys.c.wrapped.label("dk_wrapped"),
+            )
+            .join(data_keys, data_keys.c.id == tokens.c.data_key_id)
+            .where(tokens.c.token.in_(token_list), or_(tokens.c.expires_at.is_(None), tokens.c.expires_at > now))
+        )
+        return {row["token"]: row for row in conn.execute(query).mappings()}
+
+    # -- metadata and delete ---------------------------------------------------------------
+
+    def metadata(self, actor: Actor, token: str, origin: Origin) -> TokenRecord:
+        return self._single(actor, token, origin, "read_metadata")
+
+    def delete(self, actor: Actor, token: str, origin: Origin) -> None:
+        self._single(actor, token, origin, "delete")
+
+    def _single(self, actor: Actor, token: str, origin: Origin, operation: str) -> TokenRecord:
+        if not self._policy.may_use(actor.role, operation):
+            raise self._deny(actor, operation, origin, Forbidden(f"role may not {operation}"))
+        try:
+            kind = kind_of_token(token)
+        except ValidationFailed as error:
+            raise self._deny(actor, operation, origin, error) from None
+        now = self._clock()
+
+        def work(conn: Connection) -> TokenRecord | None:
+            row = self._rows(conn, [token], now).get(token)
+            if row is None or self._policy.decide(actor.role, operation, row["kind"]) is None:
+                return None
+            if operation == "delete":
+                self._delete_tokens(conn, tokens.c.token == token)
+            audit.record(conn, [self._event(actor, operation, "allowed", origin, token=token, kind=row["kind"],
+                                            subject_id=row["subject_id"], key_id=row["data_key_id"])])
+            return self._record(row)
+
+        try:
+            record: TokenRecord | None = self._transaction(work)
+        except VaultError as error:
+            self._audit_failure([self._event(actor, operation, "error", origin, token=token, kind=kind,
+                                             error_code=error.code)])
+            raise
+        if record is None:
+            raise self._deny(actor, operation, origin, NotFound("not found"), token=token, kind=kind)
+        return record
+
+    # -- deletion and purge ------------------------------------------------------------------
+
+    def _delete_tokens(self, conn: Connection, condition: Any) -> set[str]:
+        """Delete matching tokens and their per-record data keys; returns the tokens deleted."""
+        gone = conn.execute(delete(tokens).where(condition).returning(tokens.c.token, tokens.c.data_key_id)).all()
+        key_ids = [row[1] for row in gone]
+        if key_ids:
+            conn.execute(delete(data_keys).where(data_keys.c.id.in_(key_ids), data_keys.c.subject_id.is_(None)))
+        return {row[0] for row in gone}
+
+    def purge_expired(self, actor: Actor = Actor(id="system", role="system")) -> int:
+        """Delete expired tokens (CVVs above all) and audit the count."""
+        now = self._clock()
+
+        def work(conn: Connection) -> int:
+            count = len(self._delete_tokens(conn, and_(tokens.c.expires_at.is_not(None), tokens.c.expires_at <= now)))
+            if count:
+                audit.record(conn, [self._event(actor, "purge", "allowed", Origin(), detail=f"purged={count}")])
+            return count
+
+        purged: int = self._transaction(work)
+        return purged
+
+    def maybe_purge(self) -> None:
+        """Purge at most every `purge_interval` seconds per process, so short TTLs hold."""
+        if time.monotonic() - self._last_purge < self._limits.purge_interval:
+            return
+        if not self._purge_lock.acquire(blocking=False):
+            return
+        try:
+            self._last_purge = time.monotonic()
+            self.purge_expired()
+        except VaultError:
+            pass
+        finally:
+            self._purge_lock.release()
+
+    def check(self) -> None:
+        """Readiness: the database answers and the key provider can serve."""
+        self._transaction(lambda conn: conn.execute(select(tokens.c.token).limit(1)).all())
+        self._keys.check()

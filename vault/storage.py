@@ -1,0 +1,206 @@
+"""Database schema and engine setup (SQLAlchemy Core).
+
+Only ciphertext, wrapped keys, keyed hashes and non-sensitive metadata are stored.
+SQLite (WAL) is the embedded default; PostgreSQL is production. Schema changes go
+through Alembic (vault/migrations); `metadata` here is the source they are made from.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection, Dialect, Engine, make_url
+from sqlalchemy.sql.expression import Executable
+
+__all__ = [
+    "metadata",
+    "domain_keys",
+    "data_keys",
+    "tokens",
+    "clients",
+    "audit_events",
+    "create_engine_for",
+    "normalise_url",
+    "insert_ignoring_conflict",
+]
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores naive UTC, returns aware UTC: the same on SQLite and PostgreSQL."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+naming = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata = MetaData(naming_convention=naming)
+
+SeqType = BigInteger().with_variant(Integer(), "sqlite")
+
+domain_keys = Table(
+    "domain_keys",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("purpose", String(16), nullable=False),
+    # Equal to purpose while the key is the active one for it, NULL once retired:
+    # the unique constraint makes "one active key per purpose" a database fact.
+    Column("active_for", String(16), nullable=True, unique=True),
+    Column("wrapped", Text, nullable=False),
+    Column("kek_version", Integer, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("retired_at", UTCDateTime, nullable=True),
+)
+
+data_keys = Table(
+    "data_keys",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("domain_key_id", String(40), ForeignKey("domain_keys.id"), nullable=False, index=True),
+    Column("subject_id", String(128), nullable=True),
+    Column("purpose", String(16), nullable=False),
+    Column("wrapped", LargeBinary, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("subject_id", "purpose", name="uq_data_keys_subject_purpose"),
+)
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("token", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("subject_id", String(128), nullable=True, index=True),
+    Column("data_key_id", String(40), ForeignKey("data_keys.id"), nullable=False, index=True),
+    Column("ciphertext", LargeBinary, nullable=False),
+    Column("lookup", LargeBinary(32), nullable=True, unique=True),
+    Column("meta", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=True, index=True),
+)
+
+clients = Table(
+    "clients",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("role", String(40), nullable=False),
+    Column("key_hash", LargeBinary(32), nullable=False, unique=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime, nullable=True),
+)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("seq", SeqType, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("role", String(40), nullable=False),
+    Column("action", String(40), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("error_code", String(40), nullable=True),
+    Column("token", String(64), nullable=True),
+    Column("kind", String(16), nullable=True),
+    Column("subject_id", String(128), nullable=True),
+    Column("purpose", String(32), nullable=True),
+    Column("key_id", String(40), nullable=True),
+    Column("request_id", String(64), nullable=True),
+    Column("source", String(64), nullable=True),
+    Column("user_agent", String(256), nullable=True),
+    Column("detail", String(256), nullable=True),
+    Index("ix_audit_events_at", "at"),
+    Index("ix_audit_events_token", "token"),
+    Index("ix_audit_events_subject_id", "subject_id"),
+)
+
+
+def normalise_url(url: str) -> str:
+    """Let users write plain `postgresql://`; we ship psycopg 3, so say so to SQLAlchemy."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    """WAL, foreign keys, and BEGIN IMMEDIATE so concurrent writers queue instead of failing."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute("PRAGMA secure_delete=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_engine_for(url: str, *, pool_size: int = 5, statement_timeout_ms: int = 5000) -> Engine:
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, hide_parameters=True, connect_args={"timeout": 10, "check_same_thread": False})
+        _sqlite_setup(engine)
+        return engine
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        hide_parameters=True,
+        pool_timeout=5,
+        connect_args={"options": f"-c statement_timeout={statement_timeout_ms}", "connect_timeout": 5},
+    )
+
+
+def insert_ignoring_conflict(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> Executable:
+    """INSERT ... ON CONFLICT DO NOTHING, on SQLite and PostgreSQL alike.
+
+    Races (two requests creating the same deterministic token or subject key) are
+    settled by the database's unique constraints, never by locks in Python.
+    """
+    if conn.dialect.name == "postgresql":
+        return pg_insert(table).values(rows).on_conflict_do_nothing()
+    return sqlite_insert(table).values(rows).on_conflict_do_nothing()
+
+

@@ -26,3 +26,4 @@ forwarded_allow_ips = os.environ.get("TOKENVAULT_FORWARDED_ALLOW_IPS", "127.0.0.
 proc_name = "tokenvault"
 certfile = os.environ.get("TOKENVAULT_TLS_CERT") or None
 keyfile = os.environ.get("TOKENVAULT_TLS_KEY") or None
+logger_class = "api.logs.GunicornLogger"

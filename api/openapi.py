@@ -46,10 +46,11 @@ def document() -> dict[str, Any]:
     schemas["TokenizeBody"] = {"oneOf": [_ref(m) for m in s.DOCUMENTED_ITEMS],
                                "discriminator": {"propertyName": "kind"}}
     token_param = [{"name": "token", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 256}}]
-    secured = [{"bearerAuth": []}]
+    secured: list[dict[str, list[str]]] = [{"bearerAuth": []}]
     return {
         "openapi": "3.1.0",
-        "info": {"title": "TokenVault", "version": "1", "description": "Tokenization vault for card and personal data."},
+        "info": {"title": "TokenVault", "version": "1",
+                 "description": "Tokenization vault for card and personal data."},
         "components": {
             "schemas": schemas,
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},

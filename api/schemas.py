@@ -88,10 +88,10 @@ def _documented_items() -> list[type[BaseModel]]:
     """One tokenize shape per kind, for the OpenAPI document only."""
     shapes: list[type[BaseModel]] = []
     for kind in KINDS:
-        model = create_model(  # type: ignore[call-overload]
+        model = create_model(
             f"Tokenize{kind.capitalize()}",
             __config__=ConfigDict(extra="forbid"),
-            kind=(Literal[kind], ...),  # type: ignore[valid-type]
+            kind=(Literal[kind], ...),  # type: ignore[arg-type]
             value=(VALUE_SCHEMAS[kind], ...),
             subject_id=(SubjectId | None, None),
             deterministic=(bool, False),

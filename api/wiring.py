@@ -5,7 +5,9 @@ Both the Flask app and the CLI get their services from here and never build them
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from sqlalchemy.engine import Engine
 
@@ -41,17 +43,24 @@ class Components:
     tokens: TokenService
 
 
-def build(settings: Settings, *, provider: KeyProvider | None = None) -> Components:
+def build(
+    settings: Settings,
+    *,
+    provider: KeyProvider | None = None,
+    clock: Callable[[], datetime] | None = None,
+) -> Components:
+    """Build every component; `clock` is injectable so tests never sleep."""
+    now = clock or (lambda: datetime.now(UTC))
     policy = load_policy(settings.policy_path)
     engine = create_engine_for(settings.database_url, pool_size=4)
     provider = provider or build_provider(settings)
-    keys = KeyHierarchy(provider, cache_seconds=settings.key_cache_seconds)
+    keys = KeyHierarchy(provider, cache_seconds=settings.key_cache_seconds, clock=now)
     return Components(
         settings=settings,
         engine=engine,
         provider=provider,
         keys=keys,
         policy=policy,
-        clients=ClientRegistry(engine, keys, policy, cache_seconds=settings.auth_cache_seconds),
-        tokens=TokenService(engine=engine, keys=keys, policy=policy),
+        clients=ClientRegistry(engine, keys, policy, cache_seconds=settings.auth_cache_seconds, clock=now),
+        tokens=TokenService(engine=engine, keys=keys, policy=policy, clock=now),
     )

@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from cachetools import TTLCache
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection, Engine
-
 from sqlalchemy.exc import SQLAlchemyError
 
 from vault import audit

@@ -8,6 +8,7 @@ tokens.py (formats), keys.py (which key) and envelope.py (sealing).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -51,6 +52,7 @@ from vault.tokens import card_token, kind_of_token, opaque_token
 __all__ = ["TokenService", "TokenRequest", "TokenRecord", "Detokenized", "Limits"]
 
 _TOKEN_RETRIES = 8
+SYSTEM = Actor(id="system", role="system")
 
 
 def _now() -> datetime:
@@ -163,10 +165,8 @@ class TokenService:
 
         If even this write fails, the caller still gets an error and no data.
         """
-        try:
+        with contextlib.suppress(VaultError):
             self._transaction(lambda conn: audit.record(conn, events))
-        except VaultError:
-            pass
 
     def _deny(self, actor: Actor, action: str, origin: Origin, error: VaultError, **fields: Any) -> VaultError:
         self._audit_failure([self._event(actor, action, "denied", origin, error_code=error.code, **fields)])
@@ -219,7 +219,9 @@ class TokenService:
             ttl = self._limits.cvv_ttl_default
         return None if ttl is None else now + timedelta(seconds=ttl)
 
-    def tokenize(self, actor: Actor, requests: Sequence[TokenRequest], origin: Origin) -> list[TokenRecord | VaultError]:
+    def tokenize(
+        self, actor: Actor, requests: Sequence[TokenRequest], origin: Origin
+    ) -> list[TokenRecord | VaultError]:
         """Tokenize a batch; one result per request, in order (a record or the error)."""
         if not self._policy.may_use(actor.role, "tokenize"):
             raise self._deny(actor, "tokenize", origin, Forbidden("role may not tokenize"))
@@ -342,7 +344,8 @@ class TokenService:
         by_lookup = {p.lookup: results[p.index] for p in pending if p.row and p.lookup is not None}
         for p in pending:
             if not p.row:
-                results[p.index] = by_lookup.get(p.lookup) or Conflict("not stored")
+                shared = by_lookup.get(p.lookup) if p.lookup is not None else None
+                results[p.index] = shared or Conflict("not stored")
 
     def _reissue(self, p: _Pending) -> _Pending:
         row = dict(p.row)
@@ -382,10 +385,8 @@ class TokenService:
         now = self._clock()
         kinds: dict[str, str] = {}
         for token in token_list:
-            try:
+            with contextlib.suppress(ValidationFailed):
                 kinds[token] = kind_of_token(token)
-            except ValidationFailed:
-                pass
 
         def work(conn: Connection) -> list[Detokenized]:
             rows = self._rows(conn, list(kinds), now)
@@ -428,7 +429,7 @@ class TokenService:
                 # Read once (PCI DSS 3.3.1): the CVV is deleted in this same transaction.
                 # If another reader deleted it first, ours is not returned.
                 gone = set(read_cvvs) - self._delete_tokens(conn, tokens.c.token.in_(read_cvvs))
-                for position, item in enumerate(out):  # noqa: B007
+                for position, item in enumerate(out):
                     if item.token in gone and item.error is None:
                         out[position] = Detokenized(token=item.token, error=NotFound("not found"))
             audit.record(conn, events)
@@ -505,7 +506,7 @@ class TokenService:
             conn.execute(delete(data_keys).where(data_keys.c.id.in_(key_ids), data_keys.c.subject_id.is_(None)))
         return {row[0] for row in gone}
 
-    def purge_expired(self, actor: Actor = Actor(id="system", role="system")) -> int:
+    def purge_expired(self, actor: Actor = SYSTEM) -> int:
         """Delete expired tokens (CVVs above all) and audit the count."""
         now = self._clock()
 

@@ -12,7 +12,6 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
-
     Column,
     DateTime,
     ForeignKey,
@@ -31,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Dialect, Engine, make_url
-from sqlalchemy.sql.expression import Executable
+from sqlalchemy.sql.expression import Insert
 
 __all__ = [
     "metadata",
@@ -193,7 +192,7 @@ def create_engine_for(url: str, *, pool_size: int = 5, statement_timeout_ms: int
     )
 
 
-def insert_ignoring_conflict(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> Executable:
+def insert_ignoring_conflict(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> Insert:
     """INSERT ... ON CONFLICT DO NOTHING, on SQLite and PostgreSQL alike.
 
     Races (two requests creating the same deterministic token or subject key) are

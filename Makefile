@@ -1,0 +1,35 @@
+# TokenVault: `make run` serves the embedded default; `make test` runs every test.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+export TOKENVAULT_DATA_DIR ?= $(CURDIR)/var
+
+.PHONY: setup run test lint typecheck bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+run: setup
+	$(BIN)/tokenvault init
+	$(BIN)/tokenvault clients demo --out $(TOKENVAULT_DATA_DIR)/demo-clients.env
+	$(BIN)/tokenvault serve
+
+lint: setup
+	$(BIN)/ruff check vault kms api tests bench
+
+typecheck: setup
+	$(BIN)/mypy vault kms
+
+test: setup lint typecheck
+	$(BIN)/pytest -n 2 --durations=10 $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python bench/run_http.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,113 @@
+"""Shared fixtures: real databases (SQLite and PostgreSQL), components, the Flask app."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from api.app import create_app
+from api.settings import Settings
+from api.wiring import Components, build
+from tests.support import database
+
+ROLES = ("checkout", "payment_gateway", "shipping", "support")
+
+
+class Clock:
+    """A settable clock: tests move time instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC).replace(microsecond=0)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture(scope="session")
+def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return database.sqlite_template(tmp_path_factory.mktemp("sqlite-template"))
+
+
+@pytest.fixture(scope="session")
+def _postgres_url() -> Iterator[str]:
+    with database.postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path, _sqlite_template: Path) -> Iterator[str]:
+    """Every storage test runs on both engines."""
+    if request.param == "sqlite":
+        yield database.sqlite_copy(_sqlite_template, tmp_path)
+        return
+    url: str = request.getfixturevalue("_postgres_url")
+    database.truncate_all(url)
+    yield url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path, _sqlite_template: Path) -> str:
+    return database.sqlite_copy(_sqlite_template, tmp_path)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def make_settings(data_dir: Path, database_url: str, **extra: str) -> Settings:
+    env = {
+        "TOKENVAULT_DATA_DIR": str(data_dir),
+        "TOKENVAULT_DATABASE_URL": database_url,
+        "TOKENVAULT_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+        "TOKENVAULT_LOG_LEVEL": "warning",
+        **extra,
+    }
+    return Settings.from_env(env)
+
+
+def make_components(data_dir: Path, database_url: str, clock: Clock | None = None, **extra: str) -> Components:
+    settings = make_settings(data_dir, database_url, **extra)
+    parts = build(settings, clock=clock)
+    assert hasattr(parts.provider, "initialise")
+    parts.provider.initialise()
+    with parts.engine.begin() as conn:
+        parts.keys.ensure_domain_keys(conn)
+    return parts
+
+
+@pytest.fixture
+def components(tmp_path: Path, database_url: str, clock: Clock) -> Iterator[Components]:
+    parts = make_components(tmp_path / "data", database_url, clock)
+    yield parts
+    parts.engine.dispose()
+
+
+@pytest.fixture
+def app(components: Components) -> Flask:
+    return create_app(parts=components)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def api_keys(components: Components) -> dict[str, str]:
+    """One API key per default role."""
+    return {role: components.clients.create(f"test-{role}", role)[1].expose() for role in ROLES}
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}

@@ -1,0 +1,84 @@
+"""Start the real service (`tokenvault init` + `tokenvault serve`, gunicorn) on a free loopback port."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+BIN = Path(sys.executable).with_name("tokenvault")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Server:
+    url: str
+    env: dict[str, str]
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    def cli(self, *args: str, stdin: str | None = None) -> str:
+        done = subprocess.run([str(BIN), *args], env=self.env, capture_output=True, text=True, input=stdin,
+                              timeout=60, check=True)
+        with self.log.open("a") as handle:
+            handle.write(done.stderr)
+        return done.stdout
+
+    def client_key(self, role: str) -> str:
+        key: str = json.loads(self.cli("clients", "create", "--name", f"e2e-{role}", "--role", role))["api_key"]
+        return key
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("server exited during start")
+        try:
+            if requests.get(url + "/readyz", timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("server not ready in time")
+
+
+@contextmanager
+def running_server(data_dir: Path, **extra_env: str) -> Iterator[Server]:
+    port = free_port()
+    env = {**os.environ, "TOKENVAULT_DATA_DIR": str(data_dir), "TOKENVAULT_BIND": f"127.0.0.1:{port}",
+           "TOKENVAULT_WORKERS": "2", **extra_env}
+    log = data_dir.parent / "server.log"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    subprocess.run([str(BIN), "init"], env=env, check=True, capture_output=True, timeout=120)
+    with log.open("ab") as handle:
+        process = subprocess.Popen([str(BIN), "serve"], env=env, stdout=handle, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process)
+        yield Server(url=url, env=env, log=log, process=process)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()

@@ -48,6 +48,7 @@ class Settings:
     max_body_bytes: int
     proxy_hops: int
     log_level: str
+    checkpoint_dir: Path
     env: Mapping[str, str] = field(repr=False)
 
     @classmethod
@@ -70,5 +71,6 @@ class Settings:
             max_body_bytes=_int(env, "TOKENVAULT_MAX_BODY_BYTES", 5 * 1024 * 1024, 1024, 64 * 1024 * 1024),
             proxy_hops=_int(env, "TOKENVAULT_PROXY_HOPS", 0, 0, 5),
             log_level=(env.get("TOKENVAULT_LOG_LEVEL") or "info").lower(),
+            checkpoint_dir=Path(env.get("TOKENVAULT_AUDIT_CHECKPOINT_DIR") or data_dir / "audit-checkpoints"),
             env=env,
         )

@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 from api.settings import Settings
 from kms.local import LocalKeyProvider, load_master_key
 from kms.provider import KeyProvider
+from vault.audit import AuditTrail
 from vault.clients import ClientRegistry
 from vault.keys import KeyHierarchy
 from vault.policy import Policy, load_policy
@@ -39,6 +40,7 @@ class Components:
     provider: KeyProvider
     keys: KeyHierarchy
     policy: Policy
+    trail: AuditTrail
     clients: ClientRegistry
     tokens: TokenService
 
@@ -55,12 +57,14 @@ def build(
     engine = create_engine_for(settings.database_url, pool_size=4)
     provider = provider or build_provider(settings)
     keys = KeyHierarchy(provider, cache_seconds=settings.key_cache_seconds, clock=now)
+    trail = AuditTrail(keys, checkpoint_dir=settings.checkpoint_dir, clock=now)
     return Components(
         settings=settings,
         engine=engine,
         provider=provider,
         keys=keys,
         policy=policy,
-        clients=ClientRegistry(engine, keys, policy, cache_seconds=settings.auth_cache_seconds, clock=now),
-        tokens=TokenService(engine=engine, keys=keys, policy=policy, clock=now),
+        trail=trail,
+        clients=ClientRegistry(engine, keys, policy, trail, cache_seconds=settings.auth_cache_seconds, clock=now),
+        tokens=TokenService(engine=engine, keys=keys, policy=policy, trail=trail, clock=now),
     )

@@ -17,8 +17,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from vault import audit
-from vault.audit import Actor, AuditEvent, Origin
+from vault.audit import Actor, AuditEvent, AuditTrail, Origin
 from vault.errors import AuditWriteFailed, NotFound, Unauthenticated, ValidationFailed
 from vault.keys import KeyHierarchy
 from vault.policy import Policy
@@ -43,6 +42,7 @@ class ClientRegistry:
         engine: Engine,
         keys: KeyHierarchy,
         policy: Policy,
+        trail: AuditTrail,
         *,
         cache_seconds: float = 2.0,
         clock: Callable[[], datetime] = _now,
@@ -50,6 +50,7 @@ class ClientRegistry:
         self._engine = engine
         self._keys = keys
         self._policy = policy
+        self._trail = trail
         self._clock = clock
         # A short cache keeps authentication off the database on the hot path; a
         # revoked key stops working within `cache_seconds`.
@@ -106,7 +107,7 @@ class ClientRegistry:
                                outcome="denied", error_code=error.code, origin=origin)
             try:
                 with self._engine.begin() as conn:
-                    audit.record(conn, [event])
+                    self._trail.record(conn, [event])
             except (SQLAlchemyError, AuditWriteFailed):
                 pass
             raise

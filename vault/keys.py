@@ -31,8 +31,9 @@ from vault.storage import data_keys, domain_keys, insert_ignoring_conflict
 __all__ = ["KeyHierarchy", "DataKey", "PURPOSES"]
 
 # data: records; cvv: card security codes (own key, PCI DSS 3.3.2); index: keyed
-# hashes for deterministic tokens; auth: keyed hashes of client API keys.
-PURPOSES = ("data", "cvv", "index", "auth")
+# hashes for deterministic tokens; auth: keyed hashes of credentials; audit: the MACs
+# chaining audit events.
+PURPOSES = ("data", "cvv", "index", "auth", "audit")
 RECORD_PURPOSES = ("data", "cvv")
 
 
@@ -137,6 +138,14 @@ class KeyHierarchy:
     def hmac_key(self, conn: Connection, purpose: str) -> Secret[bytes]:
         """Key for keyed hashes (PCI DSS 3.5.1.1), held like every other domain key."""
         return self._domain_secret(conn, self._active_id(conn, purpose))
+
+    def active_hmac_key(self, conn: Connection, purpose: str) -> tuple[str, Secret[bytes]]:
+        key_id = self._active_id(conn, purpose)
+        return key_id, self._domain_secret(conn, key_id)
+
+    def hmac_key_by_id(self, conn: Connection, key_id: str) -> Secret[bytes]:
+        """A possibly retired key, to verify what it once signed."""
+        return self._domain_secret(conn, key_id)
 
     # -- data keys -------------------------------------------------------------------------
 

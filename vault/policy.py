@@ -20,8 +20,14 @@ from vault.kinds import KINDS
 
 __all__ = ["Policy", "Rule", "Decision", "OPERATIONS", "PURPOSES", "load_policy", "mask"]
 
-Operation = Literal["tokenize", "detokenize", "read_metadata", "delete"]
-OPERATIONS: tuple[str, ...] = ("tokenize", "detokenize", "read_metadata", "delete")
+# Data operations act on tokens of the listed kinds; the others act on the vault itself.
+DataOperation = Literal["tokenize", "detokenize", "read_metadata", "delete", "correct", "export"]
+AdminOperation = Literal["read_audit", "manage_keys", "manage_operators", "manage_clients", "manage_subjects",
+                         "disclose"]
+Operation = DataOperation | AdminOperation
+DATA_OPERATIONS: tuple[str, ...] = ("tokenize", "detokenize", "read_metadata", "delete", "correct", "export")
+OPERATIONS: tuple[str, ...] = (*DATA_OPERATIONS, "read_audit", "manage_keys", "manage_operators",
+                               "manage_clients", "manage_subjects", "disclose")
 Purpose = Literal["payment", "fulfillment", "support", "marketing", "legal"]
 PURPOSES: tuple[str, ...] = ("payment", "fulfillment", "support", "marketing", "legal")
 KindName = Literal["card", "cvv", "address", "email", "phone", "name", "text"]
@@ -37,7 +43,7 @@ class Rule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     operations: tuple[Operation, ...] = Field(min_length=1)
-    kinds: tuple[KindName, ...] = Field(min_length=1)
+    kinds: tuple[KindName, ...] = ()
     purposes: tuple[Purpose, ...] = ()
     uses: tuple[Literal["shipping", "billing"], ...] = ()
     fields: tuple[AddressField | CardField, ...] = ()
@@ -49,10 +55,15 @@ class Rule(BaseModel):
             raise ValueError("a detokenize rule must list the purposes it allows")
         if self.uses and set(self.kinds) != {"address"}:
             raise ValueError("`uses` applies to address rules only")
+        data_ops = [op for op in self.operations if op in DATA_OPERATIONS]
+        if data_ops and not self.kinds:
+            raise ValueError(f"{data_ops[0]} needs the kinds it applies to")
+        if self.kinds and len(data_ops) != len(self.operations):
+            raise ValueError("a rule with kinds may only grant data operations")
         return self
 
-    def matches(self, operation: str, kind: str, purpose: str | None, use: str | None) -> bool:
-        if operation not in self.operations or kind not in self.kinds:
+    def matches(self, operation: str, kind: str | None, purpose: str | None, use: str | None) -> bool:
+        if operation not in self.operations or (kind is not None and kind not in self.kinds):
             return False
         if self.purposes and purpose not in self.purposes:
             return False
@@ -82,8 +93,9 @@ class _PolicyFile(BaseModel):
     def _separation_of_duties(self) -> _PolicyFile:
         for name in NO_PLAINTEXT_ROLES:
             role = self.roles.get(name)
-            if role and any("detokenize" in rule.operations for rule in role.rules):
-                raise ValueError(f"role {name} may never detokenize (separation of duties)")
+            plaintext = ("detokenize", "export", "disclose")
+            if role and any(op in rule.operations for rule in role.rules for op in plaintext):
+                raise ValueError(f"role {name} may never see plaintext (separation of duties)")
         return self
 
 
@@ -125,8 +137,10 @@ class Policy:
         return any(operation in rule.operations for rule in self.rules_of(role))
 
     def decide(
-        self, role: str, operation: str, kind: str, *, purpose: str | None = None, use: str | None = None
+        self, role: str, operation: str, kind: str | None = None, *, purpose: str | None = None,
+        use: str | None = None,
     ) -> Decision | None:
+        """The first rule granting this access, or None (deny). `kind` is None for vault-wide operations."""
         for rule in self.rules_of(role):
             if rule.matches(operation, kind, purpose, use):
                 return Decision(rule)

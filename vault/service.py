@@ -24,8 +24,7 @@ from sqlalchemy import and_, delete, insert, or_, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from vault import audit
-from vault.audit import Actor, AuditEvent, Origin
+from vault.audit import Actor, AuditEvent, AuditTrail, Origin
 from vault.envelope import associated_data
 from vault.errors import (
     Conflict,
@@ -131,12 +130,14 @@ class TokenService:
         engine: Engine,
         keys: KeyHierarchy,
         policy: Policy,
+        trail: AuditTrail,
         limits: Limits = Limits(),
         clock: Callable[[], datetime] = _now,
     ) -> None:
         self._engine = engine
         self._keys = keys
         self._policy = policy
+        self._trail = trail
         self._limits = limits
         self._clock = clock
         self._purge_lock = threading.Lock()
@@ -166,7 +167,7 @@ class TokenService:
         If even this write fails, the caller still gets an error and no data.
         """
         with contextlib.suppress(VaultError):
-            self._transaction(lambda conn: audit.record(conn, events))
+            self._transaction(lambda conn: self._trail.record(conn, events))
 
     def _deny(self, actor: Actor, action: str, origin: Origin, error: VaultError, **fields: Any) -> VaultError:
         self._audit_failure([self._event(actor, action, "denied", origin, error_code=error.code, **fields)])
@@ -250,7 +251,7 @@ class TokenService:
                     events.append(self._event(actor, "tokenize", "denied", origin, kind=request.kind,
                                               subject_id=request.subject_id,
                                               error_code=result.code if result else "internal_error"))
-            audit.record(conn, events)
+            self._trail.record(conn, events)
             return events
 
         try:
@@ -432,7 +433,7 @@ class TokenService:
                 for position, item in enumerate(out):
                     if item.token in gone and item.error is None:
                         out[position] = Detokenized(token=item.token, error=NotFound("not found"))
-            audit.record(conn, events)
+            self._trail.record(conn, events)
             return out
 
         try:
@@ -482,7 +483,7 @@ class TokenService:
                 return None
             if operation == "delete":
                 self._delete_tokens(conn, tokens.c.token == token)
-            audit.record(conn, [self._event(actor, operation, "allowed", origin, token=token, kind=row["kind"],
+            self._trail.record(conn, [self._event(actor, operation, "allowed", origin, token=token, kind=row["kind"],
                                             subject_id=row["subject_id"], key_id=row["data_key_id"])])
             return self._record(row)
 
@@ -513,7 +514,7 @@ class TokenService:
         def work(conn: Connection) -> int:
             count = len(self._delete_tokens(conn, and_(tokens.c.expires_at.is_not(None), tokens.c.expires_at <= now)))
             if count:
-                audit.record(conn, [self._event(actor, "purge", "allowed", Origin(), detail=f"purged={count}")])
+                self._trail.record(conn, [self._event(actor, "purge", "allowed", Origin(), detail=f"purged={count}")])
             return count
 
         purged: int = self._transaction(work)

@@ -39,6 +39,7 @@ __all__ = [
     "tokens",
     "clients",
     "audit_events",
+    "audit_archives",
     "create_engine_for",
     "normalise_url",
     "insert_ignoring_conflict",
@@ -142,9 +143,30 @@ audit_events = Table(
     Column("source", String(64), nullable=True),
     Column("user_agent", String(256), nullable=True),
     Column("detail", String(256), nullable=True),
+    # Tamper evidence: each writer (one per pooled connection of a process) keeps its
+    # own chain; mac = HMAC(audit key, prev_mac || event), so verification joins the
+    # chains without the service ever serialising on one chain head.
+    Column("writer", String(64), nullable=False),
+    Column("chain_seq", BigInteger, nullable=False),
+    Column("prev_mac", LargeBinary(32), nullable=False),
+    Column("mac", LargeBinary(32), nullable=False),
+    Column("mac_key_id", String(40), nullable=False),
+    UniqueConstraint("writer", "chain_seq", name="uq_audit_events_writer_chain_seq"),
     Index("ix_audit_events_at", "at"),
     Index("ix_audit_events_token", "token"),
     Index("ix_audit_events_subject_id", "subject_id"),
+    Index("ix_audit_events_actor", "actor"),
+)
+
+# Where each writer's chain continues after its older events were archived.
+audit_archives = Table(
+    "audit_archives",
+    metadata,
+    Column("writer", String(64), primary_key=True),
+    Column("chain_seq", BigInteger, nullable=False),
+    Column("mac", LargeBinary(32), nullable=False),
+    Column("archive", String(255), nullable=False),
+    Column("archived_at", UTCDateTime, nullable=False),
 )
 
 

@@ -53,7 +53,7 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0
         try:
             if requests.get(url + "/readyz", timeout=1).status_code == 200:
                 return
-        except requests.ConnectionError:
+        except requests.RequestException:
             pass
         time.sleep(0.1)
     raise RuntimeError("server not ready in time")

@@ -231,10 +231,11 @@ class AuditTrail:
         if engine is None or self._checkpoint_dir is None:
             return 0
         with engine.connect() as conn:
+            heads: list[tuple[str, Any]]
             if all_writers:
-                heads = conn.execute(
+                heads = [(row[0], row[1]) for row in conn.execute(
                     select(audit_events.c.writer, func.max(audit_events.c.chain_seq)).group_by(audit_events.c.writer)
-                ).all()
+                )]
             else:
                 with self._lock:
                     writers = sorted(self._writers)
@@ -247,6 +248,8 @@ class AuditTrail:
                     continue
                 mac = conn.execute(select(audit_events.c.mac).where(audit_events.c.writer == writer,
                                                                     audit_events.c.chain_seq == chain_seq)).scalar()
+                if mac is None:
+                    continue
                 body = {"at": _iso(self._clock()), "writer": writer, "chain_seq": int(chain_seq),
                         "mac": bytes(mac).hex(), "key_id": key_id}
                 body["sig"] = _sign(key.expose(), body)
@@ -290,22 +293,22 @@ class AuditTrail:
             seq = int(row["seq"])
             report.first_seq = seq if report.first_seq is None else min(report.first_seq, seq)
             report.last_seq = seq if report.last_seq is None else max(report.last_seq, seq)
-            where = {"writer": writer, "chain_seq": int(row["chain_seq"]), "seq": seq}
-            if row["chain_seq"] != expected:
-                reason = "event missing before this one" if row["chain_seq"] > expected else "event inserted"
-                report.broken = Break(reason, **where)
+            chain_seq = int(row["chain_seq"])
+            if chain_seq != expected:
+                reason = "event missing before this one" if chain_seq > expected else "event inserted"
+                report.broken = Break(reason, writer, chain_seq, seq)
                 return report
             key_id = row["mac_key_id"]
             if key_id not in keys:
                 keys[key_id] = self._keys.hmac_key_by_id(conn, key_id).expose()
             if bytes(row["prev_mac"]) != prev:
-                report.broken = Break("link to previous event broken", **where)
+                report.broken = Break("link to previous event broken", writer, chain_seq, seq)
                 return report
             if not hmac.compare_digest(mac_of(keys[key_id], prev, dict(row)), bytes(row["mac"])):
-                report.broken = Break("event modified", **where)
+                report.broken = Break("event modified", writer, chain_seq, seq)
                 return report
             if seq <= last_seq:
-                report.broken = Break("events reordered", **where)
+                report.broken = Break("events reordered", writer, chain_seq, seq)
                 return report
             prev, expected, last_seq = bytes(row["mac"]), expected + 1, seq
         for checkpoint in self._read_checkpoints():

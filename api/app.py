@@ -6,21 +6,27 @@ between processes by accident.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import os
 import re
 import secrets
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api import errors
+from api import audit_routes, errors
 from api.auth import bearer_credentials
 from api.logs import configure, get_logger
 from api.openapi import document
 from api.routes import blueprint, components, origin
 from api.settings import Settings
 from api.wiring import Components, build
+from vault.audit import AuditEvent
 from vault.errors import VaultError
 
 __all__ = ["create_app"]
@@ -41,6 +47,7 @@ def create_app(settings: Settings | None = None, *, parts: Components | None = N
     configure(settings.log_level)
     log = get_logger("tokenvault.http")
     parts = parts or build(settings)
+    _record_lifecycle(parts, "service_start")
 
     app = Flask("tokenvault")
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
@@ -87,9 +94,27 @@ def create_app(settings: Settings | None = None, *, parts: Components | None = N
         return jsonify(openapi)
 
     app.register_blueprint(blueprint)
+    app.register_blueprint(audit_routes.blueprint)
     return app
 
 
+def _record_lifecycle(parts: Components, action: str) -> None:
+    """Start and stop of the service (and so of its logging) are audit events (PCI DSS 10.2.1.6)."""
+    event = AuditEvent(at=datetime.now(UTC), actor="system", role="system", action=action, outcome="allowed",
+                       detail=f"pid={os.getpid()} policy={parts.policy.source} kms={parts.provider.name}")
+    try:
+        with parts.engine.begin() as conn:
+            parts.trail.record(conn, [event])
+    except (VaultError, SQLAlchemyError):
+        if action == "service_start":
+            raise
+    if action == "service_stop":
+        with contextlib.suppress(VaultError, SQLAlchemyError, OSError):
+            parts.trail.checkpoint()
+
+
 def wsgi_app() -> Any:
-    """Entry point for gunicorn (`api.app:wsgi_app()`)."""
-    return create_app()
+    """Entry point for gunicorn (`api.app:wsgi_app()`): one app per worker, stop recorded at exit."""
+    app = create_app()
+    atexit.register(_record_lifecycle, app.extensions["tokenvault"], "service_stop")
+    return app

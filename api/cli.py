@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from api.cli_audit import audit
 from api.settings import Settings
 from api.wiring import Components, build, build_provider
 from kms.local import create_master_key_file
@@ -127,6 +128,9 @@ def clients_demo(out: Path) -> None:
     click.echo("demo clients created; their keys (shown once, also in " + str(out) + "):", err=True)
     for line in lines:
         click.echo("  " + line, err=True)
+
+
+main.add_command(audit)
 
 
 @main.command()

@@ -15,6 +15,7 @@ from api.settings import Settings
 from kms.local import LocalKeyProvider, load_master_key
 from kms.provider import KeyProvider
 from vault.audit import AuditTrail
+from vault.auditlog import AuditLog
 from vault.clients import ClientRegistry
 from vault.keys import KeyHierarchy
 from vault.policy import Policy, load_policy
@@ -41,6 +42,7 @@ class Components:
     keys: KeyHierarchy
     policy: Policy
     trail: AuditTrail
+    audit_log: AuditLog
     clients: ClientRegistry
     tokens: TokenService
 
@@ -65,6 +67,7 @@ def build(
         keys=keys,
         policy=policy,
         trail=trail,
+        audit_log=AuditLog(engine, trail, policy, clock=now),
         clients=ClientRegistry(engine, keys, policy, trail, cache_seconds=settings.auth_cache_seconds, clock=now),
         tokens=TokenService(engine=engine, keys=keys, policy=policy, trail=trail, clock=now),
     )

@@ -344,3 +344,52 @@ class AuditTrail:
 def _sign(key: bytes, body: dict[str, Any]) -> str:
     payload = json.dumps({k: body[k] for k in sorted(body) if k != "sig"}, sort_keys=True).encode()
     return hmac.new(key, b"checkpoint|" + payload, hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class EventQuery:
+    """Filters for reading the trail; all optional, combined with AND."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    actor: str | None = None
+    action: str | None = None
+    outcome: str | None = None
+    token: str | None = None
+    subject_id: str | None = None
+    after_seq: int = 0
+    limit: int = 100
+
+
+def event_json(row: Any) -> dict[str, Any]:
+    """An event as auditors and SIEMs see it (PCI DSS 10.2.2 fields, plus its chain link)."""
+    return {
+        "seq": int(row["seq"]),
+        "at": _iso(row["at"]).replace("+00:00", "Z"),
+        "actor": row["actor"],
+        "role": row["role"],
+        "action": row["action"],
+        "outcome": row["outcome"],
+        "error_code": row["error_code"],
+        "purpose": row["purpose"],
+        "origin": {"request_id": row["request_id"], "source": row["source"], "user_agent": row["user_agent"]},
+        "resource": {"token": row["token"], "kind": row["kind"], "subject_id": row["subject_id"],
+                     "key_id": row["key_id"]},
+        "detail": row["detail"],
+        "chain": {"writer": row["writer"], "chain_seq": int(row["chain_seq"]), "mac": bytes(row["mac"]).hex()},
+    }
+
+
+def select_events(query: EventQuery) -> Any:
+    """The SELECT for a query, ordered by global sequence (cursor = last seq seen)."""
+    c = audit_events.c
+    stmt = select(audit_events).where(c.seq > query.after_seq)
+    for column, value in ((c.actor, query.actor), (c.action, query.action), (c.outcome, query.outcome),
+                          (c.token, query.token), (c.subject_id, query.subject_id)):
+        if value is not None:
+            stmt = stmt.where(column == value)
+    if query.since is not None:
+        stmt = stmt.where(c.at >= query.since)
+    if query.until is not None:
+        stmt = stmt.where(c.at < query.until)
+    return stmt.order_by(c.seq).limit(query.limit)

@@ -1,0 +1,78 @@
+"""Reading the audit trail: auditors' queries and verification, themselves audited.
+
+Reading the trail is an access like any other (PCI DSS 10.2.1.3): each read and each
+verification writes an event, in the same transaction, before any data is returned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from vault.audit import Actor, AuditEvent, AuditTrail, EventQuery, Origin, Verification, event_json, select_events
+from vault.errors import Forbidden, StorageUnavailable, ValidationFailed, VaultError
+from vault.policy import Policy
+
+__all__ = ["AuditLog"]
+
+MAX_PAGE = 1000
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class AuditLog:
+    def __init__(self, engine: Engine, trail: AuditTrail, policy: Policy,
+                 clock: Callable[[], datetime] = _now) -> None:
+        self._engine = engine
+        self._trail = trail
+        self._policy = policy
+        self._clock = clock
+
+    def _event(self, actor: Actor, action: str, outcome: str, origin: Origin, **fields: Any) -> AuditEvent:
+        return AuditEvent(at=self._clock(), actor=actor.id, role=actor.role, action=action, outcome=outcome,
+                          origin=origin, **fields)
+
+    def _authorise(self, actor: Actor, action: str, origin: Origin) -> None:
+        if self._policy.may_use(actor.role, "read_audit"):
+            return
+        with contextlib.suppress(VaultError, SQLAlchemyError), self._engine.begin() as conn:
+            self._trail.record(conn, [self._event(actor, action, "denied", origin, error_code="forbidden")])
+        raise Forbidden("role may not read the audit trail")
+
+    def events(self, actor: Actor, query: EventQuery, origin: Origin) -> tuple[list[dict[str, Any]], int | None]:
+        """A page of events and the cursor for the next one (None at the end)."""
+        self._authorise(actor, "read_audit", origin)
+        if not 1 <= query.limit <= MAX_PAGE:
+            raise ValidationFailed("limit", f"must be 1 to {MAX_PAGE}")
+        try:
+            with self._engine.begin() as conn:
+                rows = list(conn.execute(select_events(query)).mappings())
+                detail = f"returned={len(rows)}"
+                self._trail.record(conn, [self._event(actor, "read_audit", "allowed", origin, detail=detail,
+                                                      token=query.token, subject_id=query.subject_id)])
+        except SQLAlchemyError as exc:
+            raise StorageUnavailable("database unavailable") from exc
+        events = [event_json(row) for row in rows]
+        cursor = events[-1]["seq"] if len(events) == query.limit else None
+        return events, cursor
+
+    def verify(self, actor: Actor, origin: Origin) -> Verification:
+        self._authorise(actor, "verify_audit", origin)
+        try:
+            with self._engine.connect() as conn:
+                report = self._trail.verify(conn)
+            with self._engine.begin() as conn:
+                outcome = "allowed" if report.intact else "error"
+                self._trail.record(conn, [self._event(actor, "verify_audit", outcome, origin,
+                                                      error_code=None if report.intact else "audit_broken",
+                                                      detail=f"events={report.events}")])
+        except SQLAlchemyError as exc:
+            raise StorageUnavailable("database unavailable") from exc
+        return report

@@ -147,9 +147,9 @@ def archive(older_than_days: int, out: Path) -> None:
         last = {r["writer"]: r for r in rows}
         for writer, row in last.items():
             conn.execute(delete(audit_archives).where(audit_archives.c.writer == writer))
-            conn.execute(insert_ignoring_conflict(conn, audit_archives, [{
+            conn.execute(insert_ignoring_conflict(conn, audit_archives), [{
                 "writer": writer, "chain_seq": row["chain_seq"], "mac": row["mac"], "archive": name,
-                "archived_at": datetime.now(UTC)}]))
+                "archived_at": datetime.now(UTC)}])
         conn.execute(delete(audit_events).where(chosen))
     click.echo(json.dumps({"archived": len(rows), "file": str(out / name)}))
 

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -39,6 +39,13 @@ from vault.storage import audit_archives, audit_events
 __all__ = ["AuditEvent", "Origin", "Actor", "AuditTrail", "Verification", "Break", "event_fields"]
 
 GENESIS = bytes(32)
+# Built once: the chain head of a writer, found through the (writer, chain_seq) unique index.
+_HEAD = (
+    select(audit_events.c.chain_seq, audit_events.c.mac)
+    .where(audit_events.c.writer == bindparam("writer"))
+    .order_by(audit_events.c.chain_seq.desc())
+    .limit(1)
+)
 _WRITER_KEY = "tokenvault_audit_writer"
 
 
@@ -80,13 +87,14 @@ class AuditEvent:
     origin: Origin = field(default_factory=Origin)
 
     def row(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.update(data.pop("origin"))
-        if data["user_agent"]:
-            data["user_agent"] = str(data["user_agent"])[:256]
-        if data["detail"]:
-            data["detail"] = str(data["detail"])[:256]
-        return data
+        origin = self.origin
+        return {
+            "at": self.at, "actor": self.actor, "role": self.role, "action": self.action, "outcome": self.outcome,
+            "error_code": self.error_code, "token": self.token, "kind": self.kind, "subject_id": self.subject_id,
+            "purpose": self.purpose, "key_id": self.key_id, "detail": self.detail[:256] if self.detail else None,
+            "request_id": origin.request_id, "source": origin.source,
+            "user_agent": origin.user_agent[:256] if origin.user_agent else None,
+        }
 
 
 # The fields a MAC covers, in a fixed order. Global `seq` is not among them (the
@@ -181,12 +189,7 @@ class AuditTrail:
         try:
             key_id, key = self._keys.active_hmac_key(conn, "audit")
             writer = self._writer(conn)
-            head = conn.execute(
-                select(audit_events.c.chain_seq, audit_events.c.mac)
-                .where(audit_events.c.writer == writer)
-                .order_by(audit_events.c.chain_seq.desc())
-                .limit(1)
-            ).first()
+            head = conn.execute(_HEAD, {"writer": writer}).first()
             chain_seq, prev = (int(head[0]), bytes(head[1])) if head else (0, GENESIS)
             rows = []
             for event in events:

@@ -177,7 +177,7 @@ class KeyHierarchy:
         ).mappings().first()
         if row is None:
             key = self.new_data_key(conn, purpose, subject_id)
-            inserted = conn.execute(insert_ignoring_conflict(conn, data_keys, [key.row])).rowcount
+            inserted = conn.execute(insert_ignoring_conflict(conn, data_keys), [key.row]).rowcount
             if inserted == 1:
                 self._data[key.id] = key.cipher
                 return key

@@ -315,8 +315,8 @@ class TokenService:
         for _attempt in range(_TOKEN_RETRIES):
             if not to_insert:
                 break
-            stmt = insert_ignoring_conflict(conn, tokens, [p.row for p in to_insert]).returning(tokens.c.token)
-            inserted = {row[0] for row in conn.execute(stmt)}
+            stmt = insert_ignoring_conflict(conn, tokens).returning(tokens.c.token)
+            inserted = {row[0] for row in conn.execute(stmt, [p.row for p in to_insert])}
             retry = []
             for p in to_insert:
                 if p.row["token"] in inserted:

@@ -214,14 +214,15 @@ def create_engine_for(url: str, *, pool_size: int = 5, statement_timeout_ms: int
     )
 
 
-def insert_ignoring_conflict(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> Insert:
-    """INSERT ... ON CONFLICT DO NOTHING, on SQLite and PostgreSQL alike.
+def insert_ignoring_conflict(conn: Connection, table: Table) -> Insert:
+    """INSERT ... ON CONFLICT DO NOTHING, on SQLite and PostgreSQL alike; execute with rows.
 
     Races (two requests creating the same deterministic token or subject key) are
-    settled by the database's unique constraints, never by locks in Python.
+    settled by the database's unique constraints, never by locks in Python. Rows go
+    as execute() parameters, so the compiled statement is cached.
     """
     if conn.dialect.name == "postgresql":
-        return pg_insert(table).values(rows).on_conflict_do_nothing()
-    return sqlite_insert(table).values(rows).on_conflict_do_nothing()
+        return pg_insert(table).on_conflict_do_nothing()
+    return sqlite_insert(table).on_conflict_do_nothing()
 
 

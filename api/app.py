@@ -19,7 +19,7 @@ from flask import Flask, Response, g, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api import audit_routes, errors
+from api import audit_routes, errors, metrics
 from api.auth import bearer_credentials
 from api.logs import configure, get_logger
 from api.openapi import document
@@ -27,7 +27,8 @@ from api.routes import blueprint, components, origin
 from api.settings import Settings
 from api.wiring import Components, build
 from vault.audit import AuditEvent
-from vault.errors import VaultError
+from vault.errors import Unauthenticated, VaultError
+from vault.secret import Secret
 
 __all__ = ["create_app"]
 
@@ -72,8 +73,11 @@ def create_app(settings: Settings | None = None, *, parts: Components | None = N
         response.headers.update(_SECURITY_HEADERS)
         response.headers["X-Request-ID"] = g.get("request_id", "")
         rule = request.url_rule.rule if request.url_rule else "unmatched"
+        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+        metrics.REQUESTS.labels(rule, request.method, str(response.status_code)).inc()
+        metrics.LATENCY.labels(rule, request.method).observe(elapsed)
         log.info("request", method=request.method, route=rule, status=response.status_code,
-                 ms=round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2),
+                 ms=round(elapsed * 1000, 2),
                  request_id=g.get("request_id"), actor=getattr(g.get("actor"), "id", None))
         return response
 
@@ -88,6 +92,16 @@ def create_app(settings: Settings | None = None, *, parts: Components | None = N
         except VaultError as error:
             return jsonify({"error": errors.error_body(error)}), 503
         return jsonify({"status": "ready"}), 200
+
+    metrics_token = settings.env.get("TOKENVAULT_METRICS_TOKEN")
+
+    @app.get("/metrics")
+    def metrics_endpoint() -> Response:
+        if not metrics.authorised(request.headers.get("Authorization", ""),
+                                  Secret(metrics_token) if metrics_token else None):
+            raise Unauthenticated("metrics need the metrics token")
+        body, content_type = metrics.render()
+        return Response(body, content_type=content_type)
 
     @app.get("/openapi.json")
     def openapi_json() -> Response:

@@ -7,6 +7,8 @@ mistake, a card number).
 """
 
 import os
+import shutil
+import tempfile
 
 bind = os.environ.get("TOKENVAULT_BIND", "127.0.0.1:8080")
 workers = int(os.environ.get("TOKENVAULT_WORKERS", "2"))
@@ -27,3 +29,21 @@ proc_name = "tokenvault"
 certfile = os.environ.get("TOKENVAULT_TLS_CERT") or None
 keyfile = os.environ.get("TOKENVAULT_TLS_KEY") or None
 logger_class = "api.logs.GunicornLogger"
+
+
+# Prometheus multiprocess mode: one directory shared by the workers of this master,
+# emptied at start, set before any worker imports prometheus_client.
+_metrics_dir = os.environ.setdefault(
+    "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="tokenvault-metrics-")
+)
+
+
+def on_starting(server):
+    shutil.rmtree(_metrics_dir, ignore_errors=True)
+    os.makedirs(_metrics_dir, mode=0o700, exist_ok=True)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

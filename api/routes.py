@@ -11,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from api.auth import current_actor
 from api.errors import error_body
+from api.metrics import OPERATIONS
 from api.schemas import BatchBody, DetokenizeBody, TokenizeBody
 from api.wiring import Components
 from vault.audit import Origin
@@ -61,6 +62,11 @@ def _parse(model: type[Model], data: Any, prefix: tuple[Any, ...] = ()) -> Model
         raise _validation_error(exc, prefix) from None
 
 
+def _count(operation: str, kind: str | None, error: VaultError | None) -> None:
+    outcome = "allowed" if error is None else error.code
+    OPERATIONS.labels(operation, kind or "unknown", current_actor().role, outcome).inc()
+
+
 def _request_of(body: TokenizeBody) -> TokenRequest:
     return TokenRequest(kind=body.kind, value=body.value, subject_id=body.subject_id,
                         deterministic=body.deterministic, ttl_seconds=body.ttl_seconds)
@@ -70,6 +76,7 @@ def _request_of(body: TokenizeBody) -> TokenRequest:
 def tokenize() -> tuple[Response, int]:
     body = _parse(TokenizeBody, _json_body())
     result = components().tokens.tokenize(current_actor(), [_request_of(body)], origin())[0]
+    _count("tokenize", body.kind, result if isinstance(result, VaultError) else None)
     if isinstance(result, VaultError):
         raise result
     return jsonify(result.public()), 201
@@ -90,6 +97,8 @@ def tokenize_batch() -> tuple[Response, int]:
         for index, result in zip(positions, components().tokens.tokenize(current_actor(), requests, origin()),
                                  strict=True):
             results[index] = result
+            _count("tokenize", body.items[index].get("kind") if isinstance(result, TokenRecord) else None,
+                   result if isinstance(result, VaultError) else None)
     return jsonify({"results": [
         r.public() if isinstance(r, TokenRecord) else {"error": error_body(r)} for r in results if r is not None
     ]}), 200
@@ -99,6 +108,8 @@ def tokenize_batch() -> tuple[Response, int]:
 def detokenize() -> tuple[Response, int]:
     body = _parse(DetokenizeBody, _json_body())
     results = components().tokens.detokenize(current_actor(), body.tokens, body.purpose, origin())
+    for result in results:
+        _count("detokenize", result.kind, result.error)
     return jsonify({"results": [
         {"token": r.token or None, "error": error_body(r.error)} if r.error else {"token": r.token, "value": r.value}
         for r in results

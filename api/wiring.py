@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.engine import Engine
 
+from api.metrics import InstrumentedProvider, observe_audit_write, observe_key_cache
 from api.settings import Settings
 from kms.local import LocalKeyProvider, load_master_key
 from kms.provider import KeyProvider
@@ -57,9 +58,9 @@ def build(
     now = clock or (lambda: datetime.now(UTC))
     policy = load_policy(settings.policy_path)
     engine = create_engine_for(settings.database_url, pool_size=4)
-    provider = provider or build_provider(settings)
-    keys = KeyHierarchy(provider, cache_seconds=settings.key_cache_seconds, clock=now)
-    trail = AuditTrail(keys, checkpoint_dir=settings.checkpoint_dir, clock=now)
+    provider = InstrumentedProvider(provider or build_provider(settings))
+    keys = KeyHierarchy(provider, cache_seconds=settings.key_cache_seconds, clock=now, on_lookup=observe_key_cache)
+    trail = AuditTrail(keys, checkpoint_dir=settings.checkpoint_dir, clock=now, on_write=observe_audit_write)
     return Components(
         settings=settings,
         engine=engine,

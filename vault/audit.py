@@ -22,6 +22,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -161,8 +162,10 @@ class AuditTrail:
         checkpoint_dir: Path | None = None,
         checkpoint_seconds: float = 10.0,
         clock: Callable[[], datetime] = _now,
+        on_write: Callable[[float], None] | None = None,
     ) -> None:
         self._keys = keys
+        self._on_write = on_write or (lambda _seconds: None)
         self._clock = clock
         self._checkpoint_dir = checkpoint_dir
         self._checkpoint_seconds = checkpoint_seconds
@@ -186,6 +189,7 @@ class AuditTrail:
         """Append events in the caller's transaction; raises AuditWriteFailed on any failure."""
         if not events:
             return
+        started = time.perf_counter()
         try:
             key_id, key = self._keys.active_hmac_key(conn, "audit")
             writer = self._writer(conn)
@@ -199,6 +203,7 @@ class AuditTrail:
                 row["mac"] = prev = mac_of(key.expose(), prev, row)
                 rows.append(row)
             conn.execute(insert(audit_events), rows)
+            self._on_write(time.perf_counter() - started)
         except VaultError as exc:
             raise AuditWriteFailed("audit event could not be written") from exc
         except SQLAlchemyError as exc:

@@ -64,8 +64,10 @@ class KeyHierarchy:
         cache_seconds: float = 300.0,
         data_key_cache_size: int = 10_000,
         clock: Callable[[], datetime] = _now,
+        on_lookup: Callable[[str, bool], None] | None = None,
     ) -> None:
         self.provider = provider
+        self._on_lookup = on_lookup or (lambda _cache, _hit: None)
         self._clock = clock
         self._lock = threading.Lock()
         ttl = max(cache_seconds, 0.001)
@@ -120,6 +122,7 @@ class KeyHierarchy:
 
     def _domain_secret(self, conn: Connection, key_id: str) -> Secret[bytes]:
         key = self._domain.get(key_id)
+        self._on_lookup("domain", key is not None)
         if key is not None:
             return key
         row = conn.execute(select(domain_keys.c.wrapped).where(domain_keys.c.id == key_id)).first()
@@ -194,6 +197,8 @@ class KeyHierarchy:
             if key_id in out:
                 continue
             cached = self._data.get(key_id)
+            if row["subject_id"] is not None:
+                self._on_lookup("data", cached is not None)
             if cached is not None:
                 out[key_id] = cached
                 continue

@@ -99,6 +99,7 @@ class Detokenized:
     token: str
     value: Any = None
     error: VaultError | None = None
+    kind: str | None = None
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -423,7 +424,7 @@ class TokenService:
                                    keep_bin=self._policy.keep_bin)
                 if row["kind"] == "cvv":
                     read_cvvs.append(token)
-                out.append(Detokenized(token=token, value=value))
+                out.append(Detokenized(token=token, value=value, kind=row["kind"]))
                 events.append(self._event(actor, "detokenize", "allowed", origin, token=token, kind=row["kind"],
                                           subject_id=row["subject_id"], purpose=purpose, key_id=row["data_key_id"]))
             if read_cvvs:

@@ -38,6 +38,13 @@ def test_tokenize_and_detokenize_over_http(server: Server) -> None:
     assert read.json()["results"][0]["value"]["pan"] == PANS[0]
     assert requests.get(server.url + "/healthz", timeout=5).json() == {"status": "ok"}
     assert "paths" in requests.get(server.url + "/openapi.json", timeout=5).json()
+    # Both workers' counts add up in multiprocess mode.
+    for _ in range(6):
+        requests.get(server.url + "/healthz", timeout=5)
+    metrics = requests.get(server.url + "/metrics", timeout=5).text
+    line = next(m for m in metrics.splitlines()
+                if m.startswith('tokenvault_http_requests_total{method="GET",route="/healthz",status="200"}'))
+    assert float(line.split()[-1]) >= 7
 
 
 def test_no_plaintext_in_database_or_logs(server: Server) -> None:

@@ -21,14 +21,24 @@ __all__ = ["configure", "redact", "get_logger"]
 
 _SENSITIVE_KEYS = {"value", "values", "pan", "cvv", "password", "api_key", "authorization", "totp", "secret",
                    "token_value", "plaintext"}
-_DIGIT_RUN = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9]){11,18}(?![0-9])")
+_DIGIT_RUN = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9]){11,}(?![0-9])")
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 _API_KEY = re.compile(r"tvk_[A-Za-z0-9_-]+")
 
 
 def _scrub_digits(match: re.Match[str]) -> str:
-    digits = re.sub(r"[ -]", "", match.group(0))
-    return "[redacted-pan]" if luhn_valid(digits) else match.group(0)
+    """Redact a digit run if it, or any span of its space/dash-separated groups, is a Luhn-valid 12-19 digits.
+
+    Spans of whole groups catch "PAN then CVV" (`4111... 123`) without flagging
+    arbitrary windows inside one solid number such as a card token.
+    """
+    groups = re.split(r"[ -]", match.group(0))
+    for start in range(len(groups)):
+        for end in range(start + 1, len(groups) + 1):
+            digits = "".join(groups[start:end])
+            if 12 <= len(digits) <= 19 and luhn_valid(digits):
+                return "[redacted-pan]"
+    return match.group(0)
 
 
 def redact_text(text: str) -> str:
@@ -37,12 +47,22 @@ def redact_text(text: str) -> str:
     return _API_KEY.sub("[redacted-key]", text)
 
 
+def _redact_value(key: str, value: Any) -> Any:
+    if key.lower() in _SENSITIVE_KEYS:
+        return "[redacted]"
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {k: _redact_value(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_value(key, item) for item in value]
+    return value
+
+
 def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: scrub every field, nested ones included."""
     for key in list(event):
-        if key.lower() in _SENSITIVE_KEYS:
-            event[key] = "[redacted]"
-        elif isinstance(event[key], str):
-            event[key] = redact_text(event[key])
+        event[key] = _redact_value(key, event[key])
     return event
 
 

@@ -21,7 +21,7 @@ BATCH_MAX = 1000
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
 
 class TokenizeBody(Strict):

@@ -92,11 +92,18 @@ def _cvv(value: str) -> str:
 
 
 def _text(value: str) -> str:
-    value = _clean_text(value) if value.strip() else value
-    if len(value.encode("utf-8")) > TEXT_MAX_BYTES:
-        raise ValueError("must be at most 4096 bytes")
+    """Free text keeps its line breaks and tabs; other control characters are refused."""
+    value = unicodedata.normalize("NFC", value.strip())
     if not value:
         raise ValueError("must not be empty")
+    for char in value:
+        category = unicodedata.category(char)
+        if (category in ("Cc", "Cs", "Co", "Cn") and char not in "\n\r\t") or (
+            category == "Cf" and char not in "\u200d\u200c"
+        ):
+            raise ValueError("must not contain control or unassigned characters")
+    if len(value.encode("utf-8")) > TEXT_MAX_BYTES:
+        raise ValueError("must be at most 4096 bytes")
     return value
 
 
@@ -113,7 +120,8 @@ PostalCode = Annotated[StrictStr, Field(max_length=20), AfterValidator(_clean_te
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # hide_input_in_errors: a ValidationError printed or logged anywhere never shows the value.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
 class CardValue(_Strict):
@@ -194,7 +202,12 @@ def metadata_for(kind: str, value: CardValue | AddressValue | str, *, keep_bin: 
 def _build_adapters() -> dict[str, Any]:
     from pydantic import TypeAdapter
 
-    return {kind: TypeAdapter(schema) for kind, schema in VALUE_SCHEMAS.items()}
+    hidden = ConfigDict(hide_input_in_errors=True)
+    return {
+        kind: TypeAdapter(schema) if isinstance(schema, type) and issubclass(schema, BaseModel)
+        else TypeAdapter(schema, config=hidden)
+        for kind, schema in VALUE_SCHEMAS.items()
+    }
 
 
 _ADAPTERS = _build_adapters()

@@ -44,5 +44,5 @@ class Secret(Generic[T]):
             return hmac.compare_digest(a.encode(), b.encode())
         return bool(a == b)
 
-    def __hash__(self) -> int:
-        return id(self)
+    # Equal by value but unhashable: a secret must never become a set member or dict key.
+    __hash__ = None  # type: ignore[assignment]

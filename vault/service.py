@@ -320,7 +320,9 @@ class TokenService:
             inserted = {row[0] for row in conn.execute(stmt, [p.row for p in to_insert])}
             retry = []
             for p in to_insert:
+                # A token drawn twice within this batch is inserted once: only its first holder keeps it.
                 if p.row["token"] in inserted:
+                    inserted.discard(p.row["token"])
                     results[p.index] = self._record(p.row)
                 elif p.lookup is not None:
                     found.update(self._existing_by_lookup(conn, [p.lookup], now))

@@ -17,8 +17,9 @@ from vault.errors import ValidationFailed
 __all__ = ["card_token", "opaque_token", "kind_of_token", "MAX_TOKEN_LENGTH"]
 
 MAX_TOKEN_LENGTH = 64
-_OPAQUE = re.compile(r"^tok_(cvv|address|email|phone|name|text)_[A-Za-z0-9_-]{32}$")
-_DIGITS = re.compile(r"^[0-9]{12,19}$")
+# fullmatch, not match with `$`: `$` also matches before a trailing newline.
+_OPAQUE = re.compile(r"tok_(cvv|address|email|phone|name|text)_[A-Za-z0-9_-]{32}")
+_DIGITS = re.compile(r"[0-9]{12,19}")
 _BIN_MIN_LENGTH = 16
 
 
@@ -45,11 +46,11 @@ def kind_of_token(token: str) -> str:
     """
     if len(token) > MAX_TOKEN_LENGTH:
         raise ValidationFailed("token", "is not a token")
-    if _DIGITS.match(token):
+    if _DIGITS.fullmatch(token):
         if luhn_valid(token):
             raise ValidationFailed("token", "looks like a card number, not a token")
         return "card"
-    match = _OPAQUE.match(token)
+    match = _OPAQUE.fullmatch(token)
     if match is None:
         raise ValidationFailed("token", "is not a token")
     return match.group(1)

@@ -179,15 +179,11 @@ def test_kind_of_token_refuses_unknown_opaque_kinds(kind: str) -> None:
         kind_of_token(f"tok_{kind}_" + "a" * 32)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: vault/tokens.py _DIGITS uses `$` with .match, which also matches "
-                                       "before a trailing newline, so a PAN + '\\n' is taken for a card token")
 def test_kind_of_token_refuses_a_pan_with_a_trailing_newline() -> None:
     with pytest.raises(ValidationFailed):
         kind_of_token("4111111111111111\n")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: vault/tokens.py _OPAQUE uses `$` with .match, which also matches "
-                                       "before a trailing newline")
 def test_kind_of_token_refuses_an_opaque_token_with_a_trailing_newline() -> None:
     with pytest.raises(ValidationFailed):
         kind_of_token("tok_email_" + "a" * 32 + "\n")

@@ -19,7 +19,7 @@ from flask import Flask, Response, g, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api import audit_routes, errors, metrics
+from api import audit_routes, errors, metrics, privacy_routes
 from api.auth import bearer_credentials
 from api.logs import configure, get_logger
 from api.openapi import document
@@ -109,6 +109,7 @@ def create_app(settings: Settings | None = None, *, parts: Components | None = N
 
     app.register_blueprint(blueprint)
     app.register_blueprint(audit_routes.blueprint)
+    app.register_blueprint(privacy_routes.blueprint)
     return app
 
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 from api.auth import current_actor
 from api.errors import error_body
 from api.metrics import OPERATIONS
-from api.schemas import BatchBody, DetokenizeBody, TokenizeBody
+from api.schemas import BatchBody, CorrectBody, DetokenizeBody, TokenizeBody
 from api.wiring import Components
 from vault.audit import Origin
 from vault.errors import ValidationFailed, VaultError
@@ -46,7 +46,7 @@ def _validation_error(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> Val
     return ValidationFailed(".".join(parts) or "body", rule)
 
 
-def _json_body() -> Any:
+def json_body() -> Any:
     if not request.mimetype == "application/json":
         raise ValidationFailed("body", "must be application/json")
     try:
@@ -55,7 +55,7 @@ def _json_body() -> Any:
         raise ValidationFailed("body", "is not valid JSON") from None
 
 
-def _parse(model: type[Model], data: Any, prefix: tuple[Any, ...] = ()) -> Model:
+def parse(model: type[Model], data: Any, prefix: tuple[Any, ...] = ()) -> Model:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -69,12 +69,12 @@ def _count(operation: str, kind: str | None, error: VaultError | None) -> None:
 
 def _request_of(body: TokenizeBody) -> TokenRequest:
     return TokenRequest(kind=body.kind, value=body.value, subject_id=body.subject_id,
-                        deterministic=body.deterministic, ttl_seconds=body.ttl_seconds)
+                        deterministic=body.deterministic, ttl_seconds=body.ttl_seconds, reference=body.reference)
 
 
 @blueprint.post("/tokens")
 def tokenize() -> tuple[Response, int]:
-    body = _parse(TokenizeBody, _json_body())
+    body = parse(TokenizeBody, json_body())
     result = components().tokens.tokenize(current_actor(), [_request_of(body)], origin())[0]
     _count("tokenize", body.kind, result if isinstance(result, VaultError) else None)
     if isinstance(result, VaultError):
@@ -84,12 +84,12 @@ def tokenize() -> tuple[Response, int]:
 
 @blueprint.post("/tokens/batch")
 def tokenize_batch() -> tuple[Response, int]:
-    body = _parse(BatchBody, _json_body())
+    body = parse(BatchBody, json_body())
     results: list[TokenRecord | VaultError | None] = [None] * len(body.items)
     requests, positions = [], []
     for index, item in enumerate(body.items):
         try:
-            requests.append(_request_of(_parse(TokenizeBody, item, ("items", index))))
+            requests.append(_request_of(parse(TokenizeBody, item, ("items", index))))
             positions.append(index)
         except ValidationFailed as error:
             results[index] = error
@@ -106,7 +106,7 @@ def tokenize_batch() -> tuple[Response, int]:
 
 @blueprint.post("/detokenize")
 def detokenize() -> tuple[Response, int]:
-    body = _parse(DetokenizeBody, _json_body())
+    body = parse(DetokenizeBody, json_body())
     results = components().tokens.detokenize(current_actor(), body.tokens, body.purpose, origin())
     for result in results:
         _count("detokenize", result.kind, result.error)
@@ -120,6 +120,14 @@ def detokenize() -> tuple[Response, int]:
 def read_metadata(token: str) -> tuple[Response, int]:
     record = components().tokens.metadata(current_actor(), token, origin())
     return jsonify(record.public()), 200
+
+
+@blueprint.patch("/tokens/<path:token>")
+def correct_token(token: str) -> tuple[Response, int]:
+    """Rectification (GDPR Art. 16): new value, same token; lists who must be told (Art. 19)."""
+    body = parse(CorrectBody, json_body())
+    record, recipients = components().tokens.correct(current_actor(), token, body.value, origin())
+    return jsonify({**record.public(), "recipients_to_notify": recipients}), 200
 
 
 @blueprint.delete("/tokens/<path:token>")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, create_model
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, create_model
 
 from vault.kinds import KINDS, VALUE_SCHEMAS
 
@@ -24,12 +24,53 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
 
+Reference = Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+
+
 class TokenizeBody(Strict):
     kind: KindName
     value: Any
     subject_id: SubjectId | None = None
     deterministic: StrictBool = False
     ttl_seconds: Annotated[StrictInt, Field(ge=1, le=315_360_000)] | None = None
+    reference: Reference | None = None
+
+
+class CorrectBody(Strict):
+    value: Any
+
+
+class ConsentsBody(Strict):
+    marketing: StrictBool | None = None
+    tracking: StrictBool | None = None
+    profiling: StrictBool | None = None
+    sale: StrictBool | None = None
+    source: Annotated[StrictStr, Field(min_length=1, max_length=100)] | None = None
+
+
+class RestrictionBody(Strict):
+    restricted: StrictBool
+
+
+class HoldBody(Strict):
+    reason: Annotated[StrictStr, Field(min_length=1, max_length=500)]
+    until: AwareDatetime
+
+
+class RequestBody(Strict):
+    right: Literal["access", "portability", "rectification", "erasure", "restriction", "objection", "minor"]
+
+
+class CloseRequestBody(Strict):
+    outcome: Annotated[StrictStr, Field(min_length=1, max_length=500)]
+
+
+class DisclosureBody(Strict):
+    subject_id: SubjectId | None = None
+    tokens: Annotated[list[TokenText], Field(max_length=BATCH_MAX)] = []
+    case_reference: Annotated[StrictStr, Field(min_length=1, max_length=128)]
+    authority: Annotated[StrictStr, Field(min_length=1, max_length=200)]
+    justification: Annotated[StrictStr, Field(min_length=1, max_length=1000)]
 
 
 class BatchBody(Strict):
@@ -96,6 +137,7 @@ def _documented_items() -> list[type[BaseModel]]:
             subject_id=(SubjectId | None, None),
             deterministic=(bool, False),
             ttl_seconds=(Annotated[int, Field(ge=1, le=315_360_000)] | None, None),
+            reference=(Reference | None, None),
         )
         shapes.append(model)
     return shapes

@@ -20,6 +20,7 @@ from vault.auditlog import AuditLog
 from vault.clients import ClientRegistry
 from vault.keys import KeyHierarchy
 from vault.policy import Policy, load_policy
+from vault.privacy import PrivacyService
 from vault.service import TokenService
 from vault.storage import create_engine_for
 
@@ -46,6 +47,7 @@ class Components:
     audit_log: AuditLog
     clients: ClientRegistry
     tokens: TokenService
+    privacy: PrivacyService
 
 
 def build(
@@ -61,6 +63,7 @@ def build(
     provider = InstrumentedProvider(provider or build_provider(settings))
     keys = KeyHierarchy(provider, cache_seconds=settings.key_cache_seconds, clock=now, on_lookup=observe_key_cache)
     trail = AuditTrail(keys, checkpoint_dir=settings.checkpoint_dir, clock=now, on_write=observe_audit_write)
+    token_service = TokenService(engine=engine, keys=keys, policy=policy, trail=trail, clock=now)
     return Components(
         settings=settings,
         engine=engine,
@@ -70,5 +73,7 @@ def build(
         trail=trail,
         audit_log=AuditLog(engine, trail, policy, clock=now),
         clients=ClientRegistry(engine, keys, policy, trail, cache_seconds=settings.auth_cache_seconds, clock=now),
-        tokens=TokenService(engine=engine, keys=keys, policy=policy, trail=trail, clock=now),
+        tokens=token_service,
+        privacy=PrivacyService(engine=engine, keys=keys, policy=policy, trail=trail, tokens_service=token_service,
+                               clock=now),
     )

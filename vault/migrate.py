@@ -19,8 +19,8 @@ def alembic_config() -> Config:
     return config
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the database to `revision`; idempotent."""
+def upgrade(engine: Engine, revision: str = "heads") -> None:
+    """Bring the database to `revision` (every branch head by default); idempotent."""
     config = alembic_config()
     with engine.begin() as connection:
         config.attributes["connection"] = connection

@@ -23,11 +23,11 @@ __all__ = ["Policy", "Rule", "Decision", "OPERATIONS", "PURPOSES", "load_policy"
 # Data operations act on tokens of the listed kinds; the others act on the vault itself.
 DataOperation = Literal["tokenize", "detokenize", "read_metadata", "delete", "correct", "export"]
 AdminOperation = Literal["read_audit", "manage_keys", "manage_operators", "manage_clients", "manage_subjects",
-                         "disclose"]
+                         "manage_consents", "disclose"]
 Operation = DataOperation | AdminOperation
 DATA_OPERATIONS: tuple[str, ...] = ("tokenize", "detokenize", "read_metadata", "delete", "correct", "export")
 OPERATIONS: tuple[str, ...] = (*DATA_OPERATIONS, "read_audit", "manage_keys", "manage_operators",
-                               "manage_clients", "manage_subjects", "disclose")
+                               "manage_clients", "manage_subjects", "manage_consents", "disclose")
 Purpose = Literal["payment", "fulfillment", "support", "marketing", "legal"]
 PURPOSES: tuple[str, ...] = ("payment", "fulfillment", "support", "marketing", "legal")
 KindName = Literal["card", "cvv", "address", "email", "phone", "name", "text"]
@@ -83,11 +83,32 @@ class Settings(BaseModel):
     keep_bin: bool = False
 
 
+MetadataField = Literal["brand", "last4", "exp_month", "exp_year", "reference", "country", "use"]
+
+
+class Retention(BaseModel):
+    """How long a kind is kept, and what a legal obligation keeps after erasure (GDPR Art. 17(3)(b))."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    purge_after_unused_days: int | None = Field(default=None, ge=1)
+    keep_after_erasure: tuple[MetadataField, ...] = ()
+    keep_days: int = Field(default=0, ge=0)
+    legal_basis: str = ""
+
+    @model_validator(mode="after")
+    def _kept_needs_basis(self) -> Retention:
+        if self.keep_after_erasure and (not self.keep_days or not self.legal_basis):
+            raise ValueError("keep_after_erasure needs keep_days and a legal_basis")
+        return self
+
+
 class _PolicyFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     settings: Settings = Settings()
     roles: dict[str, Role]
+    retention: dict[KindName, Retention] = {}
 
     @model_validator(mode="after")
     def _separation_of_duties(self) -> _PolicyFile:
@@ -120,6 +141,9 @@ class Policy:
     @property
     def keep_bin(self) -> bool:
         return self._doc.settings.keep_bin
+
+    def retention(self, kind: str) -> Retention | None:
+        return self._doc.retention.get(kind)  # type: ignore[call-overload, no-any-return]
 
     @property
     def roles(self) -> tuple[str, ...]:

@@ -20,9 +20,8 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import and_, delete, insert, or_, select
+from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from vault.audit import Actor, AuditEvent, AuditTrail, Origin
 from vault.envelope import associated_data
@@ -31,7 +30,6 @@ from vault.errors import (
     DecryptionFailed,
     Forbidden,
     NotFound,
-    StorageUnavailable,
     ValidationFailed,
     VaultError,
 )
@@ -44,8 +42,10 @@ from vault.kinds import (
     parse_value,
     value_from_bytes,
 )
+from vault.operations import AuditedOperations
 from vault.policy import PURPOSES, Policy, apply_view
-from vault.storage import data_keys, insert_ignoring_conflict, tokens
+from vault.storage import audit_events, data_keys, insert_ignoring_conflict, tokens
+from vault.subjects import subject_states
 from vault.tokens import card_token, kind_of_token, opaque_token
 
 __all__ = ["TokenService", "TokenRequest", "TokenRecord", "Detokenized", "Limits"]
@@ -74,6 +74,7 @@ class TokenRequest:
     subject_id: str | None = None
     deterministic: bool = False
     ttl_seconds: int | None = None
+    reference: str | None = None  # e.g. an order id: kept for tax after erasure
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ class _Pending:
     row: dict[str, Any]
 
 
-class TokenService:
+class TokenService(AuditedOperations):
     """The vault's operations. Holds no request state; safe to share across threads."""
 
     def __init__(
@@ -135,44 +136,13 @@ class TokenService:
         limits: Limits = Limits(),
         clock: Callable[[], datetime] = _now,
     ) -> None:
-        self._engine = engine
+        super().__init__(engine=engine, policy=policy, trail=trail, clock=clock)
         self._keys = keys
-        self._policy = policy
-        self._trail = trail
         self._limits = limits
-        self._clock = clock
         self._purge_lock = threading.Lock()
         self._last_purge = 0.0
 
     # -- shared helpers -------------------------------------------------------------------
-
-    def _event(self, actor: Actor, action: str, outcome: str, origin: Origin, **fields: Any) -> AuditEvent:
-        return AuditEvent(at=self._clock(), actor=actor.id, role=actor.role, action=action, outcome=outcome,
-                          origin=origin, **fields)
-
-    def _transaction(self, work: Callable[[Connection], Any]) -> Any:
-        """Run `work` in one transaction; database failures read as StorageUnavailable."""
-        try:
-            with self._engine.begin() as conn:
-                return work(conn)
-        except VaultError:
-            raise
-        except OperationalError as exc:
-            raise StorageUnavailable("database unavailable") from exc
-        except SQLAlchemyError as exc:
-            raise StorageUnavailable("database error") from exc
-
-    def _audit_failure(self, events: Sequence[AuditEvent]) -> None:
-        """Record denials and errors after their transaction rolled back.
-
-        If even this write fails, the caller still gets an error and no data.
-        """
-        with contextlib.suppress(VaultError):
-            self._transaction(lambda conn: self._trail.record(conn, events))
-
-    def _deny(self, actor: Actor, action: str, origin: Origin, error: VaultError, **fields: Any) -> VaultError:
-        self._audit_failure([self._event(actor, action, "denied", origin, error_code=error.code, **fields)])
-        return error
 
     def _lookup(self, conn: Connection, kind: str, subject_id: str | None, plaintext: bytes) -> bytes:
         key = self._keys.hmac_key(conn, "index").expose()
@@ -288,7 +258,10 @@ class TokenService:
                 data_key, new_key = subject_keys[slot], False
             else:
                 data_key, new_key = self._keys.new_data_key(conn, purpose, None), True
-            meta = json.dumps(metadata_for(request.kind, parsed, keep_bin=keep_bin), sort_keys=True)
+            facts = metadata_for(request.kind, parsed, keep_bin=keep_bin)
+            if request.reference is not None:
+                facts["reference"] = request.reference
+            meta = json.dumps(facts, sort_keys=True)
             row = {
                 "token": self._new_token(request.kind, parsed, keep_bin),
                 "kind": request.kind,
@@ -372,7 +345,7 @@ class TokenService:
         if not lookups:
             return {}
         # An expired deterministic token frees its slot: remove it so a new one can take it.
-        self._delete_tokens(conn, and_(tokens.c.lookup.in_(lookups), tokens.c.expires_at <= now))
+        self.delete_rows(conn, and_(tokens.c.lookup.in_(lookups), tokens.c.expires_at <= now))
         rows = conn.execute(select(tokens).where(tokens.c.lookup.in_(lookups))).mappings()
         return {row["lookup"]: self._record(row) for row in rows}
 
@@ -394,6 +367,7 @@ class TokenService:
 
         def work(conn: Connection) -> list[Detokenized]:
             rows = self._rows(conn, list(kinds), now)
+            states = subject_states(conn, {r["subject_id"] for r in rows.values() if r["subject_id"]})
             ciphers = self._keys.open_data_keys(conn, [
                 {"id": r["data_key_id"], "domain_key_id": r["dk_domain"], "subject_id": r["dk_subject"],
                  "purpose": r["dk_purpose"], "wrapped": r["dk_wrapped"]} for r in rows.values()
@@ -409,6 +383,8 @@ class TokenService:
                 meta = json.loads(row["meta"]) if row else {}
                 decision = (self._policy.decide(actor.role, "detokenize", row["kind"], purpose=purpose,
                                                 use=meta.get("use")) if row else None)
+                if row is not None and decision is not None and row["subject_id"] in states:
+                    decision = decision if states[row["subject_id"]].permits(purpose) else None
                 if row is None or decision is None:
                     out.append(Detokenized(token=token, error=NotFound("not found")))
                     events.append(self._event(actor, "detokenize", "denied", origin, token=token,
@@ -429,10 +405,16 @@ class TokenService:
                 out.append(Detokenized(token=token, value=value, kind=row["kind"]))
                 events.append(self._event(actor, "detokenize", "allowed", origin, token=token, kind=row["kind"],
                                           subject_id=row["subject_id"], purpose=purpose, key_id=row["data_key_id"]))
+            used = [item.token for item in out if item.error is None and item.kind == "card"]
+            if used:
+                # Drives "purge 13 months after last use"; at most one write per card per day.
+                conn.execute(update(tokens).where(tokens.c.token.in_(used), or_(
+                    tokens.c.last_used_at.is_(None), tokens.c.last_used_at < now - timedelta(days=1)))
+                    .values(last_used_at=now))
             if read_cvvs:
                 # Read once (PCI DSS 3.3.1): the CVV is deleted in this same transaction.
                 # If another reader deleted it first, ours is not returned.
-                gone = set(read_cvvs) - self._delete_tokens(conn, tokens.c.token.in_(read_cvvs))
+                gone = set(read_cvvs) - self.delete_rows(conn, tokens.c.token.in_(read_cvvs))
                 for position, item in enumerate(out):
                     if item.token in gone and item.error is None:
                         out[position] = Detokenized(token=item.token, error=NotFound("not found"))
@@ -450,6 +432,10 @@ class TokenService:
     def _rows(self, conn: Connection, token_list: list[str], now: datetime) -> dict[str, Any]:
         if not token_list:
             return {}
+        return self.rows_where(conn, tokens.c.token.in_(token_list), now)
+
+    def rows_where(self, conn: Connection, condition: Any, now: datetime) -> dict[str, Any]:
+        """Live (unexpired) token rows with their data-key columns, by token."""
         query = (
             select(
                 tokens,
@@ -459,9 +445,77 @@ class TokenService:
                 data_keys.c.wrapped.label("dk_wrapped"),
             )
             .join(data_keys, data_keys.c.id == tokens.c.data_key_id)
-            .where(tokens.c.token.in_(token_list), or_(tokens.c.expires_at.is_(None), tokens.c.expires_at > now))
+            .where(condition, or_(tokens.c.expires_at.is_(None), tokens.c.expires_at > now))
         )
         return {row["token"]: row for row in conn.execute(query).mappings()}
+
+    def open_rows(self, conn: Connection, rows: Sequence[Any]) -> dict[str, Any | DecryptionFailed]:
+        """Decrypt rows from `rows_where`: the value, or DecryptionFailed for a tampered row."""
+        ciphers = self._keys.open_data_keys(conn, [
+            {"id": r["data_key_id"], "domain_key_id": r["dk_domain"], "subject_id": r["dk_subject"],
+             "purpose": r["dk_purpose"], "wrapped": r["dk_wrapped"]} for r in rows
+        ]) if rows else {}
+        out: dict[str, Any | DecryptionFailed] = {}
+        for row in rows:
+            try:
+                plaintext = ciphers[row["data_key_id"]].open(row["ciphertext"], self._record_aad(dict(row)))
+                out[row["token"]] = value_from_bytes(plaintext)
+            except DecryptionFailed as error:
+                out[row["token"]] = error
+        return out
+
+    # -- correction (GDPR Art. 16) -----------------------------------------------------------
+
+    def correct(self, actor: Actor, token: str, value: Any, origin: Origin) -> tuple[TokenRecord, list[str]]:
+        """Replace the value behind a token, keeping the token; returns who had read the old value.
+
+        The new value goes under a fresh per-record data key and the old per-record key is
+        destroyed, so the old value cannot be recovered from this database.
+        """
+        self._require(actor, "correct", "correct", origin)
+        kind = kind_of_token(token)
+        now = self._clock()
+
+        def work(conn: Connection) -> tuple[TokenRecord, list[str]]:
+            row = self._rows(conn, [token], now).get(token)
+            if row is None or row["kind"] == "cvv" or self._policy.decide(actor.role, "correct", row["kind"]) is None:
+                raise NotFound("not found")
+            parsed = self._validate(TokenRequest(kind=row["kind"], value=value), now.date())
+            if isinstance(parsed, CardValue) and not token.endswith(parsed.pan[-4:]):
+                raise ValidationFailed("value.pan", "a different card needs a new token")
+            old_meta = json.loads(row["meta"])
+            facts = metadata_for(row["kind"], parsed, keep_bin=self._policy.keep_bin)
+            if "reference" in old_meta:
+                facts["reference"] = old_meta["reference"]
+            plaintext = canonical_bytes(parsed)
+            data_key = self._keys.new_data_key(conn, _purpose_of_kind(row["kind"]), None)
+            new = {"token": token, "kind": row["kind"], "subject_id": row["subject_id"], "data_key_id": data_key.id,
+                   "meta": json.dumps(facts, sort_keys=True), "expires_at": row["expires_at"]}
+            new["ciphertext"] = data_key.cipher.seal(plaintext, self._record_aad(new))
+            if row["lookup"] is not None:
+                new["lookup"] = self._lookup(conn, row["kind"], row["subject_id"], plaintext)
+                clash = conn.execute(select(tokens.c.token).where(tokens.c.lookup == new["lookup"],
+                                                                  tokens.c.token != token)).first()
+                if clash is not None:
+                    raise Conflict("another deterministic token holds this value")
+            conn.execute(insert(data_keys), [data_key.row])
+            conn.execute(update(tokens).where(tokens.c.token == token).values(
+                **{k: v for k, v in new.items() if k not in ("token", "kind", "subject_id", "expires_at")}))
+            if row["dk_subject"] is None:
+                conn.execute(delete(data_keys).where(data_keys.c.id == row["data_key_id"]))
+            recipients = sorted({f"{r.role}:{r.actor}" for r in conn.execute(
+                select(audit_events.c.actor, audit_events.c.role).where(
+                    audit_events.c.token == token, audit_events.c.action == "detokenize",
+                    audit_events.c.outcome == "allowed"))})
+            self._trail.record(conn, [self._event(actor, "correct", "allowed", origin, token=token, kind=row["kind"],
+                                                  subject_id=row["subject_id"], key_id=data_key.id,
+                                                  detail=f"recipients={len(recipients)}")])
+            record = TokenRecord(token=token, kind=row["kind"], metadata=facts, created_at=row["created_at"],
+                                 expires_at=row["expires_at"], subject_id=row["subject_id"])
+            return record, recipients
+
+        result: tuple[TokenRecord, list[str]] = self._audited(actor, "correct", origin, work, token=token, kind=kind)
+        return result
 
     # -- metadata and delete ---------------------------------------------------------------
 
@@ -485,7 +539,7 @@ class TokenService:
             if row is None or self._policy.decide(actor.role, operation, row["kind"]) is None:
                 return None
             if operation == "delete":
-                self._delete_tokens(conn, tokens.c.token == token)
+                self.delete_rows(conn, tokens.c.token == token)
             self._trail.record(conn, [self._event(actor, operation, "allowed", origin, token=token, kind=row["kind"],
                                             subject_id=row["subject_id"], key_id=row["data_key_id"])])
             return self._record(row)
@@ -502,7 +556,7 @@ class TokenService:
 
     # -- deletion and purge ------------------------------------------------------------------
 
-    def _delete_tokens(self, conn: Connection, condition: Any) -> set[str]:
+    def delete_rows(self, conn: Connection, condition: Any) -> set[str]:
         """Delete matching tokens and their per-record data keys; returns the tokens deleted."""
         gone = conn.execute(delete(tokens).where(condition).returning(tokens.c.token, tokens.c.data_key_id)).all()
         key_ids = [row[1] for row in gone]
@@ -515,7 +569,7 @@ class TokenService:
         now = self._clock()
 
         def work(conn: Connection) -> int:
-            count = len(self._delete_tokens(conn, and_(tokens.c.expires_at.is_not(None), tokens.c.expires_at <= now)))
+            count = len(self.delete_rows(conn, and_(tokens.c.expires_at.is_not(None), tokens.c.expires_at <= now)))
             if count:
                 self._trail.record(conn, [self._event(actor, "purge", "allowed", Origin(), detail=f"purged={count}")])
             return count

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -40,6 +41,12 @@ __all__ = [
     "clients",
     "audit_events",
     "audit_archives",
+    "subjects",
+    "consents",
+    "holds",
+    "privacy_requests",
+    "retained_records",
+    "disclosures",
     "create_engine_for",
     "normalise_url",
     "insert_ignoring_conflict",
@@ -111,6 +118,8 @@ tokens = Table(
     Column("meta", Text, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("expires_at", UTCDateTime, nullable=True, index=True),
+    # Not part of the AAD: only drives retention ("13 months after last use").
+    Column("last_used_at", UTCDateTime, nullable=True),
 )
 
 clients = Table(
@@ -167,6 +176,87 @@ audit_archives = Table(
     Column("mac", LargeBinary(32), nullable=False),
     Column("archive", String(255), nullable=False),
     Column("archived_at", UTCDateTime, nullable=False),
+)
+
+
+# -- privacy: subjects and their rights (GDPR Art. 15-21) ---------------------------------
+
+subjects = Table(
+    "subjects",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("restricted", Boolean, nullable=False, default=False),
+    Column("minor", Boolean, nullable=False, default=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("erased_at", UTCDateTime, nullable=True),
+)
+
+consents = Table(
+    "consents",
+    metadata,
+    Column("id", SeqType, primary_key=True, autoincrement=True),
+    Column("subject_id", String(128), nullable=False, index=True),
+    Column("purpose", String(32), nullable=False),
+    Column("granted", Boolean, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("source", String(128), nullable=False),
+)
+
+holds = Table(
+    "holds",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("subject_id", String(128), nullable=False, index=True),
+    Column("reason", String(500), nullable=False),
+    Column("until", UTCDateTime, nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("released_at", UTCDateTime, nullable=True),
+)
+
+privacy_requests = Table(
+    "privacy_requests",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("subject_id", String(128), nullable=False, index=True),
+    Column("right", String(32), nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("due_at", UTCDateTime, nullable=False, index=True),
+    Column("status", String(16), nullable=False),
+    Column("outcome", String(500), nullable=True),
+    Column("closed_at", UTCDateTime, nullable=True),
+    Column("handled_by", String(128), nullable=True),
+)
+
+# What a legal retention rule keeps after erasure: metadata only, never a value.
+retained_records = Table(
+    "retained_records",
+    metadata,
+    Column("token", String(64), primary_key=True),
+    Column("subject_id", String(128), nullable=False, index=True),
+    Column("kind", String(16), nullable=False),
+    Column("meta", Text, nullable=False),
+    Column("reason", String(200), nullable=False),
+    Column("retain_until", UTCDateTime, nullable=False, index=True),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+disclosures = Table(
+    "disclosures",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("subject_id", String(128), nullable=True, index=True),
+    Column("tokens", Text, nullable=False),
+    Column("case_reference", String(128), nullable=False),
+    Column("authority", String(200), nullable=False),
+    Column("justification", String(1000), nullable=False),
+    Column("requested_by", String(128), nullable=False),
+    Column("requested_at", UTCDateTime, nullable=False),
+    Column("approved_by", String(128), nullable=True),
+    Column("approved_at", UTCDateTime, nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("delivered_at", UTCDateTime, nullable=True),
 )
 
 

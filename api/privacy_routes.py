@@ -1,0 +1,132 @@
+"""Privacy officers' endpoints: subjects, rights, holds, requests and legal disclosures."""
+
+from __future__ import annotations
+
+import re
+
+from flask import Blueprint, Response, jsonify, request
+
+from api.auth import current_actor
+from api.routes import components, json_body, origin, parse
+from api.schemas import (
+    CloseRequestBody,
+    ConsentsBody,
+    DisclosureBody,
+    HoldBody,
+    RequestBody,
+    RestrictionBody,
+)
+from vault.errors import ValidationFailed
+
+__all__ = ["blueprint"]
+
+blueprint = Blueprint("privacy", __name__, url_prefix="/v1")
+_SUBJECT = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_ID = re.compile(r"^[a-z]{3,5}_[0-9a-f]{16}$")
+
+
+def _subject(subject_id: str) -> str:
+    if not _SUBJECT.match(subject_id):
+        raise ValidationFailed("subject_id", "is not a subject id")
+    return subject_id
+
+
+def _id(name: str, value: str) -> str:
+    if not _ID.match(value):
+        raise ValidationFailed(name, "is not an id")
+    return value
+
+
+@blueprint.get("/subjects/<subject_id>")
+def view_subject(subject_id: str) -> tuple[Response, int]:
+    return jsonify(components().privacy.view(current_actor(), _subject(subject_id), origin())), 200
+
+
+@blueprint.get("/subjects/<subject_id>/export")
+def export_subject(subject_id: str) -> tuple[Response, int]:
+    return jsonify(components().privacy.export(current_actor(), _subject(subject_id), origin())), 200
+
+
+@blueprint.delete("/subjects/<subject_id>")
+def erase_subject(subject_id: str) -> tuple[Response, int]:
+    return jsonify(components().privacy.erase(current_actor(), _subject(subject_id), origin())), 200
+
+
+@blueprint.post("/subjects/<subject_id>/minor")
+def mark_minor(subject_id: str) -> tuple[Response, int]:
+    return jsonify(components().privacy.mark_minor(current_actor(), _subject(subject_id), origin())), 200
+
+
+@blueprint.put("/subjects/<subject_id>/restriction")
+def restrict(subject_id: str) -> tuple[str, int]:
+    body = parse(RestrictionBody, json_body())
+    components().privacy.restrict(current_actor(), _subject(subject_id), body.restricted, origin())
+    return "", 204
+
+
+@blueprint.put("/subjects/<subject_id>/consents")
+def consents(subject_id: str) -> tuple[Response, int]:
+    body = parse(ConsentsBody, json_body())
+    choices = body.model_dump(exclude_none=True, exclude={"source"})
+    if not choices:
+        raise ValidationFailed("body", "must set at least one consent")
+    actor = current_actor()
+    source = f"{actor.id}:{body.source}" if body.source else actor.id
+    return jsonify(components().privacy.set_consents(actor, _subject(subject_id), choices, source, origin())), 200
+
+
+@blueprint.post("/subjects/<subject_id>/holds")
+def add_hold(subject_id: str) -> tuple[Response, int]:
+    body = parse(HoldBody, json_body())
+    found = components().privacy.add_hold(current_actor(), _subject(subject_id), body.reason, body.until, origin())
+    return jsonify(found), 201
+
+
+@blueprint.delete("/subjects/<subject_id>/holds/<hold_id>")
+def release_hold(subject_id: str, hold_id: str) -> tuple[str, int]:
+    components().privacy.release_hold(current_actor(), _subject(subject_id), _id("hold_id", hold_id), origin())
+    return "", 204
+
+
+@blueprint.post("/subjects/<subject_id>/requests")
+def register_request(subject_id: str) -> tuple[Response, int]:
+    body = parse(RequestBody, json_body())
+    return jsonify(components().privacy.register_request(current_actor(), _subject(subject_id), body.right,
+                                                         origin())), 201
+
+
+@blueprint.post("/privacy/requests/<request_id>/close")
+def close_request(request_id: str) -> tuple[str, int]:
+    body = parse(CloseRequestBody, json_body())
+    components().privacy.close_request(current_actor(), _id("request_id", request_id), body.outcome, origin())
+    return "", 204
+
+
+@blueprint.get("/privacy/requests")
+def open_requests() -> tuple[Response, int]:
+    raw = request.args.get("due_within_days")
+    if raw is not None and not (raw.isdigit() and len(raw) < 5):
+        raise ValidationFailed("due_within_days", "must be a whole number of days")
+    days = int(raw) if raw is not None else None
+    return jsonify({"requests": components().privacy.requests_due(current_actor(), origin(), days)}), 200
+
+
+@blueprint.post("/disclosures")
+def request_disclosure() -> tuple[Response, int]:
+    body = parse(DisclosureBody, json_body())
+    found = components().privacy.request_disclosure(
+        current_actor(), subject_id=body.subject_id, token_list=body.tokens, case_reference=body.case_reference,
+        authority=body.authority, justification=body.justification, origin=origin())
+    return jsonify(found), 202
+
+
+@blueprint.post("/disclosures/<disclosure_id>/approve")
+def approve_disclosure(disclosure_id: str) -> tuple[Response, int]:
+    return jsonify(components().privacy.approve_disclosure(current_actor(), _id("disclosure_id", disclosure_id),
+                                                           origin())), 200
+
+
+@blueprint.post("/disclosures/<disclosure_id>/collect")
+def collect_disclosure(disclosure_id: str) -> tuple[Response, int]:
+    return jsonify(components().privacy.collect_disclosure(current_actor(), _id("disclosure_id", disclosure_id),
+                                                           origin())), 200

@@ -1,0 +1,222 @@
+"""Customers' rights end to end over HTTP, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import select, text
+
+from api.wiring import Components
+from tests.conftest import Clock, auth
+from vault.storage import data_keys, tokens
+
+PAN = "5555555555554444"
+CARD = {"pan": PAN, "exp_month": 7, "exp_year": 2099, "holder": "Erin Erasable"}
+EMAIL = "erin.erasable@example.net"
+HOME = {"name": "Erin Erasable", "line1": "9 Forgotten Road", "city": "Oslo", "country": "NO", "use": "shipping"}
+
+
+@pytest.fixture
+def keys(components: Components, api_keys: dict[str, str]) -> dict[str, str]:
+    extra = {role: components.clients.create(f"t-{role}", role)[1].expose()
+             for role in ("privacy_officer", "marketing")}
+    extra["officer2"] = components.clients.create("t-officer-2", "privacy_officer")[1].expose()
+    return {**api_keys, **extra}
+
+
+def tokenize(client: FlaskClient, keys: dict[str, str], kind: str, value: Any, **extra: Any) -> str:
+    answer = client.post("/v1/tokens", json={"kind": kind, "value": value, "subject_id": "cust-1", **extra},
+                         headers=auth(keys["checkout"]))
+    assert answer.status_code == 201, answer.get_json()
+    token: str = answer.get_json()["token"]
+    return token
+
+
+def detok(client: FlaskClient, key: str, token: str, purpose: str) -> dict[str, Any]:
+    result: dict[str, Any] = client.post("/v1/detokenize", json={"tokens": [token], "purpose": purpose},
+                                         headers=auth(key)).get_json()["results"][0]
+    return result
+
+
+@pytest.fixture
+def customer(client: FlaskClient, keys: dict[str, str]) -> dict[str, str]:
+    found = {
+        "card": tokenize(client, keys, "card", CARD, reference="order-77"),
+        "email": tokenize(client, keys, "email", EMAIL),
+        "address": tokenize(client, keys, "address", HOME),
+        "cvv": tokenize(client, keys, "cvv", "321"),
+    }
+    detok(client, keys["payment_gateway"], found["card"], "payment")
+    detok(client, keys["shipping"], found["address"], "fulfillment")
+    return found
+
+
+def test_export_has_values_purposes_retention_and_disclosure_history(
+        client: FlaskClient, keys: dict[str, str], customer: dict[str, str]) -> None:
+    answer = client.get("/v1/subjects/cust-1/export", headers=auth(keys["privacy_officer"]))
+    assert answer.status_code == 200
+    document = answer.get_json()
+    items = {item["kind"]: item for item in document["data"]}
+    assert set(items) == {"card", "email", "address"}  # never the CVV
+    assert items["card"]["value"]["pan"] == PAN and items["email"]["value"] == EMAIL
+    assert "payment" in items["card"]["purposes"]
+    assert items["card"]["retention"]["kept_after_erasure"] == ["brand", "last4", "reference"]
+    readers = {(r["role"], r["purpose"], r["token"]) for r in document["disclosure_history"]}
+    assert ("payment_gateway", "payment", customer["card"]) in readers
+    assert ("shipping", "fulfillment", customer["address"]) in readers
+    requests = client.get("/v1/privacy/requests", headers=auth(keys["privacy_officer"])).get_json()
+    assert requests == {"requests": []}  # the export was completed at once, not left open
+    assert client.get("/v1/subjects/cust-1/export", headers=auth(keys["support"])).status_code == 403
+
+
+def test_view_subject(client: FlaskClient, keys: dict[str, str], customer: dict[str, str]) -> None:
+    view = client.get("/v1/subjects/cust-1", headers=auth(keys["privacy_officer"])).get_json()
+    assert {k: len(v) for k, v in view["tokens"].items()} == {"card": 1, "email": 1, "address": 1, "cvv": 1}
+    assert PAN not in str(view)
+    assert client.get("/v1/subjects/nobody", headers=auth(keys["privacy_officer"])).status_code == 404
+
+
+def test_correction_keeps_token_and_lists_recipients(client: FlaskClient, components: Components,
+                                                     keys: dict[str, str], customer: dict[str, str]) -> None:
+    token = customer["address"]
+    with components.engine.connect() as conn:
+        old_key, old_blob = conn.execute(select(tokens.c.data_key_id, tokens.c.ciphertext)
+                                         .where(tokens.c.token == token)).one()
+    moved = {**HOME, "line1": "10 New Street"}
+    answer = client.patch(f"/v1/tokens/{token}", json={"value": moved}, headers=auth(keys["privacy_officer"]))
+    assert answer.status_code == 200
+    assert answer.get_json()["token"] == token
+    assert answer.get_json()["recipients_to_notify"] == [f"shipping:{_client_id(components, 'test-shipping')}"]
+    assert detok(client, keys["shipping"], token, "fulfillment")["value"]["line1"] == "10 New Street"
+    with components.engine.connect() as conn:
+        new_key, new_blob = conn.execute(select(tokens.c.data_key_id, tokens.c.ciphertext)
+                                         .where(tokens.c.token == token)).one()
+        assert new_key != old_key and new_blob != old_blob
+    bad = client.patch(f"/v1/tokens/{customer['card']}", json={"value": {**CARD, "pan": "4111111111111111"}},
+                       headers=auth(keys["privacy_officer"]))
+    assert bad.status_code == 422 and "4111111111111111" not in bad.get_data(as_text=True)
+    assert client.patch(f"/v1/tokens/{token}", json={"value": moved},
+                        headers=auth(keys["checkout"])).status_code == 403
+
+
+def _client_id(components: Components, name: str) -> str:
+    return next(str(c["id"]) for c in components.clients.list() if c["name"] == name)
+
+
+def test_erasure_crypto_shreds_and_keeps_only_tax_records(client: FlaskClient, components: Components,
+                                                           keys: dict[str, str], customer: dict[str, str]) -> None:
+    answer = client.delete("/v1/subjects/cust-1", headers=auth(keys["privacy_officer"]))
+    assert answer.status_code == 200
+    receipt = answer.get_json()
+    assert receipt["erased"] == {"card": 1, "email": 1, "address": 1, "cvv": 1}
+    assert receipt["retained"] == [{"token": customer["card"], "kind": "card",
+                                    "kept": {"brand": "mastercard", "last4": "4444", "reference": "order-77"},
+                                    "why": receipt["retained"][0]["why"], "until": receipt["retained"][0]["until"]}]
+    assert len(receipt["signature"]["hmac_sha256"]) == 64 and receipt["data_keys_destroyed"] == 2
+    for token in customer.values():
+        for key, purpose in ((keys["payment_gateway"], "payment"), (keys["shipping"], "fulfillment"),
+                             (keys["privacy_officer"], "legal")):
+            assert detok(client, key, token, purpose)["error"]["code"] == "not_found"
+        assert client.get(f"/v1/tokens/{token}", headers=auth(keys["checkout"])).status_code == 404
+    with components.engine.connect() as conn:
+        assert conn.execute(select(data_keys).where(data_keys.c.subject_id == "cust-1")).first() is None
+        dump = " ".join(repr(tuple(row)) for table in ("tokens", "data_keys", "audit_events", "retained_records",
+                                                       "subjects", "privacy_requests")
+                        for row in conn.execute(text(f"SELECT * FROM {table}")))
+    for needle in (PAN, EMAIL, "Forgotten Road", "Erin Erasable"):
+        assert needle not in dump
+    url = str(components.engine.url)
+    if url.startswith("sqlite"):
+        components.engine.dispose()
+        raw = Path(url.removeprefix("sqlite:///")).read_bytes()
+        for needle in (PAN, EMAIL, "Forgotten Road"):
+            assert needle.encode() not in raw
+
+
+def test_held_subject_survives_deletion_and_purge(client: FlaskClient, components: Components,
+                                                  keys: dict[str, str], customer: dict[str, str],
+                                                  clock: Clock) -> None:
+    officer = auth(keys["privacy_officer"])
+    hold = client.post("/v1/subjects/cust-1/holds", json={"reason": "case 2026-17", "until": "2099-01-01T00:00:00Z"},
+                       headers=officer)
+    assert hold.status_code == 201
+    refused = client.delete("/v1/subjects/cust-1", headers=officer)
+    assert refused.status_code == 409
+    clock.advance(400 * 86400)  # past the 13-month card rule
+    from vault.audit import Actor
+
+    counts = components.privacy.purge_retention(Actor(id="cron", role="system"))
+    assert counts["unused_card"] == 0
+    assert detok(client, keys["payment_gateway"], customer["card"], "payment")["value"]["pan"] == PAN
+    released = client.delete(f"/v1/subjects/cust-1/holds/{hold.get_json()['id']}", headers=officer)
+    assert released.status_code == 204
+    clock.advance(400 * 86400)
+    assert components.privacy.purge_retention(Actor(id="cron", role="system"))["unused_card"] == 1
+
+
+def test_marketing_refused_after_opt_out_and_for_minors(client: FlaskClient, keys: dict[str, str],
+                                                       customer: dict[str, str]) -> None:
+    email = customer["email"]
+    assert detok(client, keys["marketing"], email, "marketing")["value"] == EMAIL
+    assert detok(client, keys["marketing"], customer["card"], "marketing")["error"]["code"] == "not_found"
+    opt_out = client.put("/v1/subjects/cust-1/consents", json={"marketing": False, "source": "web-form"},
+                         headers=auth(keys["checkout"]))
+    assert opt_out.status_code == 200 and opt_out.get_json()["current"] == {"marketing": False}
+    assert detok(client, keys["marketing"], email, "marketing")["error"]["code"] == "not_found"
+    client.put("/v1/subjects/cust-1/consents", json={"marketing": True}, headers=auth(keys["checkout"]))
+    assert detok(client, keys["marketing"], email, "marketing")["value"] == EMAIL
+    other = client.post("/v1/tokens", json={"kind": "email", "value": "kid@example.net", "subject_id": "kid-1"},
+                        headers=auth(keys["checkout"])).get_json()["token"]
+    minor = client.post("/v1/subjects/kid-1/minor", headers=auth(keys["privacy_officer"]))
+    assert minor.status_code == 200 and minor.get_json()["erased"] == {"email": 1}
+    assert detok(client, keys["marketing"], other, "marketing")["error"]["code"] == "not_found"
+    again = client.put("/v1/subjects/kid-1/consents", json={"marketing": True}, headers=auth(keys["checkout"]))
+    assert again.status_code == 403
+
+
+def test_restriction_allows_only_legal_purpose(client: FlaskClient, keys: dict[str, str],
+                                               customer: dict[str, str]) -> None:
+    officer = auth(keys["privacy_officer"])
+    assert client.put("/v1/subjects/cust-1/restriction", json={"restricted": True}, headers=officer).status_code == 204
+    assert detok(client, keys["payment_gateway"], customer["card"], "payment")["error"]["code"] == "not_found"
+    assert detok(client, keys["privacy_officer"], customer["card"], "legal")["value"]["pan"] == PAN
+    client.put("/v1/subjects/cust-1/restriction", json={"restricted": False}, headers=officer)
+    assert detok(client, keys["payment_gateway"], customer["card"], "payment")["value"]["pan"] == PAN
+
+
+def test_disclosure_needs_two_distinct_officers(client: FlaskClient, keys: dict[str, str],
+                                                customer: dict[str, str]) -> None:
+    first, second = auth(keys["privacy_officer"]), auth(keys["officer2"])
+    body = {"subject_id": "cust-1", "case_reference": "CR-9", "authority": "Court of Oslo",
+            "justification": "court order 9/2026"}
+    made = client.post("/v1/disclosures", json=body, headers=first)
+    assert made.status_code == 202
+    disclosure = made.get_json()["id"]
+    assert client.post(f"/v1/disclosures/{disclosure}/collect", headers=first).status_code == 404  # not approved
+    assert client.post(f"/v1/disclosures/{disclosure}/approve", headers=first).status_code == 403  # own request
+    assert client.post(f"/v1/disclosures/{disclosure}/approve", headers=second).status_code == 200
+    assert client.post(f"/v1/disclosures/{disclosure}/collect", headers=second).status_code == 404  # not theirs
+    values = client.post(f"/v1/disclosures/{disclosure}/collect", headers=first).get_json()["values"]
+    assert {v["kind"] for v in values} == {"card", "email", "address"}
+    assert client.post(f"/v1/disclosures/{disclosure}/collect", headers=first).status_code == 404  # once only
+    export = client.get("/v1/subjects/cust-1/export", headers=first).get_json()
+    assert export["legal_disclosures"][0]["case_reference"] == "CR-9"
+    assert export["legal_disclosures"][0]["status"] == "delivered"
+    assert client.post("/v1/disclosures", json=body, headers=auth(keys["support"])).status_code == 403
+
+
+def test_requests_register(client: FlaskClient, keys: dict[str, str], clock: Clock) -> None:
+    officer = auth(keys["privacy_officer"])
+    made = client.post("/v1/subjects/cust-9/requests", json={"right": "erasure"}, headers=officer).get_json()
+    assert made["status"] == "open"
+    assert client.get("/v1/privacy/requests?due_within_days=7", headers=officer).get_json() == {"requests": []}
+    clock.advance(25 * 86400)
+    due = client.get("/v1/privacy/requests?due_within_days=7", headers=officer).get_json()["requests"]
+    assert [r["id"] for r in due] == [made["id"]]
+    assert client.post(f"/v1/privacy/requests/{made['id']}/close", json={"outcome": "erased"},
+                       headers=officer).status_code == 204
+    assert client.get("/v1/privacy/requests", headers=officer).get_json() == {"requests": []}
+    assert client.get("/v1/privacy/requests", headers=auth(keys["checkout"])).status_code == 403

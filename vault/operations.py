@@ -1,0 +1,79 @@
+"""What every audited use case shares: one transaction, audit events, and denials.
+
+The operation and its audit events commit together; a denial or an error is audited
+in a transaction of its own after the operation's work rolled back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from vault.audit import Actor, AuditEvent, AuditTrail, Origin
+from vault.errors import Forbidden, StorageUnavailable, VaultError
+from vault.policy import Policy
+
+__all__ = ["AuditedOperations"]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class AuditedOperations:
+    """Base for services whose every call is authorised by the policy and audited."""
+
+    def __init__(self, *, engine: Engine, policy: Policy, trail: AuditTrail,
+                 clock: Callable[[], datetime] = _now) -> None:
+        self._engine = engine
+        self._policy = policy
+        self._trail = trail
+        self._clock = clock
+
+    def _event(self, actor: Actor, action: str, outcome: str, origin: Origin, **fields: Any) -> AuditEvent:
+        return AuditEvent(at=self._clock(), actor=actor.id, role=actor.role, action=action, outcome=outcome,
+                          origin=origin, **fields)
+
+    def _transaction(self, work: Callable[[Connection], Any]) -> Any:
+        """Run `work` in one transaction; database failures read as StorageUnavailable."""
+        try:
+            with self._engine.begin() as conn:
+                return work(conn)
+        except VaultError:
+            raise
+        except OperationalError as exc:
+            raise StorageUnavailable("database unavailable") from exc
+        except SQLAlchemyError as exc:
+            raise StorageUnavailable("database error") from exc
+
+    def _audit_failure(self, events: Sequence[AuditEvent]) -> None:
+        """Record denials and errors after their transaction rolled back.
+
+        If even this write fails, the caller still gets an error and no data.
+        """
+        with contextlib.suppress(VaultError):
+            self._transaction(lambda conn: self._trail.record(conn, events))
+
+    def _deny(self, actor: Actor, action: str, origin: Origin, error: VaultError, **fields: Any) -> VaultError:
+        self._audit_failure([self._event(actor, action, "denied", origin, error_code=error.code, **fields)])
+        return error
+
+    def _require(self, actor: Actor, operation: str, action: str, origin: Origin, **fields: Any) -> None:
+        """Deny by default: Forbidden (audited) unless the policy grants `operation`."""
+        if not self._policy.may_use(actor.role, operation):
+            raise self._deny(actor, action, origin, Forbidden(f"role may not {operation}"), **fields)
+
+    def _audited(self, actor: Actor, action: str, origin: Origin, work: Callable[[Connection], Any],
+                 **fields: Any) -> Any:
+        """Run `work` (which records its own success events); audit an error if it fails."""
+        try:
+            return self._transaction(work)
+        except VaultError as error:
+            outcome = "denied" if error.code in ("not_found", "forbidden", "conflict", "invalid_input") else "error"
+            self._audit_failure([self._event(actor, action, outcome, origin, error_code=error.code, **fields)])
+            raise

@@ -1,0 +1,502 @@
+"""Customers' rights and the shop's promises, as operations a privacy officer runs.
+
+Access and portability (export), erasure with retention and legal holds, restriction,
+consent and opt-out, children under 16, a register of requests with due dates, and
+legal disclosures under dual control. Every call is authorised and audited.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, exists, insert, or_, select, update
+from sqlalchemy.engine import Connection, Engine
+
+from vault.audit import Actor, AuditTrail, Origin
+from vault.errors import Conflict, DecryptionFailed, Forbidden, NotFound, ValidationFailed
+from vault.keys import KeyHierarchy
+from vault.operations import AuditedOperations
+from vault.policy import Policy
+from vault.service import TokenService
+from vault.storage import (
+    audit_events,
+    consents,
+    data_keys,
+    disclosures,
+    holds,
+    privacy_requests,
+    retained_records,
+    subjects,
+    tokens,
+)
+from vault.subjects import CONSENT_PURPOSES
+
+__all__ = ["PrivacyService", "RIGHTS", "RESPONSE_DAYS"]
+
+RIGHTS = ("access", "portability", "rectification", "erasure", "restriction", "objection", "minor")
+RESPONSE_DAYS = 30  # GDPR Art. 12(3): one month
+DISCLOSURE_DAYS = 7
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+
+
+class PrivacyService(AuditedOperations):
+    def __init__(self, *, engine: Engine, keys: KeyHierarchy, policy: Policy, trail: AuditTrail,
+                 tokens_service: TokenService, clock: Callable[[], datetime] = _now) -> None:
+        super().__init__(engine=engine, policy=policy, trail=trail, clock=clock)
+        self._keys = keys
+        self._tokens = tokens_service
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _ensure_subject(self, conn: Connection, subject_id: str) -> dict[str, Any]:
+        row = conn.execute(select(subjects).where(subjects.c.id == subject_id)).mappings().first()
+        if row is None:
+            conn.execute(insert(subjects).values(id=subject_id, restricted=False, minor=False,
+                                                 created_at=self._clock()))
+            row = conn.execute(select(subjects).where(subjects.c.id == subject_id)).mappings().one()
+        return dict(row)
+
+    def _known(self, conn: Connection, subject_id: str) -> None:
+        has_tokens = conn.execute(select(exists().where(tokens.c.subject_id == subject_id))).scalar()
+        has_row = conn.execute(select(exists().where(subjects.c.id == subject_id))).scalar()
+        if not (has_tokens or has_row):
+            raise NotFound("no such subject")
+
+    def _request(self, conn: Connection, actor: Actor, subject_id: str, right: str, outcome: str) -> str:
+        """Record a right exercised now, in the register, as completed."""
+        now = self._clock()
+        request_id = f"req_{secrets.token_hex(8)}"
+        conn.execute(insert(privacy_requests).values(
+            id=request_id, subject_id=subject_id, right=right, received_at=now,
+            due_at=now + timedelta(days=RESPONSE_DAYS), status="completed", outcome=outcome[:500], closed_at=now,
+            handled_by=actor.id))
+        return request_id
+
+    def _active_holds(self, conn: Connection, subject_id: str) -> list[dict[str, Any]]:
+        now = self._clock()
+        return [dict(r) for r in conn.execute(select(holds).where(
+            holds.c.subject_id == subject_id, holds.c.released_at.is_(None), holds.c.until > now)).mappings()]
+
+    def _purposes_for(self, kind: str) -> list[str]:
+        """Purposes any role may read this kind for: what the export tells the customer."""
+        found: set[str] = set()
+        for role in self._policy.roles:
+            for rule in self._policy.rules_of(role):
+                if "detokenize" in rule.operations and kind in rule.kinds:
+                    found.update(rule.purposes)
+        return sorted(found)
+
+    def _sign(self, conn: Connection, body: dict[str, Any]) -> dict[str, str]:
+        key_id, key = self._keys.active_hmac_key(conn, "audit")
+        payload = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        return {"key_id": key_id, "hmac_sha256": hmac.new(key.expose(), b"receipt|" + payload,
+                                                          hashlib.sha256).hexdigest()}
+
+    # -- view and export (Art. 15, 20) --------------------------------------------------------
+
+    def view(self, actor: Actor, subject_id: str, origin: Origin) -> dict[str, Any]:
+        self._require(actor, "manage_subjects", "view_subject", origin, subject_id=subject_id)
+
+        def work(conn: Connection) -> dict[str, Any]:
+            self._known(conn, subject_id)
+            now = self._clock()
+            rows = self._tokens.rows_where(conn, tokens.c.subject_id == subject_id, now)
+            by_kind: dict[str, list[dict[str, Any]]] = {}
+            for row in rows.values():
+                by_kind.setdefault(row["kind"], []).append({
+                    "token": row["token"], "metadata": json.loads(row["meta"]),
+                    "created_at": _iso(row["created_at"]), "expires_at": _iso(row["expires_at"])})
+            state = conn.execute(select(subjects).where(subjects.c.id == subject_id)).mappings().first()
+            result = {
+                "subject_id": subject_id,
+                "restricted": bool(state and state["restricted"]),
+                "minor": bool(state and state["minor"]),
+                "tokens": by_kind,
+                "consents": self._consents(conn, subject_id),
+                "holds": [{"id": h["id"], "reason": h["reason"], "until": _iso(h["until"])}
+                          for h in self._active_holds(conn, subject_id)],
+                "open_requests": [self._request_json(r) for r in conn.execute(select(privacy_requests).where(
+                    privacy_requests.c.subject_id == subject_id, privacy_requests.c.status == "open")).mappings()],
+            }
+            self._trail.record(conn, [self._event(actor, "view_subject", "allowed", origin, subject_id=subject_id)])
+            return result
+
+        found: dict[str, Any] = self._audited(actor, "view_subject", origin, work, subject_id=subject_id)
+        return found
+
+    def _consents(self, conn: Connection, subject_id: str) -> dict[str, Any]:
+        history = [{"purpose": r.purpose, "granted": r.granted, "at": _iso(r.at), "source": r.source}
+                   for r in conn.execute(select(consents).where(consents.c.subject_id == subject_id)
+                                         .order_by(consents.c.id))]
+        current = {item["purpose"]: item["granted"] for item in history}
+        return {"current": current, "history": history}
+
+    @staticmethod
+    def _request_json(row: Any) -> dict[str, Any]:
+        return {"id": row["id"], "subject_id": row["subject_id"], "right": row["right"],
+                "received_at": _iso(row["received_at"]), "due_at": _iso(row["due_at"]), "status": row["status"],
+                "outcome": row["outcome"], "closed_at": _iso(row["closed_at"])}
+
+    def export(self, actor: Actor, subject_id: str, origin: Origin) -> dict[str, Any]:
+        """Everything held on a subject, decrypted, with purposes, retention and who read it. Never CVVs."""
+        self._require(actor, "export", "export", origin, subject_id=subject_id)
+
+        def work(conn: Connection) -> dict[str, Any]:
+            self._known(conn, subject_id)
+            now = self._clock()
+            rows = [r for r in self._tokens.rows_where(conn, tokens.c.subject_id == subject_id, now).values()
+                    if r["kind"] != "cvv" and self._policy.decide(actor.role, "export", r["kind"]) is not None]
+            values = self._tokens.open_rows(conn, rows)
+            items = []
+            for row in rows:
+                value = values[row["token"]]
+                retention = self._policy.retention(row["kind"])
+                items.append({
+                    "token": row["token"], "kind": row["kind"],
+                    "value": None if isinstance(value, DecryptionFailed) else value,
+                    "integrity": "failed" if isinstance(value, DecryptionFailed) else "ok",
+                    "metadata": json.loads(row["meta"]), "purposes": self._purposes_for(row["kind"]),
+                    "created_at": _iso(row["created_at"]), "expires_at": _iso(row["expires_at"]),
+                    "retention": None if retention is None else {
+                        "purge_after_unused_days": retention.purge_after_unused_days,
+                        "kept_after_erasure": list(retention.keep_after_erasure),
+                        "kept_days": retention.keep_days, "legal_basis": retention.legal_basis},
+                })
+            reads = [{"at": _iso(r.at), "actor": r.actor, "role": r.role, "purpose": r.purpose, "token": r.token,
+                      "kind": r.kind} for r in conn.execute(
+                select(audit_events.c.at, audit_events.c.actor, audit_events.c.role, audit_events.c.purpose,
+                       audit_events.c.token, audit_events.c.kind).where(
+                    audit_events.c.subject_id == subject_id, audit_events.c.action == "detokenize",
+                    audit_events.c.outcome == "allowed").order_by(audit_events.c.seq))]
+            register = [{"id": d.id, "case_reference": d.case_reference, "authority": d.authority,
+                         "status": d.status, "requested_at": _iso(d.requested_at), "approved_at": _iso(d.approved_at),
+                         "delivered_at": _iso(d.delivered_at)}
+                        for d in conn.execute(select(disclosures).where(disclosures.c.subject_id == subject_id))]
+            request_id = self._request(conn, actor, subject_id, "access", f"exported {len(items)} values")
+            document = {
+                "subject_id": subject_id, "generated_at": _iso(now), "request_id": request_id,
+                "data": items, "consents": self._consents(conn, subject_id),
+                "disclosure_history": reads, "legal_disclosures": register,
+                "retained_records": [{"token": r.token, "kind": r.kind, "metadata": json.loads(r.meta),
+                                      "reason": r.reason, "retain_until": _iso(r.retain_until)}
+                                     for r in conn.execute(select(retained_records)
+                                                           .where(retained_records.c.subject_id == subject_id))],
+            }
+            self._trail.record(conn, [self._event(actor, "export", "allowed", origin, subject_id=subject_id,
+                                                  detail=f"values={len(items)}")])
+            return document
+
+        found: dict[str, Any] = self._audited(actor, "export", origin, work, subject_id=subject_id)
+        return found
+
+    # -- erasure (Art. 17), minors --------------------------------------------------------------
+
+    def _erase(self, conn: Connection, actor: Actor, subject_id: str, reason: str) -> dict[str, Any]:
+        if self._active_holds(conn, subject_id):
+            raise Conflict("subject is under legal hold")
+        now = self._clock()
+        rows = list(conn.execute(select(tokens.c.token, tokens.c.kind, tokens.c.meta)
+                                 .where(tokens.c.subject_id == subject_id)).mappings())
+        erased: dict[str, int] = {}
+        retained = []
+        for row in rows:
+            erased[row["kind"]] = erased.get(row["kind"], 0) + 1
+            rule = self._policy.retention(row["kind"])
+            if rule is not None and rule.keep_after_erasure:
+                meta = json.loads(row["meta"])
+                kept = {name: meta[name] for name in rule.keep_after_erasure if name in meta}
+                until = now + timedelta(days=rule.keep_days)
+                conn.execute(insert(retained_records).values(
+                    token=row["token"], subject_id=subject_id, kind=row["kind"], meta=json.dumps(kept),
+                    reason=rule.legal_basis[:200], retain_until=until, created_at=now))
+                retained.append({"token": row["token"], "kind": row["kind"], "kept": kept,
+                                 "why": rule.legal_basis, "until": _iso(until)})
+        self._tokens.delete_rows(conn, tokens.c.subject_id == subject_id)
+        # Crypto-shredding: the subject's data keys go, so any copy of its ciphertext is unreadable.
+        key_ids = [r[0] for r in conn.execute(select(data_keys.c.id).where(data_keys.c.subject_id == subject_id))]
+        conn.execute(delete(data_keys).where(data_keys.c.subject_id == subject_id))
+        self._keys.forget(key_ids)
+        self._ensure_subject(conn, subject_id)
+        conn.execute(update(subjects).where(subjects.c.id == subject_id).values(erased_at=now))
+        receipt: dict[str, Any] = {
+                   "receipt_id": f"rcpt_{secrets.token_hex(8)}", "subject_id": subject_id, "at": _iso(now),
+                   "reason": reason, "erased": erased, "data_keys_destroyed": len(key_ids), "retained": retained}
+        receipt["signature"] = self._sign(conn, receipt)
+        return receipt
+
+    def erase(self, actor: Actor, subject_id: str, origin: Origin) -> dict[str, Any]:
+        """Erase a subject by destroying its keys and rows; legal retention keeps metadata only."""
+        self._require(actor, "manage_subjects", "erase", origin, subject_id=subject_id)
+
+        def work(conn: Connection) -> dict[str, Any]:
+            self._known(conn, subject_id)
+            receipt = self._erase(conn, actor, subject_id, "erasure request (GDPR Art. 17)")
+            receipt["request_id"] = self._request(conn, actor, subject_id, "erasure",
+                                                  f"erased {sum(receipt['erased'].values())} tokens")
+            self._trail.record(conn, [self._event(actor, "erase", "allowed", origin, subject_id=subject_id,
+                                                  detail=f"receipt={receipt['receipt_id']}")])
+            return receipt
+
+        found: dict[str, Any] = self._audited(actor, "erase", origin, work, subject_id=subject_id)
+        return found
+
+    def mark_minor(self, actor: Actor, subject_id: str, origin: Origin) -> dict[str, Any]:
+        """A subject found to be under 16: erased at once (except legally required records), no marketing ever."""
+        self._require(actor, "manage_subjects", "mark_minor", origin, subject_id=subject_id)
+
+        def work(conn: Connection) -> dict[str, Any]:
+            self._ensure_subject(conn, subject_id)
+            conn.execute(update(subjects).where(subjects.c.id == subject_id).values(minor=True))
+            conn.execute(insert(consents).values(subject_id=subject_id, purpose="marketing", granted=False,
+                                                 at=self._clock(), source=f"minor:{actor.id}"))
+            receipt = self._erase(conn, actor, subject_id, "subject under 16")
+            receipt["request_id"] = self._request(conn, actor, subject_id, "minor", "erased; marketing blocked")
+            self._trail.record(conn, [self._event(actor, "mark_minor", "allowed", origin, subject_id=subject_id,
+                                                  detail=f"receipt={receipt['receipt_id']}")])
+            return receipt
+
+        found: dict[str, Any] = self._audited(actor, "mark_minor", origin, work, subject_id=subject_id)
+        return found
+
+    # -- restriction (Art. 18), consent (Art. 21) ----------------------------------------------
+
+    def restrict(self, actor: Actor, subject_id: str, restricted: bool, origin: Origin) -> None:
+        self._require(actor, "manage_subjects", "restrict", origin, subject_id=subject_id)
+
+        def work(conn: Connection) -> None:
+            self._known(conn, subject_id)
+            self._ensure_subject(conn, subject_id)
+            conn.execute(update(subjects).where(subjects.c.id == subject_id).values(restricted=restricted))
+            self._request(conn, actor, subject_id, "restriction", "restricted" if restricted else "lifted")
+            self._trail.record(conn, [self._event(actor, "restrict", "allowed", origin, subject_id=subject_id,
+                                                  detail=f"restricted={restricted}")])
+
+        self._audited(actor, "restrict", origin, work, subject_id=subject_id)
+
+    def set_consents(self, actor: Actor, subject_id: str, choices: dict[str, bool], source: str,
+                     origin: Origin) -> dict[str, Any]:
+        self._require(actor, "manage_consents", "consent", origin, subject_id=subject_id)
+        for purpose, granted in choices.items():
+            if purpose not in CONSENT_PURPOSES or not isinstance(granted, bool):
+                raise ValidationFailed(f"consents.{purpose}" if purpose.isidentifier() else "consents",
+                                       f"must map {', '.join(CONSENT_PURPOSES)} to true or false")
+
+        def work(conn: Connection) -> dict[str, Any]:
+            state = self._ensure_subject(conn, subject_id)
+            now = self._clock()
+            for purpose, granted in choices.items():
+                if purpose == "marketing" and granted and state["minor"]:
+                    raise Forbidden("marketing stays blocked for a subject under 16")
+                conn.execute(insert(consents).values(subject_id=subject_id, purpose=purpose, granted=granted,
+                                                     at=now, source=source[:128]))
+            if any(not granted for granted in choices.values()):
+                self._request(conn, actor, subject_id, "objection",
+                              "opted out of " + ", ".join(p for p, g in choices.items() if not g))
+            self._trail.record(conn, [self._event(actor, "consent", "allowed", origin, subject_id=subject_id,
+                                                  detail=",".join(f"{p}={g}" for p, g in choices.items()))])
+            return self._consents(conn, subject_id)
+
+        found: dict[str, Any] = self._audited(actor, "consent", origin, work, subject_id=subject_id)
+        return found
+
+    # -- legal holds --------------------------------------------------------------------------
+
+    def add_hold(self, actor: Actor, subject_id: str, reason: str, until: datetime, origin: Origin) -> dict[str, Any]:
+        self._require(actor, "manage_subjects", "hold", origin, subject_id=subject_id)
+        if not reason.strip() or len(reason) > 500:
+            raise ValidationFailed("reason", "must be 1 to 500 characters")
+        if until <= self._clock():
+            raise ValidationFailed("until", "must be in the future")
+
+        def work(conn: Connection) -> dict[str, Any]:
+            self._ensure_subject(conn, subject_id)
+            hold_id = f"hold_{secrets.token_hex(8)}"
+            conn.execute(insert(holds).values(id=hold_id, subject_id=subject_id, reason=reason.strip(), until=until,
+                                              created_by=actor.id, created_at=self._clock()))
+            self._trail.record(conn, [self._event(actor, "hold", "allowed", origin, subject_id=subject_id,
+                                                  detail=f"hold={hold_id}")])
+            return {"id": hold_id, "subject_id": subject_id, "until": _iso(until)}
+
+        found: dict[str, Any] = self._audited(actor, "hold", origin, work, subject_id=subject_id)
+        return found
+
+    def release_hold(self, actor: Actor, subject_id: str, hold_id: str, origin: Origin) -> None:
+        self._require(actor, "manage_subjects", "release_hold", origin, subject_id=subject_id)
+
+        def work(conn: Connection) -> None:
+            done = conn.execute(update(holds).where(holds.c.id == hold_id, holds.c.subject_id == subject_id,
+                                                    holds.c.released_at.is_(None))
+                                .values(released_at=self._clock())).rowcount
+            if done != 1:
+                raise NotFound("no such hold")
+            self._trail.record(conn, [self._event(actor, "release_hold", "allowed", origin, subject_id=subject_id,
+                                                  detail=f"hold={hold_id}")])
+
+        self._audited(actor, "release_hold", origin, work, subject_id=subject_id)
+
+    # -- requests register ------------------------------------------------------------------
+
+    def register_request(self, actor: Actor, subject_id: str, right: str, origin: Origin) -> dict[str, Any]:
+        """A request received now and not yet handled: due in one month."""
+        self._require(actor, "manage_subjects", "register_request", origin, subject_id=subject_id)
+        if right not in RIGHTS:
+            raise ValidationFailed("right", "must be one of " + ", ".join(RIGHTS))
+
+        def work(conn: Connection) -> dict[str, Any]:
+            now = self._clock()
+            request_id = f"req_{secrets.token_hex(8)}"
+            conn.execute(insert(privacy_requests).values(
+                id=request_id, subject_id=subject_id, right=right, received_at=now,
+                due_at=now + timedelta(days=RESPONSE_DAYS), status="open"))
+            self._trail.record(conn, [self._event(actor, "register_request", "allowed", origin,
+                                                  subject_id=subject_id, detail=f"{right}:{request_id}")])
+            row = conn.execute(select(privacy_requests).where(privacy_requests.c.id == request_id)).mappings().one()
+            return self._request_json(row)
+
+        found: dict[str, Any] = self._audited(actor, "register_request", origin, work, subject_id=subject_id)
+        return found
+
+    def close_request(self, actor: Actor, request_id: str, outcome: str, origin: Origin) -> None:
+        self._require(actor, "manage_subjects", "close_request", origin)
+
+        def work(conn: Connection) -> None:
+            done = conn.execute(update(privacy_requests).where(privacy_requests.c.id == request_id,
+                                                               privacy_requests.c.status == "open")
+                                .values(status="completed", outcome=outcome[:500], closed_at=self._clock(),
+                                        handled_by=actor.id)).rowcount
+            if done != 1:
+                raise NotFound("no such open request")
+            self._trail.record(conn, [self._event(actor, "close_request", "allowed", origin, detail=request_id)])
+
+        self._audited(actor, "close_request", origin, work)
+
+    def requests_due(self, actor: Actor, origin: Origin, within_days: int | None = None) -> list[dict[str, Any]]:
+        """Open requests, soonest due first; with `within_days`, only those due by then."""
+        self._require(actor, "manage_subjects", "list_requests", origin)
+        query = select(privacy_requests).where(privacy_requests.c.status == "open")
+        if within_days is not None:
+            query = query.where(privacy_requests.c.due_at <= self._clock() + timedelta(days=within_days))
+        with self._engine.connect() as conn:
+            return [self._request_json(r) for r in conn.execute(query.order_by(privacy_requests.c.due_at))
+                    .mappings()]
+
+    # -- legal disclosures (dual control) --------------------------------------------------------
+
+    def request_disclosure(self, actor: Actor, *, subject_id: str | None, token_list: Sequence[str],
+                           case_reference: str, authority: str, justification: str,
+                           origin: Origin) -> dict[str, Any]:
+        self._require(actor, "disclose", "disclosure_request", origin, subject_id=subject_id)
+        for name, text, limit in (("case_reference", case_reference, 128), ("authority", authority, 200),
+                                  ("justification", justification, 1000)):
+            if not text.strip() or len(text) > limit:
+                raise ValidationFailed(name, f"must be 1 to {limit} characters")
+        if bool(subject_id) == bool(token_list):
+            raise ValidationFailed("subject_id", "give either subject_id or tokens")
+
+        def work(conn: Connection) -> dict[str, Any]:
+            now = self._clock()
+            disclosure_id = f"disc_{secrets.token_hex(8)}"
+            conn.execute(insert(disclosures).values(
+                id=disclosure_id, subject_id=subject_id, tokens=json.dumps(list(token_list)),
+                case_reference=case_reference, authority=authority, justification=justification,
+                requested_by=actor.id, requested_at=now, status="pending",
+                expires_at=now + timedelta(days=DISCLOSURE_DAYS)))
+            self._trail.record(conn, [self._event(actor, "disclosure_request", "allowed", origin,
+                                                  subject_id=subject_id, detail=disclosure_id)])
+            return {"id": disclosure_id, "status": "pending", "expires_at": _iso(now + timedelta(days=DISCLOSURE_DAYS))}
+
+        found: dict[str, Any] = self._audited(actor, "disclosure_request", origin, work, subject_id=subject_id)
+        return found
+
+    def approve_disclosure(self, actor: Actor, disclosure_id: str, origin: Origin) -> dict[str, Any]:
+        """A second, different officer approves; the requester may then collect the values once."""
+        self._require(actor, "disclose", "disclosure_approve", origin)
+
+        def work(conn: Connection) -> dict[str, Any]:
+            row = conn.execute(select(disclosures).where(disclosures.c.id == disclosure_id)).mappings().first()
+            if row is None or row["status"] != "pending" or row["expires_at"] <= self._clock():
+                raise NotFound("no such pending disclosure")
+            if row["requested_by"] == actor.id:
+                raise Forbidden("the requester may not approve their own disclosure")
+            conn.execute(update(disclosures)
+                         .where(disclosures.c.id == disclosure_id, disclosures.c.status == "pending")
+                         .values(status="approved", approved_by=actor.id, approved_at=self._clock()))
+            self._trail.record(conn, [self._event(actor, "disclosure_approve", "allowed", origin,
+                                                  subject_id=row["subject_id"], detail=disclosure_id)])
+            return {"id": disclosure_id, "status": "approved"}
+
+        found: dict[str, Any] = self._audited(actor, "disclosure_approve", origin, work)
+        return found
+
+    def collect_disclosure(self, actor: Actor, disclosure_id: str, origin: Origin) -> dict[str, Any]:
+        """The values, once, to the officer who asked; recorded in the disclosures register."""
+        self._require(actor, "disclose", "disclose", origin)
+
+        def work(conn: Connection) -> dict[str, Any]:
+            row = conn.execute(select(disclosures).where(disclosures.c.id == disclosure_id)).mappings().first()
+            if row is None or row["status"] != "approved" or row["requested_by"] != actor.id \
+                    or row["expires_at"] <= self._clock():
+                raise NotFound("no such approved disclosure")
+            now = self._clock()
+            listed = json.loads(row["tokens"])
+            condition = (tokens.c.subject_id == row["subject_id"]) if row["subject_id"] else tokens.c.token.in_(listed)
+            rows = [r for r in self._tokens.rows_where(conn, condition, now).values() if r["kind"] != "cvv"]
+            values = self._tokens.open_rows(conn, rows)
+            conn.execute(update(disclosures)
+                         .where(disclosures.c.id == disclosure_id, disclosures.c.status == "approved")
+                         .values(status="delivered", delivered_at=now))
+            events = [self._event(actor, "disclose", "allowed", origin, token=r["token"], kind=r["kind"],
+                                  subject_id=r["subject_id"], purpose="legal", detail=disclosure_id) for r in rows]
+            self._trail.record(conn, events or [self._event(actor, "disclose", "allowed", origin,
+                                                            detail=disclosure_id)])
+            return {"id": disclosure_id, "case_reference": row["case_reference"], "authority": row["authority"],
+                    "values": [{"token": r["token"], "kind": r["kind"],
+                                "value": None if isinstance(values[r["token"]], DecryptionFailed)
+                                else values[r["token"]]} for r in rows]}
+
+        found: dict[str, Any] = self._audited(actor, "disclose", origin, work)
+        return found
+
+    # -- retention purge ---------------------------------------------------------------------
+
+    def purge_retention(self, actor: Actor) -> dict[str, int]:
+        """Cards unused past their rule, and retained records past their date; never a held subject."""
+        now = self._clock()
+
+        def work(conn: Connection) -> dict[str, int]:
+            held = select(holds.c.subject_id).where(holds.c.released_at.is_(None), holds.c.until > now)
+            counts = {"expired_retained_records": conn.execute(delete(retained_records).where(
+                retained_records.c.retain_until <= now, retained_records.c.subject_id.not_in(held))).rowcount}
+            for kind in ("card", "cvv", "address", "email", "phone", "name", "text"):
+                rule = self._policy.retention(kind)
+                if rule is None or rule.purge_after_unused_days is None:
+                    continue
+                cutoff = now - timedelta(days=rule.purge_after_unused_days)
+                unused = or_(tokens.c.last_used_at < cutoff, and_(tokens.c.last_used_at.is_(None),
+                                                                   tokens.c.created_at < cutoff))
+                held_subject = and_(tokens.c.subject_id.is_not(None), tokens.c.subject_id.in_(held))
+                counts[f"unused_{kind}"] = len(self._tokens.delete_rows(
+                    conn, and_(tokens.c.kind == kind, unused, ~held_subject)))
+            if any(counts.values()):
+                self._trail.record(conn, [self._event(actor, "purge_retention", "allowed", Origin(),
+                                                      detail=",".join(f"{k}={v}" for k, v in counts.items()))])
+            return counts
+
+        found: dict[str, int] = self._transaction(work)
+        return found
+
+
+

@@ -1,0 +1,57 @@
+"""Subjects (customers) and the state that limits how their data may be used.
+
+A subject is restricted (GDPR Art. 18: detokenization only for `legal`), a minor
+(under 16: never marketing), or has opted out of a purpose (the latest consent
+record for that purpose says no). Absent records mean no limitation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.engine import Connection
+
+from vault.storage import consents, subjects
+
+__all__ = ["SubjectState", "subject_states", "CONSENT_PURPOSES"]
+
+# Purposes a customer can opt out of; `tracking` is recorded for the shop, not used here.
+CONSENT_PURPOSES = ("marketing", "tracking", "profiling", "sale")
+
+
+@dataclass(frozen=True)
+class SubjectState:
+    restricted: bool = False
+    minor: bool = False
+    refused: frozenset[str] = field(default_factory=frozenset)
+
+    def permits(self, purpose: str) -> bool:
+        if self.restricted and purpose != "legal":
+            return False
+        if purpose == "marketing" and (self.minor or "marketing" in self.refused):
+            return False
+        return purpose not in self.refused
+
+
+def subject_states(conn: Connection, subject_ids: Iterable[str]) -> dict[str, SubjectState]:
+    """States of the given subjects that have any limitation; others are absent (unrestricted)."""
+    wanted = sorted(set(subject_ids))
+    if not wanted:
+        return {}
+    flags = {row.id: (row.restricted, row.minor) for row in conn.execute(
+        select(subjects.c.id, subjects.c.restricted, subjects.c.minor).where(subjects.c.id.in_(wanted)))}
+    latest: dict[tuple[str, str], bool] = {}
+    for row in conn.execute(select(consents.c.subject_id, consents.c.purpose, consents.c.granted)
+                            .where(consents.c.subject_id.in_(wanted)).order_by(consents.c.id)):
+        latest[(row.subject_id, row.purpose)] = bool(row.granted)
+    refused: dict[str, set[str]] = {}
+    for (subject_id, purpose), granted in latest.items():
+        if not granted:
+            refused.setdefault(subject_id, set()).add(purpose)
+    out = {}
+    for subject_id in set(flags) | set(refused):
+        restricted, minor = flags.get(subject_id, (False, False))
+        out[subject_id] = SubjectState(bool(restricted), bool(minor), frozenset(refused.get(subject_id, ())))
+    return out

@@ -114,7 +114,7 @@ def open_requests() -> tuple[Response, int]:
 @blueprint.post("/disclosures")
 def request_disclosure() -> tuple[Response, int]:
     body = parse(DisclosureBody, json_body())
-    found = components().privacy.request_disclosure(
+    found = components().disclosures.request(
         current_actor(), subject_id=body.subject_id, token_list=body.tokens, case_reference=body.case_reference,
         authority=body.authority, justification=body.justification, origin=origin())
     return jsonify(found), 202
@@ -122,11 +122,11 @@ def request_disclosure() -> tuple[Response, int]:
 
 @blueprint.post("/disclosures/<disclosure_id>/approve")
 def approve_disclosure(disclosure_id: str) -> tuple[Response, int]:
-    return jsonify(components().privacy.approve_disclosure(current_actor(), _id("disclosure_id", disclosure_id),
+    return jsonify(components().disclosures.approve(current_actor(), _id("disclosure_id", disclosure_id),
                                                            origin())), 200
 
 
 @blueprint.post("/disclosures/<disclosure_id>/collect")
 def collect_disclosure(disclosure_id: str) -> tuple[Response, int]:
-    return jsonify(components().privacy.collect_disclosure(current_actor(), _id("disclosure_id", disclosure_id),
+    return jsonify(components().disclosures.collect(current_actor(), _id("disclosure_id", disclosure_id),
                                                            origin())), 200

@@ -126,7 +126,7 @@ def read_metadata(token: str) -> tuple[Response, int]:
 def correct_token(token: str) -> tuple[Response, int]:
     """Rectification (GDPR Art. 16): new value, same token; lists who must be told (Art. 19)."""
     body = parse(CorrectBody, json_body())
-    record, recipients = components().tokens.correct(current_actor(), token, body.value, origin())
+    record, recipients = components().privacy.correct(current_actor(), token, body.value, origin())
     return jsonify({**record.public(), "recipients_to_notify": recipients}), 200
 
 

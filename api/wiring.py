@@ -18,9 +18,11 @@ from kms.provider import KeyProvider
 from vault.audit import AuditTrail
 from vault.auditlog import AuditLog
 from vault.clients import ClientRegistry
+from vault.disclosures import DisclosureService
 from vault.keys import KeyHierarchy
 from vault.policy import Policy, load_policy
 from vault.privacy import PrivacyService
+from vault.retention import RetentionService
 from vault.service import TokenService
 from vault.storage import create_engine_for
 
@@ -48,6 +50,8 @@ class Components:
     clients: ClientRegistry
     tokens: TokenService
     privacy: PrivacyService
+    disclosures: DisclosureService
+    retention: RetentionService
 
 
 def build(
@@ -76,4 +80,8 @@ def build(
         tokens=token_service,
         privacy=PrivacyService(engine=engine, keys=keys, policy=policy, trail=trail, tokens_service=token_service,
                                clock=now),
+        disclosures=DisclosureService(engine=engine, policy=policy, trail=trail, tokens_service=token_service,
+                                      clock=now),
+        retention=RetentionService(engine=engine, policy=policy, trail=trail, tokens_service=token_service,
+                                   clock=now),
     )

@@ -11,19 +11,20 @@ import hashlib
 import hmac
 import json
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, insert, or_, select, update
+from sqlalchemy import delete, exists, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from vault.audit import Actor, AuditTrail, Origin
 from vault.errors import Conflict, DecryptionFailed, Forbidden, NotFound, ValidationFailed
 from vault.keys import KeyHierarchy
+from vault.kinds import CardValue, canonical_bytes, metadata_for
 from vault.operations import AuditedOperations
 from vault.policy import Policy
-from vault.service import TokenService
+from vault.service import TokenRecord, TokenRequest, TokenService, purpose_of_kind, record_aad
 from vault.storage import (
     audit_events,
     consents,
@@ -36,6 +37,7 @@ from vault.storage import (
     tokens,
 )
 from vault.subjects import CONSENT_PURPOSES
+from vault.tokens import kind_of_token
 
 __all__ = ["PrivacyService", "RIGHTS", "RESPONSE_DAYS"]
 
@@ -393,110 +395,55 @@ class PrivacyService(AuditedOperations):
             return [self._request_json(r) for r in conn.execute(query.order_by(privacy_requests.c.due_at))
                     .mappings()]
 
-    # -- legal disclosures (dual control) --------------------------------------------------------
+    # -- correction (GDPR Art. 16) -----------------------------------------------------------
 
-    def request_disclosure(self, actor: Actor, *, subject_id: str | None, token_list: Sequence[str],
-                           case_reference: str, authority: str, justification: str,
-                           origin: Origin) -> dict[str, Any]:
-        self._require(actor, "disclose", "disclosure_request", origin, subject_id=subject_id)
-        for name, text, limit in (("case_reference", case_reference, 128), ("authority", authority, 200),
-                                  ("justification", justification, 1000)):
-            if not text.strip() or len(text) > limit:
-                raise ValidationFailed(name, f"must be 1 to {limit} characters")
-        if bool(subject_id) == bool(token_list):
-            raise ValidationFailed("subject_id", "give either subject_id or tokens")
+    def correct(self, actor: Actor, token: str, value: Any, origin: Origin) -> tuple[TokenRecord, list[str]]:
+        """Replace the value behind a token, keeping the token; returns who had read the old value.
 
-        def work(conn: Connection) -> dict[str, Any]:
-            now = self._clock()
-            disclosure_id = f"disc_{secrets.token_hex(8)}"
-            conn.execute(insert(disclosures).values(
-                id=disclosure_id, subject_id=subject_id, tokens=json.dumps(list(token_list)),
-                case_reference=case_reference, authority=authority, justification=justification,
-                requested_by=actor.id, requested_at=now, status="pending",
-                expires_at=now + timedelta(days=DISCLOSURE_DAYS)))
-            self._trail.record(conn, [self._event(actor, "disclosure_request", "allowed", origin,
-                                                  subject_id=subject_id, detail=disclosure_id)])
-            return {"id": disclosure_id, "status": "pending", "expires_at": _iso(now + timedelta(days=DISCLOSURE_DAYS))}
-
-        found: dict[str, Any] = self._audited(actor, "disclosure_request", origin, work, subject_id=subject_id)
-        return found
-
-    def approve_disclosure(self, actor: Actor, disclosure_id: str, origin: Origin) -> dict[str, Any]:
-        """A second, different officer approves; the requester may then collect the values once."""
-        self._require(actor, "disclose", "disclosure_approve", origin)
-
-        def work(conn: Connection) -> dict[str, Any]:
-            row = conn.execute(select(disclosures).where(disclosures.c.id == disclosure_id)).mappings().first()
-            if row is None or row["status"] != "pending" or row["expires_at"] <= self._clock():
-                raise NotFound("no such pending disclosure")
-            if row["requested_by"] == actor.id:
-                raise Forbidden("the requester may not approve their own disclosure")
-            conn.execute(update(disclosures)
-                         .where(disclosures.c.id == disclosure_id, disclosures.c.status == "pending")
-                         .values(status="approved", approved_by=actor.id, approved_at=self._clock()))
-            self._trail.record(conn, [self._event(actor, "disclosure_approve", "allowed", origin,
-                                                  subject_id=row["subject_id"], detail=disclosure_id)])
-            return {"id": disclosure_id, "status": "approved"}
-
-        found: dict[str, Any] = self._audited(actor, "disclosure_approve", origin, work)
-        return found
-
-    def collect_disclosure(self, actor: Actor, disclosure_id: str, origin: Origin) -> dict[str, Any]:
-        """The values, once, to the officer who asked; recorded in the disclosures register."""
-        self._require(actor, "disclose", "disclose", origin)
-
-        def work(conn: Connection) -> dict[str, Any]:
-            row = conn.execute(select(disclosures).where(disclosures.c.id == disclosure_id)).mappings().first()
-            if row is None or row["status"] != "approved" or row["requested_by"] != actor.id \
-                    or row["expires_at"] <= self._clock():
-                raise NotFound("no such approved disclosure")
-            now = self._clock()
-            listed = json.loads(row["tokens"])
-            condition = (tokens.c.subject_id == row["subject_id"]) if row["subject_id"] else tokens.c.token.in_(listed)
-            rows = [r for r in self._tokens.rows_where(conn, condition, now).values() if r["kind"] != "cvv"]
-            values = self._tokens.open_rows(conn, rows)
-            conn.execute(update(disclosures)
-                         .where(disclosures.c.id == disclosure_id, disclosures.c.status == "approved")
-                         .values(status="delivered", delivered_at=now))
-            events = [self._event(actor, "disclose", "allowed", origin, token=r["token"], kind=r["kind"],
-                                  subject_id=r["subject_id"], purpose="legal", detail=disclosure_id) for r in rows]
-            self._trail.record(conn, events or [self._event(actor, "disclose", "allowed", origin,
-                                                            detail=disclosure_id)])
-            return {"id": disclosure_id, "case_reference": row["case_reference"], "authority": row["authority"],
-                    "values": [{"token": r["token"], "kind": r["kind"],
-                                "value": None if isinstance(values[r["token"]], DecryptionFailed)
-                                else values[r["token"]]} for r in rows]}
-
-        found: dict[str, Any] = self._audited(actor, "disclose", origin, work)
-        return found
-
-    # -- retention purge ---------------------------------------------------------------------
-
-    def purge_retention(self, actor: Actor) -> dict[str, int]:
-        """Cards unused past their rule, and retained records past their date; never a held subject."""
+        The new value goes under a fresh per-record data key and the old per-record key is
+        destroyed, so the old value cannot be recovered from this database.
+        """
+        self._require(actor, "correct", "correct", origin)
+        kind = kind_of_token(token)
         now = self._clock()
 
-        def work(conn: Connection) -> dict[str, int]:
-            held = select(holds.c.subject_id).where(holds.c.released_at.is_(None), holds.c.until > now)
-            counts = {"expired_retained_records": conn.execute(delete(retained_records).where(
-                retained_records.c.retain_until <= now, retained_records.c.subject_id.not_in(held))).rowcount}
-            for kind in ("card", "cvv", "address", "email", "phone", "name", "text"):
-                rule = self._policy.retention(kind)
-                if rule is None or rule.purge_after_unused_days is None:
-                    continue
-                cutoff = now - timedelta(days=rule.purge_after_unused_days)
-                unused = or_(tokens.c.last_used_at < cutoff, and_(tokens.c.last_used_at.is_(None),
-                                                                   tokens.c.created_at < cutoff))
-                held_subject = and_(tokens.c.subject_id.is_not(None), tokens.c.subject_id.in_(held))
-                counts[f"unused_{kind}"] = len(self._tokens.delete_rows(
-                    conn, and_(tokens.c.kind == kind, unused, ~held_subject)))
-            if any(counts.values()):
-                self._trail.record(conn, [self._event(actor, "purge_retention", "allowed", Origin(),
-                                                      detail=",".join(f"{k}={v}" for k, v in counts.items()))])
-            return counts
+        def work(conn: Connection) -> tuple[TokenRecord, list[str]]:
+            row = self._tokens.rows_where(conn, tokens.c.token == token, now).get(token)
+            if row is None or row["kind"] == "cvv" or self._policy.decide(actor.role, "correct", row["kind"]) is None:
+                raise NotFound("not found")
+            parsed = self._tokens.validate(TokenRequest(kind=row["kind"], value=value), now.date())
+            if isinstance(parsed, CardValue) and not token.endswith(parsed.pan[-4:]):
+                raise ValidationFailed("value.pan", "a different card needs a new token")
+            old_meta = json.loads(row["meta"])
+            facts = metadata_for(row["kind"], parsed, keep_bin=self._policy.keep_bin)
+            if "reference" in old_meta:
+                facts["reference"] = old_meta["reference"]
+            plaintext = canonical_bytes(parsed)
+            data_key = self._keys.new_data_key(conn, purpose_of_kind(row["kind"]), None)
+            new = {"token": token, "kind": row["kind"], "subject_id": row["subject_id"], "data_key_id": data_key.id,
+                   "meta": json.dumps(facts, sort_keys=True), "expires_at": row["expires_at"]}
+            new["ciphertext"] = data_key.cipher.seal(plaintext, record_aad(new))
+            if row["lookup"] is not None:
+                new["lookup"] = self._tokens.lookup(conn, row["kind"], row["subject_id"], plaintext)
+                clash = conn.execute(select(tokens.c.token).where(tokens.c.lookup == new["lookup"],
+                                                                  tokens.c.token != token)).first()
+                if clash is not None:
+                    raise Conflict("another deterministic token holds this value")
+            conn.execute(insert(data_keys), [data_key.row])
+            conn.execute(update(tokens).where(tokens.c.token == token).values(
+                **{k: v for k, v in new.items() if k not in ("token", "kind", "subject_id", "expires_at")}))
+            if row["dk_subject"] is None:
+                conn.execute(delete(data_keys).where(data_keys.c.id == row["data_key_id"]))
+            recipients = sorted({f"{r.role}:{r.actor}" for r in conn.execute(
+                select(audit_events.c.actor, audit_events.c.role).where(
+                    audit_events.c.token == token, audit_events.c.action == "detokenize",
+                    audit_events.c.outcome == "allowed"))})
+            self._trail.record(conn, [self._event(actor, "correct", "allowed", origin, token=token, kind=row["kind"],
+                                                  subject_id=row["subject_id"], key_id=data_key.id,
+                                                  detail=f"recipients={len(recipients)}")])
+            record = TokenRecord(token=token, kind=row["kind"], metadata=facts, created_at=row["created_at"],
+                                 expires_at=row["expires_at"], subject_id=row["subject_id"])
+            return record, recipients
 
-        found: dict[str, int] = self._transaction(work)
-        return found
-
-
-
+        result: tuple[TokenRecord, list[str]] = self._audited(actor, "correct", origin, work, token=token, kind=kind)
+        return result

@@ -44,11 +44,11 @@ from vault.kinds import (
 )
 from vault.operations import AuditedOperations
 from vault.policy import PURPOSES, Policy, apply_view
-from vault.storage import audit_events, data_keys, insert_ignoring_conflict, tokens
+from vault.storage import data_keys, insert_ignoring_conflict, tokens
 from vault.subjects import subject_states
 from vault.tokens import card_token, kind_of_token, opaque_token
 
-__all__ = ["TokenService", "TokenRequest", "TokenRecord", "Detokenized", "Limits"]
+__all__ = ["TokenService", "TokenRequest", "TokenRecord", "Detokenized", "Limits", "record_aad", "purpose_of_kind"]
 
 _TOKEN_RETRIES = 8
 SYSTEM = Actor(id="system", role="system")
@@ -107,9 +107,22 @@ def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat().replace("+00:00", "Z")
 
 
-def _purpose_of_kind(kind: str) -> str:
+def purpose_of_kind(kind: str) -> str:
     """CVVs live under their own domain key (PCI DSS 3.3.2); everything else under `data`."""
     return "cvv" if kind == "cvv" else "data"
+
+
+def record_aad(row: dict[str, Any]) -> bytes:
+    """What a record's ciphertext is bound to: moving or editing any of it breaks decryption."""
+    return associated_data(
+        "rec",
+        token=row["token"],
+        kind=row["kind"],
+        subject=row["subject_id"],
+        key=row["data_key_id"],
+        meta=row["meta"],
+        expires=_iso(row["expires_at"]),
+    )
 
 
 @dataclass
@@ -144,26 +157,14 @@ class TokenService(AuditedOperations):
 
     # -- shared helpers -------------------------------------------------------------------
 
-    def _lookup(self, conn: Connection, kind: str, subject_id: str | None, plaintext: bytes) -> bytes:
+    def lookup(self, conn: Connection, kind: str, subject_id: str | None, plaintext: bytes) -> bytes:
         key = self._keys.hmac_key(conn, "index").expose()
         message = json.dumps([kind, subject_id or ""]).encode() + b"\x00" + plaintext
         return hmac.new(key, message, hashlib.sha256).digest()
 
-    @staticmethod
-    def _record_aad(row: dict[str, Any]) -> bytes:
-        return associated_data(
-            "rec",
-            token=row["token"],
-            kind=row["kind"],
-            subject=row["subject_id"],
-            key=row["data_key_id"],
-            meta=row["meta"],
-            expires=_iso(row["expires_at"]),
-        )
-
     # -- tokenize --------------------------------------------------------------------------
 
-    def _validate(self, request: TokenRequest, today: date) -> Any:
+    def validate(self, request: TokenRequest, today: date) -> Any:
         try:
             parsed = parse_value(request.kind, request.value)
             if isinstance(parsed, CardValue):
@@ -206,7 +207,7 @@ class TokenService(AuditedOperations):
             try:
                 if self._policy.decide(actor.role, "tokenize", request.kind) is None:
                     raise Forbidden("role may not tokenize this kind")
-                valid.append((index, request, self._validate(request, now.date())))
+                valid.append((index, request, self.validate(request, now.date())))
             except VaultError as error:
                 results[index] = error
 
@@ -246,11 +247,11 @@ class TokenService(AuditedOperations):
         lookups: dict[bytes, int] = {}
         for index, request, parsed in valid:
             plaintext = canonical_bytes(parsed)
-            lookup = self._lookup(conn, request.kind, request.subject_id, plaintext) if request.deterministic else None
+            lookup = self.lookup(conn, request.kind, request.subject_id, plaintext) if request.deterministic else None
             if lookup is not None and lookup in lookups:
                 pending.append(_Pending(index, request, parsed, lookup, pending[lookups[lookup]].data_key, False, {}))
                 continue
-            purpose = _purpose_of_kind(request.kind)
+            purpose = purpose_of_kind(request.kind)
             if request.subject_id is not None:
                 slot = (request.subject_id, purpose)
                 if slot not in subject_keys:
@@ -272,7 +273,7 @@ class TokenService(AuditedOperations):
                 "created_at": now,
                 "expires_at": self._expiry(request, now),
             }
-            row["ciphertext"] = data_key.cipher.seal(plaintext, self._record_aad(row))
+            row["ciphertext"] = data_key.cipher.seal(plaintext, record_aad(row))
             if lookup is not None:
                 lookups[lookup] = len(pending)
             pending.append(_Pending(index, request, parsed, lookup, data_key, new_key, row))
@@ -327,7 +328,7 @@ class TokenService(AuditedOperations):
     def _reissue(self, p: _Pending) -> _Pending:
         row = dict(p.row)
         row["token"] = self._new_token(p.request.kind, p.parsed, self._policy.keep_bin)
-        row["ciphertext"] = p.data_key.cipher.seal(canonical_bytes(p.parsed), self._record_aad(row))
+        row["ciphertext"] = p.data_key.cipher.seal(canonical_bytes(p.parsed), record_aad(row))
         return _Pending(p.index, p.request, p.parsed, p.lookup, p.data_key, p.new_key, row)
 
     @staticmethod
@@ -391,7 +392,7 @@ class TokenService(AuditedOperations):
                                               kind=kinds[token], purpose=purpose, error_code="not_found"))
                     continue
                 try:
-                    plaintext = ciphers[row["data_key_id"]].open(row["ciphertext"], self._record_aad(dict(row)))
+                    plaintext = ciphers[row["data_key_id"]].open(row["ciphertext"], record_aad(dict(row)))
                 except DecryptionFailed as error:
                     out.append(Detokenized(token=token, error=error))
                     events.append(self._event(actor, "detokenize", "error", origin, token=token, kind=row["kind"],
@@ -458,64 +459,11 @@ class TokenService(AuditedOperations):
         out: dict[str, Any | DecryptionFailed] = {}
         for row in rows:
             try:
-                plaintext = ciphers[row["data_key_id"]].open(row["ciphertext"], self._record_aad(dict(row)))
+                plaintext = ciphers[row["data_key_id"]].open(row["ciphertext"], record_aad(dict(row)))
                 out[row["token"]] = value_from_bytes(plaintext)
             except DecryptionFailed as error:
                 out[row["token"]] = error
         return out
-
-    # -- correction (GDPR Art. 16) -----------------------------------------------------------
-
-    def correct(self, actor: Actor, token: str, value: Any, origin: Origin) -> tuple[TokenRecord, list[str]]:
-        """Replace the value behind a token, keeping the token; returns who had read the old value.
-
-        The new value goes under a fresh per-record data key and the old per-record key is
-        destroyed, so the old value cannot be recovered from this database.
-        """
-        self._require(actor, "correct", "correct", origin)
-        kind = kind_of_token(token)
-        now = self._clock()
-
-        def work(conn: Connection) -> tuple[TokenRecord, list[str]]:
-            row = self._rows(conn, [token], now).get(token)
-            if row is None or row["kind"] == "cvv" or self._policy.decide(actor.role, "correct", row["kind"]) is None:
-                raise NotFound("not found")
-            parsed = self._validate(TokenRequest(kind=row["kind"], value=value), now.date())
-            if isinstance(parsed, CardValue) and not token.endswith(parsed.pan[-4:]):
-                raise ValidationFailed("value.pan", "a different card needs a new token")
-            old_meta = json.loads(row["meta"])
-            facts = metadata_for(row["kind"], parsed, keep_bin=self._policy.keep_bin)
-            if "reference" in old_meta:
-                facts["reference"] = old_meta["reference"]
-            plaintext = canonical_bytes(parsed)
-            data_key = self._keys.new_data_key(conn, _purpose_of_kind(row["kind"]), None)
-            new = {"token": token, "kind": row["kind"], "subject_id": row["subject_id"], "data_key_id": data_key.id,
-                   "meta": json.dumps(facts, sort_keys=True), "expires_at": row["expires_at"]}
-            new["ciphertext"] = data_key.cipher.seal(plaintext, self._record_aad(new))
-            if row["lookup"] is not None:
-                new["lookup"] = self._lookup(conn, row["kind"], row["subject_id"], plaintext)
-                clash = conn.execute(select(tokens.c.token).where(tokens.c.lookup == new["lookup"],
-                                                                  tokens.c.token != token)).first()
-                if clash is not None:
-                    raise Conflict("another deterministic token holds this value")
-            conn.execute(insert(data_keys), [data_key.row])
-            conn.execute(update(tokens).where(tokens.c.token == token).values(
-                **{k: v for k, v in new.items() if k not in ("token", "kind", "subject_id", "expires_at")}))
-            if row["dk_subject"] is None:
-                conn.execute(delete(data_keys).where(data_keys.c.id == row["data_key_id"]))
-            recipients = sorted({f"{r.role}:{r.actor}" for r in conn.execute(
-                select(audit_events.c.actor, audit_events.c.role).where(
-                    audit_events.c.token == token, audit_events.c.action == "detokenize",
-                    audit_events.c.outcome == "allowed"))})
-            self._trail.record(conn, [self._event(actor, "correct", "allowed", origin, token=token, kind=row["kind"],
-                                                  subject_id=row["subject_id"], key_id=data_key.id,
-                                                  detail=f"recipients={len(recipients)}")])
-            record = TokenRecord(token=token, kind=row["kind"], metadata=facts, created_at=row["created_at"],
-                                 expires_at=row["expires_at"], subject_id=row["subject_id"])
-            return record, recipients
-
-        result: tuple[TokenRecord, list[str]] = self._audited(actor, "correct", origin, work, token=token, kind=kind)
-        return result
 
     # -- metadata and delete ---------------------------------------------------------------
 

@@ -148,13 +148,13 @@ def test_held_subject_survives_deletion_and_purge(client: FlaskClient, component
     clock.advance(400 * 86400)  # past the 13-month card rule
     from vault.audit import Actor
 
-    counts = components.privacy.purge_retention(Actor(id="cron", role="system"))
+    counts = components.retention.purge(Actor(id="cron", role="system"))
     assert counts["unused_card"] == 0
     assert detok(client, keys["payment_gateway"], customer["card"], "payment")["value"]["pan"] == PAN
     released = client.delete(f"/v1/subjects/cust-1/holds/{hold.get_json()['id']}", headers=officer)
     assert released.status_code == 204
     clock.advance(400 * 86400)
-    assert components.privacy.purge_retention(Actor(id="cron", role="system"))["unused_card"] == 1
+    assert components.retention.purge(Actor(id="cron", role="system"))["unused_card"] == 1
 
 
 def test_marketing_refused_after_opt_out_and_for_minors(client: FlaskClient, keys: dict[str, str],

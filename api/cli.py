@@ -10,9 +10,11 @@ from pathlib import Path
 import click
 
 from api.cli_audit import audit
+from api.cli_subjects import subjects, transfer
 from api.settings import Settings
 from api.wiring import Components, build, build_provider
 from kms.local import create_master_key_file
+from vault.audit import Actor
 from vault.errors import VaultError
 from vault.migrate import upgrade
 
@@ -131,13 +133,17 @@ def clients_demo(out: Path) -> None:
 
 
 main.add_command(audit)
+main.add_command(subjects)
+main.add_command(transfer)
 
 
 @main.command()
 def purge() -> None:
-    """Delete expired tokens (CVVs first of all); safe to run from cron."""
+    """Delete expired tokens (CVVs first of all) and data past its retention; safe to run from cron."""
+    parts = _components()
     try:
-        count = _components().tokens.purge_expired()
+        count = parts.tokens.purge_expired()
+        kept = parts.retention.purge(Actor(id="cli:purge", role="system"))
     except VaultError as error:
         _fail(error)
-    click.echo(json.dumps({"purged": count}))
+    click.echo(json.dumps({"purged": count, **kept}))

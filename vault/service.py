@@ -75,6 +75,7 @@ class TokenRequest:
     deterministic: bool = False
     ttl_seconds: int | None = None
     reference: str | None = None  # e.g. an order id: kept for tax after erasure
+    token: str | None = None  # set only when importing a transfer bundle: keep the acquirer's tokens
 
 
 @dataclass(frozen=True)
@@ -264,7 +265,7 @@ class TokenService(AuditedOperations):
                 facts["reference"] = request.reference
             meta = json.dumps(facts, sort_keys=True)
             row = {
-                "token": self._new_token(request.kind, parsed, keep_bin),
+                "token": request.token or self._new_token(request.kind, parsed, keep_bin),
                 "kind": request.kind,
                 "subject_id": request.subject_id,
                 "data_key_id": data_key.id,
@@ -302,6 +303,8 @@ class TokenService(AuditedOperations):
                     found.update(self._existing_by_lookup(conn, [p.lookup], now))
                     if p.lookup not in found:
                         retry.append(self._reissue(p))
+                elif p.request.token is not None:
+                    results[p.index] = Conflict("token already exists")
                 else:
                     retry.append(self._reissue(p))
             to_insert = retry

@@ -1,0 +1,764 @@
+"""Key provider backed by HashiCorp Vault / OpenBao Transit: the KEK never leaves Vault.
+
+Domain keys are sent to Transit's encrypt/decrypt/rewrap endpoints in batches and
+come back as `vault:v<N>:<base64>` ciphertexts. Everything about reaching Vault is
+fail-closed: any failure to reach or use it raises KeyServiceUnavailable, whose
+message names the operation and HTTP status only, never a key, token or secret id.
+
+Resilience, kept small and explicit:
+- one pooled requests.Session with connect/read timeouts;
+- retries with exponential backoff and full jitter, only for idempotent calls
+  (encrypt/decrypt/rewrap/reads) and only on 412/429/502/503 or connection errors;
+  never for create/rotate/config, whose effects must not happen twice;
+- a circuit breaker (kms.circuit) so a dead Vault costs milliseconds, not timeouts;
+- token renewal before expiry and, with AppRole, re-login after a 403.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import random
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import hvac
+import hvac.exceptions
+import requests
+from requests.adapters import HTTPAdapter
+
+from kms.circuit import CircuitBreaker
+from kms.provider import KEY_BYTES, KekInfo, wrapped_version
+from vault.errors import ConfigurationError, DecryptionFailed, KeyServiceUnavailable
+from vault.secret import Secret
+
+__all__ = ["VaultConfig", "VaultTransitProvider", "BATCH_LIMIT", "KEY_TYPE"]
+
+T = TypeVar("T")
+
+KEY_TYPE = "aes256-gcm96"
+# OpenBao refuses JSON bodies with too many strings (500 items failed, 400 worked).
+BATCH_LIMIT = 250
+_PREFIX = "vault:"
+_RETRY_STATUS = frozenset({412, 429, 502, 503})
+_HEALTHY_STATUS = frozenset({200, 429, 473})
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+_JITTER = random.SystemRandom()
+_KEY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+_MOUNT = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)*$")
+
+
+# -- configuration ------------------------------------------------------------------
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    value = env.get(name, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigurationError(f"{name} must be true or false")
+
+
+def _number(env: Mapping[str, str], name: str, default: float) -> float:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        return float(text)
+    except ValueError as exc:
+        raise ConfigurationError(f"{name} must be a number") from exc
+
+
+@dataclass(frozen=True)
+class VaultConfig:
+    """Everything the Transit provider needs, explicit so nothing is read from the
+    environment behind the caller's back (hvac would otherwise fall back to
+    VAULT_TOKEN or ~/.vault-token).
+
+    Auth is either `token`, or AppRole (`role_id` plus `secret_id` or
+    `secret_id_file`; the file is re-read at each login so it can be rotated).
+    """
+
+    addr: str
+    token: Secret[str] | None = None
+    role_id: Secret[str] | None = None
+    secret_id: Secret[str] | None = None
+    secret_id_file: Path | None = None
+    approle_mount: str = "approle"
+    namespace: str | None = None
+    ca_cert: str | None = None
+    skip_verify: bool = False
+    mount: str = "transit"
+    key_name: str = "tokenvault-kek"
+    connect_timeout: float = 2.0
+    read_timeout: float = 5.0
+    max_retries: int = 2
+    backoff_base: float = 0.05
+    backoff_max: float = 1.0
+    breaker_failures: int = 5
+    breaker_reset: float = 10.0
+    pool_size: int = 10
+
+    def __post_init__(self) -> None:
+        if not self.addr.startswith(("http://", "https://")):
+            raise ConfigurationError("VAULT_ADDR must be an http(s) URL")
+        if self.role_id is None and (self.secret_id is not None or self.secret_id_file is not None):
+            raise ConfigurationError("VAULT_SECRET_ID needs VAULT_ROLE_ID")
+        if self.role_id is not None:
+            if self.secret_id is None and self.secret_id_file is None:
+                raise ConfigurationError("AppRole needs VAULT_SECRET_ID or VAULT_SECRET_ID_FILE")
+            if self.secret_id is not None and self.secret_id_file is not None:
+                raise ConfigurationError("set only one of VAULT_SECRET_ID and VAULT_SECRET_ID_FILE")
+        elif self.token is None or not self.token.expose():
+            raise ConfigurationError("Vault auth missing: set VAULT_TOKEN, or VAULT_ROLE_ID and VAULT_SECRET_ID")
+        if not _MOUNT.match(self.mount) or not _MOUNT.match(self.approle_mount):
+            raise ConfigurationError("Vault mount paths may hold only letters, digits, '_', '-', '.' and '/'")
+        if not _KEY_NAME.match(self.key_name):
+            raise ConfigurationError("TOKENVAULT_VAULT_KEY may hold only letters, digits, '_', '-' and '.'")
+        if self.connect_timeout <= 0 or self.read_timeout <= 0:
+            raise ConfigurationError("Vault timeouts must be positive")
+        if self.max_retries < 0 or self.breaker_failures < 1 or self.breaker_reset <= 0 or self.pool_size < 1:
+            raise ConfigurationError("Vault retry, breaker and pool settings out of range")
+
+    @property
+    def uses_approle(self) -> bool:
+        return self.role_id is not None
+
+    def read_secret_id(self) -> Secret[str]:
+        """The AppRole secret id, from memory or freshly from its file."""
+        if self.secret_id is not None:
+            return self.secret_id
+        if self.secret_id_file is None:
+            raise ConfigurationError("AppRole secret id not configured")
+        try:
+            value = self.secret_id_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigurationError(f"VAULT_SECRET_ID_FILE not readable: {self.secret_id_file}") from exc
+        if not value:
+            raise ConfigurationError(f"VAULT_SECRET_ID_FILE is empty: {self.secret_id_file}")
+        return Secret(value)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> VaultConfig:
+        """Read the standard Vault variables plus TOKENVAULT_VAULT_* settings.
+
+        VAULT_ADDR, VAULT_NAMESPACE, VAULT_CACERT, VAULT_SKIP_VERIFY, VAULT_TOKEN,
+        VAULT_ROLE_ID + VAULT_SECRET_ID | VAULT_SECRET_ID_FILE (AppRole wins over
+        VAULT_TOKEN), TOKENVAULT_VAULT_MOUNT (transit), TOKENVAULT_VAULT_KEY
+        (tokenvault-kek), TOKENVAULT_VAULT_APPROLE_MOUNT (approle),
+        TOKENVAULT_VAULT_CONNECT_TIMEOUT (2 s), TOKENVAULT_VAULT_READ_TIMEOUT (5 s),
+        TOKENVAULT_VAULT_RETRIES (2), TOKENVAULT_VAULT_BREAKER_FAILURES (5),
+        TOKENVAULT_VAULT_BREAKER_RESET (10 s).
+        """
+        addr = env.get("VAULT_ADDR", "").strip()
+        if not addr:
+            raise ConfigurationError("VAULT_ADDR is not set")
+        role_id = env.get("VAULT_ROLE_ID", "").strip()
+        secret_id = env.get("VAULT_SECRET_ID", "").strip()
+        secret_file = env.get("VAULT_SECRET_ID_FILE", "").strip()
+        token = env.get("VAULT_TOKEN", "").strip()
+        approle = bool(role_id)
+        config = cls(
+            addr=addr.rstrip("/"),
+            token=Secret(token) if token and not approle else None,
+            role_id=Secret(role_id) if approle else None,
+            secret_id=Secret(secret_id) if secret_id else None,
+            secret_id_file=Path(secret_file) if secret_file else None,
+            approle_mount=env.get("TOKENVAULT_VAULT_APPROLE_MOUNT", "").strip() or "approle",
+            namespace=env.get("VAULT_NAMESPACE", "").strip() or None,
+            ca_cert=env.get("VAULT_CACERT", "").strip() or None,
+            skip_verify=_flag(env, "VAULT_SKIP_VERIFY"),
+            mount=env.get("TOKENVAULT_VAULT_MOUNT", "").strip().strip("/") or "transit",
+            key_name=env.get("TOKENVAULT_VAULT_KEY", "").strip() or "tokenvault-kek",
+            connect_timeout=_number(env, "TOKENVAULT_VAULT_CONNECT_TIMEOUT", 2.0),
+            read_timeout=_number(env, "TOKENVAULT_VAULT_READ_TIMEOUT", 5.0),
+            max_retries=int(_number(env, "TOKENVAULT_VAULT_RETRIES", 2)),
+            breaker_failures=int(_number(env, "TOKENVAULT_VAULT_BREAKER_FAILURES", 5)),
+            breaker_reset=_number(env, "TOKENVAULT_VAULT_BREAKER_RESET", 10.0),
+        )
+        if config.ca_cert is not None and not Path(config.ca_cert).is_file():
+            raise ConfigurationError(f"VAULT_CACERT is not a file: {config.ca_cert}")
+        if config.secret_id_file is not None:
+            config.read_secret_id()  # fail at startup, not at the first login
+        return config
+
+
+# -- transport -----------------------------------------------------------------------
+
+
+class _CountingSession(requests.Session):
+    """Counts HTTP round trips and remembers each thread's last status code.
+
+    The status is needed because hvac maps some codes (412) to a generic exception.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._count_lock = threading.Lock()
+        self._local = threading.local()
+        self.round_trips = 0
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        with self._count_lock:
+            self.round_trips += 1
+        self._local.status = None
+        response = super().send(request, **kwargs)
+        self._local.status = response.status_code
+        return response
+
+    def last_status(self) -> int | None:
+        status = getattr(self._local, "status", None)
+        return status if isinstance(status, int) else None
+
+
+class _Unreachable(Exception):
+    """Vault could not serve (down, sealed, overloaded): counts against the breaker."""
+
+
+class _Denied(Exception):
+    """Vault refused our token (401/403)."""
+
+
+class _Rejected(Exception):
+    """Vault answered with an error the caller did not handle."""
+
+    def __init__(self, message: str, status: int | None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+_REASONS = {
+    412: "precondition failed (replication lag)",
+    429: "rate limited or standby",
+    500: "internal error",
+    501: "not initialised",
+    502: "bad gateway",
+    503: "sealed or unavailable",
+}
+
+
+def _data(response: object, what: str) -> dict[str, Any]:
+    """The `data` object of a Vault JSON response, or KeyServiceUnavailable."""
+    if isinstance(response, dict):
+        data = response.get("data")
+        if isinstance(data, dict):
+            return data
+    raise KeyServiceUnavailable(f"vault {what}: unexpected response")
+
+
+def _batch_results(response: object, expected: int, what: str) -> list[dict[str, Any]]:
+    results = _data(response, what).get("batch_results")
+    if not isinstance(results, list) or len(results) != expected or not all(isinstance(r, dict) for r in results):
+        raise KeyServiceUnavailable(f"vault {what}: unexpected batch response")
+    return results
+
+
+def _item_ok(item: Mapping[str, Any], field: str) -> str | None:
+    """The item's field if the item succeeded; None for a per-item error."""
+    if item.get("error"):
+        return None
+    value = item.get(field)
+    return value if isinstance(value, str) and value else None
+
+
+def _chunks(items: Sequence[T]) -> list[Sequence[T]]:
+    return [items[start : start + BATCH_LIMIT] for start in range(0, len(items), BATCH_LIMIT)]
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _well_formed(wrapped: str) -> bool:
+    """Client-side screen so malformed items never reach Vault (they would fail the batch)."""
+    if not isinstance(wrapped, str) or not wrapped.startswith(_PREFIX):
+        return False
+    try:
+        wrapped_version(wrapped)
+    except DecryptionFailed:
+        return False
+    return True
+
+
+def _created_at(value: object) -> datetime | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, UTC)
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    return None
+
+
+def _int(data: Mapping[str, Any], field: str, what: str) -> int:
+    value = data.get(field)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise KeyServiceUnavailable(f"vault {what}: response lacks {field}")
+
+
+# -- provider ------------------------------------------------------------------------
+
+
+class VaultTransitProvider:
+    """KeyProvider whose KEK is a Vault/OpenBao Transit key (aes256-gcm96, not exportable)."""
+
+    name = "vault"
+
+    def __init__(
+        self,
+        *,
+        config: VaultConfig,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._config = config
+        self._clock = clock
+        self._sleep = sleep
+        self._breaker = CircuitBreaker(
+            failure_threshold=config.breaker_failures, reset_timeout=config.breaker_reset, clock=clock
+        )
+        session = _CountingSession()
+        # Explicit config only: no proxies, CA bundles or netrc picked up from the environment.
+        session.trust_env = False
+        verify: bool | str = False if config.skip_verify else (config.ca_cert or True)
+        session.verify = verify
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=config.pool_size, max_retries=0)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        self._session = session
+        self._client = hvac.Client(
+            url=config.addr,
+            token=config.token.expose() if config.token is not None else "",
+            verify=verify,
+            timeout=(config.connect_timeout, config.read_timeout),
+            namespace=config.namespace,
+            session=session,
+        )
+        self._auth_lock = threading.Lock()
+        self._authenticated = False
+        self._generation = 0
+        self._renewable = False
+        self._renew_at: float | None = None
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    @property
+    def calls(self) -> int:
+        return self._session.round_trips
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        return self._breaker
+
+    @property
+    def key_name(self) -> str:
+        return self._config.key_name
+
+    def close(self) -> None:
+        """Release pooled connections."""
+        self._session.close()
+
+    def _backoff(self, attempt: int) -> float:
+        """Full jitter: spreads retries of many workers so they do not stampede Vault."""
+        ceiling = min(self._config.backoff_max, self._config.backoff_base * (2**attempt))
+        return _JITTER.uniform(0.0, ceiling)
+
+    def _attempt(self, what: str, fn: Callable[[], T], *, idempotent: bool) -> T:
+        """Run one Vault request, retrying only idempotent ones on transient failures."""
+        attempts = 1 + (self._config.max_retries if idempotent else 0)
+        for attempt in range(attempts):
+            retryable = False
+            try:
+                return fn()
+            except requests.exceptions.SSLError:
+                failure = _Unreachable(f"vault {what}: TLS verification failed")
+            except requests.ConnectionError:  # includes ConnectTimeout
+                failure = _Unreachable(f"vault {what}: cannot connect")
+                retryable = True
+            except requests.Timeout:
+                failure = _Unreachable(f"vault {what}: timed out")
+            except requests.RequestException:
+                failure = _Unreachable(f"vault {what}: HTTP transport error")
+            except hvac.exceptions.ParamValidationError:
+                raise _Rejected(f"vault {what}: invalid request", None) from None
+            except hvac.exceptions.VaultError as exc:
+                status = self._session.last_status()
+                if status in (401, 403) or isinstance(exc, hvac.exceptions.Forbidden | hvac.exceptions.Unauthorized):
+                    raise _Denied(f"vault {what}: permission denied") from None
+                if status is None or status in _RETRY_STATUS or status >= 500:
+                    errors = " ".join(str(e) for e in (exc.errors or []))
+                    reason = "sealed" if "sealed" in errors else _REASONS.get(status or 0, "server error")
+                    failure = _Unreachable(f"vault {what}: HTTP {status} {reason}")
+                    retryable = status in _RETRY_STATUS
+                else:
+                    raise _Rejected(f"vault {what}: HTTP {status}", status) from None
+            if not retryable or attempt == attempts - 1:
+                raise failure
+            self._sleep(self._backoff(attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _call(self, what: str, fn: Callable[[], T], *, idempotent: bool) -> T:
+        """One logical operation: breaker, auth, retries, and one re-login after a 403."""
+        if not self._breaker.allow():
+            raise KeyServiceUnavailable(
+                f"vault {what}: circuit open after repeated failures, retry in {self._breaker.retry_after():.1f}s"
+            )
+        try:
+            result = self._authenticated_call(what, fn, idempotent=idempotent)
+        except _Unreachable as exc:
+            self._breaker.record_failure()
+            raise KeyServiceUnavailable(str(exc)) from None
+        except (_Denied, _Rejected) as exc:
+            self._breaker.record_success()
+            raise KeyServiceUnavailable(str(exc)) from None
+        except Exception:
+            self._breaker.record_success()  # Vault answered; the error is about the answer
+            raise
+        self._breaker.record_success()
+        return result
+
+    def _authenticated_call(self, what: str, fn: Callable[[], T], *, idempotent: bool) -> T:
+        generation = self._ensure_token()
+        try:
+            return self._attempt(what, fn, idempotent=idempotent)
+        except _Denied:
+            if not self._config.uses_approle:
+                raise
+        # The token may have been revoked or expired early: log in again and retry once.
+        # A 403 means Vault did not act, so even a non-idempotent call is safe to repeat.
+        self._relogin(generation)
+        return self._attempt(what, fn, idempotent=idempotent)
+
+    # -- auth -------------------------------------------------------------------------
+
+    def _set_lease(self, ttl: object, renewable: object) -> None:
+        self._renewable = renewable is True
+        if isinstance(ttl, int) and ttl > 0:
+            # Renew at two thirds of the lease, leaving time for a slow Vault.
+            self._renew_at = self._clock() + ttl * 2 / 3
+        else:
+            self._renew_at = None  # no expiry (e.g. a root or periodic-less token)
+        self._authenticated = True
+        self._generation += 1
+
+    def _login_locked(self) -> None:
+        role_id = self._config.role_id
+        if role_id is None:
+            raise _Denied("vault: no AppRole configured")
+        secret_id = self._config.read_secret_id()
+        try:
+            response = self._attempt(
+                "AppRole login",
+                lambda: self._client.auth.approle.login(
+                    role_id=role_id.expose(),
+                    secret_id=secret_id.expose(),
+                    mount_point=self._config.approle_mount,
+                    use_token=True,
+                ),
+                idempotent=False,
+            )
+        except _Rejected as exc:
+            # Vault answers 400 for a wrong role or secret id: our credentials are refused.
+            raise _Denied(f"vault AppRole login refused (HTTP {exc.status})") from None
+        auth = response.get("auth") if isinstance(response, dict) else None
+        if not isinstance(auth, dict) or not isinstance(auth.get("client_token"), str):
+            raise _Rejected("vault AppRole login: unexpected response", None)
+        self._set_lease(auth.get("lease_duration"), auth.get("renewable"))
+
+    def _lookup_locked(self) -> None:
+        """Learn the static token's TTL so it can be renewed in time."""
+        try:
+            response = self._attempt("token lookup", self._client.auth.token.lookup_self, idempotent=True)
+        except (_Denied, _Rejected):
+            # A token without the default policy cannot look itself up; use it as is.
+            self._set_lease(0, False)
+            return
+        data = response.get("data") if isinstance(response, dict) else None
+        if not isinstance(data, dict):
+            self._set_lease(0, False)
+            return
+        self._set_lease(data.get("ttl"), data.get("renewable"))
+
+    def _renew_locked(self) -> bool:
+        try:
+            response = self._attempt("token renew", self._client.auth.token.renew_self, idempotent=False)
+        except (_Denied, _Rejected):
+            return False
+        auth = response.get("auth") if isinstance(response, dict) else None
+        if not isinstance(auth, dict):
+            return False
+        ttl = auth.get("lease_duration")
+        self._set_lease(ttl, auth.get("renewable"))
+        # At the max TTL Vault renews for less and less: treat a short lease as expiring.
+        return isinstance(ttl, int) and ttl > 2 * self._config.read_timeout
+
+    def _ensure_token(self) -> int:
+        """Log in, look up, renew or re-login as due; returns the token generation in use."""
+        with self._auth_lock:
+            if not self._authenticated:
+                if self._config.uses_approle:
+                    self._login_locked()
+                else:
+                    self._lookup_locked()
+            elif self._renew_at is not None and self._clock() >= self._renew_at:
+                renewed = self._renewable and self._renew_locked()
+                if not renewed and self._config.uses_approle:
+                    self._login_locked()
+            return self._generation
+
+    def _relogin(self, stale_generation: int) -> None:
+        with self._auth_lock:
+            if self._generation == stale_generation:  # nobody else has logged in meanwhile
+                self._login_locked()
+
+    # -- Transit helpers ------------------------------------------------------------------
+
+    @property
+    def _transit(self) -> Any:
+        return self._client.secrets.transit
+
+    def _read_key(self, what: str) -> dict[str, Any] | None:
+        """The key's metadata, or None if it does not exist."""
+
+        def read() -> object:
+            try:
+                return self._transit.read_key(name=self._config.key_name, mount_point=self._config.mount)
+            except hvac.exceptions.InvalidPath:
+                return None
+
+        response = self._call(what, read, idempotent=True)
+        return None if response is None else _data(response, what)
+
+    def _batch(
+        self, what: str, send: Callable[[list[dict[str, str]]], object], batch: list[dict[str, str]]
+    ) -> list[dict[str, Any]]:
+        """Send one chunk; a 400 that still carries batch_results is a per-item answer."""
+
+        def request() -> object:
+            try:
+                return send(batch)
+            except hvac.exceptions.InvalidRequest as exc:
+                body = exc.json
+                if isinstance(body, dict) and isinstance(body.get("data"), dict) and "batch_results" in body["data"]:
+                    return body
+                raise
+
+        return _batch_results(self._call(what, request, idempotent=True), len(batch), what)
+
+    # -- KeyProvider -------------------------------------------------------------------
+
+    def initialise(self) -> bool:
+        """Create the Transit mount and KEK if missing; refuse an unsafe existing key.
+
+        Reads the key first so the service token (read-only on key metadata) can run
+        this at every start; only a missing key needs the admin policy.
+        """
+        key = self._read_key("read key")
+        created = False
+        if key is None:
+            self._ensure_mount()
+            self._call(
+                "create key",
+                lambda: self._transit.create_key(
+                    name=self._config.key_name,
+                    key_type=KEY_TYPE,
+                    exportable=False,
+                    allow_plaintext_backup=False,
+                    mount_point=self._config.mount,
+                ),
+                idempotent=False,
+            )
+            created = True
+            key = self._read_key("read key")
+            if key is None:
+                raise KeyServiceUnavailable("vault create key: key still missing after creation")
+        self._validate(key)
+        if key.get("deletion_allowed") is not False:
+            # Unlike exportability, deletion can be switched off again: do so.
+            self._call(
+                "configure key",
+                lambda: self._transit.update_key_configuration(
+                    name=self._config.key_name, deletion_allowed=False, mount_point=self._config.mount
+                ),
+                idempotent=False,
+            )
+        return created
+
+    def _validate(self, key: Mapping[str, Any]) -> None:
+        name = self._config.key_name
+        if key.get("type") != KEY_TYPE:
+            raise ConfigurationError(f"transit key {name} must be of type {KEY_TYPE}")
+        if key.get("exportable") is not False:
+            raise ConfigurationError(f"transit key {name} is exportable: its KEK could leave Vault")
+        if key.get("allow_plaintext_backup") is not False:
+            raise ConfigurationError(f"transit key {name} allows plaintext backup: its KEK could leave Vault")
+        if key.get("derived") is True or key.get("convergent_encryption") is True:
+            raise ConfigurationError(f"transit key {name} must not be derived or convergent")
+
+    def _ensure_mount(self) -> None:
+        mount = self._config.mount
+
+        def read_mount() -> object:
+            try:
+                return self._client.adapter.get(f"/v1/sys/mounts/{mount}")
+            except (hvac.exceptions.InvalidRequest, hvac.exceptions.InvalidPath):
+                return None  # "No secret engine mount at ..."
+
+        def mount_type(response: object) -> object:
+            if not isinstance(response, dict):
+                return None
+            data = response.get("data")
+            return (data if isinstance(data, dict) else response).get("type")
+
+        current = self._call("read mount", read_mount, idempotent=True)
+        if current is None:
+
+            def enable() -> object:
+                try:
+                    return self._client.sys.enable_secrets_engine(backend_type="transit", path=mount)
+                except hvac.exceptions.InvalidRequest:
+                    return None  # "path is already in use": another process won the race
+
+            self._call("enable transit", enable, idempotent=False)
+            current = self._call("read mount", read_mount, idempotent=True)
+        if mount_type(current) != "transit":
+            raise ConfigurationError(f"Vault mount {mount}/ is not a transit secrets engine")
+
+    def generate(self) -> tuple[Secret[bytes], str]:
+        """Random key from the local CSPRNG, wrapped by one encrypt call.
+
+        datakey/plaintext would cost the same round trip but need another capability.
+        """
+        key = Secret(secrets.token_bytes(KEY_BYTES))
+        return key, self.wrap([key])[0]
+
+    def wrap(self, keys: Sequence[Secret[bytes]]) -> list[str]:
+        out: list[str] = []
+        for chunk in _chunks(keys):
+            batch = [{"plaintext": _b64(key.expose())} for key in chunk]
+            results = self._batch(
+                "encrypt",
+                lambda b: self._transit.encrypt_data(
+                    name=self._config.key_name, batch_input=b, mount_point=self._config.mount
+                ),
+                batch,
+            )
+            for item in results:
+                ciphertext = _item_ok(item, "ciphertext")
+                if ciphertext is None or not _well_formed(ciphertext):
+                    raise KeyServiceUnavailable("vault encrypt: a key could not be wrapped")
+                out.append(ciphertext)
+        return out
+
+    def unwrap(self, wrapped: Sequence[str]) -> list[Secret[bytes] | None]:
+        out: list[Secret[bytes] | None] = [None] * len(wrapped)
+        positions = [i for i, item in enumerate(wrapped) if _well_formed(item)]
+        for chunk in _chunks(positions):
+            batch = [{"ciphertext": wrapped[i]} for i in chunk]
+            results = self._batch(
+                "decrypt",
+                lambda b: self._transit.decrypt_data(
+                    name=self._config.key_name, batch_input=b, mount_point=self._config.mount
+                ),
+                batch,
+            )
+            for i, item in zip(chunk, results, strict=True):
+                plaintext = _item_ok(item, "plaintext")
+                if plaintext is None:
+                    continue
+                try:
+                    out[i] = Secret(base64.b64decode(plaintext, validate=True))
+                except (binascii.Error, ValueError):
+                    out[i] = None
+        return out
+
+    def rewrap(self, wrapped: Sequence[str]) -> list[str | None]:
+        """Transit rewrap: Vault re-encrypts under the latest version, no plaintext leaves it."""
+        out: list[str | None] = [None] * len(wrapped)
+        positions = [i for i, item in enumerate(wrapped) if _well_formed(item)]
+        for chunk in _chunks(positions):
+            batch = [{"ciphertext": wrapped[i]} for i in chunk]
+            results = self._batch(
+                "rewrap",
+                lambda b: self._transit.rewrap_data(
+                    name=self._config.key_name, ciphertext=None, batch_input=b, mount_point=self._config.mount
+                ),
+                batch,
+            )
+            for i, item in zip(chunk, results, strict=True):
+                ciphertext = _item_ok(item, "ciphertext")
+                out[i] = ciphertext if ciphertext is not None and _well_formed(ciphertext) else None
+        return out
+
+    def rotate(self) -> int:
+        """New KEK version. Never retried: a retry after a lost reply would rotate twice."""
+        response = self._call(
+            "rotate key",
+            lambda: self._transit.rotate_key(name=self._config.key_name, mount_point=self._config.mount),
+            idempotent=False,
+        )
+        if isinstance(response, dict) and isinstance(response.get("data"), dict):
+            version = response["data"].get("latest_version")
+            if isinstance(version, int):
+                return version
+        # Older servers answer 204 without the key: read it.
+        return self.info().latest_version
+
+    def info(self) -> KekInfo:
+        key = self._read_key("read key")
+        if key is None:
+            raise KeyServiceUnavailable(f"vault transit key {self._config.key_name} missing: run `tokenvault init`")
+        versions: dict[int, datetime] = {}
+        raw = key.get("keys")
+        if isinstance(raw, dict):
+            for text_version, created in raw.items():
+                when = _created_at(created)
+                if str(text_version).isdigit() and when is not None:
+                    versions[int(text_version)] = when
+        return KekInfo(
+            provider=self.name,
+            key_name=self._config.key_name,
+            latest_version=_int(key, "latest_version", "read key"),
+            min_decryption_version=_int(key, "min_decryption_version", "read key"),
+            versions=versions,
+        )
+
+    def set_min_decryption_version(self, version: int) -> None:
+        if version < 1:
+            raise ConfigurationError("minimum decryption version must be between 1 and the latest version")
+
+        def configure() -> object:
+            try:
+                return self._transit.update_key_configuration(
+                    name=self._config.key_name, min_decryption_version=version, mount_point=self._config.mount
+                )
+            except hvac.exceptions.InvalidRequest:
+                return False  # Vault: "cannot set min decryption version of N, latest key version is M"
+
+        if self._call("configure key", configure, idempotent=False) is False:
+            raise ConfigurationError("minimum decryption version must be between 1 and the latest version")
+
+    def check(self) -> None:
+        """Raise KeyServiceUnavailable unless Vault is unsealed and our key is readable."""
+
+        def health() -> object:
+            self._client.sys.read_health_status(method="GET", standby_ok=True)
+            status = self._session.last_status()
+            if status not in _HEALTHY_STATUS:
+                raise _Unreachable(f"vault health: HTTP {status} {_REASONS.get(status or 0, 'unhealthy')}")
+            return status
+
+        self._call("health", health, idempotent=True)
+        if self._read_key("read key") is None:
+            raise KeyServiceUnavailable(f"vault transit key {self._config.key_name} missing: run `tokenvault init`")

@@ -1,0 +1,119 @@
+"""`tokenvault keys ...`: list, rotate (with a progress bar), resume, retire, re-encrypt, due."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from api.settings import Settings
+from api.wiring import Components, build
+from vault.audit import Actor, Origin
+from vault.errors import VaultError
+
+__all__ = ["keys"]
+
+
+def _parts() -> Components:
+    return build(Settings.from_env())
+
+
+def _actor() -> Actor:
+    return Actor(id=f"cli:{getpass.getuser()}", role="admin")
+
+
+def _origin() -> Origin:
+    return Origin(request_id=f"cli-{os.getpid()}", source="localhost", user_agent="tokenvault-cli")
+
+
+def _fail(error: VaultError) -> None:
+    click.echo(f"error: {error}", err=True)
+    sys.exit(2)
+
+
+def _follow(parts: Components, job_id: str, batch: int) -> dict[str, Any]:
+    """Run the job here, showing done/total, rate and ETA on stderr."""
+    with click.progressbar(length=1, label=job_id, file=sys.stderr, show_pos=True) as bar:
+        def progress(state: dict[str, Any]) -> None:
+            bar.length = max(state["total"], 1)
+            bar.update(state["done"] - bar.pos)
+            eta = f"{state['eta_seconds']:.0f}s" if state["eta_seconds"] is not None else "-"
+            bar.label = f"{job_id} {state['phase']} {state['rate']:.0f}/s eta {eta}"
+
+        return parts.lifecycle.run(job_id, batch=batch, on_progress=progress)
+
+
+@click.group()
+def keys() -> None:
+    """Key lifecycle for admins (PCI DSS 3.6, 3.7)."""
+
+
+@keys.command("list")
+def list_keys() -> None:
+    """Every key level, with creation time, use counts and crypto-period status."""
+    click.echo(json.dumps(_parts().lifecycle.inventory(_actor(), _origin()), indent=1))
+
+
+@keys.command()
+def due() -> None:
+    """What is due or overdue for rotation."""
+    for item in _parts().lifecycle.due(_actor(), _origin()):
+        click.echo(json.dumps(item))
+
+
+@keys.command()
+@click.option("--domain-keys/--kek-only", default=True, show_default=True,
+              help="also rotate the record domain keys and rewrap data keys under the new ones")
+@click.option("--due-only", is_flag=True, help="rotate only if something is due (for a scheduler)")
+@click.option("--batch", type=int, default=500, show_default=True)
+def rotate(domain_keys: bool, due_only: bool, batch: int) -> None:
+    """Rotate the KEK (and domain keys), then rewrap everything under the new versions."""
+    parts = _parts()
+    try:
+        if due_only and not parts.lifecycle.due(_actor(), _origin()):
+            click.echo(json.dumps({"rotated": False, "reason": "nothing due"}))
+            return
+        job_id = parts.lifecycle.start_rotation(_actor(), _origin(), domain_keys_too=domain_keys)
+        click.echo(json.dumps(_follow(parts, job_id, batch)))
+    except VaultError as error:
+        _fail(error)
+
+
+@keys.command()
+@click.argument("job_id", required=False)
+@click.option("--batch", type=int, default=500, show_default=True)
+def resume(job_id: str | None, batch: int) -> None:
+    """Resume a job after a crash or restart (every unfinished one when no id is given)."""
+    parts = _parts()
+    try:
+        for job in [job_id] if job_id else parts.lifecycle.unfinished():
+            click.echo(json.dumps(_follow(parts, job, batch)))
+    except VaultError as error:
+        _fail(error)
+
+
+@keys.command()
+@click.option("--below", type=int, required=True, help="make KEK versions below this unusable")
+def retire(below: int) -> None:
+    """Raise the KEK's minimum decryption version; refused while anything still uses an older one."""
+    try:
+        click.echo(json.dumps(_parts().lifecycle.retire(_actor(), below, _origin())))
+    except VaultError as error:
+        _fail(error)
+
+
+@keys.command()
+@click.option("--domain-key", "domain_key", required=True, help="the compromised domain key id")
+@click.option("--batch", type=int, default=200, show_default=True)
+def reencrypt(domain_key: str, batch: int) -> None:
+    """Compromise response: new data keys and new ciphertext for everything under DOMAIN_KEY, then destroy it."""
+    parts = _parts()
+    try:
+        job_id = parts.lifecycle.start_reencrypt(_actor(), domain_key, _origin())
+        click.echo(json.dumps(_follow(parts, job_id, batch)))
+    except VaultError as error:
+        _fail(error)

@@ -1,0 +1,352 @@
+"""Key lifecycle: rotation, rewrap, retirement and compromise response, online and resumable.
+
+Rotating the KEK rewraps the few domain keys inside the key service (no plaintext
+leaves it). Rotating domain keys rewraps data keys locally, in batches. Re-encrypting
+after a compromise gives every affected data key new material and re-seals its
+records: same tokens, new ciphertext. Each long step is a job checkpointed in the
+database: any process can resume it after a crash, two runners never work at once
+(a lease), and every batch is its own transaction, so traffic never stops.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy.engine import Connection, Engine
+
+from kms.provider import KeyProvider, wrapped_version
+from vault.audit import Actor, AuditTrail, Origin
+from vault.envelope import Cipher
+from vault.errors import Conflict, NotFound, ValidationFailed, VaultError
+from vault.keys import RECORD_PURPOSES, KeyHierarchy
+from vault.operations import AuditedOperations
+from vault.policy import Policy
+from vault.secret import Secret
+from vault.service import record_aad
+from vault.storage import data_keys, domain_keys, key_jobs, tokens
+
+__all__ = ["KeyLifecycle", "CryptoPeriods"]
+
+LEASE = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class CryptoPeriods:
+    """NIST SP 800-57 Pt 1 allows up to 2 years for key-wrapping and data keys; we rotate yearly.
+
+    `domain_key_max_wraps` keeps every domain key far below the 2^32 AES-GCM random-nonce
+    limit (NIST SP 800-38D): each wrapped data key is one encryption under it.
+    """
+
+    kek_days: int = 365
+    domain_key_days: int = 365
+    warning_days: int = 30
+    domain_key_max_wraps: int = 2**28
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+
+
+class KeyLifecycle(AuditedOperations):
+    def __init__(self, *, engine: Engine, keys: KeyHierarchy, provider: KeyProvider, policy: Policy,
+                 trail: AuditTrail, periods: CryptoPeriods = CryptoPeriods(), cache_seconds: float = 300.0,
+                 clock: Callable[[], datetime] = _now) -> None:
+        super().__init__(engine=engine, policy=policy, trail=trail, clock=clock)
+        self._keys = keys
+        self._provider = provider
+        self._periods = periods
+        self._cache_seconds = cache_seconds
+        self._runner = f"{socket.gethostname()[:30]}:{os.getpid()}:{secrets.token_hex(3)}"
+
+    # -- inventory --------------------------------------------------------------------------
+
+    def _status(self, created: datetime, days: int, uses: int = 0) -> str:
+        age = self._clock() - created
+        if age > timedelta(days=days) or uses >= self._periods.domain_key_max_wraps:
+            return "overdue"
+        if age > timedelta(days=days - self._periods.warning_days) or uses >= self._periods.domain_key_max_wraps // 2:
+            return "due"
+        return "ok"
+
+    def inventory(self, actor: Actor, origin: Origin) -> dict[str, Any]:
+        """Every key level: KEK versions, domain keys with their data-key counts, crypto-period status."""
+        self._require(actor, "manage_keys", "list_keys", origin)
+        kek = self._provider.info()
+        latest_created = kek.versions.get(kek.latest_version, self._clock())
+
+        def work(conn: Connection) -> dict[str, Any]:
+            counts: dict[str, int] = dict(conn.execute(select(data_keys.c.domain_key_id, func.count())
+                                       .group_by(data_keys.c.domain_key_id)).all())
+            domains = []
+            for row in conn.execute(select(domain_keys).order_by(domain_keys.c.created_at)).mappings():
+                uses = int(counts.get(row["id"], 0))
+                domains.append({
+                    "id": row["id"], "purpose": row["purpose"], "active": row["active_for"] is not None,
+                    "kek_version": row["kek_version"], "created_at": _iso(row["created_at"]),
+                    "retired_at": _iso(row["retired_at"]), "data_keys": uses,
+                    "status": self._status(row["created_at"], self._periods.domain_key_days, uses)
+                    if row["active_for"] else "retired"})
+            self._trail.record(conn, [self._event(actor, "list_keys", "allowed", origin)])
+            return {
+                "kek": {"provider": kek.provider, "name": kek.key_name, "latest_version": kek.latest_version,
+                        "min_decryption_version": kek.min_decryption_version,
+                        "versions": {str(v): _iso(c) for v, c in sorted(kek.versions.items())},
+                        "status": self._status(latest_created, self._periods.kek_days)},
+                "domain_keys": domains,
+            }
+
+        found: dict[str, Any] = self._audited(actor, "list_keys", origin, work)
+        return found
+
+    def due(self, actor: Actor, origin: Origin) -> list[dict[str, Any]]:
+        """What should be rotated now (status due or overdue)."""
+        listing = self.inventory(actor, origin)
+        items = [{"level": "kek", "id": listing["kek"]["name"], "status": listing["kek"]["status"]}]
+        items += [{"level": "domain", "id": d["id"], "purpose": d["purpose"], "status": d["status"]}
+                  for d in listing["domain_keys"] if d["active"]]
+        return [item for item in items if item["status"] != "ok"]
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    def start_rotation(self, actor: Actor, origin: Origin, *, domain_keys_too: bool,
+                       purposes: tuple[str, ...] = RECORD_PURPOSES) -> str:
+        """Rotate the KEK (and, optionally, the record domain keys); returns the rewrap job id."""
+        self._require(actor, "manage_keys", "rotate_keys", origin)
+        version = self._provider.rotate()
+
+        def work(conn: Connection) -> str:
+            old: list[str] = []
+            if domain_keys_too:
+                for purpose in purposes:
+                    current = conn.execute(select(domain_keys.c.id).where(domain_keys.c.active_for == purpose)
+                                           ).scalar()
+                    if current is not None:
+                        old.append(current)
+                    self._keys.rotate_domain_key(conn, purpose)
+            pending = conn.execute(select(func.count()).select_from(domain_keys)
+                                   .where(domain_keys.c.kek_version < version)).scalar_one()
+            moving = conn.execute(select(func.count()).select_from(data_keys)
+                                  .where(data_keys.c.domain_key_id.in_(old))).scalar_one() if old else 0
+            job_id = self._new_job(conn, actor, "rotate", {"kek_version": version, "old_domain_keys": old,
+                                                          "rotated_at": _iso(self._clock())},
+                                   int(pending) + int(moving))
+            self._trail.record(conn, [self._event(actor, "rotate_keys", "allowed", origin, detail=(
+                f"job={job_id} kek_version={version} domain_keys={len(old)}"))])
+            return job_id
+
+        job: str = self._audited(actor, "rotate_keys", origin, work)
+        return job
+
+    def start_reencrypt(self, actor: Actor, domain_key_id: str, origin: Origin) -> str:
+        """Compromise response: new material for every data key under `domain_key_id`, records re-sealed."""
+        self._require(actor, "manage_keys", "reencrypt", origin, key_id=domain_key_id)
+
+        def work(conn: Connection) -> str:
+            row = conn.execute(select(domain_keys).where(domain_keys.c.id == domain_key_id)).mappings().first()
+            if row is None:
+                raise NotFound("no such domain key")
+            if row["active_for"] is not None:
+                self._keys.rotate_domain_key(conn, row["purpose"])
+            count = conn.execute(select(func.count()).select_from(data_keys)
+                                 .where(data_keys.c.domain_key_id == domain_key_id)).scalar_one()
+            job_id = self._new_job(conn, actor, "reencrypt", {"domain_key": domain_key_id,
+                                                             "rotated_at": _iso(self._clock())}, int(count))
+            self._trail.record(conn, [self._event(actor, "reencrypt", "allowed", origin, key_id=domain_key_id,
+                                                  detail=f"job={job_id} data_keys={count}")])
+            return job_id
+
+        job: str = self._audited(actor, "reencrypt", origin, work, key_id=domain_key_id)
+        return job
+
+    def _new_job(self, conn: Connection, actor: Actor, kind: str, params: dict[str, Any], total: int) -> str:
+        job_id = f"job_{secrets.token_hex(8)}"
+        now = self._clock()
+        conn.execute(insert(key_jobs).values(id=job_id, kind=kind, status="running", params=json.dumps(params),
+                                             phase="start", total=total, done=0, started_at=now, updated_at=now,
+                                             requested_by=actor.id))
+        return job_id
+
+    def job(self, actor: Actor, job_id: str, origin: Origin) -> dict[str, Any]:
+        self._require(actor, "manage_keys", "key_job", origin)
+        with self._engine.connect() as conn:
+            row = conn.execute(select(key_jobs).where(key_jobs.c.id == job_id)).mappings().first()
+        if row is None:
+            raise NotFound("no such job")
+        return self.describe(row)
+
+    def describe(self, row: Any) -> dict[str, Any]:
+        elapsed = max((row["updated_at"] - row["started_at"]).total_seconds(), 1e-6)
+        rate = row["done"] / elapsed
+        remaining = max(row["total"] - row["done"], 0)
+        return {"job_id": row["id"], "kind": row["kind"], "status": row["status"], "phase": row["phase"],
+                "done": row["done"], "total": row["total"], "rate": round(rate, 1),
+                "eta_seconds": round(remaining / rate, 1) if rate > 0 and row["status"] == "running" else None,
+                "started_at": _iso(row["started_at"]), "finished_at": _iso(row["finished_at"]),
+                "error": row["error"]}
+
+    def unfinished(self) -> list[str]:
+        with self._engine.connect() as conn:
+            return [r[0] for r in conn.execute(select(key_jobs.c.id).where(key_jobs.c.status == "running"))]
+
+    def _lease(self, conn: Connection, job_id: str) -> bool:
+        now = self._clock()
+        taken = conn.execute(update(key_jobs).where(
+            key_jobs.c.id == job_id, key_jobs.c.status == "running",
+            or_(key_jobs.c.lease_until.is_(None), key_jobs.c.lease_until < now, key_jobs.c.lease_owner == self._runner)
+        ).values(lease_owner=self._runner, lease_until=now + LEASE)).rowcount
+        return taken == 1
+
+    def run(self, job_id: str, *, batch: int = 500,
+            on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Work a job to completion (or until another runner holds it); safe to call again after a crash."""
+        with self._engine.begin() as conn:
+            row = conn.execute(select(key_jobs).where(key_jobs.c.id == job_id)).mappings().first()
+            if row is None:
+                raise NotFound("no such job")
+            if row["status"] != "running":
+                return self.describe(row)
+            if not self._lease(conn, job_id):
+                raise Conflict("another runner holds this job")
+        params = json.loads(row["params"])
+        try:
+            while True:
+                with self._engine.begin() as conn:
+                    if not self._lease(conn, job_id):
+                        raise Conflict("lost the lease on this job")
+                    moved, phase = self._step(conn, row["kind"], params, batch)
+                    values: dict[str, Any] = {"done": key_jobs.c.done + moved, "phase": phase,
+                                              "updated_at": self._clock()}
+                    if phase == "done":
+                        values.update(status="done", finished_at=self._clock(), lease_until=None)
+                    conn.execute(update(key_jobs).where(key_jobs.c.id == job_id).values(**values))
+                    current = conn.execute(select(key_jobs).where(key_jobs.c.id == job_id)).mappings().one()
+                if on_progress is not None:
+                    on_progress(self.describe(current))
+                if phase == "done":
+                    return self.describe(current)
+                if moved == 0:
+                    time.sleep(0.2)  # waiting for other processes' key caches to expire
+        except VaultError as error:
+            with self._engine.begin() as conn:
+                conn.execute(update(key_jobs).where(key_jobs.c.id == job_id).values(
+                    status="failed", error=error.code, updated_at=self._clock(), lease_until=None))
+            raise
+
+    def _caches_expired(self, params: dict[str, Any]) -> bool:
+        """Other processes may still hold the old active domain key until their cache expires."""
+        rotated = datetime.fromisoformat(str(params["rotated_at"]).replace("Z", "+00:00"))
+        return self._clock() >= rotated + timedelta(seconds=self._cache_seconds)
+
+    def _step(self, conn: Connection, kind: str, params: dict[str, Any], batch: int) -> tuple[int, str]:
+        """One batch in the caller's transaction; returns (items moved, phase)."""
+        if kind == "rotate":
+            moved = self._rewrap_domain_keys(conn, int(params["kek_version"]), batch)
+            if moved:
+                return moved, "rewrap_domain_keys"
+            old = list(params["old_domain_keys"])
+            moved = self._move_data_keys(conn, old, batch) if old else 0
+            if moved or (old and not self._caches_expired(params)):
+                return moved, "rewrap_data_keys"
+            for domain_key_id in old:
+                self._destroy_if_empty(conn, domain_key_id)
+            return 0, "done"
+        moved = self._rekey_data_keys(conn, str(params["domain_key"]), batch)
+        if moved or not self._caches_expired(params):
+            return moved, "reencrypt_records"
+        self._destroy_if_empty(conn, str(params["domain_key"]))
+        return 0, "done"
+
+    def _rewrap_domain_keys(self, conn: Connection, version: int, batch: int) -> int:
+        rows = conn.execute(select(domain_keys.c.id, domain_keys.c.wrapped)
+                            .where(domain_keys.c.kek_version < version).limit(batch)).all()
+        if not rows:
+            return 0
+        rewrapped = self._provider.rewrap([r.wrapped for r in rows])
+        for row, wrapped in zip(rows, rewrapped, strict=True):
+            if wrapped is None:
+                raise VaultError("a domain key could not be rewrapped")
+            conn.execute(update(domain_keys).where(domain_keys.c.id == row.id)
+                         .values(wrapped=wrapped, kek_version=wrapped_version(wrapped)))
+        return len(rows)
+
+    def _locked(self, conn: Connection, condition: Any, batch: int) -> list[dict[str, Any]]:
+        query = select(data_keys).where(condition).order_by(data_keys.c.id).limit(batch)
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        return [dict(r) for r in conn.execute(query).mappings()]
+
+    def _move_data_keys(self, conn: Connection, old: list[str], batch: int) -> int:
+        """Rewrap data keys from retired domain keys under the active one of their purpose."""
+        rows = self._locked(conn, data_keys.c.domain_key_id.in_(old), batch)
+        for row in rows:
+            material = self._keys.unwrap_data_key(conn, row)
+            target = self._keys.active_domain_key_id(conn, row["purpose"])
+            conn.execute(update(data_keys).where(data_keys.c.id == row["id"]).values(
+                domain_key_id=target, wrapped=self._keys.wrap_data_key(conn, row, material, target)))
+        return len(rows)
+
+    def _rekey_data_keys(self, conn: Connection, compromised: str, batch: int) -> int:
+        """New material for each data key; its records re-sealed (same tokens, new ciphertext)."""
+        rows = self._locked(conn, data_keys.c.domain_key_id == compromised, batch)
+        for row in rows:
+            old = self._keys.open_data_keys(conn, [row])[row["id"]]
+            material = Secret(secrets.token_bytes(32))
+            target = self._keys.active_domain_key_id(conn, row["purpose"])
+            fresh = Cipher(material)
+            for record in conn.execute(select(tokens).where(tokens.c.data_key_id == row["id"])).mappings():
+                aad = record_aad(dict(record))
+                conn.execute(update(tokens).where(tokens.c.token == record["token"]).values(
+                    ciphertext=fresh.seal(old.open(record["ciphertext"], aad), aad)))
+            conn.execute(update(data_keys).where(data_keys.c.id == row["id"]).values(
+                domain_key_id=target, wrapped=self._keys.wrap_data_key(conn, row, material, target)))
+        return len(rows)
+
+    def _destroy_if_empty(self, conn: Connection, domain_key_id: str) -> None:
+        left = conn.execute(select(func.count()).select_from(data_keys)
+                            .where(data_keys.c.domain_key_id == domain_key_id)).scalar_one()
+        if left == 0:
+            conn.execute(delete(domain_keys).where(domain_keys.c.id == domain_key_id,
+                                                   domain_keys.c.active_for.is_(None)))
+
+    # -- retirement -----------------------------------------------------------------------------
+
+    def retire(self, actor: Actor, below: int, origin: Origin) -> dict[str, Any]:
+        """Raise the KEK's minimum decryption version, only once nothing references an older one."""
+        self._require(actor, "manage_keys", "retire_keys", origin)
+        info = self._provider.info()
+        if not 1 < below <= info.latest_version:
+            raise ValidationFailed("below", f"must be 2 to {info.latest_version}")
+
+        def work(conn: Connection) -> dict[str, Any]:
+            remaining = conn.execute(select(func.count()).select_from(domain_keys)
+                                     .where(domain_keys.c.kek_version < below)).scalar_one()
+            if remaining:
+                raise Conflict(f"{remaining} domain keys still wrapped under a version below {below}")
+            self._provider.set_min_decryption_version(below)
+            self._trail.record(conn, [self._event(actor, "retire_keys", "allowed", origin,
+                                                  detail=f"min_decryption_version={below}")])
+            return {"min_decryption_version": below}
+
+        found: dict[str, Any] = self._audited(actor, "retire_keys", origin, work)
+        return found
+
+    def references_below(self, version: int) -> int:
+        with self._engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(domain_keys)
+                                    .where(domain_keys.c.kek_version < version)).scalar_one())
+
+

@@ -144,3 +144,15 @@ def _documented_items() -> list[type[BaseModel]]:
 
 
 DOCUMENTED_ITEMS = _documented_items()
+
+
+class RotateBody(Strict):
+    domain_keys: StrictBool = True
+
+
+class RetireBody(Strict):
+    below: Annotated[StrictInt, Field(ge=2, le=1_000_000)]
+
+
+class ReencryptBody(Strict):
+    domain_key: Annotated[StrictStr, Field(pattern=r"^dom_[0-9a-f]{24}$")]

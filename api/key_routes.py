@@ -1,0 +1,84 @@
+"""Admins' key endpoints: inventory, rotation jobs (202 + progress), retirement, re-encryption."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+
+from flask import Blueprint, Response, jsonify
+
+from api.auth import current_actor
+from api.routes import components, json_body, origin, parse
+from api.schemas import ReencryptBody, RetireBody, RotateBody
+from api.wiring import Components
+from vault.errors import ValidationFailed, VaultError
+
+__all__ = ["blueprint"]
+
+blueprint = Blueprint("keys", __name__, url_prefix="/v1/keys")
+_JOB = re.compile(r"^job_[0-9a-f]{16}$")
+
+
+def _run_in_background(parts: Components, job_id: str) -> None:
+    """Work the job in this worker; if the worker dies, `tokenvault keys resume` (or /resume) finishes it."""
+    def work() -> None:
+        # A failure is recorded on the job (or another runner holds it); GET shows it.
+        with contextlib.suppress(VaultError):
+            parts.lifecycle.run(job_id)
+
+    threading.Thread(target=work, name=f"key-job-{job_id}", daemon=True).start()
+
+
+def _job_id(job_id: str) -> str:
+    if not _JOB.match(job_id):
+        raise ValidationFailed("job_id", "is not a job id")
+    return job_id
+
+
+@blueprint.get("")
+def inventory() -> tuple[Response, int]:
+    return jsonify(components().lifecycle.inventory(current_actor(), origin())), 200
+
+
+@blueprint.get("/due")
+def due() -> tuple[Response, int]:
+    return jsonify({"due": components().lifecycle.due(current_actor(), origin())}), 200
+
+
+@blueprint.post("/rotate")
+def rotate() -> tuple[Response, int]:
+    body = parse(RotateBody, json_body())
+    parts = components()
+    job_id = parts.lifecycle.start_rotation(current_actor(), origin(), domain_keys_too=body.domain_keys)
+    _run_in_background(parts, job_id)
+    return jsonify({"job_id": job_id}), 202
+
+
+@blueprint.post("/reencrypt")
+def reencrypt() -> tuple[Response, int]:
+    body = parse(ReencryptBody, json_body())
+    parts = components()
+    job_id = parts.lifecycle.start_reencrypt(current_actor(), body.domain_key, origin())
+    _run_in_background(parts, job_id)
+    return jsonify({"job_id": job_id}), 202
+
+
+@blueprint.get("/jobs/<job_id>")
+def job(job_id: str) -> tuple[Response, int]:
+    return jsonify(components().lifecycle.job(current_actor(), _job_id(job_id), origin())), 200
+
+
+@blueprint.post("/jobs/<job_id>/resume")
+def resume(job_id: str) -> tuple[Response, int]:
+    parts = components()
+    state = parts.lifecycle.job(current_actor(), _job_id(job_id), origin())
+    if state["status"] == "running":
+        _run_in_background(parts, job_id)
+    return jsonify(state), 202
+
+
+@blueprint.post("/retire")
+def retire() -> tuple[Response, int]:
+    body = parse(RetireBody, json_body())
+    return jsonify(components().lifecycle.retire(current_actor(), body.below, origin())), 200

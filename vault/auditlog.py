@@ -6,7 +6,6 @@ verification writes an event, in the same transaction, before any data is return
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -14,8 +13,9 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from vault.audit import Actor, AuditEvent, AuditTrail, EventQuery, Origin, Verification, event_json, select_events
-from vault.errors import Forbidden, StorageUnavailable, ValidationFailed, VaultError
+from vault.audit import Actor, AuditTrail, EventQuery, Origin, Verification, event_json, select_events
+from vault.errors import StorageUnavailable, ValidationFailed
+from vault.operations import AuditedOperations
 from vault.policy import Policy
 
 __all__ = ["AuditLog"]
@@ -27,24 +27,13 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class AuditLog:
+class AuditLog(AuditedOperations):
     def __init__(self, engine: Engine, trail: AuditTrail, policy: Policy,
                  clock: Callable[[], datetime] = _now) -> None:
-        self._engine = engine
-        self._trail = trail
-        self._policy = policy
-        self._clock = clock
-
-    def _event(self, actor: Actor, action: str, outcome: str, origin: Origin, **fields: Any) -> AuditEvent:
-        return AuditEvent(at=self._clock(), actor=actor.id, role=actor.role, action=action, outcome=outcome,
-                          origin=origin, **fields)
+        super().__init__(engine=engine, policy=policy, trail=trail, clock=clock)
 
     def _authorise(self, actor: Actor, action: str, origin: Origin) -> None:
-        if self._policy.may_use(actor.role, "read_audit"):
-            return
-        with contextlib.suppress(VaultError, SQLAlchemyError), self._engine.begin() as conn:
-            self._trail.record(conn, [self._event(actor, action, "denied", origin, error_code="forbidden")])
-        raise Forbidden("role may not read the audit trail")
+        self._require(actor, "read_audit", action, origin)
 
     def events(self, actor: Actor, query: EventQuery, origin: Origin) -> tuple[list[dict[str, Any]], int | None]:
         """A page of events and the cursor for the next one (None at the end)."""

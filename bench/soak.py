@@ -15,10 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.database import postgres_database  # noqa: E402
-from tests.support.openbao import enable_approle, ensure_transit, start_openbao  # noqa: E402
-from tests.support.server import running_server  # noqa: E402
-from tests.support.soak import soak  # noqa: E402
+from tests.support.database import postgres_database
+from tests.support.openbao import enable_approle, ensure_transit, start_openbao
+from tests.support.server import running_server
+from tests.support.soak import soak
 
 
 def main() -> None:

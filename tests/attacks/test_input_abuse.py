@@ -479,7 +479,7 @@ def test_pan_as_an_unknown_top_level_key_is_not_echoed(client: FlaskClient, api_
     assert PAN not in batch.get_data(as_text=True)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: vault/service.py TokenService._validate builds the 422 field from the "
+@pytest.mark.xfail(strict=True, reason="bug: vault/service.py TokenService.validate builds the 422 field from the "
                                        "pydantic loc unfiltered, so an unknown key inside `value` is echoed verbatim")
 def test_unknown_key_inside_a_value_is_not_echoed(client: FlaskClient, api_keys: dict[str, str]) -> None:
     leaked = []

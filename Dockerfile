@@ -20,14 +20,20 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 
 WORKDIR /src
-# Dependency wheels first, from the pinned constraints, so source edits do not rebuild them.
-# Every pinned dependency ships manylinux wheels for CPython 3.11 (x86_64 and aarch64), so the
-# builder needs no compiler either; if one ever does not, install build-essential here, never below.
-COPY pyproject.toml constraints.txt README.md ./
+# Dependencies first, from pyproject's list pinned by constraints.txt: this layer is rebuilt only when
+# those two files change, not on every source edit. Every pinned dependency ships manylinux wheels for
+# CPython 3.11 (x86_64 and aarch64), so no compiler is needed; if one ever is, install it here, never below.
+COPY pyproject.toml constraints.txt ./
+RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" \
+        > requirements.txt \
+ && pip wheel --wheel-dir /wheels --constraint constraints.txt --requirement requirements.txt
+
+# Then the project itself (pure Python), without touching the dependency wheels.
+COPY README.md ./
 COPY api ./api
 COPY vault ./vault
 COPY kms ./kms
-RUN pip wheel --wheel-dir /wheels --constraint constraints.txt .
+RUN pip wheel --wheel-dir /wheels --no-deps .
 
 # --- final: runtime only ------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS final

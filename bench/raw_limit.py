@@ -5,7 +5,7 @@ steps is taken away, to compare the vault's figures with later (design notes §6
 
     .venv/bin/python bench/raw_limit.py [--items 200000] [--batch 1000] [--repeat 3] [--database PATH]
 
-Each mode is timed separately, best of --repeat, on a fresh table each time:
+Each mode is timed separately, best of --repeat, each run on a new, empty database file:
 - encrypt:          seal every item with one AES-256-GCM key (random 96-bit nonce, AAD = token)
 - insert:           executemany() of already sealed rows, one transaction per batch
 - encrypt+insert:   both, batch by batch (the raw limit proper)
@@ -56,8 +56,6 @@ def connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None)
     for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "secure_delete=ON", "foreign_keys=ON"):
         conn.execute(f"PRAGMA {pragma}")
-    conn.execute("DROP TABLE IF EXISTS records")
-    conn.execute("DROP TABLE IF EXISTS data_keys")
     conn.execute("CREATE TABLE data_keys (id BLOB PRIMARY KEY, wrapped BLOB NOT NULL)")
     conn.execute("CREATE TABLE records (token BLOB PRIMARY KEY, key_id BLOB, ciphertext BLOB NOT NULL)")
     return conn
@@ -118,9 +116,16 @@ def envelope_and_insert(items: list[bytes], batch: int, conn: sqlite3.Connection
         conn.execute("COMMIT")
 
 
+def fresh(path: Path) -> None:
+    """Delete the database and its WAL files: every timed run starts from an empty file."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+
+
 def measure(name: str, items: list[bytes], args: argparse.Namespace, path: Path) -> float:
     best = float("inf")
     for _ in range(args.repeat):
+        fresh(path)
         conn = connect(path)
         try:
             if name == "insert":
@@ -143,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=1000, help="rows per transaction (default 1000)")
     parser.add_argument("--repeat", type=int, default=3, help="best of N (default 3)")
-    parser.add_argument("--database", type=Path, default=None, help="SQLite file (default: a temp file)")
+    parser.add_argument("--database", type=Path, default=None,
+                        help="SQLite file, deleted and recreated for every run (default: a temp file)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 from flask import Blueprint, Response, jsonify, request
@@ -10,6 +11,8 @@ from api.auth import current_actor
 from api.routes import components, origin
 from vault.audit import EventQuery
 from vault.errors import ValidationFailed
+from vault.subjects import check_subject_id
+from vault.tokens import kind_of_token
 
 __all__ = ["blueprint"]
 
@@ -38,10 +41,25 @@ def _int(name: str, default: int) -> int:
     return int(raw)
 
 
+_PATTERNS = {
+    "actor": re.compile(r"[A-Za-z0-9._:@-]{1,128}"),
+    "action": re.compile(r"[a-z_]{1,40}"),
+    "outcome": re.compile(r"allowed|denied|error"),
+}
+
+
 def _text(name: str) -> str | None:
+    """A filter value, checked against its column's shape: a PAN or a NUL never reaches the trail."""
     raw = request.args.get(name)
-    if raw is not None and len(raw) > 128:
-        raise ValidationFailed(name, "is too long")
+    if raw is None:
+        return None
+    if name == "token":
+        kind_of_token(raw)  # ValidationFailed for anything that is not a token, a PAN above all
+        return raw
+    if name == "subject_id":
+        return check_subject_id(raw)
+    if not _PATTERNS[name].fullmatch(raw):
+        raise ValidationFailed(name, "is not a valid filter value")
     return raw
 
 

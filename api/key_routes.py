@@ -9,7 +9,7 @@ import threading
 from flask import Blueprint, Response, jsonify
 
 from api.auth import current_actor
-from api.routes import components, json_body, origin, parse
+from api.routes import components, json_body, origin, parse, requires
 from api.schemas import ReencryptBody, RetireBody, RotateBody
 from api.wiring import Components
 from vault.errors import ValidationFailed, VaultError
@@ -47,6 +47,7 @@ def due() -> tuple[Response, int]:
 
 
 @blueprint.post("/rotate")
+@requires("manage_keys")
 def rotate() -> tuple[Response, int]:
     body = parse(RotateBody, json_body())
     parts = components()
@@ -56,6 +57,7 @@ def rotate() -> tuple[Response, int]:
 
 
 @blueprint.post("/reencrypt")
+@requires("manage_keys")
 def reencrypt() -> tuple[Response, int]:
     body = parse(ReencryptBody, json_body())
     parts = components()
@@ -79,6 +81,7 @@ def resume(job_id: str) -> tuple[Response, int]:
 
 
 @blueprint.post("/retire")
+@requires("manage_keys")
 def retire() -> tuple[Response, int]:
     body = parse(RetireBody, json_body())
     return jsonify(components().lifecycle.retire(current_actor(), body.below, origin())), 200

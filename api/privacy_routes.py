@@ -7,7 +7,7 @@ import re
 from flask import Blueprint, Response, jsonify, request
 
 from api.auth import current_actor
-from api.routes import components, json_body, origin, parse
+from api.routes import components, json_body, origin, parse, requires
 from api.schemas import (
     CloseRequestBody,
     ConsentsBody,
@@ -17,18 +17,16 @@ from api.schemas import (
     RestrictionBody,
 )
 from vault.errors import ValidationFailed
+from vault.subjects import check_subject_id
 
 __all__ = ["blueprint"]
 
 blueprint = Blueprint("privacy", __name__, url_prefix="/v1")
-_SUBJECT = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _ID = re.compile(r"^[a-z]{3,5}_[0-9a-f]{16}$")
 
 
 def _subject(subject_id: str) -> str:
-    if not _SUBJECT.match(subject_id):
-        raise ValidationFailed("subject_id", "is not a subject id")
-    return subject_id
+    return check_subject_id(subject_id)
 
 
 def _id(name: str, value: str) -> str:
@@ -58,6 +56,7 @@ def mark_minor(subject_id: str) -> tuple[Response, int]:
 
 
 @blueprint.put("/subjects/<subject_id>/restriction")
+@requires("manage_subjects")
 def restrict(subject_id: str) -> tuple[str, int]:
     body = parse(RestrictionBody, json_body())
     components().privacy.restrict(current_actor(), _subject(subject_id), body.restricted, origin())
@@ -65,6 +64,7 @@ def restrict(subject_id: str) -> tuple[str, int]:
 
 
 @blueprint.put("/subjects/<subject_id>/consents")
+@requires("manage_consents")
 def consents(subject_id: str) -> tuple[Response, int]:
     body = parse(ConsentsBody, json_body())
     choices = body.model_dump(exclude_none=True, exclude={"source"})
@@ -76,6 +76,7 @@ def consents(subject_id: str) -> tuple[Response, int]:
 
 
 @blueprint.post("/subjects/<subject_id>/holds")
+@requires("manage_subjects")
 def add_hold(subject_id: str) -> tuple[Response, int]:
     body = parse(HoldBody, json_body())
     found = components().privacy.add_hold(current_actor(), _subject(subject_id), body.reason, body.until, origin())
@@ -89,6 +90,7 @@ def release_hold(subject_id: str, hold_id: str) -> tuple[str, int]:
 
 
 @blueprint.post("/subjects/<subject_id>/requests")
+@requires("manage_subjects")
 def register_request(subject_id: str) -> tuple[Response, int]:
     body = parse(RequestBody, json_body())
     return jsonify(components().privacy.register_request(current_actor(), _subject(subject_id), body.right,
@@ -96,6 +98,7 @@ def register_request(subject_id: str) -> tuple[Response, int]:
 
 
 @blueprint.post("/privacy/requests/<request_id>/close")
+@requires("manage_subjects")
 def close_request(request_id: str) -> tuple[str, int]:
     body = parse(CloseRequestBody, json_body())
     components().privacy.close_request(current_actor(), _id("request_id", request_id), body.outcome, origin())
@@ -112,6 +115,7 @@ def open_requests() -> tuple[Response, int]:
 
 
 @blueprint.post("/disclosures")
+@requires("disclose")
 def request_disclosure() -> tuple[Response, int]:
     body = parse(DisclosureBody, json_body())
     found = components().disclosures.request(

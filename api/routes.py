@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
-import re
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
@@ -16,13 +17,13 @@ from api.schemas import BatchBody, CorrectBody, DetokenizeBody, TokenizeBody
 from api.wiring import Components
 from vault.audit import Origin
 from vault.errors import ValidationFailed, VaultError
+from vault.kinds import validation_failed
 from vault.service import TokenRecord, TokenRequest
 
 __all__ = ["blueprint", "components", "origin"]
 
 blueprint = Blueprint("v1", __name__, url_prefix="/v1")
 Model = TypeVar("Model", bound=BaseModel)
-_FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
 
 
 def components() -> Components:
@@ -35,15 +36,18 @@ def origin() -> Origin:
                   user_agent=request.headers.get("User-Agent"))
 
 
-def _validation_error(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> ValidationFailed:
-    """First pydantic error as field + rule; field names that are not plain names are not echoed."""
-    first = exc.errors(include_input=False, include_url=False, include_context=False)[0]
-    parts = [str(part) for part in (*prefix, *first["loc"])]
-    parts = [part if _FIELD_NAME.match(part) or part.isdigit() else "(unknown)" for part in parts]
-    rule = str(first["msg"]).removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        rule = "is not an accepted field"
-    return ValidationFailed(".".join(parts) or "body", rule)
+View = TypeVar("View", bound=Callable[..., Any])
+
+
+def requires(operation: str) -> Callable[[View], View]:
+    """Refuse (403, audited) a role the policy never grants `operation`, before the body is read."""
+    def decorate(view: View) -> View:
+        @functools.wraps(view)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            components().tokens.authorise(current_actor(), operation, operation, origin())
+            return view(*args, **kwargs)
+        return guarded  # type: ignore[return-value]
+    return decorate
 
 
 def json_body() -> Any:
@@ -59,7 +63,7 @@ def parse(model: type[Model], data: Any, prefix: tuple[Any, ...] = ()) -> Model:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise _validation_error(exc, prefix) from None
+        raise validation_failed(exc, prefix) from None
 
 
 def _count(operation: str, kind: str | None, error: VaultError | None) -> None:
@@ -73,6 +77,7 @@ def _request_of(body: TokenizeBody) -> TokenRequest:
 
 
 @blueprint.post("/tokens")
+@requires("tokenize")
 def tokenize() -> tuple[Response, int]:
     body = parse(TokenizeBody, json_body())
     result = components().tokens.tokenize(current_actor(), [_request_of(body)], origin())[0]
@@ -83,6 +88,7 @@ def tokenize() -> tuple[Response, int]:
 
 
 @blueprint.post("/tokens/batch")
+@requires("tokenize")
 def tokenize_batch() -> tuple[Response, int]:
     body = parse(BatchBody, json_body())
     results: list[TokenRecord | VaultError | None] = [None] * len(body.items)
@@ -105,6 +111,7 @@ def tokenize_batch() -> tuple[Response, int]:
 
 
 @blueprint.post("/detokenize")
+@requires("detokenize")
 def detokenize() -> tuple[Response, int]:
     body = parse(DetokenizeBody, json_body())
     results = components().tokens.detokenize(current_actor(), body.tokens, body.purpose, origin())
@@ -123,6 +130,7 @@ def read_metadata(token: str) -> tuple[Response, int]:
 
 
 @blueprint.patch("/tokens/<path:token>")
+@requires("correct")
 def correct_token(token: str) -> tuple[Response, int]:
     """Rectification (GDPR Art. 16): new value, same token; lists who must be told (Art. 19)."""
     body = parse(CorrectBody, json_body())

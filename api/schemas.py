@@ -8,14 +8,34 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, create_model
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    create_model,
+)
 
+from vault.errors import ValidationFailed
 from vault.kinds import KINDS, VALUE_SCHEMAS
+from vault.subjects import check_subject_id
 
 KindName = Literal["card", "cvv", "address", "email", "phone", "name", "text"]
 PurposeName = Literal["payment", "fulfillment", "support", "marketing", "legal"]
 # Subject ids are opaque customer ids; '@' is refused so an email cannot become one.
-SubjectId = Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+def _subject_id(value: str) -> str:
+    try:
+        return check_subject_id(value)
+    except ValidationFailed as error:
+        raise ValueError(error.rule) from None
+
+
+SubjectId = Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$"),
+                      AfterValidator(_subject_id)]
 TokenText = Annotated[StrictStr, Field(min_length=1, max_length=256)]
 BATCH_MAX = 1000
 

@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 import socket
 import threading
@@ -69,6 +70,16 @@ class Actor:
 
 
 ANONYMOUS = Actor(id="anonymous", role="none")
+# The `tokenvault` command run on the host, which holds the database and the master key anyway.
+HOST = Actor(id="host", role="system", name="tokenvault CLI")
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _printable(text: str | None, limit: int) -> str | None:
+    """Client-supplied text (headers) without control characters, cut to its column: the write never fails."""
+    return None if text is None else _CONTROL.sub("?", text)[:limit]
 
 
 @dataclass(frozen=True)
@@ -92,9 +103,9 @@ class AuditEvent:
         return {
             "at": self.at, "actor": self.actor, "role": self.role, "action": self.action, "outcome": self.outcome,
             "error_code": self.error_code, "token": self.token, "kind": self.kind, "subject_id": self.subject_id,
-            "purpose": self.purpose, "key_id": self.key_id, "detail": self.detail[:256] if self.detail else None,
-            "request_id": origin.request_id, "source": origin.source,
-            "user_agent": origin.user_agent[:256] if origin.user_agent else None,
+            "purpose": self.purpose, "key_id": self.key_id, "detail": _printable(self.detail, 256),
+            "request_id": _printable(origin.request_id, 64), "source": _printable(origin.source, 64),
+            "user_agent": _printable(origin.user_agent, 256),
         }
 
 
@@ -173,6 +184,7 @@ class AuditTrail:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._engine: Engine | None = None
+        self._stopped = threading.Event()
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -221,9 +233,12 @@ class AuditTrail:
             self._thread = threading.Thread(target=self._checkpoint_loop, name="audit-checkpoints", daemon=True)
             self._thread.start()
 
+    def close(self) -> None:
+        """Stop the checkpoint thread (before the engine is disposed, so it opens no new connection)."""
+        self._stopped.set()
+
     def _checkpoint_loop(self) -> None:
-        stop = threading.Event()
-        while not stop.wait(self._checkpoint_seconds):
+        while not self._stopped.wait(self._checkpoint_seconds):
             try:
                 self.checkpoint()
             except (VaultError, SQLAlchemyError, OSError):

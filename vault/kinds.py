@@ -8,6 +8,7 @@ tokens, what is HMAC-indexed) plus non-sensitive metadata stored in the clear.
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from datetime import date
 from typing import Annotated, Any, Literal
@@ -15,9 +16,10 @@ from typing import Annotated, Any, Literal
 import phonenumbers
 import pycountry
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from vault.cards import detect_brand, luhn_valid
+from vault.errors import ValidationFailed
 
 __all__ = [
     "KINDS",
@@ -152,6 +154,22 @@ VALUE_SCHEMAS: dict[str, Any] = {
     "name": Name,
     "text": Text,
 }
+
+
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,40}")
+
+
+def validation_failed(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> ValidationFailed:
+    """The first pydantic error as field + rule, never echoing input.
+
+    Keys come from the caller, so a key that is not a plain name (a PAN or an email
+    sent as a key) is reported as `(unknown)`; list positions are integers.
+    """
+    first = exc.errors(include_input=False, include_url=False, include_context=False)[0]
+    parts = [str(part) if isinstance(part, int) or _FIELD_NAME.fullmatch(str(part)) else "(unknown)"
+             for part in (*prefix, *first["loc"])]
+    rule = "is not an accepted field" if first["type"] == "extra_forbidden" else str(first["msg"])
+    return ValidationFailed(".".join(parts) or "body", rule.removeprefix("Value error, "))
 
 
 def check_card_not_expired(card: CardValue, today: date) -> None:

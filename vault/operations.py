@@ -68,6 +68,10 @@ class AuditedOperations:
         if not self._policy.may_use(actor.role, operation):
             raise self._deny(actor, action, origin, Forbidden(f"role may not {operation}"), **fields)
 
+    def authorise(self, actor: Actor, operation: str, action: str, origin: Origin) -> None:
+        """For callers that must refuse before reading a request body: same as `_require`."""
+        self._require(actor, operation, action, origin)
+
     def _audited(self, actor: Actor, action: str, origin: Origin, work: Callable[[Connection], Any],
                  **fields: Any) -> Any:
         """Run `work` (which records its own success events); audit an error if it fails."""

@@ -40,6 +40,7 @@ from vault.kinds import (
     check_card_not_expired,
     metadata_for,
     parse_value,
+    validation_failed,
     value_from_bytes,
 )
 from vault.operations import AuditedOperations
@@ -171,10 +172,7 @@ class TokenService(AuditedOperations):
             if isinstance(parsed, CardValue):
                 check_card_not_expired(parsed, today)
         except ValidationError as exc:
-            first = exc.errors(include_input=False, include_url=False)[0]
-            path = ".".join(str(part) for part in ("value", *first["loc"]))
-            message = str(first["msg"]).removeprefix("Value error, ")
-            raise ValidationFailed(path, message) from None
+            raise validation_failed(exc, ("value",)) from None
         except ValueError as exc:
             raise ValidationFailed("value.exp_year", str(exc)) from None
         ttl = request.ttl_seconds

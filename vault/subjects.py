@@ -7,15 +7,31 @@ record for that purpose says no). Absent records mean no limitation.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
+from vault.cards import luhn_valid
+from vault.errors import ValidationFailed
 from vault.storage import consents, subjects
 
-__all__ = ["SubjectState", "subject_states", "CONSENT_PURPOSES"]
+__all__ = ["SubjectState", "subject_states", "CONSENT_PURPOSES", "check_subject_id"]
+
+_SUBJECT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_DIGIT_RUN = re.compile(r"[0-9]{12,19}")
+
+
+def check_subject_id(value: str) -> str:
+    """Subject ids are opaque customer ids, stored in clear: never an email, never a card number."""
+    if not _SUBJECT_ID.fullmatch(value):
+        raise ValidationFailed("subject_id", "must be 1 to 128 letters, digits or . _ : -")
+    for run in _DIGIT_RUN.findall(value):
+        if luhn_valid(run):
+            raise ValidationFailed("subject_id", "looks like a card number")
+    return value
 
 # Purposes a customer can opt out of; `tracking` is recorded for the shop, not used here.
 CONSENT_PURPOSES = ("marketing", "tracking", "profiling", "sale")

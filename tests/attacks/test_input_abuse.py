@@ -146,8 +146,10 @@ def test_sql_injection_in_audit_filters_matches_nothing(client: FlaskClient, api
     for payload in SQL_INJECTIONS:
         for name in ("actor", "action", "outcome", "subject_id"):
             response = client.get("/v1/audit/events", query_string={name: payload}, headers=auth(auditor))
-            assert response.status_code == 200, (name, payload, response.data[:200])
-            assert response.get_json()["events"] == [], (name, payload)
+            # Refused as malformed (422), or matching nothing: never a 5xx, never a broadened query.
+            assert response.status_code in (200, 422), (name, payload, response.data[:200])
+            if response.status_code == 200:
+                assert response.get_json()["events"] == [], (name, payload)
     snapshot(components.engine)
 
 
@@ -468,8 +470,6 @@ def test_deterministic_must_be_a_boolean(client: FlaskClient, api_keys: dict[str
 # -- bugs: submitted values echoed in error bodies -------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="bug: api/routes.py _validation_error echoes an all-digit JSON key "
-                                       "(a PAN sent as a field name) in the 422 field and message")
 def test_pan_as_an_unknown_top_level_key_is_not_echoed(client: FlaskClient, api_keys: dict[str, str]) -> None:
     body = {"kind": "card", "value": CARD, PAN: "x"}
     response = client.post("/v1/tokens", json=body, headers=auth(api_keys["checkout"]))
@@ -479,8 +479,6 @@ def test_pan_as_an_unknown_top_level_key_is_not_echoed(client: FlaskClient, api_
     assert PAN not in batch.get_data(as_text=True)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: vault/service.py TokenService.validate builds the 422 field from the "
-                                       "pydantic loc unfiltered, so an unknown key inside `value` is echoed verbatim")
 def test_unknown_key_inside_a_value_is_not_echoed(client: FlaskClient, api_keys: dict[str, str]) -> None:
     leaked = []
     for secret in (PAN, EMAIL, HOLDER, PAN_SPACED):
@@ -496,9 +494,6 @@ def test_unknown_key_inside_a_value_is_not_echoed(client: FlaskClient, api_keys:
 # -- bugs: authorization after validation, audit trail abuse ---------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="bug: api/routes.py tokenize/tokenize_batch validate the body before the "
-                                       "service checks the role: a role that may not tokenize gets 422, or 200 "
-                                       "from /v1/tokens/batch, and the attempt is never audited as denied")
 def test_role_without_tokenize_is_refused_and_audited_whatever_the_body(client: FlaskClient,
                                                                          api_keys: dict[str, str],
                                                                          components: Components) -> None:
@@ -516,9 +511,6 @@ def test_role_without_tokenize_is_refused_and_audited_whatever_the_body(client: 
     assert denied == len(statuses)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: vault/auditlog.py AuditLog.events records the auditor's raw `token` and "
-                                       "`subject_id` filters in the read_audit event: a PAN used as a filter is "
-                                       "stored in clear in audit_events (api/audit_routes.py never refuses it)")
 def test_pan_as_audit_filter_is_not_written_to_the_trail(client: FlaskClient, components: Components) -> None:
     auditor = components.clients.create("attack-auditor", "auditor")[1].expose()
     for name in ("token", "subject_id"):
@@ -532,11 +524,6 @@ def test_pan_as_audit_filter_is_not_written_to_the_trail(client: FlaskClient, co
 
 def test_odd_audit_filters_never_answer_5xx(client: FlaskClient, components: Components, database_url: str,
                                             request: pytest.FixtureRequest) -> None:
-    if database_url.startswith("postgresql"):
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "bug (PostgreSQL only): api/audit_routes.py accepts filters up to 128 characters with NUL bytes; "
-            "vault/auditlog.py then queries with a NUL (503 storage_unavailable) or records a >64-character "
-            "`token` in audit_events.token VARCHAR(64) (503 audit_unavailable); SQLite accepts both")))
     auditor = components.clients.create("attack-auditor", "auditor")[1].expose()
     statuses = {}
     for name, value in (("token", "t" * 100), ("actor", "\x00"), ("token", "tok_\x00"), ("subject_id", "s" * 128),
@@ -551,11 +538,6 @@ def test_nul_in_user_agent_still_audits_failed_authentication(
 ) -> None:
     """Gunicorn refuses NUL in header values, so this needs another front end to be reached; still, the
     app must not lose a failed-authentication event because of what a client put in a header."""
-    if database_url.startswith("postgresql"):
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "bug (PostgreSQL only): vault/audit.py AuditEvent.row copies User-Agent verbatim; a NUL makes the "
-            "INSERT fail, and vault/clients.py ClientRegistry.authenticate swallows AuditWriteFailed, so the "
-            "failed authentication is answered 401 with no audit event")))
     for user_agent in ("scanner\x00", "ok"):
         response = client.post("/v1/tokens", json={"kind": "email", "value": EMAIL},
                                headers={"Authorization": "Bearer tvk_guess", "User-Agent": user_agent})

@@ -24,6 +24,7 @@ from vault.keys import KeyHierarchy
 from vault.kinds import CardValue, canonical_bytes, metadata_for
 from vault.operations import AuditedOperations
 from vault.policy import Policy
+from vault.rotation import rekey_data_key
 from vault.service import TokenRecord, TokenRequest, TokenService, purpose_of_kind, record_aad
 from vault.storage import (
     audit_events,
@@ -400,8 +401,9 @@ class PrivacyService(AuditedOperations):
     def correct(self, actor: Actor, token: str, value: Any, origin: Origin) -> tuple[TokenRecord, list[str]]:
         """Replace the value behind a token, keeping the token; returns who had read the old value.
 
-        The new value goes under a fresh per-record data key and the old per-record key is
-        destroyed, so the old value cannot be recovered from this database.
+        The new value goes under a fresh per-record data key; the old per-record key is
+        destroyed, or a shared subject key gets new material, so the old value cannot be
+        recovered from this database, not even by restoring an old copy of the row.
         """
         self._require(actor, "correct", "correct", origin)
         kind = kind_of_token(token)
@@ -434,6 +436,12 @@ class PrivacyService(AuditedOperations):
                 **{k: v for k, v in new.items() if k not in ("token", "kind", "subject_id", "expires_at")}))
             if row["dk_subject"] is None:
                 conn.execute(delete(data_keys).where(data_keys.c.id == row["data_key_id"]))
+            else:
+                # The old value was sealed under the subject's shared key: new material for that key
+                # (its other records re-sealed) so a restored copy of the old row can never open.
+                rekey_data_key(conn, self._keys, {
+                    "id": row["data_key_id"], "domain_key_id": row["dk_domain"], "subject_id": row["dk_subject"],
+                    "purpose": row["dk_purpose"], "wrapped": row["dk_wrapped"]})
             recipients = sorted({f"{r.role}:{r.actor}" for r in conn.execute(
                 select(audit_events.c.actor, audit_events.c.role).where(
                     audit_events.c.token == token, audit_events.c.action == "detokenize",

@@ -61,6 +61,25 @@ def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat().replace("+00:00", "Z")
 
 
+def rekey_data_key(conn: Connection, keys: KeyHierarchy, row: dict[str, Any]) -> Cipher:
+    """Give a data key new material (same id) and re-seal every record under it; returns the new cipher.
+
+    Afterwards no copy of a record sealed under the old material opens: a restored old
+    row fails closed. The key is wrapped under the active domain key of its purpose.
+    """
+    old = keys.open_data_keys(conn, [row])[row["id"]]
+    material = Secret(secrets.token_bytes(32))
+    fresh = Cipher(material)
+    for record in conn.execute(select(tokens).where(tokens.c.data_key_id == row["id"])).mappings():
+        aad = record_aad(dict(record))
+        conn.execute(update(tokens).where(tokens.c.token == record["token"]).values(
+            ciphertext=fresh.seal(old.open(record["ciphertext"], aad), aad)))
+    target = keys.active_domain_key_id(conn, row["purpose"])
+    conn.execute(update(data_keys).where(data_keys.c.id == row["id"]).values(
+        domain_key_id=target, wrapped=keys.wrap_data_key(conn, row, material, target)))
+    return fresh
+
+
 class KeyLifecycle(AuditedOperations):
     def __init__(self, *, engine: Engine, keys: KeyHierarchy, provider: KeyProvider, policy: Policy,
                  trail: AuditTrail, periods: CryptoPeriods = CryptoPeriods(), cache_seconds: float = 300.0,
@@ -303,16 +322,7 @@ class KeyLifecycle(AuditedOperations):
         """New material for each data key; its records re-sealed (same tokens, new ciphertext)."""
         rows = self._locked(conn, data_keys.c.domain_key_id == compromised, batch)
         for row in rows:
-            old = self._keys.open_data_keys(conn, [row])[row["id"]]
-            material = Secret(secrets.token_bytes(32))
-            target = self._keys.active_domain_key_id(conn, row["purpose"])
-            fresh = Cipher(material)
-            for record in conn.execute(select(tokens).where(tokens.c.data_key_id == row["id"])).mappings():
-                aad = record_aad(dict(record))
-                conn.execute(update(tokens).where(tokens.c.token == record["token"]).values(
-                    ciphertext=fresh.seal(old.open(record["ciphertext"], aad), aad)))
-            conn.execute(update(data_keys).where(data_keys.c.id == row["id"]).values(
-                domain_key_id=target, wrapped=self._keys.wrap_data_key(conn, row, material, target)))
+            rekey_data_key(conn, self._keys, row)
         return len(rows)
 
     def _destroy_if_empty(self, conn: Connection, domain_key_id: str) -> None:

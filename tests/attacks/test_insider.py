@@ -170,10 +170,6 @@ def test_replayed_ciphertext_after_correction_fails_closed(components: Component
     assert_audited_error(components, record.token)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: vault/privacy.py PrivacyService.correct reseals under a new per-record key but keeps the subject's "
-    "data key, so a copy of the old row (ciphertext, data_key_id, meta) taken before the correction still "
-    "opens and the rectified value comes back"))
 def test_replayed_row_of_a_subject_after_correction_fails_closed(components: Components, clock: Clock) -> None:
     record = tokenize(components, "email", EMAIL, subject_id="cust-rectified")
     old = row_of(components, record.token)

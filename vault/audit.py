@@ -34,7 +34,7 @@ from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from vault.errors import AuditWriteFailed, VaultError
+from vault.errors import AuditWriteFailed, KeyServiceUnavailable, VaultError
 from vault.keys import KeyHierarchy
 from vault.storage import audit_archives, audit_events
 
@@ -216,6 +216,8 @@ class AuditTrail:
                 rows.append(row)
             conn.execute(insert(audit_events), rows)
             self._on_write(time.perf_counter() - started)
+        except KeyServiceUnavailable:
+            raise  # the audit key is out of reach: say so, the trail itself is fine
         except VaultError as exc:
             raise AuditWriteFailed("audit event could not be written") from exc
         except SQLAlchemyError as exc:

@@ -10,6 +10,7 @@ database: any process can resume it after a crash, two runners never work at onc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -22,11 +23,12 @@ from typing import Any
 
 from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from kms.provider import KeyProvider, wrapped_version
 from vault.audit import Actor, AuditTrail, Origin
 from vault.envelope import Cipher
-from vault.errors import Conflict, NotFound, ValidationFailed, VaultError
+from vault.errors import Conflict, KeyServiceUnavailable, NotFound, StorageUnavailable, ValidationFailed, VaultError
 from vault.keys import RECORD_PURPOSES, KeyHierarchy
 from vault.operations import AuditedOperations
 from vault.policy import Policy
@@ -259,6 +261,12 @@ class KeyLifecycle(AuditedOperations):
                     return self.describe(current)
                 if moved == 0:
                     time.sleep(0.2)  # waiting for other processes' key caches to expire
+        except (KeyServiceUnavailable, StorageUnavailable) as error:
+            # Transient: the job stays running, its lease released, for `keys resume` to finish.
+            with contextlib.suppress(SQLAlchemyError), self._engine.begin() as conn:
+                conn.execute(update(key_jobs).where(key_jobs.c.id == job_id).values(
+                    error=error.code, updated_at=self._clock(), lease_until=None))
+            raise
         except VaultError as error:
             with self._engine.begin() as conn:
                 conn.execute(update(key_jobs).where(key_jobs.c.id == job_id).values(

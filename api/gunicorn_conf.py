@@ -26,6 +26,8 @@ limit_request_fields = 64
 limit_request_field_size = 8190
 forwarded_allow_ips = os.environ.get("TOKENVAULT_FORWARDED_ALLOW_IPS", "127.0.0.1")
 proc_name = "tokenvault"
+# gunicorn 27's control socket lives at one path per user: two instances on a host would share it.
+control_socket_disable = True
 certfile = os.environ.get("TOKENVAULT_TLS_CERT") or None
 keyfile = os.environ.get("TOKENVAULT_TLS_KEY") or None
 logger_class = "api.logs.GunicornLogger"
@@ -33,9 +35,9 @@ logger_class = "api.logs.GunicornLogger"
 
 # Prometheus multiprocess mode: one directory shared by the workers of this master,
 # emptied at start, set before any worker imports prometheus_client.
-_metrics_dir = os.environ.setdefault(
-    "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="tokenvault-metrics-")
-)
+_metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="tokenvault-metrics-")
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+os.makedirs(_metrics_dir, mode=0o700, exist_ok=True)
 
 
 def on_starting(server):

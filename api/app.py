@@ -19,7 +19,7 @@ from flask import Flask, Response, g, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api import audit_routes, errors, metrics, privacy_routes
+from api import audit_routes, auth_routes, errors, metrics, operator_routes, privacy_routes, ratelimits
 from api.auth import bearer_credentials
 from api.logs import configure, get_logger
 from api.openapi import document
@@ -64,8 +64,8 @@ def create_app(settings: Settings | None = None, *, parts: Components | None = N
         g.started = time.perf_counter()
         supplied = request.headers.get("X-Request-ID", "")
         g.request_id = supplied if _REQUEST_ID.match(supplied) else secrets.token_hex(16)
-        if request.path.startswith("/v1/"):
-            g.actor = components().clients.authenticate(bearer_credentials(), origin())
+        if request.path.startswith("/v1/") and request.path != auth_routes.LOGIN_PATH:
+            g.actor = components().authenticator.authenticate(bearer_credentials(), origin())
             components().tokens.maybe_purge()
 
     @app.after_request
@@ -110,6 +110,9 @@ def create_app(settings: Settings | None = None, *, parts: Components | None = N
     app.register_blueprint(blueprint)
     app.register_blueprint(audit_routes.blueprint)
     app.register_blueprint(privacy_routes.blueprint)
+    app.register_blueprint(auth_routes.blueprint)
+    app.register_blueprint(operator_routes.blueprint)
+    ratelimits.init_app(app, parts)
     return app
 
 

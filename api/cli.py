@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from api import cli_access
+from api.access_settings import AccessSettings
 from api.cli_audit import audit
 from api.cli_subjects import subjects, transfer
 from api.settings import Settings
@@ -17,6 +19,7 @@ from kms.local import create_master_key_file
 from vault.audit import Actor
 from vault.errors import VaultError
 from vault.migrate import upgrade
+from vault.policy import load_policy
 
 __all__ = ["main"]
 
@@ -24,7 +27,9 @@ DEMO_ROLES = ("checkout", "payment_gateway", "shipping", "support")
 
 
 def _components() -> Components:
-    return build(Settings.from_env())
+    parts = build(Settings.from_env())
+    click.get_current_context().call_on_close(parts.engine.dispose)  # no pooled connection outlives the command
+    return parts
 
 
 def _fail(error: VaultError) -> None:
@@ -71,6 +76,10 @@ def init() -> None:
 def serve(bind: str | None, workers: int | None) -> None:
     """Serve the HTTP API under gunicorn."""
     settings = Settings.from_env()
+    try:  # a bad policy or rate limit refuses to start here, with its reason, not in every worker
+        AccessSettings.from_env(settings.env, load_policy(settings.policy_path))
+    except VaultError as error:
+        _fail(error)
     env = dict(os.environ)
     env["TOKENVAULT_BIND"] = bind or settings.bind
     env["TOKENVAULT_WORKERS"] = str(workers or settings.workers)
@@ -112,6 +121,19 @@ def clients_revoke(client_id: str) -> None:
     click.echo(f"revoked {client_id}", err=True)
 
 
+@clients.command("rotate")
+@click.argument("client_id")
+@click.option("--grace", type=int, default=3600, show_default=True,
+              help="seconds the current key keeps working (0 to 604800)")
+def clients_rotate(client_id: str, grace: int) -> None:
+    """Give a client a new API key; prints {"client_id", "api_key"} once."""
+    try:
+        api_key = _components().clients.rotate(client_id, grace)
+    except VaultError as error:
+        _fail(error)
+    click.echo(json.dumps({"client_id": client_id, "api_key": api_key.expose(), "previous_key_valid_for": grace}))
+
+
 @clients.command("demo")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="env file for the demo keys")
 def clients_demo(out: Path) -> None:
@@ -135,6 +157,8 @@ def clients_demo(out: Path) -> None:
 main.add_command(audit)
 main.add_command(subjects)
 main.add_command(transfer)
+for _group in (cli_access.operators, cli_access.auth, cli_access.approvals, cli_access.policy):
+    main.add_command(_group)
 
 
 @main.command()

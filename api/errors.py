@@ -33,6 +33,8 @@ STATUS: dict[type[e.VaultError], int] = {
 _MESSAGES = {
     "not_found": "token not found",
     "unauthenticated": "missing or invalid credentials",
+    "step_up_required": "this action needs a fresh, unused TOTP code in the X-TOTP header",
+    "rate_limited": "too many requests",
     "forbidden": "this role may not use this operation",
     "key_service_unavailable": "key service unavailable",
     "storage_unavailable": "storage unavailable",

@@ -7,23 +7,30 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.engine import Engine
 
+from api.access_settings import AccessSettings
 from api.metrics import InstrumentedProvider, observe_audit_write, observe_key_cache
 from api.settings import Settings
 from kms.local import LocalKeyProvider, load_master_key
 from kms.provider import KeyProvider
+from vault.alerts import Alerts
+from vault.approvals import ApprovalAction, Approvals
 from vault.audit import AuditTrail
 from vault.auditlog import AuditLog
 from vault.clients import ClientRegistry
 from vault.disclosures import DisclosureService
+from vault.identity import Authenticator
 from vault.keys import KeyHierarchy
+from vault.operators import OperatorRegistry
+from vault.passwords import Passwords
 from vault.policy import Policy, load_policy
 from vault.privacy import PrivacyService
 from vault.retention import RetentionService
 from vault.service import TokenService
+from vault.sessions import Sessions
 from vault.storage import create_engine_for
 
 __all__ = ["Components", "build", "build_provider"]
@@ -52,6 +59,11 @@ class Components:
     privacy: PrivacyService
     disclosures: DisclosureService
     retention: RetentionService
+    access: AccessSettings
+    operators: OperatorRegistry
+    approvals: Approvals
+    authenticator: Authenticator
+    alerts: Alerts
 
 
 def build(
@@ -68,6 +80,15 @@ def build(
     keys = KeyHierarchy(provider, cache_seconds=settings.key_cache_seconds, clock=now, on_lookup=observe_key_cache)
     trail = AuditTrail(keys, checkpoint_dir=settings.checkpoint_dir, clock=now, on_write=observe_audit_write)
     token_service = TokenService(engine=engine, keys=keys, policy=policy, trail=trail, clock=now)
+    access = AccessSettings.from_env(settings.env, policy)
+    clients = ClientRegistry(engine, keys, policy, trail, cache_seconds=settings.auth_cache_seconds, clock=now)
+    operators = OperatorRegistry(engine=engine, keys=keys, policy=policy, trail=trail,
+                                 passwords=Passwords(access.argon2), lockout=access.lockout, clock=now,
+                                 sessions=Sessions(keys, lifetime=timedelta(seconds=access.session_seconds)))
+    approvals = Approvals(engine=engine, policy=policy, trail=trail, clock=now)
+    approvals.register(ApprovalAction(name="disable_operator", operation="manage_operators",
+                                      run=operators.run_disable, check=operators.check_disable,
+                                      lifetime=timedelta(seconds=access.approval_seconds)))
     return Components(
         settings=settings,
         engine=engine,
@@ -76,7 +97,7 @@ def build(
         policy=policy,
         trail=trail,
         audit_log=AuditLog(engine, trail, policy, clock=now),
-        clients=ClientRegistry(engine, keys, policy, trail, cache_seconds=settings.auth_cache_seconds, clock=now),
+        clients=clients,
         tokens=token_service,
         privacy=PrivacyService(engine=engine, keys=keys, policy=policy, trail=trail, tokens_service=token_service,
                                clock=now),
@@ -84,4 +105,9 @@ def build(
                                       clock=now),
         retention=RetentionService(engine=engine, policy=policy, trail=trail, tokens_service=token_service,
                                    clock=now),
+        access=access,
+        operators=operators,
+        approvals=approvals,
+        authenticator=Authenticator(clients, operators),
+        alerts=Alerts(engine, trail, clock=now),
     )

@@ -71,6 +71,10 @@ def make_settings(data_dir: Path, database_url: str, **extra: str) -> Settings:
         "TOKENVAULT_DATABASE_URL": database_url,
         "TOKENVAULT_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
         "TOKENVAULT_LOG_LEVEL": "warning",
+        # Tiny argon2 cost: operators' password hashing stays fast in tests (real cost by default).
+        "TOKENVAULT_ARGON2_TIME_COST": "1",
+        "TOKENVAULT_ARGON2_MEMORY_KIB": "64",
+        "TOKENVAULT_ARGON2_PARALLELISM": "1",
         **extra,
     }
     return Settings.from_env(env)
@@ -90,6 +94,7 @@ def make_components(data_dir: Path, database_url: str, clock: Clock | None = Non
 def components(tmp_path: Path, database_url: str, clock: Clock) -> Iterator[Components]:
     parts = make_components(tmp_path / "data", database_url, clock)
     yield parts
+    parts.trail.close()  # else its checkpoint thread reconnects after dispose and holds a connection
     parts.engine.dispose()
 
 

@@ -10,15 +10,15 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from cachetools import TTLCache
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from vault.audit import Actor, AuditEvent, AuditTrail, Origin
-from vault.errors import AuditWriteFailed, NotFound, Unauthenticated, ValidationFailed
+from vault.audit import HOST, Actor, AuditEvent, AuditTrail, Origin
+from vault.errors import AuditWriteFailed, NotFound, StorageUnavailable, Unauthenticated, ValidationFailed
 from vault.keys import KeyHierarchy
 from vault.policy import Policy
 from vault.secret import Secret
@@ -28,6 +28,7 @@ __all__ = ["ClientRegistry", "API_KEY_PREFIX"]
 
 API_KEY_PREFIX = "tvk_"
 _MAX_KEY_LENGTH = 128
+MAX_GRACE_SECONDS = 7 * 24 * 3600
 
 
 def _now() -> datetime:
@@ -62,6 +63,11 @@ class ClientRegistry:
         key = self._keys.hmac_key(conn, "auth").expose()
         return hmac.new(key, api_key.encode("utf-8"), hashlib.sha256).digest()
 
+    def _host_event(self, conn: Connection, action: str, client_id: str, detail: str = "") -> None:
+        """Credential changes made from the CLI are audit events too (PCI DSS 10.2.1.5)."""
+        self._trail.record(conn, [AuditEvent(at=self._clock(), actor=HOST.id, role=HOST.role, action=action,
+                                             outcome="allowed", detail=f"client={client_id} {detail}".strip())])
+
     def create(self, name: str, role: str) -> tuple[str, Secret[str]]:
         if not self._policy.has_role(role):
             raise ValidationFailed("role", "is not a role in the policy")
@@ -79,12 +85,14 @@ class ClientRegistry:
                     created_at=self._clock(),
                 )
             )
+            self._host_event(conn, "create_client", client_id, f"role={role}")
         return client_id, api_key
 
     def list(self) -> list[dict[str, object]]:
         with self._engine.connect() as conn:
             rows = conn.execute(select(clients.c.id, clients.c.name, clients.c.role, clients.c.created_at,
-                                       clients.c.revoked_at).order_by(clients.c.created_at)).mappings()
+                                       clients.c.revoked_at, clients.c.previous_key_expires_at)
+                                .order_by(clients.c.created_at)).mappings()
             return [dict(row) for row in rows]
 
     def revoke(self, client_id: str) -> None:
@@ -93,15 +101,39 @@ class ClientRegistry:
                 update(clients).where(clients.c.id == client_id, clients.c.revoked_at.is_(None))
                 .values(revoked_at=self._clock())
             ).rowcount
+            if changed == 1:
+                self._host_event(conn, "revoke_client", client_id)
         if changed != 1:
             raise NotFound("no such active client")
         if self._cache is not None:
             self._cache.clear()
 
+    def rotate(self, client_id: str, grace_seconds: int) -> Secret[str]:
+        """A new API key; the current one keeps working for `grace_seconds`, then only the new one does."""
+        if not 0 <= grace_seconds <= MAX_GRACE_SECONDS:
+            raise ValidationFailed("grace", f"must be 0 to {MAX_GRACE_SECONDS} seconds")
+        api_key = Secret(API_KEY_PREFIX + secrets.token_urlsafe(32))
+        now = self._clock()
+        with self._engine.begin() as conn:
+            changed = conn.execute(
+                update(clients).where(clients.c.id == client_id, clients.c.revoked_at.is_(None))
+                .values(previous_key_hash=clients.c.key_hash, key_hash=self._hash(conn, api_key.expose()),
+                        previous_key_expires_at=now + timedelta(seconds=grace_seconds))
+            ).rowcount
+            if changed == 1:
+                self._host_event(conn, "rotate_client_key", client_id, f"grace_seconds={grace_seconds}")
+        if changed != 1:
+            raise NotFound("no such active client")
+        if self._cache is not None:
+            self._cache.clear()
+        return api_key
+
     def authenticate(self, api_key: Secret[str] | None, origin: Origin) -> Actor:
         """The actor behind an API key; a failure is audited, then Unauthenticated."""
         try:
             return self._authenticate(api_key)
+        except SQLAlchemyError as exc:
+            raise StorageUnavailable("database unavailable") from exc
         except Unauthenticated as error:
             event = AuditEvent(at=self._clock(), actor="anonymous", role="none", action="authenticate",
                                outcome="denied", error_code=error.code, origin=origin)
@@ -121,11 +153,15 @@ class ClientRegistry:
             if self._cache is not None and (cached := self._cache.get(digest)) is not None:
                 return cached
             row = conn.execute(
-                select(clients.c.id, clients.c.role, clients.c.name, clients.c.revoked_at)
-                .where(clients.c.key_hash == digest)
+                select(clients.c.id, clients.c.role, clients.c.name, clients.c.revoked_at, clients.c.key_hash,
+                       clients.c.previous_key_expires_at)
+                .where(or_(clients.c.key_hash == digest, clients.c.previous_key_hash == digest))
             ).first()
         if row is None or row.revoked_at is not None or not self._policy.has_role(row.role):
             raise Unauthenticated("invalid credentials")
+        if bytes(row.key_hash) != digest and not (row.previous_key_expires_at and
+                                                  row.previous_key_expires_at > self._clock()):
+            raise Unauthenticated("invalid credentials")  # a rotated key past its grace period
         actor = Actor(id=row.id, role=row.role, name=row.name)
         if self._cache is not None:
             self._cache[digest] = actor

@@ -11,6 +11,7 @@ __all__ = [
     "ValidationFailed",
     "NotFound",
     "Unauthenticated",
+    "StepUpRequired",
     "Forbidden",
     "Conflict",
     "PayloadTooLarge",
@@ -48,6 +49,12 @@ class NotFound(VaultError):
 
 class Unauthenticated(VaultError):
     code = "unauthenticated"
+
+
+class StepUpRequired(Unauthenticated):
+    """A sensitive action needs a fresh, unused TOTP code even within a valid session."""
+
+    code = "step_up_required"
 
 
 class Forbidden(VaultError):

@@ -47,6 +47,10 @@ __all__ = [
     "privacy_requests",
     "retained_records",
     "disclosures",
+    "operators",
+    "operator_sessions",
+    "totp_uses",
+    "approvals",
     "create_engine_for",
     "normalise_url",
     "insert_ignoring_conflict",
@@ -131,6 +135,9 @@ clients = Table(
     Column("key_hash", LargeBinary(32), nullable=False, unique=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("revoked_at", UTCDateTime, nullable=True),
+    # Key rotation: the replaced key keeps working until `previous_key_expires_at` (grace period).
+    Column("previous_key_hash", LargeBinary(32), nullable=True, index=True),
+    Column("previous_key_expires_at", UTCDateTime, nullable=True),
 )
 
 audit_events = Table(
@@ -257,6 +264,62 @@ disclosures = Table(
     Column("status", String(16), nullable=False),
     Column("expires_at", UTCDateTime, nullable=False),
     Column("delivered_at", UTCDateTime, nullable=True),
+)
+
+
+# -- access control: human operators, their sessions, dual control ------------------------
+
+operators = Table(
+    "operators",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("username", String(64), nullable=False, unique=True),
+    Column("role", String(40), nullable=False),
+    Column("password_hash", String(255), nullable=False),  # argon2id, PHC string (parameters, salt, hash)
+    # The TOTP seed, sealed under its own data key: never plaintext at rest.
+    Column("totp_sealed", LargeBinary, nullable=False),
+    Column("totp_key_id", String(40), ForeignKey("data_keys.id"), nullable=False),
+    Column("failed_attempts", Integer, nullable=False),
+    Column("locked_until", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("disabled_at", UTCDateTime, nullable=True),
+)
+
+operator_sessions = Table(
+    "operator_sessions",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("operator_id", String(40), ForeignKey("operators.id"), nullable=False, index=True),
+    Column("token_hash", LargeBinary(32), nullable=False, unique=True),  # keyed hash, like API keys
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime, nullable=True),
+)
+
+# A TOTP code is accepted once: the primary key refuses a second use of the same time
+# step by the same operator, across workers and hosts.
+totp_uses = Table(
+    "totp_uses",
+    metadata,
+    Column("operator_id", String(40), ForeignKey("operators.id"), primary_key=True),
+    Column("step", BigInteger, primary_key=True, autoincrement=False),
+    Column("used_at", UTCDateTime, nullable=False),
+)
+
+# Dual control: a sensitive action waits here until a second operator approves it.
+approvals = Table(
+    "approvals",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("action", String(40), nullable=False),
+    Column("params", Text, nullable=False),  # JSON, non-sensitive (ids, not values)
+    Column("requested_by", String(40), nullable=False),
+    Column("requested_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("status", String(16), nullable=False, index=True),  # pending | executed
+    Column("approved_by", String(40), nullable=True),
+    Column("approved_at", UTCDateTime, nullable=True),
+    Column("result", Text, nullable=True),  # JSON, non-sensitive
 )
 
 

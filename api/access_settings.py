@@ -1,0 +1,101 @@
+"""Access-control settings from the environment: sessions, password cost, lockout, rate limits.
+
+Read once at start and validated against the policy: a rate limit for a role the
+policy does not define, or a malformed limit, refuses to start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from limits import parse_many
+
+from vault.errors import ConfigurationError
+from vault.operators import Lockout
+from vault.passwords import Argon2Params
+from vault.policy import Policy
+
+__all__ = ["AccessSettings"]
+
+_RATE_PREFIX = "TOKENVAULT_RATE_LIMIT_"
+_DETOKENIZE_PREFIX = "TOKENVAULT_DETOKENIZE_RATE_LIMIT_"
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name) or ""
+    if not raw:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ConfigurationError(f"{name} must be an integer from {low} to {high}")
+    return int(raw)
+
+
+def _limit(name: str, value: str) -> str:
+    """A Flask-Limiter rule such as `100/second` or `10/second;500/minute`."""
+    try:
+        if not parse_many(value):
+            raise ValueError(value)
+    except ValueError:
+        raise ConfigurationError(f"{name} is not a rate limit like `100/second` or `10/second;500/minute`") from None
+    return value
+
+
+def _per_role(env: Mapping[str, str], prefix: str, policy: Policy) -> dict[str, str]:
+    out = {}
+    for name, value in env.items():
+        if name.startswith(prefix) and value:
+            role = name.removeprefix(prefix).lower()
+            if not policy.has_role(role):
+                raise ConfigurationError(f"{name} names role {role!r}, which the policy does not define")
+            out[role] = _limit(name, value)
+    return out
+
+
+@dataclass(frozen=True)
+class AccessSettings:
+    session_seconds: int = 900
+    argon2: Argon2Params = field(default_factory=Argon2Params)
+    lockout: Lockout = field(default_factory=Lockout)
+    approval_seconds: int = 24 * 3600
+    redis_url: str | None = None
+    # Per client (API key or operator), over all /v1 endpoints, and for detokenize alone.
+    rate_limit: str = "1000/second"
+    detokenize_rate_limit: str = "100/second"
+    # Per source address, before anyone is authenticated.
+    login_rate_limit: str = "10/minute"
+    role_rate_limits: dict[str, str] = field(default_factory=dict)
+    role_detokenize_rate_limits: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], policy: Policy) -> AccessSettings:
+        default = cls()
+        return cls(
+            session_seconds=_int(env, "TOKENVAULT_SESSION_SECONDS", default.session_seconds, 60, 12 * 3600),
+            argon2=Argon2Params(
+                time_cost=_int(env, "TOKENVAULT_ARGON2_TIME_COST", default.argon2.time_cost, 1, 20),
+                memory_kib=_int(env, "TOKENVAULT_ARGON2_MEMORY_KIB", default.argon2.memory_kib, 32, 4 * 1024 * 1024),
+                parallelism=_int(env, "TOKENVAULT_ARGON2_PARALLELISM", default.argon2.parallelism, 1, 16),
+            ),
+            lockout=Lockout(
+                threshold=_int(env, "TOKENVAULT_LOCKOUT_THRESHOLD", default.lockout.threshold, 1, 100),
+                base_seconds=_int(env, "TOKENVAULT_LOCKOUT_SECONDS", default.lockout.base_seconds, 1, 86400),
+                max_seconds=_int(env, "TOKENVAULT_LOCKOUT_MAX_SECONDS", default.lockout.max_seconds, 1, 7 * 86400),
+            ),
+            approval_seconds=_int(env, "TOKENVAULT_APPROVAL_SECONDS", default.approval_seconds, 60, 30 * 86400),
+            redis_url=env.get("TOKENVAULT_REDIS_URL") or None,
+            rate_limit=_limit("TOKENVAULT_RATE_LIMIT", env.get("TOKENVAULT_RATE_LIMIT") or default.rate_limit),
+            detokenize_rate_limit=_limit("TOKENVAULT_DETOKENIZE_RATE_LIMIT",
+                                         env.get("TOKENVAULT_DETOKENIZE_RATE_LIMIT")
+                                         or default.detokenize_rate_limit),
+            login_rate_limit=_limit("TOKENVAULT_LOGIN_RATE_LIMIT",
+                                    env.get("TOKENVAULT_LOGIN_RATE_LIMIT") or default.login_rate_limit),
+            role_rate_limits=_per_role(env, _RATE_PREFIX, policy),
+            role_detokenize_rate_limits=_per_role(env, _DETOKENIZE_PREFIX, policy),
+        )
+
+    def rate_limit_for(self, role: str) -> str:
+        return self.role_rate_limits.get(role, self.rate_limit)
+
+    def detokenize_rate_limit_for(self, role: str) -> str:
+        return self.role_detokenize_rate_limits.get(role, self.detokenize_rate_limit)

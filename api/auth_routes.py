@@ -1,0 +1,45 @@
+"""Operators' login and logout: `POST /v1/auth/login` is the only /v1 endpoint without credentials."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from flask import Blueprint, Response, jsonify
+from pydantic import Field, StrictStr
+
+from api.auth import bearer_credentials, current_actor
+from api.routes import components, json_body, origin, parse
+from api.schemas import Strict
+from vault.errors import Unauthenticated
+from vault.secret import Secret
+
+__all__ = ["blueprint", "LOGIN_PATH"]
+
+blueprint = Blueprint("auth", __name__, url_prefix="/v1/auth")
+LOGIN_PATH = "/v1/auth/login"
+
+
+class LoginBody(Strict):
+    username: Annotated[StrictStr, Field(min_length=1, max_length=64)]
+    password: Annotated[StrictStr, Field(min_length=1, max_length=256)]
+    totp: Annotated[StrictStr, Field(min_length=1, max_length=16)]
+
+
+@blueprint.post("/login")
+def login() -> tuple[Response, int]:
+    body = parse(LoginBody, json_body())
+    done = components().operators.login(body.username, Secret(body.password), Secret(body.totp), origin())
+    return jsonify({
+        "session_token": done.session.token.expose(),
+        "expires_at": done.session.expires_at.isoformat().replace("+00:00", "Z"),
+        "operator": {"id": done.actor.id, "username": done.actor.name, "role": done.actor.role},
+    }), 200
+
+
+@blueprint.post("/logout")
+def logout() -> tuple[str, int]:
+    token = bearer_credentials()
+    if token is None:
+        raise Unauthenticated("missing credentials")
+    components().operators.logout(current_actor(), token, origin())
+    return "", 204

@@ -1,0 +1,256 @@
+"""`tokenvault operators|auth|approvals|policy ...`: human operators, their sessions, dual control, the policy.
+
+Creating an operator is a host command, like creating a client: whoever runs it holds
+the database and the master key anyway, so it is how the first admin comes to be.
+Everything else an operator does from the CLI runs as that operator: log in with
+`auth login` (password + TOTP), export the printed token as TOKENVAULT_SESSION, and
+give a fresh TOTP code (`--totp`, or a prompt) for each sensitive action.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import secrets
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import qrcode
+
+from api.settings import Settings
+from api.wiring import Components, build
+from vault.audit import HOST, Actor, Origin
+from vault.errors import VaultError
+from vault.operators import OPERATOR_ROLES, StepUp
+from vault.policy import Policy, load_policy
+from vault.secret import Secret
+
+__all__ = ["operators", "auth", "approvals", "policy", "qr_text"]
+
+
+def _components() -> Components:
+    """Built once per command; its database connections close when the command ends."""
+    parts = build(Settings.from_env())
+    click.get_current_context().call_on_close(parts.engine.dispose)
+    return parts
+
+
+def _origin() -> Origin:
+    return Origin(request_id=secrets.token_hex(16), source="cli", user_agent="tokenvault-cli")
+
+
+def _fail(error: VaultError) -> NoReturn:
+    click.echo(f"error: {error}", err=True)
+    sys.exit(2)
+
+
+def _iso(value: Any) -> Any:
+    return value.isoformat().replace("+00:00", "Z") if hasattr(value, "isoformat") else value
+
+
+def _secret_input(given: str | None, prompt: str) -> Secret[str]:
+    """An option's value, else a hidden prompt on a terminal, else one line of stdin."""
+    if given:
+        return Secret(given)
+    if sys.stdin.isatty():
+        return Secret(click.prompt(prompt, hide_input=True))
+    return Secret(sys.stdin.readline().rstrip("\n"))
+
+
+def _as_operator(parts: Components, session: str | None) -> Actor:
+    if not session:
+        click.echo("error: log in first (`tokenvault auth login`) and set TOKENVAULT_SESSION", err=True)
+        sys.exit(2)
+    return parts.operators.authenticate(Secret(session), _origin())
+
+
+def _step_up(parts: Components, session: str | None, totp: str | None, operation: str | None) -> StepUp:
+    actor = _as_operator(parts, session)
+    return parts.operators.step_up(actor, _secret_input(totp, "fresh TOTP code"), _origin(), operation=operation)
+
+
+def qr_text(data: str) -> str:
+    """`data` as an ASCII QR code for a terminal."""
+    code = qrcode.QRCode(border=1)
+    code.add_data(data)
+    out = io.StringIO()
+    code.print_ascii(out=out, invert=True)
+    return out.getvalue()
+
+
+_session_option = click.option("--session", envvar="TOKENVAULT_SESSION", default=None,
+                               help="session token from `tokenvault auth login` (default: TOKENVAULT_SESSION)")
+_totp_option = click.option("--totp", default=None, help="a fresh TOTP code (prompted for if absent)")
+
+
+# -- operators ---------------------------------------------------------------------------------
+
+@click.group()
+def operators() -> None:
+    """Human operators (admin, privacy_officer, auditor): password + TOTP."""
+
+
+@operators.command("create")
+@click.option("--name", "username", required=True, help="username (a-z, 0-9, '.', '_', '-')")
+@click.option("--role", required=True, type=click.Choice(OPERATOR_ROLES))
+@click.option("--password-stdin", is_flag=True, help="read the password from stdin instead of generating one")
+def operators_create(username: str, role: str, password_stdin: bool) -> None:
+    """Create an operator; prints {"username", "password", "totp_uri"} once (and a QR code on a terminal)."""
+    password = Secret(sys.stdin.readline().rstrip("\n")) if password_stdin else None
+    try:
+        new = _components().operators.create(HOST, username, role, _origin(), password=password)
+    except VaultError as error:
+        _fail(error)
+    click.echo(json.dumps({"id": new.id, "username": new.username, "role": new.role,
+                           "password": new.password.expose(), "totp_uri": new.totp_uri.expose()}))
+    if sys.stdout.isatty():
+        click.echo("Scan with an authenticator app (shown once):", err=True)
+        click.echo(qr_text(new.totp_uri.expose()), err=True)
+
+
+@operators.command("list")
+def operators_list() -> None:
+    for row in _components().operators.list(HOST, _origin()):
+        click.echo(json.dumps({name: _iso(value) for name, value in row.items()}))
+
+
+@operators.command("disable")
+@click.argument("operator")
+@_session_option
+@_totp_option
+def operators_disable(operator: str, session: str | None, totp: str | None) -> None:
+    """Ask to disable OPERATOR (username or id): a second admin must approve (dual control)."""
+    parts = _components()
+    try:
+        step_up = _step_up(parts, session, totp, "manage_operators")
+        params = {"operator_id": parts.operators.id_of(operator)}
+        found = parts.approvals.request(step_up, "disable_operator", params, _origin())
+    except VaultError as error:
+        _fail(error)
+    click.echo(json.dumps(found.public()))
+    click.echo(f"pending: another admin runs `tokenvault approvals approve {found.id}`", err=True)
+
+
+# -- sessions ----------------------------------------------------------------------------------
+
+@click.group()
+def auth() -> None:
+    """Operators' sessions."""
+
+
+@auth.command("login")
+@click.option("--username", required=True)
+@click.option("--password-stdin", is_flag=True, help="read the password, then the TOTP code, from stdin")
+@_totp_option
+def auth_login(username: str, password_stdin: bool, totp: str | None) -> None:
+    """Log in with password + TOTP; prints {"session_token", "expires_at"} (15 minutes)."""
+    password = Secret(sys.stdin.readline().rstrip("\n")) if password_stdin else _secret_input(None, "password")
+    code = _secret_input(totp, "TOTP code")
+    try:
+        done = _components().operators.login(username, password, code, _origin())
+    except VaultError as error:
+        _fail(error)
+    click.echo(json.dumps({"session_token": done.session.token.expose(), "expires_at": _iso(done.session.expires_at),
+                           "operator": {"id": done.actor.id, "username": done.actor.name, "role": done.actor.role}}))
+
+
+@auth.command("logout")
+@_session_option
+def auth_logout(session: str | None) -> None:
+    parts = _components()
+    try:
+        actor = _as_operator(parts, session)
+        parts.operators.logout(actor, Secret(session or ""), _origin())
+    except VaultError as error:
+        _fail(error)
+    click.echo("logged out", err=True)
+
+
+# -- approvals ---------------------------------------------------------------------------------
+
+@click.group()
+def approvals() -> None:
+    """Dual control: pending requests and their approval by a second operator."""
+
+
+@approvals.command("list")
+@click.option("--all", "everything", is_flag=True, help="also executed and expired requests")
+@_session_option
+def approvals_list(everything: bool, session: str | None) -> None:
+    parts = _components()
+    try:
+        found = parts.approvals.list(_as_operator(parts, session), _origin(), pending_only=not everything)
+    except VaultError as error:
+        _fail(error)
+    for item in found:
+        click.echo(json.dumps(item.public()))
+
+
+@approvals.command("approve")
+@click.argument("approval_id")
+@_session_option
+@_totp_option
+def approvals_approve(approval_id: str, session: str | None, totp: str | None) -> None:
+    """Approve APPROVAL_ID (not your own request); the action runs at once."""
+    parts = _components()
+    try:
+        done = parts.approvals.approve(_step_up(parts, session, totp, None), approval_id, _origin())
+    except VaultError as error:
+        _fail(error)
+    click.echo(json.dumps(done.public()))
+
+
+# -- policy ------------------------------------------------------------------------------------
+
+def _load(path: Path | None) -> Policy:
+    try:
+        return load_policy(path or Settings.from_env().policy_path)
+    except VaultError as error:
+        _fail(error)
+
+
+@click.group()
+def policy() -> None:
+    """Check and explain the access policy."""
+
+
+@policy.command("check")
+@click.option("--file", "path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="policy file (default: TOKENVAULT_POLICY, else the shipped default)")
+def policy_check(path: Path | None) -> None:
+    """Validate a policy file; exit 2 with the reason if it would refuse to start."""
+    loaded = _load(path)
+    click.echo(f"policy {loaded.source}: valid, {len(loaded.roles)} roles ({', '.join(loaded.roles)})")
+
+
+@policy.command("explain")
+@click.option("--role", required=True)
+@click.option("--file", "path", type=click.Path(path_type=Path, dir_okay=False), default=None)
+def policy_explain(role: str, path: Path | None) -> None:
+    """What ROLE may do, one rule a row; anything not listed is denied."""
+    loaded = _load(path)
+    if not loaded.has_role(role):
+        click.echo(f"error: role {role!r} is not in policy {loaded.source} (roles: {', '.join(loaded.roles)})",
+                   err=True)
+        sys.exit(2)
+    click.echo(explain_table(loaded, role))
+
+
+def explain_table(loaded: Policy, role: str) -> str:
+    header = ("operation", "kinds", "purposes", "uses", "fields", "view")
+    rows = []
+    for rule in loaded.rules_of(role):
+        for operation in rule.operations:
+            rows.append((operation, ", ".join(rule.kinds) or "-", ", ".join(rule.purposes) or "-",
+                         ", ".join(rule.uses) or "-",
+                         ", ".join(rule.fields) or ("all" if operation == "detokenize" else "-"),
+                         rule.view if operation == "detokenize" else "-"))
+    if not rows:
+        return f"role {role}: may do nothing (deny by default)"
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    lines = [f"role {role} ({loaded.source}); anything not listed is denied", ""]
+    for row in (header, tuple("-" * w for w in widths), *rows):
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)

@@ -1,0 +1,81 @@
+"""Operator management and dual-control approvals over HTTP (admins; step-up on every change).
+
+Creating an operator needs a step-up; disabling one files a request that a second
+admin approves (`POST /v1/approvals/<id>/approve`, with a step-up of their own).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from flask import Blueprint, Response, jsonify, request
+from pydantic import Field, StrictStr
+
+from api.auth import current_actor
+from api.routes import components, json_body, origin, parse
+from api.schemas import Strict
+from api.stepup import current_step_up, require_step_up
+from vault.errors import ValidationFailed
+
+__all__ = ["blueprint"]
+
+blueprint = Blueprint("operators", __name__, url_prefix="/v1")
+_OPERATOR_ID = re.compile(r"^op_[0-9a-f]{16}$")
+_APPROVAL_ID = re.compile(r"^apr_[0-9a-f]{20}$")
+
+
+class OperatorBody(Strict):
+    username: Annotated[StrictStr, Field(min_length=2, max_length=64)]
+    role: Annotated[StrictStr, Field(min_length=1, max_length=40)]
+
+
+def _iso(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.isoformat().replace("+00:00", "Z") if hasattr(v, "isoformat") else v for k, v in row.items()}
+
+
+def _checked(pattern: re.Pattern[str], name: str, value: str) -> str:
+    if not pattern.match(value):
+        raise ValidationFailed(name, "is not an id")
+    return value
+
+
+@blueprint.get("/operators")
+def list_operators() -> tuple[Response, int]:
+    found = components().operators.list(current_actor(), origin())
+    return jsonify({"operators": [_iso(row) for row in found]}), 200
+
+
+@blueprint.post("/operators")
+@require_step_up("manage_operators")
+def create_operator() -> tuple[Response, int]:
+    body = parse(OperatorBody, json_body())
+    new = components().operators.create(current_step_up().actor, body.username, body.role, origin())
+    return jsonify({"id": new.id, "username": new.username, "role": new.role, "password": new.password.expose(),
+                    "totp_uri": new.totp_uri.expose()}), 201
+
+
+@blueprint.post("/operators/<operator_id>/disable")
+@require_step_up("manage_operators")
+def disable_operator(operator_id: str) -> tuple[Response, int]:
+    """Dual control: files a pending request; a second admin approves it."""
+    params = {"operator_id": _checked(_OPERATOR_ID, "operator_id", operator_id)}
+    found = components().approvals.request(current_step_up(), "disable_operator", params, origin())
+    return jsonify(found.public()), 202
+
+
+@blueprint.get("/approvals")
+def list_approvals() -> tuple[Response, int]:
+    status = request.args.get("status", "pending")
+    if status not in ("pending", "all"):
+        raise ValidationFailed("status", "must be pending or all")
+    found = components().approvals.list(current_actor(), origin(), pending_only=status == "pending")
+    return jsonify({"approvals": [item.public() for item in found]}), 200
+
+
+@blueprint.post("/approvals/<approval_id>/approve")
+@require_step_up()
+def approve(approval_id: str) -> tuple[Response, int]:
+    done = components().approvals.approve(current_step_up(), _checked(_APPROVAL_ID, "approval_id", approval_id),
+                                          origin())
+    return jsonify(done.public()), 200

@@ -1,0 +1,54 @@
+"""Step-up for sensitive endpoints: a fresh, unused TOTP code in `X-TOTP`, even within a session.
+
+    @blueprint.post("/keys/rotate")
+    @require_step_up("manage_keys")
+    def rotate() -> ...:
+        step_up = current_step_up()   # hand it to the vault call that needs proof
+
+The check itself is vault.operators.OperatorRegistry.step_up (audited as `step_up`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar, cast
+
+from flask import g, request
+
+from api.auth import current_actor
+from api.routes import components, origin
+from vault.errors import StepUpRequired
+from vault.operators import StepUp
+from vault.secret import Secret
+
+__all__ = ["require_step_up", "current_step_up", "HEADER"]
+
+HEADER = "X-TOTP"
+View = TypeVar("View", bound=Callable[..., Any])
+
+
+def require_step_up(operation: str | None = None) -> Callable[[View], View]:
+    """Refuse the request (401 step_up_required) unless it carries a fresh TOTP code of the operator.
+
+    With `operation`, a role the policy does not grant it gets 403 before any code is tried.
+    """
+
+    def decorate(view: View) -> View:
+        @wraps(view)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            code = request.headers.get(HEADER)
+            g.step_up = components().operators.step_up(current_actor(), Secret(code) if code else None, origin(),
+                                                       operation=operation)
+            return view(*args, **kwargs)
+
+        return cast(View, checked)
+
+    return decorate
+
+
+def current_step_up() -> StepUp:
+    found = g.get("step_up")
+    if not isinstance(found, StepUp):
+        raise StepUpRequired("a fresh TOTP code is required")
+    return found

@@ -1,0 +1,168 @@
+"""`tokenvault operators|auth|approvals|policy` and `clients rotate`, against a real database (real time).
+
+TOTP codes are made just before each command from the current time, choosing a time
+step this operator has not used yet (the vault accepts each step once).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import time
+from pathlib import Path
+
+import pyotp
+import pytest
+from click.testing import CliRunner
+
+from api.cli import main
+from api.cli_access import qr_text
+from tests.conftest import make_components
+from tests.support.operators import PASSWORD, seed_of
+from vault.audit import Origin
+from vault.secret import Secret
+from vault.totp import STEP_SECONDS
+
+
+@pytest.fixture
+def env(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    values = {
+        "TOKENVAULT_DATA_DIR": str(tmp_path / "data"),
+        "TOKENVAULT_DATABASE_URL": database_url,
+        "TOKENVAULT_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+        "TOKENVAULT_AUDIT_CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
+        "TOKENVAULT_LOG_LEVEL": "warning",
+        "TOKENVAULT_ARGON2_TIME_COST": "1",
+        "TOKENVAULT_ARGON2_MEMORY_KIB": "64",
+        "TOKENVAULT_ARGON2_PARALLELISM": "1",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    make_components(tmp_path / "data", database_url, **values).engine.dispose()
+    return values
+
+
+def run(*args: str, stdin: str | None = None) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args), input=stdin)
+    return result.exit_code, result.output
+
+
+class Codes:
+    """Fresh TOTP codes per operator: never a time step already used."""
+
+    def __init__(self) -> None:
+        self.used: dict[str, set[int]] = {}
+
+    def next(self, seed: str) -> str:
+        now = int(time.time()) // STEP_SECONDS
+        used = self.used.setdefault(seed, set())
+        step = next(s for s in (now, now + 1, now - 1) if s not in used)
+        used.add(step)
+        return pyotp.TOTP(seed).at(step * STEP_SECONDS)
+
+
+def create(name: str, role: str) -> dict[str, str]:
+    code, out = run("operators", "create", "--name", name, "--role", role, "--password-stdin", stdin=PASSWORD + "\n")
+    assert code == 0, out
+    created: dict[str, str] = json.loads(out)
+    return created
+
+
+def session(codes: Codes, created: dict[str, str]) -> str:
+    code, out = run("auth", "login", "--username", created["username"], "--password-stdin",
+                    "--totp", codes.next(seed_of(created["totp_uri"])), stdin=PASSWORD + "\n")
+    assert code == 0, out
+    token: str = json.loads(out)["session_token"]
+    return token
+
+
+def test_operators_create_prints_the_credentials_once(env: dict[str, str]) -> None:
+    code, out = run("operators", "create", "--name", "alice", "--role", "admin")
+    assert code == 0
+    created = json.loads(out)
+    assert set(created) == {"id", "username", "role", "password", "totp_uri"}
+    assert created["username"] == "alice" and len(created["password"]) >= 20
+    assert created["totp_uri"].startswith("otpauth://totp/TokenVault:alice?")
+    listed = run("operators", "list")[1]
+    assert "alice" in listed and created["password"] not in listed and seed_of(created["totp_uri"]) not in listed
+    assert run("operators", "create", "--name", "alice", "--role", "admin")[0] == 2
+    assert run("operators", "create", "--name", "eve", "--role", "checkout")[0] == 2
+
+
+def test_login_and_a_step_up_action_with_dual_control(env: dict[str, str]) -> None:
+    codes = Codes()
+    alice, bob, mallory = create("alice", "admin"), create("bob", "admin"), create("mallory", "admin")
+    alice_session, bob_session = session(codes, alice), session(codes, bob)
+    mallory_session = session(codes, mallory)
+
+    code, out = run("operators", "disable", "mallory", "--session", alice_session,
+                    "--totp", codes.next(seed_of(alice["totp_uri"])))
+    assert code == 0, out
+    request = json.loads(out.splitlines()[0])
+    assert request["status"] == "pending" and request["params"] == {"operator_id": mallory["id"]}
+
+    listed = run("approvals", "list", "--session", bob_session)[1]
+    assert request["id"] in listed
+    own = run("approvals", "approve", request["id"], "--session", alice_session,
+              "--totp", codes.next(seed_of(alice["totp_uri"])))
+    assert own[0] == 2
+    replayed = run("approvals", "approve", request["id"], "--session", bob_session,
+                   "--totp", pyotp.TOTP(seed_of(bob["totp_uri"])).at(min(codes.used[seed_of(bob["totp_uri"])])
+                                                                     * STEP_SECONDS))
+    assert replayed[0] == 2 and "TOTP" in replayed[1]
+    code, out = run("approvals", "approve", request["id"], "--session", bob_session,
+                    "--totp", codes.next(seed_of(bob["totp_uri"])))
+    assert code == 0, out
+    assert json.loads(out)["status"] == "executed"
+    rows = [json.loads(line) for line in run("operators", "list")[1].splitlines()]
+    assert [r["username"] for r in rows if r["disabled_at"]] == ["mallory"]
+    assert run("approvals", "list", "--session", mallory_session)[0] == 2  # her session ended
+
+
+def test_a_wrong_code_fails_login(env: dict[str, str]) -> None:
+    create("alice", "admin")
+    code, out = run("auth", "login", "--username", "alice", "--password-stdin", "--totp", "000000",
+                    stdin=PASSWORD + "\n")
+    assert code == 2 and "invalid credentials" in out and PASSWORD not in out
+
+
+def test_logout(env: dict[str, str]) -> None:
+    token = session(Codes(), create("alice", "admin"))
+    assert run("auth", "logout", "--session", token)[0] == 0
+    assert run("approvals", "list", "--session", token)[0] == 2
+    assert run("approvals", "list")[0] == 2  # no session at all
+
+
+def test_clients_rotate_with_a_grace_period(env: dict[str, str]) -> None:
+    created = json.loads(run("clients", "create", "--name", "shop", "--role", "checkout")[1])
+    code, out = run("clients", "rotate", created["client_id"], "--grace", "3600")
+    assert code == 0
+    rotated = json.loads(out)
+    assert rotated["client_id"] == created["client_id"] and rotated["api_key"] != created["api_key"]
+    parts = make_components(Path(env["TOKENVAULT_DATA_DIR"]), env["TOKENVAULT_DATABASE_URL"], **env)
+    for key in (created["api_key"], rotated["api_key"]):
+        assert parts.clients.authenticate(Secret(key), Origin()).id == created["client_id"]
+    parts.engine.dispose()
+    assert run("clients", "rotate", created["client_id"], "--grace", "-1")[0] == 2
+    assert run("clients", "rotate", "cli_0000000000000000")[0] == 2
+
+
+def test_policy_check_and_explain(env: dict[str, str], tmp_path: Path) -> None:
+    code, out = run("policy", "check")
+    assert code == 0 and "valid, 8 roles" in out
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[roles.x]\nrules = [{ operations = ["detokenize"], kinds = ["card"], purposes = ["curiosity"] }]\n')
+    code, out = run("policy", "check", "--file", str(bad))
+    assert code == 2 and "roles.x.rules.0.purposes.0" in out
+    code, out = run("policy", "explain", "--role", "marketing")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[2].split() == ["operation", "kinds", "purposes", "uses", "fields", "view"]
+    assert lines[4].split() == ["detokenize", "email", "marketing", "-", "all", "plain"]
+    assert run("policy", "explain", "--role", "intern")[0] == 2
+
+
+def test_qr_code_for_a_terminal() -> None:
+    text = qr_text("otpauth://totp/TokenVault:alice?secret=JBSWY3DPEHPK3PXP&issuer=TokenVault")
+    assert len(text.splitlines()) > 10 and "JBSWY3DP" not in text

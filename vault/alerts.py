@@ -1,0 +1,38 @@
+"""Abuse alerts written to the audit trail: requests refused by a rate limit.
+
+A refused request is an invalid access attempt (PCI DSS 10.2.1.4): each one is an
+event (action `rate_limit`, outcome `denied`) that a SIEM can alert on. The request
+is refused whether or not the event could be written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from vault.audit import Actor, AuditEvent, AuditTrail, Origin
+from vault.errors import VaultError
+
+__all__ = ["Alerts"]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Alerts:
+    def __init__(self, engine: Engine, trail: AuditTrail, *, clock: Callable[[], datetime] = _now) -> None:
+        self._engine = engine
+        self._trail = trail
+        self._clock = clock
+
+    def rate_limited(self, actor: Actor, limit: str, scope: str, origin: Origin) -> None:
+        """Audit one refused request; `limit` is the rule (e.g. `100 per 1 second`), `scope` what it counts."""
+        event = AuditEvent(at=self._clock(), actor=actor.id, role=actor.role, action="rate_limit", outcome="denied",
+                           error_code="rate_limited", origin=origin, detail=f"limit={limit} scope={scope}")
+        with contextlib.suppress(VaultError, SQLAlchemyError), self._engine.begin() as conn:
+            self._trail.record(conn, [event])

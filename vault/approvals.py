@@ -1,0 +1,209 @@
+"""Dual control: a sensitive action runs only once a second operator approves it.
+
+An operator (after a step-up) files a request: an action name and its non-sensitive
+parameters (ids, never values). A *different* operator whose role the policy grants the
+action's operation approves it (after a step-up of their own); the action then runs in
+the approving transaction, exactly once: the conditional update from `pending` lets
+one approval through even when two arrive at once on different workers. A request not
+approved before `expires_at` can no longer be approved.
+
+Actions plug in with `register(ApprovalAction(...))` (see api/wiring.py); the first is
+`disable_operator`. Later: retiring and destroying keys, legal disclosures.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.engine import Connection, Engine
+
+from vault.audit import Actor, AuditTrail, Origin
+from vault.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from vault.operations import AuditedOperations
+from vault.operators import StepUp
+from vault.policy import Policy
+from vault.storage import approvals
+
+__all__ = ["ApprovalAction", "Approval", "Approvals"]
+
+_PARAM_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+_MAX_PARAMS_BYTES = 2048
+_LIST_LIMIT = 200
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _no_check(_conn: Connection, _params: dict[str, Any]) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class ApprovalAction:
+    """An action under dual control.
+
+    `operation` is the policy operation that both the requester and the approver need.
+    `check` validates the parameters when the request is filed; `run` does the work
+    inside the approving transaction, records its own audit event, and returns a small
+    non-sensitive result.
+    """
+
+    name: str
+    operation: str
+    run: Callable[[Connection, Actor, dict[str, Any], Origin], dict[str, Any]]
+    check: Callable[[Connection, dict[str, Any]], None] = _no_check
+    lifetime: timedelta = timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class Approval:
+    id: str
+    action: str
+    params: dict[str, Any]
+    requested_by: str
+    requested_at: datetime
+    expires_at: datetime
+    status: str  # pending | executed | expired
+    approved_by: str | None = None
+    approved_at: datetime | None = None
+    result: dict[str, Any] | None = None
+
+    def public(self) -> dict[str, Any]:
+        def iso(moment: datetime | None) -> str | None:
+            return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+
+        return {"id": self.id, "action": self.action, "params": self.params, "requested_by": self.requested_by,
+                "requested_at": iso(self.requested_at), "expires_at": iso(self.expires_at), "status": self.status,
+                "approved_by": self.approved_by, "approved_at": iso(self.approved_at), "result": self.result}
+
+
+def _check_params(params: dict[str, Any]) -> str:
+    """Flat, small JSON of names to ids, numbers or flags: nothing that could be a secret value."""
+    for name, value in params.items():
+        if not _PARAM_NAME.match(name):
+            raise ValidationFailed("params", "names must be lowercase identifiers")
+        if not isinstance(value, str | int | bool) or (isinstance(value, str) and len(value) > 200):
+            raise ValidationFailed("params", "values must be short strings, integers or booleans")
+    text = json.dumps(params, sort_keys=True, separators=(",", ":"))
+    if len(text) > _MAX_PARAMS_BYTES:
+        raise ValidationFailed("params", f"must be at most {_MAX_PARAMS_BYTES} bytes of JSON")
+    return text
+
+
+class Approvals(AuditedOperations):
+    """Pending requests, their approval, and the single execution that follows."""
+
+    def __init__(self, *, engine: Engine, policy: Policy, trail: AuditTrail,
+                 clock: Callable[[], datetime] = _now) -> None:
+        super().__init__(engine=engine, policy=policy, trail=trail, clock=clock)
+        self._actions: dict[str, ApprovalAction] = {}
+
+    def register(self, action: ApprovalAction) -> None:
+        if action.name in self._actions:
+            raise ValueError(f"approval action {action.name} registered twice")
+        self._actions[action.name] = action
+
+    @property
+    def actions(self) -> tuple[str, ...]:
+        return tuple(self._actions)
+
+    def _approval(self, row: Any, now: datetime) -> Approval:
+        status = row["status"]
+        if status == "pending" and row["expires_at"] <= now:
+            status = "expired"
+        return Approval(id=row["id"], action=row["action"], params=json.loads(row["params"]),
+                        requested_by=row["requested_by"], requested_at=row["requested_at"],
+                        expires_at=row["expires_at"], status=status, approved_by=row["approved_by"],
+                        approved_at=row["approved_at"], result=json.loads(row["result"]) if row["result"] else None)
+
+    def request(self, step_up: StepUp, action_name: str, params: dict[str, Any], origin: Origin) -> Approval:
+        """File a pending request; nothing runs until another operator approves it."""
+        actor = step_up.actor
+        action = self._actions.get(action_name)
+        if action is None:
+            raise ValidationFailed("action", "is not an action under dual control")
+        self._require(actor, action.operation, "request_approval", origin, detail=f"action={action_name}")
+        text = _check_params(params)
+        now = self._clock()
+        approval_id = f"apr_{secrets.token_hex(10)}"
+
+        def work(conn: Connection) -> Approval:
+            action.check(conn, params)
+            row = {"id": approval_id, "action": action_name, "params": text, "requested_by": actor.id,
+                   "requested_at": now, "expires_at": now + action.lifetime, "status": "pending",
+                   "approved_by": None, "approved_at": None, "result": None}
+            conn.execute(insert(approvals), [row])
+            self._trail.record(conn, [self._event(actor, "request_approval", "allowed", origin,
+                                                  detail=f"request={approval_id} action={action_name} {text}")])
+            return self._approval(row, now)
+
+        result: Approval = self._audited(actor, "request_approval", origin, work,
+                                         detail=f"action={action_name} {text}")
+        return result
+
+    def approve(self, step_up: StepUp, approval_id: str, origin: Origin) -> Approval:
+        """Approve and run a pending request: by another operator allowed the action, before it expires."""
+        actor = step_up.actor
+        now = self._clock()
+        detail = f"request={approval_id[:48]}"
+
+        def work(conn: Connection) -> Approval:
+            row = conn.execute(select(approvals).where(approvals.c.id == approval_id)).mappings().first()
+            if row is None:
+                raise NotFound("no such approval request")
+            action = self._actions.get(row["action"])
+            if action is None:
+                raise Conflict("this action can no longer be run")
+            if not self._policy.may_use(actor.role, action.operation):
+                raise Forbidden(f"role may not {action.operation}")
+            if row["requested_by"] == actor.id:
+                raise Forbidden("the requester cannot approve their own request")
+            if row["status"] != "pending":
+                raise Conflict("request already decided")
+            if row["expires_at"] <= now:
+                raise Conflict("request expired")
+            taken = conn.execute(update(approvals).where(approvals.c.id == approval_id,
+                                                         approvals.c.status == "pending")
+                                 .values(status="executed", approved_by=actor.id, approved_at=now)).rowcount
+            if taken != 1:
+                raise Conflict("request already decided")
+            params = json.loads(row["params"])
+            result = action.run(conn, actor, params, origin)
+            conn.execute(update(approvals).where(approvals.c.id == approval_id)
+                         .values(result=json.dumps(result, sort_keys=True)))
+            self._trail.record(conn, [self._event(
+                actor, "approve", "allowed", origin,
+                detail=f"{detail} action={row['action']} requested_by={row['requested_by']}")])
+            return self._approval({**row, "status": "executed", "approved_by": actor.id, "approved_at": now,
+                                   "result": json.dumps(result)}, now)
+
+        approved: Approval = self._audited(actor, "approve", origin, work, detail=detail)
+        return approved
+
+    def list(self, actor: Actor, origin: Origin, *, pending_only: bool = True) -> list[Approval]:
+        """Requests for actions this role may approve (pending ones, or the latest of any status)."""
+        mine = [name for name, action in self._actions.items() if self._policy.may_use(actor.role, action.operation)]
+        if not mine:
+            raise self._deny(actor, "list_approvals", origin, Forbidden("role may not approve any action"))
+        now = self._clock()
+
+        def work(conn: Connection) -> list[Approval]:
+            query = select(approvals).where(approvals.c.action.in_(mine))
+            if pending_only:
+                query = query.where(approvals.c.status == "pending", approvals.c.expires_at > now)
+            rows = conn.execute(query.order_by(approvals.c.requested_at.desc()).limit(_LIST_LIMIT)).mappings()
+            found = [self._approval(row, now) for row in rows]
+            self._trail.record(conn, [self._event(actor, "list_approvals", "allowed", origin,
+                                                  detail=f"returned={len(found)}")])
+            return found
+
+        result: list[Approval] = self._audited(actor, "list_approvals", origin, work)
+        return result

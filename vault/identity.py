@@ -1,0 +1,26 @@
+"""One door for bearer credentials: API keys (clients) and session tokens (operators).
+
+The prefix says which registry answers (`tvk_` API keys, `tvs_` sessions); each one
+audits its own failures, and anything else is refused as an invalid API key.
+"""
+
+from __future__ import annotations
+
+from vault.audit import Actor, Origin
+from vault.clients import ClientRegistry
+from vault.operators import OperatorRegistry
+from vault.secret import Secret
+from vault.sessions import Sessions
+
+__all__ = ["Authenticator"]
+
+
+class Authenticator:
+    def __init__(self, clients: ClientRegistry, operators: OperatorRegistry) -> None:
+        self._clients = clients
+        self._operators = operators
+
+    def authenticate(self, credentials: Secret[str] | None, origin: Origin) -> Actor:
+        if credentials is not None and Sessions.looks_like_session(credentials):
+            return self._operators.authenticate(credentials, origin)
+        return self._clients.authenticate(credentials, origin)

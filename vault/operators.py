@@ -1,0 +1,352 @@
+"""Human operators (admins, privacy officers, auditors): accounts, login with TOTP, step-up.
+
+An operator logs in with a password (argon2id) and a TOTP code and gets a 15-minute
+session token. Sensitive actions ask again for a fresh TOTP code (step-up); every code
+is accepted once. Repeated failures lock the account for a time that doubles with each
+further failure. Every attempt is audited (action `login` / `step_up`), never the
+password or the code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.engine import Connection, Engine
+
+from vault.audit import HOST, Actor, AuditTrail, Origin
+from vault.envelope import associated_data
+from vault.errors import Conflict, Forbidden, NotFound, StepUpRequired, Unauthenticated, ValidationFailed, VaultError
+from vault.keys import KeyHierarchy
+from vault.operations import AuditedOperations
+from vault.passwords import Passwords
+from vault.policy import Policy
+from vault.secret import Secret
+from vault.sessions import Session, Sessions
+from vault.storage import data_keys, operators
+from vault.totp import claim_step, matching_step, new_seed, provisioning_uri
+
+__all__ = ["OPERATOR_ROLES", "HOST", "Lockout", "NewOperator", "Login", "StepUp", "OperatorRegistry"]
+
+OPERATOR_ROLES = ("admin", "privacy_officer", "auditor")
+_USERNAME = re.compile(r"^[a-z][a-z0-9._-]{1,63}$")
+_ANONYMOUS = Actor(id="anonymous", role="none")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Lockout:
+    """After `threshold` failures in a row, lock for base, then twice as long each time, up to max."""
+
+    threshold: int = 5
+    base_seconds: int = 60
+    max_seconds: int = 3600
+
+    def duration(self, failures: int) -> timedelta | None:
+        if failures < self.threshold:
+            return None
+        doublings = min(failures - self.threshold, 20)
+        return timedelta(seconds=min(self.max_seconds, self.base_seconds * 2**doublings))
+
+
+@dataclass(frozen=True)
+class NewOperator:
+    """What `create` hands back once: the only time the password and TOTP URI are visible."""
+
+    id: str
+    username: str
+    role: str
+    password: Secret[str]
+    totp_uri: Secret[str]
+
+
+@dataclass(frozen=True)
+class Login:
+    actor: Actor
+    session: Session
+
+
+@dataclass(frozen=True)
+class StepUp:
+    """Proof that `actor` has just given a fresh TOTP code: what sensitive actions take."""
+
+    actor: Actor
+    at: datetime
+
+
+class OperatorRegistry(AuditedOperations):
+    """Operator accounts, their logins, sessions and step-ups."""
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        keys: KeyHierarchy,
+        policy: Policy,
+        trail: AuditTrail,
+        passwords: Passwords,
+        sessions: Sessions,
+        lockout: Lockout = Lockout(),
+        clock: Callable[[], datetime] = _now,
+    ) -> None:
+        super().__init__(engine=engine, policy=policy, trail=trail, clock=clock)
+        self._keys = keys
+        self._passwords = passwords
+        self._sessions = sessions
+        self._lockout = lockout
+
+    # -- accounts ------------------------------------------------------------------------------
+
+    def create(self, actor: Actor, username: str, role: str, origin: Origin,
+               password: Secret[str] | None = None) -> NewOperator:
+        """A new operator with a TOTP seed; `actor` is HOST (the CLI) or an operator manager."""
+        if actor != HOST:
+            self._require(actor, "manage_operators", "create_operator", origin)
+        if not _USERNAME.match(username):
+            raise ValidationFailed("username", "must be 2 to 64 of a-z, 0-9, '.', '_', '-', starting with a letter")
+        if role not in OPERATOR_ROLES or not self._policy.has_role(role):
+            raise ValidationFailed("role", f"must be one of {', '.join(OPERATOR_ROLES)} and defined in the policy")
+        if password is None:
+            password = self._passwords.generate()
+        self._passwords.check_rules(password)
+        password_hash = self._passwords.hash(password)  # slow on purpose: outside the transaction
+        seed = new_seed()
+        operator_id = f"op_{secrets.token_hex(8)}"
+
+        def work(conn: Connection) -> None:
+            if conn.execute(select(operators.c.id).where(operators.c.username == username)).first() is not None:
+                raise Conflict("username already taken")
+            data_key = self._keys.new_data_key(conn, "totp", None)
+            conn.execute(insert(data_keys), [data_key.row])
+            conn.execute(insert(operators).values(
+                id=operator_id, username=username, role=role, password_hash=password_hash,
+                totp_sealed=data_key.cipher.seal(seed.expose().encode(), _seed_aad(operator_id, data_key.id)),
+                totp_key_id=data_key.id, failed_attempts=0, created_at=self._clock()))
+            self._trail.record(conn, [self._event(actor, "create_operator", "allowed", origin,
+                                                  detail=f"operator={operator_id} role={role}")])
+
+        self._audited(actor, "create_operator", origin, work)
+        return NewOperator(id=operator_id, username=username, role=role, password=password,
+                           totp_uri=provisioning_uri(seed, username))
+
+    def list(self, actor: Actor, origin: Origin) -> list[dict[str, Any]]:
+        if actor != HOST:
+            self._require(actor, "manage_operators", "list_operators", origin)
+
+        def work(conn: Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(select(operators.c.id, operators.c.username, operators.c.role, operators.c.created_at,
+                                       operators.c.disabled_at, operators.c.locked_until)
+                                .order_by(operators.c.created_at, operators.c.username)).mappings()
+            found = [dict(row) for row in rows]
+            self._trail.record(conn, [self._event(actor, "list_operators", "allowed", origin,
+                                                  detail=f"returned={len(found)}")])
+            return found
+
+        result: list[dict[str, Any]] = self._audited(actor, "list_operators", origin, work)
+        return result
+
+    def id_of(self, username_or_id: str) -> str:
+        """The operator id for a username or id (for the CLI); NotFound otherwise."""
+        with self._engine.connect() as conn:
+            found = conn.execute(select(operators.c.id).where(
+                (operators.c.username == username_or_id) | (operators.c.id == username_or_id))).scalar()
+        if found is None:
+            raise NotFound("no such operator")
+        return str(found)
+
+    # -- login, sessions -----------------------------------------------------------------------
+
+    def _account(self, conn: Connection, **where: str) -> tuple[Any, Secret[str]] | None:
+        """An operator's row and unsealed TOTP seed, by username or id."""
+        column = operators.c.username if "username" in where else operators.c.id
+        row = conn.execute(
+            select(operators, data_keys.c.domain_key_id, data_keys.c.subject_id, data_keys.c.purpose,
+                   data_keys.c.wrapped)
+            .join(data_keys, data_keys.c.id == operators.c.totp_key_id)
+            .where(column == next(iter(where.values())))
+        ).mappings().first()
+        if row is None:
+            return None
+        key_row = {"id": row["totp_key_id"], "domain_key_id": row["domain_key_id"], "subject_id": row["subject_id"],
+                   "purpose": row["purpose"], "wrapped": row["wrapped"]}
+        cipher = self._keys.open_data_keys(conn, [key_row])[row["totp_key_id"]]
+        seed = cipher.open(row["totp_sealed"], _seed_aad(row["id"], row["totp_key_id"]))
+        return row, Secret(seed.decode())
+
+    def login(self, username: str, password: Secret[str], code: Secret[str], origin: Origin) -> Login:
+        """A session for a correct password and an unused TOTP code; Unauthenticated otherwise."""
+        now = self._clock()
+        found = None
+        if _USERNAME.match(username):
+            found = self._transaction(lambda conn: self._account(conn, username=username))
+        failure: str | None = None
+        step: int | None = None
+        if found is None:
+            self._passwords.verify(None, password)
+            failure = "unknown_user"
+        else:
+            row, seed = found
+            if row["disabled_at"] is not None:
+                self._passwords.verify(None, password)
+                failure = "disabled"
+            elif row["locked_until"] is not None and row["locked_until"] > now:
+                failure = "locked"
+            elif not self._passwords.verify(row["password_hash"], password):
+                failure = "password"
+            else:
+                step = matching_step(seed, code, now)
+                failure = "totp" if step is None else None
+        if failure is None and found is not None and step is not None:
+            row = found[0]
+            rehash = self._passwords.hash(password) if self._passwords.needs_rehash(row["password_hash"]) else None
+            actor = Actor(id=row["id"], role=row["role"], name=row["username"])
+            session = self._transaction(lambda conn: self._open_session(conn, actor, step, rehash, now, origin))
+            if session is not None:
+                return Login(actor=actor, session=session)
+            failure = "totp_replayed"
+        self._login_failed(found[0] if found else None, failure or "unknown", now, origin)
+        raise Unauthenticated("invalid credentials")
+
+    def _open_session(self, conn: Connection, actor: Actor, step: int, rehash: str | None, now: datetime,
+                      origin: Origin) -> Session | None:
+        if not claim_step(conn, actor.id, step, now):
+            return None
+        values: dict[str, Any] = {"failed_attempts": 0, "locked_until": None}
+        if rehash is not None:
+            values["password_hash"] = rehash
+        conn.execute(update(operators).where(operators.c.id == actor.id).values(**values))
+        session = self._sessions.issue(conn, actor.id, now)
+        self._trail.record(conn, [self._event(actor, "login", "allowed", origin, detail=f"session={session.id}")])
+        return session
+
+    def _login_failed(self, row: Any, reason: str, now: datetime, origin: Origin) -> None:
+        """Count the failure (locking when due) and audit it, in one transaction."""
+        actor = Actor(id=row["id"], role=row["role"]) if row is not None else _ANONYMOUS
+
+        def work(conn: Connection) -> None:
+            detail = f"reason={reason}"
+            if row is not None and reason in ("password", "totp", "totp_replayed"):
+                detail += self._count_failure(conn, row["id"], now)
+            self._trail.record(conn, [self._event(actor, "login", "denied", origin, error_code="unauthenticated",
+                                                  detail=detail)])
+
+        with contextlib.suppress(VaultError):
+            self._transaction(work)
+
+    def _count_failure(self, conn: Connection, operator_id: str, now: datetime) -> str:
+        failures = int(conn.execute(
+            update(operators).where(operators.c.id == operator_id)
+            .values(failed_attempts=operators.c.failed_attempts + 1).returning(operators.c.failed_attempts)
+        ).scalar_one())
+        lock = self._lockout.duration(failures)
+        if lock is None:
+            return f" failures={failures}"
+        conn.execute(update(operators).where(operators.c.id == operator_id).values(locked_until=now + lock))
+        return f" failures={failures} locked_seconds={int(lock.total_seconds())}"
+
+    def authenticate(self, token: Secret[str], origin: Origin) -> Actor:
+        """The operator behind a live session token; a failure is audited, then Unauthenticated."""
+        now = self._clock()
+        row = self._transaction(lambda conn: self._sessions.find(conn, token, now))
+        if row is None or not self._policy.has_role(row.role):
+            raise self._deny(_ANONYMOUS, "authenticate", origin, Unauthenticated("invalid credentials"),
+                             detail="session")
+        return Actor(id=row.operator_id, role=row.role, name=row.username)
+
+    def logout(self, actor: Actor, token: Secret[str], origin: Origin) -> None:
+        """Revoke the session this token belongs to (it must be the caller's own)."""
+        now = self._clock()
+
+        def work(conn: Connection) -> None:
+            row = self._sessions.find(conn, token, now)
+            if row is None or row.operator_id != actor.id:
+                raise Forbidden("only an operator's own session can be logged out")
+            self._sessions.revoke(conn, row.id, now)
+            self._trail.record(conn, [self._event(actor, "logout", "allowed", origin, detail=f"session={row.id}")])
+
+        self._audited(actor, "logout", origin, work)
+
+    # -- step-up -------------------------------------------------------------------------------
+
+    def step_up(self, actor: Actor, code: Secret[str] | None, origin: Origin, *,
+                operation: str | None = None) -> StepUp:
+        """Check a fresh TOTP code from a logged-in operator before a sensitive action.
+
+        With `operation`, the role must also be granted it (403 before any code is tried).
+        """
+        detail = f"operation={operation}" if operation else None
+        if operation is not None:
+            self._require(actor, operation, "step_up", origin, detail=detail)
+        now = self._clock()
+        found = self._transaction(lambda conn: self._account(conn, id=actor.id))
+        if found is None or found[0]["disabled_at"] is not None:
+            raise self._deny(actor, "step_up", origin, Forbidden("step-up needs an operator session"), detail=detail)
+        row, seed = found
+        failure: str | None = None
+        step: int | None = None
+        if row["locked_until"] is not None and row["locked_until"] > now:
+            failure = "locked"
+        elif code is None or not code.expose():
+            failure = "missing"
+        else:
+            step = matching_step(seed, code, now)
+            failure = "totp" if step is None else None
+        if step is not None:
+            claimed = step
+
+            def work(conn: Connection) -> bool:
+                if not claim_step(conn, actor.id, claimed, now):
+                    return False
+                self._trail.record(conn, [self._event(actor, "step_up", "allowed", origin, detail=detail)])
+                return True
+
+            if self._transaction(work):
+                return StepUp(actor=actor, at=now)
+            failure = "totp_replayed"
+
+        def denied(conn: Connection) -> None:
+            reason = f"reason={failure}"
+            if failure in ("totp", "totp_replayed"):
+                reason += self._count_failure(conn, actor.id, now)
+            self._trail.record(conn, [self._event(actor, "step_up", "denied", origin, error_code="step_up_required",
+                                                  detail=" ".join(filter(None, [detail, reason])))])
+
+        with contextlib.suppress(VaultError):
+            self._transaction(denied)
+        raise StepUpRequired("a fresh TOTP code is required")
+
+    # -- operator management under dual control (see vault/approvals.py) -----------------------
+
+    def check_disable(self, conn: Connection, params: dict[str, Any]) -> None:
+        """At request time: the operator to disable exists and is active."""
+        found = conn.execute(select(operators.c.id).where(operators.c.id == params.get("operator_id"),
+                                                          operators.c.disabled_at.is_(None))).first()
+        if found is None:
+            raise NotFound("no such active operator")
+
+    def run_disable(self, conn: Connection, actor: Actor, params: dict[str, Any], origin: Origin) -> dict[str, Any]:
+        """Once approved: disable the operator and end every session it has."""
+        now = self._clock()
+        operator_id = str(params["operator_id"])
+        changed = conn.execute(update(operators).where(operators.c.id == operator_id, operators.c.disabled_at.is_(None))
+                               .values(disabled_at=now)).rowcount
+        if changed != 1:
+            raise Conflict("operator already disabled")
+        revoked = self._sessions.revoke_all(conn, operator_id, now)
+        self._trail.record(conn, [self._event(actor, "disable_operator", "allowed", origin,
+                                              detail=f"operator={operator_id} sessions_revoked={revoked}")])
+        return {"operator_id": operator_id, "sessions_revoked": revoked}
+
+
+def _seed_aad(operator_id: str, key_id: str) -> bytes:
+    return associated_data("totp", operator=operator_id, key=key_id)
+

@@ -55,7 +55,7 @@ def _secret_input(given: str | None, prompt: str) -> Secret[str]:
     if given:
         return Secret(given)
     if sys.stdin.isatty():
-        return Secret(click.prompt(prompt, hide_input=True))
+        return Secret(click.prompt(prompt, hide_input=True, err=True))  # stdout stays clean JSON
     return Secret(sys.stdin.readline().rstrip("\n"))
 
 

@@ -19,7 +19,7 @@ from flask import Flask, Response, g, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api import audit_routes, auth_routes, errors, metrics, operator_routes, privacy_routes, ratelimits
+from api import audit_routes, auth_routes, errors, key_routes, metrics, operator_routes, privacy_routes, ratelimits
 from api.auth import bearer_credentials
 from api.logs import configure, get_logger
 from api.openapi import document
@@ -110,6 +110,7 @@ def create_app(settings: Settings | None = None, *, parts: Components | None = N
     app.register_blueprint(blueprint)
     app.register_blueprint(audit_routes.blueprint)
     app.register_blueprint(privacy_routes.blueprint)
+    app.register_blueprint(key_routes.blueprint)
     app.register_blueprint(auth_routes.blueprint)
     app.register_blueprint(operator_routes.blueprint)
     ratelimits.init_app(app, parts)

@@ -12,6 +12,7 @@ import click
 from api import cli_access
 from api.access_settings import AccessSettings
 from api.cli_audit import audit
+from api.cli_keys import keys
 from api.cli_subjects import subjects, transfer
 from api.settings import Settings
 from api.wiring import Components, build, build_provider
@@ -156,6 +157,7 @@ def clients_demo(out: Path) -> None:
 
 main.add_command(audit)
 main.add_command(subjects)
+main.add_command(keys)
 main.add_command(transfer)
 for _group in (cli_access.operators, cli_access.auth, cli_access.approvals, cli_access.policy):
     main.add_command(_group)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask, Response, jsonify
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 from vault import errors as e
@@ -78,6 +79,12 @@ def register(app: Flask) -> None:
                  413: "payload_too_large", 415: "unsupported_media_type"}
         code = codes.get(status, "http_error")
         return _respond(status, {"code": code, "message": code.replace("_", " ")})
+
+    @app.errorhandler(SQLAlchemyError)
+    def _database(error: SQLAlchemyError) -> tuple[Response, int]:
+        """A last resort: a database failure that escaped the domain still fails closed as 503."""
+        app.logger.error("database error", extra={"error_type": type(error).__name__})
+        return _respond(503, {"code": "storage_unavailable", "message": _MESSAGES["storage_unavailable"]})
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> tuple[Response, int]:

@@ -11,6 +11,7 @@ from flask import Blueprint, Response, jsonify
 from api.auth import current_actor
 from api.routes import components, json_body, origin, parse, requires
 from api.schemas import ReencryptBody, RetireBody, RotateBody
+from api.stepup import current_step_up, require_step_up
 from api.wiring import Components
 from vault.errors import ValidationFailed, VaultError
 
@@ -48,6 +49,7 @@ def due() -> tuple[Response, int]:
 
 @blueprint.post("/rotate")
 @requires("manage_keys")
+@require_step_up("manage_keys")
 def rotate() -> tuple[Response, int]:
     body = parse(RotateBody, json_body())
     parts = components()
@@ -58,12 +60,16 @@ def rotate() -> tuple[Response, int]:
 
 @blueprint.post("/reencrypt")
 @requires("manage_keys")
+@require_step_up("manage_keys")
 def reencrypt() -> tuple[Response, int]:
+    """Compromise response: irreversible (the old key is destroyed), so a second admin approves it.
+
+    The approval's result names the job; start it with POST /v1/keys/jobs/<id>/resume.
+    """
     body = parse(ReencryptBody, json_body())
-    parts = components()
-    job_id = parts.lifecycle.start_reencrypt(current_actor(), body.domain_key, origin())
-    _run_in_background(parts, job_id)
-    return jsonify({"job_id": job_id}), 202
+    approval = components().approvals.request(current_step_up(), "reencrypt_domain_key",
+                                              {"domain_key": body.domain_key}, origin())
+    return jsonify({"approval": approval.public()}), 202
 
 
 @blueprint.get("/jobs/<job_id>")
@@ -82,6 +88,9 @@ def resume(job_id: str) -> tuple[Response, int]:
 
 @blueprint.post("/retire")
 @requires("manage_keys")
+@require_step_up("manage_keys")
 def retire() -> tuple[Response, int]:
+    """Irreversible (old backups stop opening): a pending request a second admin must approve."""
     body = parse(RetireBody, json_body())
-    return jsonify(components().lifecycle.retire(current_actor(), body.below, origin())), 200
+    approval = components().approvals.request(current_step_up(), "retire_kek", {"below": body.below}, origin())
+    return jsonify({"approval": approval.public()}), 202

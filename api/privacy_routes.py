@@ -16,6 +16,7 @@ from api.schemas import (
     RequestBody,
     RestrictionBody,
 )
+from api.stepup import require_step_up
 from vault.errors import ValidationFailed
 from vault.subjects import check_subject_id
 
@@ -46,11 +47,13 @@ def export_subject(subject_id: str) -> tuple[Response, int]:
 
 
 @blueprint.delete("/subjects/<subject_id>")
+@require_step_up("manage_subjects")
 def erase_subject(subject_id: str) -> tuple[Response, int]:
     return jsonify(components().privacy.erase(current_actor(), _subject(subject_id), origin())), 200
 
 
 @blueprint.post("/subjects/<subject_id>/minor")
+@require_step_up("manage_subjects")
 def mark_minor(subject_id: str) -> tuple[Response, int]:
     return jsonify(components().privacy.mark_minor(current_actor(), _subject(subject_id), origin())), 200
 
@@ -116,6 +119,7 @@ def open_requests() -> tuple[Response, int]:
 
 @blueprint.post("/disclosures")
 @requires("disclose")
+@require_step_up("disclose")
 def request_disclosure() -> tuple[Response, int]:
     body = parse(DisclosureBody, json_body())
     found = components().disclosures.request(
@@ -125,6 +129,7 @@ def request_disclosure() -> tuple[Response, int]:
 
 
 @blueprint.post("/disclosures/<disclosure_id>/approve")
+@require_step_up("disclose")
 def approve_disclosure(disclosure_id: str) -> tuple[Response, int]:
     return jsonify(components().disclosures.approve(current_actor(), _id("disclosure_id", disclosure_id),
                                                            origin())), 200

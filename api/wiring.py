@@ -29,6 +29,7 @@ from vault.passwords import Passwords
 from vault.policy import Policy, load_policy
 from vault.privacy import PrivacyService
 from vault.retention import RetentionService
+from vault.rotation import KeyLifecycle
 from vault.service import TokenService
 from vault.sessions import Sessions
 from vault.storage import create_engine_for
@@ -59,6 +60,7 @@ class Components:
     privacy: PrivacyService
     disclosures: DisclosureService
     retention: RetentionService
+    lifecycle: KeyLifecycle
     access: AccessSettings
     operators: OperatorRegistry
     approvals: Approvals
@@ -89,6 +91,21 @@ def build(
     approvals.register(ApprovalAction(name="disable_operator", operation="manage_operators",
                                       run=operators.run_disable, check=operators.check_disable,
                                       lifetime=timedelta(seconds=access.approval_seconds)))
+    approvals.register(ApprovalAction(name="enable_operator", operation="manage_operators",
+                                      run=operators.run_enable, check=operators.check_enable,
+                                      lifetime=timedelta(seconds=access.approval_seconds)))
+    lifecycle = KeyLifecycle(engine=engine, keys=keys, provider=provider, policy=policy, trail=trail,
+                             cache_seconds=settings.key_cache_seconds, clock=now)
+    # Irreversible key actions need a second admin (PCI DSS 3.6.1.2 split knowledge and dual control).
+    approvals.register(ApprovalAction(
+        name="retire_kek", operation="manage_keys", check=lifecycle.check_retire,
+        run=lambda conn, actor, params, origin: lifecycle.retire_in(conn, actor, int(params["below"]), origin),
+        lifetime=timedelta(seconds=access.approval_seconds)))
+    approvals.register(ApprovalAction(
+        name="reencrypt_domain_key", operation="manage_keys", check=lifecycle.check_reencrypt,
+        run=lambda conn, actor, params, origin: {
+            "job_id": lifecycle.reencrypt_in(conn, actor, str(params["domain_key"]), origin)},
+        lifetime=timedelta(seconds=access.approval_seconds)))
     return Components(
         settings=settings,
         engine=engine,
@@ -105,6 +122,7 @@ def build(
                                       clock=now),
         retention=RetentionService(engine=engine, policy=policy, trail=trail, tokens_service=token_service,
                                    clock=now),
+        lifecycle=lifecycle,
         access=access,
         operators=operators,
         approvals=approvals,

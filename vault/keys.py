@@ -73,7 +73,8 @@ class KeyHierarchy:
         ttl = max(cache_seconds, 0.001)
         self._domain: TTLCache[str, Secret[bytes]] = TTLCache(maxsize=64, ttl=ttl)
         self._active: TTLCache[str, str] = TTLCache(maxsize=16, ttl=ttl)
-        self._data: TTLCache[str, Cipher] = TTLCache(maxsize=data_key_cache_size, ttl=ttl)
+        # Keyed by id *and* wrapped bytes: a data key rewrapped or re-keyed elsewhere misses here.
+        self._data: TTLCache[tuple[str, bytes], Cipher] = TTLCache(maxsize=data_key_cache_size, ttl=ttl)
 
     # -- domain keys ----------------------------------------------------------------------
 
@@ -182,7 +183,7 @@ class KeyHierarchy:
             key = self.new_data_key(conn, purpose, subject_id)
             inserted = conn.execute(insert_ignoring_conflict(conn, data_keys), [key.row]).rowcount
             if inserted == 1:
-                self._data[key.id] = key.cipher
+                self._data[(key.id, bytes(key.row["wrapped"]))] = key.cipher
                 return key
             row = conn.execute(
                 select(data_keys).where(data_keys.c.subject_id == subject_id, data_keys.c.purpose == purpose)
@@ -196,7 +197,8 @@ class KeyHierarchy:
             key_id = row["id"]
             if key_id in out:
                 continue
-            cached = self._data.get(key_id)
+            slot = (key_id, bytes(row["wrapped"]))
+            cached = self._data.get(slot)
             if row["subject_id"] is not None:
                 self._on_lookup("data", cached is not None)
             if cached is not None:
@@ -206,14 +208,31 @@ class KeyHierarchy:
             aad = self._wrap_aad(key_id, row["domain_key_id"], row["subject_id"], row["purpose"])
             cipher = Cipher(Secret(domain.open(row["wrapped"], aad)))
             if row["subject_id"] is not None:
-                self._data[key_id] = cipher
+                self._data[slot] = cipher
             out[key_id] = cipher
         return out
 
+    def wrap_data_key(self, conn: Connection, row: dict[str, Any], material: Secret[bytes],
+                      domain_key_id: str) -> bytes:
+        """Wrap data-key material for `row` (id, subject_id, purpose) under a given domain key."""
+        domain = self.domain_cipher(conn, domain_key_id)
+        return domain.seal(material.expose(), self._wrap_aad(row["id"], domain_key_id, row["subject_id"],
+                                                             row["purpose"]))
+
+    def unwrap_data_key(self, conn: Connection, row: dict[str, Any]) -> Secret[bytes]:
+        """The material of a data-key row; DecryptionFailed if it was tampered with."""
+        domain = self.domain_cipher(conn, row["domain_key_id"])
+        aad = self._wrap_aad(row["id"], row["domain_key_id"], row["subject_id"], row["purpose"])
+        return Secret(domain.open(row["wrapped"], aad))
+
+    def active_domain_key_id(self, conn: Connection, purpose: str) -> str:
+        return self._active_id(conn, purpose)
+
     def forget(self, key_ids: Sequence[str]) -> None:
         """Drop unwrapped copies of destroyed keys from this process's memory."""
-        for key_id in key_ids:
-            self._data.pop(key_id, None)
+        doomed = set(key_ids)
+        for slot in [slot for slot in list(self._data) if slot[0] in doomed]:
+            self._data.pop(slot, None)
 
     def check(self) -> None:
         try:

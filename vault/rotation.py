@@ -176,22 +176,30 @@ class KeyLifecycle(AuditedOperations):
         """Compromise response: new material for every data key under `domain_key_id`, records re-sealed."""
         self._require(actor, "manage_keys", "reencrypt", origin, key_id=domain_key_id)
 
-        def work(conn: Connection) -> str:
-            row = conn.execute(select(domain_keys).where(domain_keys.c.id == domain_key_id)).mappings().first()
-            if row is None:
-                raise NotFound("no such domain key")
-            if row["active_for"] is not None:
-                self._keys.rotate_domain_key(conn, row["purpose"])
-            count = conn.execute(select(func.count()).select_from(data_keys)
-                                 .where(data_keys.c.domain_key_id == domain_key_id)).scalar_one()
-            job_id = self._new_job(conn, actor, "reencrypt", {"domain_key": domain_key_id,
-                                                             "rotated_at": _iso(self._clock())}, int(count))
-            self._trail.record(conn, [self._event(actor, "reencrypt", "allowed", origin, key_id=domain_key_id,
-                                                  detail=f"job={job_id} data_keys={count}")])
-            return job_id
-
-        job: str = self._audited(actor, "reencrypt", origin, work, key_id=domain_key_id)
+        job: str = self._audited(actor, "reencrypt", origin,
+                                 lambda conn: self.reencrypt_in(conn, actor, domain_key_id, origin),
+                                 key_id=domain_key_id)
         return job
+
+    def check_reencrypt(self, conn: Connection, params: dict[str, Any]) -> None:
+        """For dual control, at request time: the domain key exists."""
+        if conn.execute(select(domain_keys.c.id).where(domain_keys.c.id == params.get("domain_key"))).first() is None:
+            raise NotFound("no such domain key")
+
+    def reencrypt_in(self, conn: Connection, actor: Actor, domain_key_id: str, origin: Origin) -> str:
+        """Create the re-encryption job in the caller's transaction (also run by an approval)."""
+        row = conn.execute(select(domain_keys).where(domain_keys.c.id == domain_key_id)).mappings().first()
+        if row is None:
+            raise NotFound("no such domain key")
+        if row["active_for"] is not None:
+            self._keys.rotate_domain_key(conn, row["purpose"])
+        count = conn.execute(select(func.count()).select_from(data_keys)
+                             .where(data_keys.c.domain_key_id == domain_key_id)).scalar_one()
+        job_id = self._new_job(conn, actor, "reencrypt", {"domain_key": domain_key_id,
+                                                         "rotated_at": _iso(self._clock())}, int(count))
+        self._trail.record(conn, [self._event(actor, "reencrypt", "allowed", origin, key_id=domain_key_id,
+                                              detail=f"job={job_id} data_keys={count}")])
+        return job_id
 
     def _new_job(self, conn: Connection, actor: Actor, kind: str, params: dict[str, Any], total: int) -> str:
         job_id = f"job_{secrets.token_hex(8)}"
@@ -345,22 +353,28 @@ class KeyLifecycle(AuditedOperations):
     def retire(self, actor: Actor, below: int, origin: Origin) -> dict[str, Any]:
         """Raise the KEK's minimum decryption version, only once nothing references an older one."""
         self._require(actor, "manage_keys", "retire_keys", origin)
-        info = self._provider.info()
-        if not 1 < below <= info.latest_version:
-            raise ValidationFailed("below", f"must be 2 to {info.latest_version}")
-
-        def work(conn: Connection) -> dict[str, Any]:
-            remaining = conn.execute(select(func.count()).select_from(domain_keys)
-                                     .where(domain_keys.c.kek_version < below)).scalar_one()
-            if remaining:
-                raise Conflict(f"{remaining} domain keys still wrapped under a version below {below}")
-            self._provider.set_min_decryption_version(below)
-            self._trail.record(conn, [self._event(actor, "retire_keys", "allowed", origin,
-                                                  detail=f"min_decryption_version={below}")])
-            return {"min_decryption_version": below}
-
-        found: dict[str, Any] = self._audited(actor, "retire_keys", origin, work)
+        found: dict[str, Any] = self._audited(actor, "retire_keys", origin,
+                                              lambda conn: self.retire_in(conn, actor, below, origin))
         return found
+
+    def check_retire(self, conn: Connection, params: dict[str, Any]) -> None:
+        """For dual control, at request time: the version is sensible and nothing still needs older ones."""
+        below = params.get("below")
+        info = self._provider.info()
+        if not isinstance(below, int) or not 1 < below <= info.latest_version:
+            raise ValidationFailed("below", f"must be 2 to {info.latest_version}")
+        remaining = conn.execute(select(func.count()).select_from(domain_keys)
+                                 .where(domain_keys.c.kek_version < below)).scalar_one()
+        if remaining:
+            raise Conflict(f"{remaining} domain keys still wrapped under a version below {below}")
+
+    def retire_in(self, conn: Connection, actor: Actor, below: int, origin: Origin) -> dict[str, Any]:
+        """Retire in the caller's transaction (also run by an approval): check again, then act."""
+        self.check_retire(conn, {"below": below})
+        self._provider.set_min_decryption_version(below)
+        self._trail.record(conn, [self._event(actor, "retire_keys", "allowed", origin,
+                                              detail=f"min_decryption_version={below}")])
+        return {"min_decryption_version": below}
 
     def references_below(self, version: int) -> int:
         with self._engine.connect() as conn:

@@ -47,6 +47,7 @@ __all__ = [
     "privacy_requests",
     "retained_records",
     "disclosures",
+    "key_jobs",
     "operators",
     "operator_sessions",
     "totp_uses",
@@ -320,6 +321,29 @@ approvals = Table(
     Column("approved_by", String(40), nullable=True),
     Column("approved_at", UTCDateTime, nullable=True),
     Column("result", Text, nullable=True),  # JSON, non-sensitive
+)
+
+
+# -- key lifecycle: resumable rewrap and re-encryption jobs ----------------------------------
+
+key_jobs = Table(
+    "key_jobs",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("kind", String(16), nullable=False),  # rotate | reencrypt
+    Column("status", String(16), nullable=False),  # running | done | failed
+    Column("params", Text, nullable=False),
+    Column("phase", String(24), nullable=False),
+    Column("total", Integer, nullable=False),
+    Column("done", Integer, nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime, nullable=True),
+    Column("error", String(200), nullable=True),
+    Column("requested_by", String(128), nullable=False),
+    # One runner at a time, across processes and hosts: whoever holds an unexpired lease.
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_until", UTCDateTime, nullable=True),
 )
 
 

@@ -11,12 +11,34 @@ from sqlalchemy import select, text
 
 from api.wiring import Components
 from tests.conftest import Clock, auth
+from tests.support.operators import login, make_operator
 from vault.storage import data_keys, tokens
 
 PAN = "5555555555554444"
 CARD = {"pan": PAN, "exp_month": 7, "exp_year": 2099, "holder": "Erin Erasable"}
 EMAIL = "erin.erasable@example.net"
 HOME = {"name": "Erin Erasable", "line1": "9 Forgotten Road", "city": "Oslo", "country": "NO", "use": "shipping"}
+
+
+class Officer:
+    """A privacy officer logged in with password + TOTP; `stepped()` adds a fresh X-TOTP code."""
+
+    def __init__(self, client: FlaskClient, components: Components, clock: Clock, username: str) -> None:
+        self.operator = make_operator(components, username, "privacy_officer")
+        self.clock = clock
+        self.session = login(client, self.operator, self.operator.code(clock.now))
+
+    def plain(self) -> dict[str, str]:
+        return auth(self.session)
+
+    def stepped(self) -> dict[str, str]:
+        self.clock.advance(30)  # the next TOTP step: a code is accepted once only
+        return {**auth(self.session), "X-TOTP": self.operator.code(self.clock.now)}
+
+
+@pytest.fixture
+def officers(client: FlaskClient, components: Components, clock: Clock) -> tuple[Officer, Officer]:
+    return Officer(client, components, clock, "po-one"), Officer(client, components, clock, "po-two")
 
 
 @pytest.fixture
@@ -107,8 +129,11 @@ def _client_id(components: Components, name: str) -> str:
 
 
 def test_erasure_crypto_shreds_and_keeps_only_tax_records(client: FlaskClient, components: Components,
-                                                           keys: dict[str, str], customer: dict[str, str]) -> None:
-    answer = client.delete("/v1/subjects/cust-1", headers=auth(keys["privacy_officer"]))
+                                                           keys: dict[str, str], customer: dict[str, str],
+                                                           officers: tuple[Officer, Officer]) -> None:
+    assert client.delete("/v1/subjects/cust-1", headers=officers[0].plain()).status_code == 401  # no step-up
+    assert client.delete("/v1/subjects/cust-1", headers=auth(keys["privacy_officer"])).status_code in (401, 403)
+    answer = client.delete("/v1/subjects/cust-1", headers=officers[0].stepped())
     assert answer.status_code == 200
     receipt = answer.get_json()
     assert receipt["erased"] == {"card": 1, "email": 1, "address": 1, "cvv": 1}
@@ -138,12 +163,12 @@ def test_erasure_crypto_shreds_and_keeps_only_tax_records(client: FlaskClient, c
 
 def test_held_subject_survives_deletion_and_purge(client: FlaskClient, components: Components,
                                                   keys: dict[str, str], customer: dict[str, str],
-                                                  clock: Clock) -> None:
+                                                  clock: Clock, officers: tuple[Officer, Officer]) -> None:
     officer = auth(keys["privacy_officer"])
     hold = client.post("/v1/subjects/cust-1/holds", json={"reason": "case 2026-17", "until": "2099-01-01T00:00:00Z"},
                        headers=officer)
     assert hold.status_code == 201
-    refused = client.delete("/v1/subjects/cust-1", headers=officer)
+    refused = client.delete("/v1/subjects/cust-1", headers=officers[0].stepped())
     assert refused.status_code == 409
     clock.advance(400 * 86400)  # past the 13-month card rule
     from vault.audit import Actor
@@ -158,7 +183,8 @@ def test_held_subject_survives_deletion_and_purge(client: FlaskClient, component
 
 
 def test_marketing_refused_after_opt_out_and_for_minors(client: FlaskClient, keys: dict[str, str],
-                                                       customer: dict[str, str]) -> None:
+                                                       customer: dict[str, str],
+                                                       officers: tuple[Officer, Officer]) -> None:
     email = customer["email"]
     assert detok(client, keys["marketing"], email, "marketing")["value"] == EMAIL
     assert detok(client, keys["marketing"], customer["card"], "marketing")["error"]["code"] == "not_found"
@@ -170,7 +196,7 @@ def test_marketing_refused_after_opt_out_and_for_minors(client: FlaskClient, key
     assert detok(client, keys["marketing"], email, "marketing")["value"] == EMAIL
     other = client.post("/v1/tokens", json={"kind": "email", "value": "kid@example.net", "subject_id": "kid-1"},
                         headers=auth(keys["checkout"])).get_json()["token"]
-    minor = client.post("/v1/subjects/kid-1/minor", headers=auth(keys["privacy_officer"]))
+    minor = client.post("/v1/subjects/kid-1/minor", headers=officers[0].stepped())
     assert minor.status_code == 200 and minor.get_json()["erased"] == {"email": 1}
     assert detok(client, keys["marketing"], other, "marketing")["error"]["code"] == "not_found"
     again = client.put("/v1/subjects/kid-1/consents", json={"marketing": True}, headers=auth(keys["checkout"]))
@@ -188,16 +214,18 @@ def test_restriction_allows_only_legal_purpose(client: FlaskClient, keys: dict[s
 
 
 def test_disclosure_needs_two_distinct_officers(client: FlaskClient, keys: dict[str, str],
-                                                customer: dict[str, str]) -> None:
-    first, second = auth(keys["privacy_officer"]), auth(keys["officer2"])
+                                                customer: dict[str, str], officers: tuple[Officer, Officer]) -> None:
+    one, two = officers
+    first, second = one.plain(), two.plain()
     body = {"subject_id": "cust-1", "case_reference": "CR-9", "authority": "Court of Oslo",
             "justification": "court order 9/2026"}
-    made = client.post("/v1/disclosures", json=body, headers=first)
+    made = client.post("/v1/disclosures", json=body, headers=one.stepped())
     assert made.status_code == 202
     disclosure = made.get_json()["id"]
     assert client.post(f"/v1/disclosures/{disclosure}/collect", headers=first).status_code == 404  # not approved
-    assert client.post(f"/v1/disclosures/{disclosure}/approve", headers=first).status_code == 403  # own request
-    assert client.post(f"/v1/disclosures/{disclosure}/approve", headers=second).status_code == 200
+    assert client.post(f"/v1/disclosures/{disclosure}/approve", headers=one.stepped()).status_code == 403  # own
+    assert client.post(f"/v1/disclosures/{disclosure}/approve", headers=second).status_code == 401  # no step-up
+    assert client.post(f"/v1/disclosures/{disclosure}/approve", headers=two.stepped()).status_code == 200
     assert client.post(f"/v1/disclosures/{disclosure}/collect", headers=second).status_code == 404  # not theirs
     values = client.post(f"/v1/disclosures/{disclosure}/collect", headers=first).get_json()["values"]
     assert {v["kind"] for v in values} == {"card", "email", "address"}
@@ -206,6 +234,7 @@ def test_disclosure_needs_two_distinct_officers(client: FlaskClient, keys: dict[
     assert export["legal_disclosures"][0]["case_reference"] == "CR-9"
     assert export["legal_disclosures"][0]["status"] == "delivered"
     assert client.post("/v1/disclosures", json=body, headers=auth(keys["support"])).status_code == 403
+    assert keys["officer2"]
 
 
 def test_requests_register(client: FlaskClient, keys: dict[str, str], clock: Clock) -> None:

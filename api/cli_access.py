@@ -116,21 +116,34 @@ def operators_list() -> None:
         click.echo(json.dumps({name: _iso(value) for name, value in row.items()}))
 
 
+def _request_change(action: str, operator: str, session: str | None, totp: str | None) -> None:
+    parts = _components()
+    try:
+        step_up = _step_up(parts, session, totp, "manage_operators")
+        params = {"operator_id": parts.operators.id_of(operator)}
+        found = parts.approvals.request(step_up, action, params, _origin())
+    except VaultError as error:
+        _fail(error)
+    click.echo(json.dumps(found.public()))
+    click.echo(f"pending: another admin runs `tokenvault approvals approve {found.id}`", err=True)
+
+
 @operators.command("disable")
 @click.argument("operator")
 @_session_option
 @_totp_option
 def operators_disable(operator: str, session: str | None, totp: str | None) -> None:
     """Ask to disable OPERATOR (username or id): a second admin must approve (dual control)."""
-    parts = _components()
-    try:
-        step_up = _step_up(parts, session, totp, "manage_operators")
-        params = {"operator_id": parts.operators.id_of(operator)}
-        found = parts.approvals.request(step_up, "disable_operator", params, _origin())
-    except VaultError as error:
-        _fail(error)
-    click.echo(json.dumps(found.public()))
-    click.echo(f"pending: another admin runs `tokenvault approvals approve {found.id}`", err=True)
+    _request_change("disable_operator", operator, session, totp)
+
+
+@operators.command("enable")
+@click.argument("operator")
+@_session_option
+@_totp_option
+def operators_enable(operator: str, session: str | None, totp: str | None) -> None:
+    """Ask to enable OPERATOR again: a second admin must approve (dual control)."""
+    _request_change("enable_operator", operator, session, totp)
 
 
 # -- sessions ----------------------------------------------------------------------------------

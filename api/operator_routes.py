@@ -1,7 +1,8 @@
 """Operator management and dual-control approvals over HTTP (admins; step-up on every change).
 
-Creating an operator needs a step-up; disabling one files a request that a second
-admin approves (`POST /v1/approvals/<id>/approve`, with a step-up of their own).
+Every change needs a step-up and a second admin's approval (`POST /v1/approvals/<id>/approve`,
+with a step-up of their own): an operator created here starts disabled, with an
+`enable_operator` request filed for it; disabling or re-enabling one files a request too.
 """
 
 from __future__ import annotations
@@ -49,10 +50,22 @@ def list_operators() -> tuple[Response, int]:
 @blueprint.post("/operators")
 @require_step_up("manage_operators")
 def create_operator() -> tuple[Response, int]:
+    """The credentials, shown once, and the pending request that must enable the account."""
     body = parse(OperatorBody, json_body())
-    new = components().operators.create(current_step_up().actor, body.username, body.role, origin())
+    step_up = current_step_up()
+    new = components().operators.create(step_up.actor, body.username, body.role, origin())
+    pending = components().approvals.request(step_up, "enable_operator", {"operator_id": new.id}, origin())
     return jsonify({"id": new.id, "username": new.username, "role": new.role, "password": new.password.expose(),
-                    "totp_uri": new.totp_uri.expose()}), 201
+                    "totp_uri": new.totp_uri.expose(), "active": new.active, "approval": pending.public()}), 201
+
+
+@blueprint.post("/operators/<operator_id>/enable")
+@require_step_up("manage_operators")
+def enable_operator(operator_id: str) -> tuple[Response, int]:
+    """Dual control: files a pending request; a second admin approves it."""
+    params = {"operator_id": _checked(_OPERATOR_ID, "operator_id", operator_id)}
+    found = components().approvals.request(current_step_up(), "enable_operator", params, origin())
+    return jsonify(found.public()), 202
 
 
 @blueprint.post("/operators/<operator_id>/disable")

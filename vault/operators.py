@@ -1,7 +1,9 @@
 """Human operators (admins, privacy officers, auditors): accounts, login with TOTP, step-up.
 
 An operator logs in with a password (argon2id) and a TOTP code and gets a 15-minute
-session token. Sensitive actions ask again for a fresh TOTP code (step-up); every code
+session token. An operator created by another operator starts disabled until a second one
+approves `enable_operator`: otherwise one admin could create a second identity and approve
+their own dual-control requests with it. Sensitive actions ask again for a fresh TOTP code (step-up); every code
 is accepted once. Repeated failures lock the account for a time that doubles with each
 further failure. Every attempt is audited (action `login` / `step_up`), never the
 password or the code.
@@ -67,6 +69,7 @@ class NewOperator:
     role: str
     password: Secret[str]
     totp_uri: Secret[str]
+    active: bool
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,11 @@ class OperatorRegistry(AuditedOperations):
 
     def create(self, actor: Actor, username: str, role: str, origin: Origin,
                password: Secret[str] | None = None) -> NewOperator:
-        """A new operator with a TOTP seed; `actor` is HOST (the CLI) or an operator manager."""
+        """A new operator with a TOTP seed.
+
+        Created by HOST (the CLI, how the first admin comes to be) it is active at once; created by an
+        operator it stays disabled until another operator approves `enable_operator` (dual control).
+        """
         if actor != HOST:
             self._require(actor, "manage_operators", "create_operator", origin)
         if not _USERNAME.match(username):
@@ -121,6 +128,7 @@ class OperatorRegistry(AuditedOperations):
         password_hash = self._passwords.hash(password)  # slow on purpose: outside the transaction
         seed = new_seed()
         operator_id = f"op_{secrets.token_hex(8)}"
+        active = actor == HOST
 
         def work(conn: Connection) -> None:
             if conn.execute(select(operators.c.id).where(operators.c.username == username)).first() is not None:
@@ -130,13 +138,14 @@ class OperatorRegistry(AuditedOperations):
             conn.execute(insert(operators).values(
                 id=operator_id, username=username, role=role, password_hash=password_hash,
                 totp_sealed=data_key.cipher.seal(seed.expose().encode(), _seed_aad(operator_id, data_key.id)),
-                totp_key_id=data_key.id, failed_attempts=0, created_at=self._clock()))
+                totp_key_id=data_key.id, failed_attempts=0, created_at=self._clock(),
+                disabled_at=None if active else self._clock()))
             self._trail.record(conn, [self._event(actor, "create_operator", "allowed", origin,
-                                                  detail=f"operator={operator_id} role={role}")])
+                                                  detail=f"operator={operator_id} role={role} active={active}")])
 
         self._audited(actor, "create_operator", origin, work)
         return NewOperator(id=operator_id, username=username, role=role, password=password,
-                           totp_uri=provisioning_uri(seed, username))
+                           totp_uri=provisioning_uri(seed, username), active=active)
 
     def list(self, actor: Actor, origin: Origin) -> list[dict[str, Any]]:
         if actor != HOST:
@@ -199,6 +208,7 @@ class OperatorRegistry(AuditedOperations):
                 self._passwords.verify(None, password)
                 failure = "disabled"
             elif row["locked_until"] is not None and row["locked_until"] > now:
+                self._passwords.verify(None, password)  # same time as any other answer
                 failure = "locked"
             elif not self._passwords.verify(row["password_hash"], password):
                 failure = "password"
@@ -332,6 +342,25 @@ class OperatorRegistry(AuditedOperations):
                                                           operators.c.disabled_at.is_(None))).first()
         if found is None:
             raise NotFound("no such active operator")
+
+    def check_enable(self, conn: Connection, params: dict[str, Any]) -> None:
+        """At request time: the operator to enable exists and is disabled (or awaiting activation)."""
+        found = conn.execute(select(operators.c.id).where(operators.c.id == params.get("operator_id"),
+                                                          operators.c.disabled_at.is_not(None))).first()
+        if found is None:
+            raise NotFound("no such disabled operator")
+
+    def run_enable(self, conn: Connection, actor: Actor, params: dict[str, Any], origin: Origin) -> dict[str, Any]:
+        """Once approved: the operator may log in (a lockout, if any, is cleared)."""
+        operator_id = str(params["operator_id"])
+        changed = conn.execute(update(operators).where(operators.c.id == operator_id,
+                                                       operators.c.disabled_at.is_not(None))
+                               .values(disabled_at=None, failed_attempts=0, locked_until=None)).rowcount
+        if changed != 1:
+            raise Conflict("operator already enabled")
+        self._trail.record(conn, [self._event(actor, "enable_operator", "allowed", origin,
+                                              detail=f"operator={operator_id}")])
+        return {"operator_id": operator_id}
 
     def run_disable(self, conn: Connection, actor: Actor, params: dict[str, Any], origin: Origin) -> dict[str, Any]:
         """Once approved: disable the operator and end every session it has."""

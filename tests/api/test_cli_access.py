@@ -118,6 +118,9 @@ def test_login_and_a_step_up_action_with_dual_control(env: dict[str, str]) -> No
     rows = [json.loads(line) for line in run("operators", "list")[1].splitlines()]
     assert [r["username"] for r in rows if r["disabled_at"]] == ["mallory"]
     assert run("approvals", "list", "--session", mallory_session)[0] == 2  # her session ended
+    code, out = run("operators", "enable", "mallory", "--session", bob_session,
+                    "--totp", codes.next(seed_of(bob["totp_uri"])))
+    assert code == 0 and json.loads(out.splitlines()[0])["action"] == "enable_operator"
 
 
 def test_a_wrong_code_fails_login(env: dict[str, str]) -> None:

@@ -57,10 +57,34 @@ def test_creating_an_operator_needs_a_step_up(client: FlaskClient, components: C
     created = client.post("/v1/operators", json=body, headers={**session, "X-TOTP": alice.code(clock.now, 1)})
     assert created.status_code == 201
     new = created.get_json()
-    assert new["role"] == "auditor" and new["totp_uri"].startswith("otpauth://totp/")
+    assert new["role"] == "auditor" and new["totp_uri"].startswith("otpauth://totp/") and new["active"] is False
+    assert new["approval"]["action"] == "enable_operator" and new["approval"]["status"] == "pending"
     bob = Operator(id=new["id"], username="bob", role="auditor", password=new["password"],
                    seed=seed_of(new["totp_uri"]))
-    assert client.get("/v1/audit/events", headers=auth(login(client, bob, bob.code(clock.now)))).status_code == 200
+    refused = client.post("/v1/auth/login", json={"username": "bob", "password": bob.password,
+                                                  "totp": bob.code(clock.now)})
+    assert refused.status_code == 401  # not until a second admin enables the account
+    carol = make_operator(components, "carol", "admin")
+    carol_s = auth(login(client, carol, carol.code(clock.now)))
+    approved = client.post(f"/v1/approvals/{new['approval']['id']}/approve",
+                           headers={**carol_s, "X-TOTP": carol.code(clock.now, 1)})
+    assert approved.status_code == 200
+    assert client.get("/v1/audit/events", headers=auth(login(client, bob, bob.code(clock.now, 1)))).status_code == 200
+
+
+def test_one_admin_cannot_make_a_second_identity_to_approve_alone(client: FlaskClient, components: Components,
+                                                                  clock: Clock) -> None:
+    alice = make_operator(components, "alice", "admin")
+    session = auth(login(client, alice, alice.code(clock.now)))
+    new = client.post("/v1/operators", json={"username": "alice2", "role": "admin"},
+                      headers={**session, "X-TOTP": alice.code(clock.now, 1)}).get_json()
+    puppet = Operator(id=new["id"], username="alice2", role="admin", password=new["password"],
+                      seed=seed_of(new["totp_uri"]))
+    assert client.post("/v1/auth/login", json={"username": "alice2", "password": puppet.password,
+                                               "totp": puppet.code(clock.now)}).status_code == 401
+    own = client.post(f"/v1/approvals/{new['approval']['id']}/approve",
+                      headers={**session, "X-TOTP": alice.code(clock.now, -1)})
+    assert own.status_code == 403
 
 
 def test_roles_without_the_operation_get_403_before_any_code(client: FlaskClient, components: Components,

@@ -40,7 +40,7 @@ def test_create_stores_an_argon2id_hash_and_a_sealed_seed(components: Components
     assert PASSWORD not in row["password_hash"]
     assert alice.seed.encode() not in bytes(row["totp_sealed"])
     assert row["role"] == "admin" and row["failed_attempts"] == 0
-    assert events(components, "create_operator") == [("allowed", "host", f"operator={alice.id} role=admin")]
+    assert events(components, "create_operator") == [("allowed", "host", f"operator={alice.id} role=admin active=True")]
 
 
 def test_create_generates_a_password_and_an_otpauth_uri(components: Components) -> None:
@@ -74,7 +74,8 @@ def test_only_operator_managers_create_operators(components: Components, alice: 
     with pytest.raises(Forbidden):
         components.operators.create(auditor, "dave", "admin", ORIGIN)
     admin = Actor(id=alice.id, role="admin", name="alice")
-    assert components.operators.create(admin, "dave", "admin", ORIGIN).role == "admin"
+    dave = components.operators.create(admin, "dave", "admin", ORIGIN)
+    assert dave.role == "admin" and dave.active is False  # until a second admin enables it
 
 
 def test_login_gives_a_session_that_authenticates_as_the_operator(components: Components, clock: Clock,

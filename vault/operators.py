@@ -174,14 +174,13 @@ class OperatorRegistry(AuditedOperations):
 
     # -- login, sessions -----------------------------------------------------------------------
 
-    def _account(self, conn: Connection, **where: str) -> tuple[Any, Secret[str]] | None:
-        """An operator's row and unsealed TOTP seed, by username or id."""
-        column = operators.c.username if "username" in where else operators.c.id
+    def _account(self, conn: Connection, condition: Any) -> tuple[Any, Secret[str]] | None:
+        """The row of the operator matching `condition`, and its unsealed TOTP seed."""
         row = conn.execute(
             select(operators, data_keys.c.domain_key_id, data_keys.c.subject_id, data_keys.c.purpose,
                    data_keys.c.wrapped)
             .join(data_keys, data_keys.c.id == operators.c.totp_key_id)
-            .where(column == next(iter(where.values())))
+            .where(condition)
         ).mappings().first()
         if row is None:
             return None
@@ -196,7 +195,7 @@ class OperatorRegistry(AuditedOperations):
         now = self._clock()
         found = None
         if _USERNAME.match(username):
-            found = self._transaction(lambda conn: self._account(conn, username=username))
+            found = self._transaction(lambda conn: self._account(conn, operators.c.username == username))
         failure: str | None = None
         step: int | None = None
         if found is None:
@@ -297,7 +296,7 @@ class OperatorRegistry(AuditedOperations):
         if operation is not None:
             self._require(actor, operation, "step_up", origin, detail=detail)
         now = self._clock()
-        found = self._transaction(lambda conn: self._account(conn, id=actor.id))
+        found = self._transaction(lambda conn: self._account(conn, operators.c.id == actor.id))
         if found is None or found[0]["disabled_at"] is not None:
             raise self._deny(actor, "step_up", origin, Forbidden("step-up needs an operator session"), detail=detail)
         row, seed = found

@@ -79,8 +79,11 @@ def test_detokenize_quota_is_shared_by_both_workers_through_redis(tmp_path: Path
             alerts = conn.execute(select(func.count()).select_from(audit_events).where(
                 audit_events.c.action == "rate_limit", audit_events.c.outcome == "denied",
                 audit_events.c.actor == gateway["client_id"])).scalar_one()
+            writers = conn.execute(select(audit_events.c.writer).where(
+                audit_events.c.actor == gateway["client_id"])).scalars().all()
         engine.dispose()
         assert alerts == 7
+        assert len({writer.split(":")[1] for writer in writers}) == 2  # both worker processes answered
 
 
 def test_an_operator_is_created_logs_in_and_steps_up(tmp_path: Path) -> None:

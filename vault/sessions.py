@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection
 
 from vault.keys import KeyHierarchy
@@ -55,6 +55,9 @@ class Sessions:
         conn.execute(insert(operator_sessions).values(
             id=session.id, operator_id=operator_id, token_hash=self._hash(conn, token.expose()), created_at=now,
             expires_at=session.expires_at))
+        # Sessions over a day past their end serve no one (the audit trail keeps the logins): drop them.
+        conn.execute(delete(operator_sessions).where(operator_sessions.c.operator_id == operator_id,
+                                                     operator_sessions.c.expires_at < now - timedelta(days=1)))
         return session
 
     def find(self, conn: Connection, token: Secret[str], now: datetime) -> Any | None:

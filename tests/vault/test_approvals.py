@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from sqlalchemy import select
 
@@ -112,3 +114,28 @@ def test_requests_are_checked_when_filed(components: Components, clock: Clock, t
                                      {"operator_id": {"nested": "value"}}, ORIGIN)
     with pytest.raises(NotFound):
         components.approvals.approve(step_up(components, clock, team["bob"]), "apr_00000000000000000000", ORIGIN)
+
+
+def test_two_approvals_at_once_run_the_action_once(components: Components, clock: Clock,
+                                                   team: dict[str, Operator]) -> None:
+    request_id = request_disable(components, clock, team["alice"], team["erin"])
+    proofs = [step_up(components, clock, team[name]) for name in ("bob", "mallory")]
+    outcomes: list[str] = []
+    barrier = threading.Barrier(2)
+
+    def approve(proof: StepUp) -> None:
+        barrier.wait()
+        try:
+            outcomes.append(components.approvals.approve(proof, request_id, ORIGIN).status)
+        except Conflict:
+            outcomes.append("conflict")
+
+    threads = [threading.Thread(target=approve, args=(proof,)) for proof in proofs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["conflict", "executed"]
+    with components.engine.connect() as conn:
+        ran = conn.execute(select(audit_events.c.seq).where(audit_events.c.action == "disable_operator")).all()
+    assert len(ran) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,14 +17,16 @@ from vault.storage import audit_events
 
 
 @pytest.fixture
-def audited(tmp_path: Path, database_url: str) -> Components:
+def audited(tmp_path: Path, database_url: str) -> Iterator[Components]:
     """Components with a checkpoint sink, and a little traffic on two connections."""
     parts = make_components(tmp_path / "data", database_url,
                             TOKENVAULT_AUDIT_CHECKPOINT_DIR=str(tmp_path / "checkpoints"))
     for _ in range(3):
         record = tokenize_one(parts, "card", CARD)
         read(parts, GATEWAY, record.token, "payment")
-    return parts
+    yield parts
+    parts.trail.close()
+    parts.engine.dispose()
 
 
 def verify(parts: Components) -> tuple[bool, str | None]:

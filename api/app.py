@@ -124,9 +124,12 @@ def _record_lifecycle(parts: Components, action: str) -> None:
     try:
         with parts.engine.begin() as conn:
             parts.trail.record(conn, [event])
-    except (VaultError, SQLAlchemyError):
-        if action == "service_start":
-            raise
+    except (VaultError, SQLAlchemyError) as error:
+        # A worker that boots during a key-service or database outage must still come up: it
+        # answers 503 (fail closed per request) and recovers by itself. Refusing to boot would
+        # make gunicorn give up on the whole service.
+        get_logger("tokenvault.lifecycle").error("lifecycle event not audited", action=action,
+                                                 error=getattr(error, "code", type(error).__name__))
     if action == "service_stop":
         with contextlib.suppress(VaultError, SQLAlchemyError, OSError):
             parts.trail.checkpoint()

@@ -63,6 +63,21 @@ def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat().replace("+00:00", "Z")
 
 
+def _dead_here(owner: str) -> bool:
+    """Whether a lease owner `host:pid:nonce` is a process of this host that no longer runs."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname()[:30] or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def rekey_data_key(conn: Connection, keys: KeyHierarchy, row: dict[str, Any]) -> Cipher:
     """Give a data key new material (same id) and re-seal every record under it; returns the new cipher.
 
@@ -232,11 +247,15 @@ class KeyLifecycle(AuditedOperations):
             return [r[0] for r in conn.execute(select(key_jobs.c.id).where(key_jobs.c.status == "running"))]
 
     def _lease(self, conn: Connection, job_id: str) -> bool:
+        """Take or renew the job's lease: free, expired, ours, or held by a dead process on this host."""
         now = self._clock()
-        taken = conn.execute(update(key_jobs).where(
-            key_jobs.c.id == job_id, key_jobs.c.status == "running",
-            or_(key_jobs.c.lease_until.is_(None), key_jobs.c.lease_until < now, key_jobs.c.lease_owner == self._runner)
-        ).values(lease_owner=self._runner, lease_until=now + LEASE)).rowcount
+        holder = conn.execute(select(key_jobs.c.lease_owner).where(key_jobs.c.id == job_id)).scalar()
+        free = or_(key_jobs.c.lease_until.is_(None), key_jobs.c.lease_until < now,
+                   key_jobs.c.lease_owner == self._runner)
+        if holder and _dead_here(holder):
+            free = or_(free, key_jobs.c.lease_owner == holder)
+        taken = conn.execute(update(key_jobs).where(key_jobs.c.id == job_id, key_jobs.c.status == "running", free)
+                             .values(lease_owner=self._runner, lease_until=now + LEASE)).rowcount
         return taken == 1
 
     def run(self, job_id: str, *, batch: int = 500,

@@ -199,10 +199,6 @@ def test_rotation_killed_and_resumed_repeatedly_loses_nothing(vault: Vault) -> N
     read_all(vault.parts, {t: expected[t] for t in rng.sample(tokens, 2000)})
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: vault/rotation.py KeyLifecycle.run/_lease: a runner killed mid-job keeps its 60 s lease (LEASE), so "
-    "`tokenvault keys resume` right after the crash exits 2 with 'another runner holds this job' although no "
-    "runner is alive; it should take over (e.g. the owner pid on this host is gone) or wait for the lease"))
 def test_resume_right_after_a_crash_takes_the_job_over(vault: Vault) -> None:
     expected = fill(vault.parts, 6000)
     process = vault.start("keys", "rotate", "--batch", "50")

@@ -489,10 +489,6 @@ def test_key_service_outage_is_reported_as_such_not_as_audit_failure(
         parts.engine.dispose()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: api/app.py create_app -> _record_lifecycle('service_start') re-raises when the start event cannot be "
-    "audited; under gunicorn a worker (re)booting while Vault is sealed exits with code 3 and the master then "
-    "shuts the whole service down (\"Worker failed to boot\") instead of serving 503 until Vault is back"))
 def test_worker_booting_during_a_vault_outage_does_not_take_the_service_down(
     own_openbao: OpenBao, tmp_path: Path
 ) -> None:

@@ -11,8 +11,8 @@ from flask.testing import FlaskClient
 from api.app import create_app
 from api.wiring import Components
 from tests.conftest import Clock, auth, make_components
+from tests.support.cards import fill
 from tests.support.operators import Operator, login, make_operator
-from tests.vault.test_rotation import fill
 from vault.audit import Actor, Origin
 
 

@@ -29,9 +29,8 @@ from sqlalchemy import func, select, update
 
 from api.wiring import Components
 from tests.conftest import make_components
-from tests.vault.test_service import CHECKOUT, GATEWAY, HERE
+from tests.support.cards import HERE, fill, read_all
 from vault.audit import Actor
-from vault.service import TokenRecord, TokenRequest
 from vault.storage import domain_keys, key_jobs
 
 BIN = Path(sys.executable).with_name("tokenvault")
@@ -39,16 +38,6 @@ ADMIN = Actor(id="admin", role="admin")
 CACHE_SECONDS = "0.2"
 SEED = 20261124
 KILLS = 3
-
-
-def luhn_pan(number: int) -> str:
-    """A distinct, Luhn-valid 16-digit Visa number for each `number`."""
-    body = f"4{number:014d}"
-    total = 0
-    for position, digit in enumerate(reversed(body)):
-        value = int(digit) * (2 if position % 2 == 0 else 1)
-        total += value - 9 if value > 9 else value
-    return body + str((10 - total % 10) % 10)
 
 
 @dataclass
@@ -112,28 +101,6 @@ def vault(tmp_path: Path) -> Iterator[Vault]:
     parts.engine.dispose()
 
 
-def fill(parts: Components, count: int) -> dict[str, str]:
-    """`count` cards in batches of 1,000, every other one under one of 500 subjects; token -> PAN."""
-    out: dict[str, str] = {}
-    for start in range(0, count, 1000):
-        batch = [TokenRequest(kind="card", value={"pan": luhn_pan(i), "exp_month": 1 + i % 12, "exp_year": 2099},
-                              subject_id=f"cust-{i % 1000}" if i % 2 else None)
-                 for i in range(start, min(start + 1000, count))]
-        for request, result in zip(batch, parts.tokens.tokenize(CHECKOUT, batch, HERE), strict=True):
-            assert isinstance(result, TokenRecord), result
-            out[result.token] = request.value["pan"]
-    assert len(out) == count
-    return out
-
-
-def read_all(parts: Components, expected: dict[str, str]) -> None:
-    items = list(expected)
-    for start in range(0, len(items), 1000):
-        for result in parts.tokens.detokenize(GATEWAY, items[start:start + 1000], "payment", HERE):
-            assert result.error is None, (result.token, result.error)
-            assert result.value["pan"] == expected[result.token]
-
-
 def wait_until_working(vault: Vault, process: subprocess.Popen[str], timeout: float = 60) -> bool:
     """Wait until the job's done counter moves (the runner holds the lease and works); False if it exited first."""
     before = vault.job()
@@ -163,7 +130,7 @@ def kill_at_random(vault: Vault, process: subprocess.Popen[str], rng: random.Ran
 
 def test_rotation_killed_and_resumed_repeatedly_loses_nothing(vault: Vault) -> None:
     rng = random.Random(SEED)
-    expected = fill(vault.parts, 20_000)
+    expected = fill(vault.parts, 20_000, subjects=1000)
     tokens = list(expected)
 
     process = vault.start("keys", "rotate", "--batch", "200")

@@ -19,25 +19,14 @@ from sqlalchemy import select
 
 from api.wiring import Components
 from tests.conftest import make_components
+from tests.support.cards import HERE, fill, read_all
 from tests.support.openbao import OpenBao
-from tests.vault.test_service import CHECKOUT, GATEWAY, HERE
 from vault.audit import Actor
 from vault.errors import KeyServiceUnavailable
-from vault.service import TokenRecord, TokenRequest
 from vault.storage import domain_keys
 
 ADMIN = Actor(id="admin", role="admin")
 CACHE_SECONDS = 1.0
-
-
-def luhn_pan(number: int) -> str:
-    """A distinct, Luhn-valid 16-digit Visa number for each `number`."""
-    body = f"4{number:014d}"
-    total = 0
-    for position, digit in enumerate(reversed(body)):
-        value = int(digit) * (2 if position % 2 == 0 else 1)
-        total += value - 9 if value > 9 else value
-    return body + str((10 - total % 10) % 10)
 
 
 def vault_components(data_dir: Path, database_url: str, server: OpenBao, key_name: str) -> Components:
@@ -56,28 +45,6 @@ def vault(tmp_path: Path, database_url: str, openbao: OpenBao, key_name: str) ->
     parts = vault_components(tmp_path / "data", database_url, openbao, key_name)
     yield parts
     parts.engine.dispose()
-
-
-def fill(parts: Components, count: int) -> dict[str, str]:
-    """`count` cards in batches of 1,000, every other one under one of 100 subjects; token -> PAN."""
-    out: dict[str, str] = {}
-    for start in range(0, count, 1000):
-        batch = [TokenRequest(kind="card", value={"pan": luhn_pan(i), "exp_month": 1 + i % 12, "exp_year": 2099},
-                              subject_id=f"cust-{i % 100}" if i % 2 else None)
-                 for i in range(start, min(start + 1000, count))]
-        for request, result in zip(batch, parts.tokens.tokenize(CHECKOUT, batch, HERE), strict=True):
-            assert isinstance(result, TokenRecord), result
-            out[result.token] = request.value["pan"]
-    assert len(out) == count
-    return out
-
-
-def read_all(parts: Components, expected: dict[str, str]) -> None:
-    items = list(expected)
-    for start in range(0, len(items), 1000):
-        for result in parts.tokens.detokenize(GATEWAY, items[start:start + 1000], "payment", HERE):
-            assert result.error is None, result.error
-            assert result.value["pan"] == expected[result.token]
 
 
 def transit_key(server: OpenBao, key_name: str) -> dict[str, object]:

@@ -11,7 +11,8 @@ from sqlalchemy import func, select
 
 from api.wiring import Components
 from tests.conftest import make_components
-from tests.vault.test_service import CHECKOUT, GATEWAY, HERE, tokenize_one
+from tests.support.cards import CHECKOUT, GATEWAY, HERE, fill, read_all
+from tests.vault.test_service import tokenize_one
 from vault.audit import Actor
 from vault.errors import Conflict, Forbidden
 from vault.service import TokenRecord, TokenRequest
@@ -26,27 +27,6 @@ def vault(tmp_path: Path, database_url: str) -> Iterator[Components]:
     parts = make_components(tmp_path / "data", database_url, TOKENVAULT_KEY_CACHE_SECONDS="0.3")
     yield parts
     parts.engine.dispose()
-
-
-def fill(parts: Components, count: int) -> dict[str, str]:
-    """`count` card tokens, half of them under 50 subjects; returns token -> PAN."""
-    out: dict[str, str] = {}
-    for start in range(0, count, 1000):
-        batch = [TokenRequest(kind="card", value={"pan": CARDS[i % 4], "exp_month": 1, "exp_year": 2099},
-                              subject_id=f"s{i % 50}" if i % 2 else None)
-                 for i in range(start, min(start + 1000, count))]
-        for request, result in zip(batch, parts.tokens.tokenize(CHECKOUT, batch, HERE), strict=True):
-            assert isinstance(result, TokenRecord)
-            out[result.token] = request.value["pan"]
-    return out
-
-
-def read_all(parts: Components, expected: dict[str, str]) -> None:
-    items = list(expected)
-    for start in range(0, len(items), 1000):
-        for result in parts.tokens.detokenize(GATEWAY, items[start:start + 1000], "payment", HERE):
-            assert result.error is None, result.error
-            assert result.value["pan"] == expected[result.token]
 
 
 def test_rotate_10000_tokens_then_retire(vault: Components) -> None:

@@ -84,8 +84,14 @@ def test_rotate_10000_tokens_then_retire_kek_version_1(vault: Components, openba
 
 
 def _unseal_key(server: OpenBao) -> str:
+    """The dev server prints its banner (with the unseal key) a moment after it answers health checks."""
     assert server.log is not None
-    match = re.search(r"^Unseal Key: (\S+)\s*$", server.log.read_text(errors="replace"), re.MULTILINE)
+    deadline = time.monotonic() + 15
+    while True:
+        match = re.search(r"^Unseal Key: (\S+)\s*$", server.log.read_text(errors="replace"), re.MULTILINE)
+        if match or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert match, "the dev server printed no unseal key"
     return match.group(1)
 

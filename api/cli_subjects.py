@@ -101,12 +101,14 @@ def _service(parts: Components) -> TransferService:
 @click.option("--recipient-public-key", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=True)
 @click.option("--subjects", "subject_list", required=True, help="comma-separated subject ids")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True)
-def transfer_export(recipient_public_key: Path, subject_list: str, out: Path) -> None:
-    """Seal the chosen subjects for the acquirer; unreadable without its private key."""
+@click.option("--approval", "approval_id", required=True,
+              help="an executed transfer_export approval (POST /v1/transfers, approved by a second officer)")
+def transfer_export(recipient_public_key: Path, subject_list: str, out: Path, approval_id: str) -> None:
+    """Seal the chosen subjects for the acquirer; unreadable without its private key. Dual control, once."""
     parts = _parts()
     try:
         bundle = _service(parts).export(_actor(), [s for s in subject_list.split(",") if s],
-                                        recipient_public_key.read_bytes(), _origin())
+                                        recipient_public_key.read_bytes(), approval_id, _origin())
     except VaultError as error:
         _fail(error)
     _write_private(out, json.dumps(bundle))

@@ -15,10 +15,12 @@ from api.schemas import (
     HoldBody,
     RequestBody,
     RestrictionBody,
+    TransferBody,
 )
-from api.stepup import require_step_up
+from api.stepup import current_step_up, require_step_up
 from vault.errors import ValidationFailed
 from vault.subjects import check_subject_id
+from vault.transfer import recipient_fingerprint
 
 __all__ = ["blueprint"]
 
@@ -139,3 +141,15 @@ def approve_disclosure(disclosure_id: str) -> tuple[Response, int]:
 def collect_disclosure(disclosure_id: str) -> tuple[Response, int]:
     return jsonify(components().disclosures.collect(current_actor(), _id("disclosure_id", disclosure_id),
                                                            origin())), 200
+
+
+@blueprint.post("/transfers")
+@requires("export")
+@require_step_up("export")
+def request_transfer() -> tuple[Response, int]:
+    """Ask for a business transfer; a second officer approves it, then `tokenvault transfer export --approval`."""
+    body = parse(TransferBody, json_body())
+    params = {"subjects": ",".join(_subject(s) for s in body.subjects),
+              "recipient": recipient_fingerprint(body.recipient_public_key.encode())}
+    approval = components().approvals.request(current_step_up(), "transfer_export", params, origin())
+    return jsonify({"approval": approval.public()}), 202

@@ -176,3 +176,8 @@ class RetireBody(Strict):
 
 class ReencryptBody(Strict):
     domain_key: Annotated[StrictStr, Field(pattern=r"^dom_[0-9a-f]{24}$")]
+
+
+class TransferBody(Strict):
+    subjects: Annotated[list[SubjectId], Field(min_length=1, max_length=10)]
+    recipient_public_key: Annotated[StrictStr, Field(min_length=1, max_length=1000)]

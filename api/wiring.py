@@ -33,6 +33,7 @@ from vault.rotation import KeyLifecycle
 from vault.service import TokenService
 from vault.sessions import Sessions
 from vault.storage import create_engine_for
+from vault.transfer import check_transfer_params
 
 __all__ = ["Components", "build", "build_provider"]
 
@@ -105,6 +106,11 @@ def build(
         name="reencrypt_domain_key", operation="manage_keys", check=lifecycle.check_reencrypt,
         run=lambda conn, actor, params, origin: {
             "job_id": lifecycle.reencrypt_in(conn, actor, str(params["domain_key"]), origin)},
+        lifetime=timedelta(seconds=access.approval_seconds)))
+    # A business transfer hands data to another company: a second privacy officer approves it.
+    approvals.register(ApprovalAction(
+        name="transfer_export", operation="export", check=check_transfer_params,
+        run=lambda conn, actor, params, origin: {"approved": True},
         lifetime=timedelta(seconds=access.approval_seconds)))
     return Components(
         settings=settings,

@@ -10,7 +10,9 @@ keep working, and re-encrypts everything under the importing vault's own keys.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import re
 import secrets
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -25,17 +27,18 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 
 from vault.audit import Actor, AuditTrail, Origin
-from vault.errors import DecryptionFailed, ValidationFailed
+from vault.errors import DecryptionFailed, Forbidden, ValidationFailed
 from vault.operations import AuditedOperations
 from vault.policy import Policy
 from vault.service import TokenRecord, TokenRequest, TokenService
-from vault.storage import consents, tokens
+from vault.storage import approvals, audit_events, consents, tokens
 from vault.tokens import kind_of_token
 
 __all__ = ["TransferService", "seal_bundle", "open_bundle", "FORMAT"]
 
 FORMAT = "tokenvault-transfer-1"
 _INFO = b"tokenvault transfer bundle v1"
+_SUBJECT = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def _b64(data: bytes) -> str:
@@ -48,6 +51,27 @@ def _key(shared: bytes, salt: bytes) -> bytes:
 
 def _aad(manifest: dict[str, Any]) -> bytes:
     return json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+
+
+def recipient_fingerprint(public_pem: bytes) -> str:
+    """SHA-256 of the recipient's raw X25519 key: what a second officer approves."""
+    try:
+        key = serialization.load_pem_public_key(public_pem)
+    except ValueError:
+        raise ValidationFailed("recipient_public_key", "is not a PEM public key") from None
+    if not isinstance(key, X25519PublicKey):
+        raise ValidationFailed("recipient_public_key", "must be an X25519 public key")
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()
+
+
+def check_transfer_params(_conn: Connection, params: dict[str, Any]) -> None:
+    """For the approval request: a short list of subject ids and a key fingerprint."""
+    subjects = str(params.get("subjects", ""))
+    if not subjects or any(not _SUBJECT.fullmatch(s) for s in subjects.split(",")):
+        raise ValidationFailed("subjects", "must be comma-separated subject ids")
+    if not re.fullmatch(r"[0-9a-f]{64}", str(params.get("recipient", ""))):
+        raise ValidationFailed("recipient", "must be the recipient key's SHA-256 fingerprint")
 
 
 def seal_bundle(payload: dict[str, Any], manifest: dict[str, Any], recipient_public_pem: bytes) -> dict[str, Any]:
@@ -92,14 +116,30 @@ class TransferService(AuditedOperations):
         super().__init__(engine=engine, policy=policy, trail=trail, clock=clock)
         self._tokens = tokens_service
 
-    def export(self, actor: Actor, subject_ids: Sequence[str], recipient_public_pem: bytes,
+    def _check_approval(self, conn: Connection, approval_id: str, subject_ids: Sequence[str],
+                        recipient: str) -> None:
+        """Dual control: an executed `transfer_export` approval for exactly these subjects and this key, unused."""
+        row = conn.execute(select(approvals).where(approvals.c.id == approval_id)).mappings().first()
+        params = json.loads(row["params"]) if row else {}
+        if (row is None or row["action"] != "transfer_export" or row["status"] != "executed"
+                or params.get("subjects") != ",".join(subject_ids) or params.get("recipient") != recipient):
+            raise Forbidden("no approved transfer for these subjects and this recipient")
+        used = conn.execute(select(audit_events.c.seq).where(
+            audit_events.c.action == "transfer_export", audit_events.c.outcome == "allowed",
+            audit_events.c.detail.like(f"approval={approval_id} %"))).first()
+        if used is not None:
+            raise Forbidden("this transfer approval was already used")
+
+    def export(self, actor: Actor, subject_ids: Sequence[str], recipient_public_pem: bytes, approval_id: str,
                origin: Origin) -> dict[str, Any]:
-        """Seal the chosen subjects' data (never CVVs) for the acquirer."""
+        """Seal the chosen subjects' data (never CVVs) for the acquirer, once, as a second officer approved."""
         self._require(actor, "export", "transfer_export", origin)
         if not subject_ids:
             raise ValidationFailed("subjects", "name at least one subject")
+        recipient = recipient_fingerprint(recipient_public_pem)
 
         def work(conn: Connection) -> dict[str, Any]:
+            self._check_approval(conn, approval_id, subject_ids, recipient)
             now = self._clock()
             people = []
             for subject_id in subject_ids:
@@ -114,7 +154,8 @@ class TransferService(AuditedOperations):
             manifest: dict[str, Any] = {"created_at": now.isoformat(), "subjects": list(subject_ids),
                         "counts": {p["subject_id"]: len(p["tokens"]) for p in people}}
             self._trail.record(conn, [self._event(actor, "transfer_export", "allowed", origin, subject_id=s,
-                                                  detail=f"tokens={manifest['counts'][s]}") for s in subject_ids])
+                                                  detail=f"approval={approval_id} tokens={manifest['counts'][s]}")
+                                      for s in subject_ids])
             return seal_bundle({"subjects": people}, manifest, recipient_public_pem)
 
         bundle: dict[str, Any] = self._audited(actor, "transfer_export", origin, work)

@@ -5,19 +5,23 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from api.cli import main
+from api.wiring import Components
 from tests.conftest import make_components
+from tests.support.operators import make_operator
 from tests.vault.test_service import CARD, GATEWAY, HERE, read, tokenize_one
 from vault.audit import Actor
 from vault.errors import DecryptionFailed
 from vault.migrate import upgrade
+from vault.secret import Secret
 from vault.storage import create_engine_for
-from vault.transfer import open_bundle
+from vault.transfer import open_bundle, recipient_fingerprint
 
 
 def use(monkeypatch: pytest.MonkeyPatch, data_dir: Path, url: str, key: str) -> None:
@@ -48,6 +52,19 @@ def test_export_and_requests(tmp_path: Path, database_url: str, monkeypatch: pyt
     assert json.loads(run("purge"))["purged"] == 0
 
 
+def approved_transfer(parts: Components, subjects: str, recipient: str) -> str:
+    """Two privacy officers: one files the transfer, the other approves it (each with a fresh TOTP code)."""
+    now = datetime.now(UTC)
+    proofs = []
+    for name in ("po-files", "po-approves"):
+        officer = make_operator(parts, name, "privacy_officer")
+        actor = Actor(id=officer.id, role="privacy_officer", name=name)
+        proofs.append(parts.operators.step_up(actor, Secret(officer.code(now)), HERE, operation="export"))
+    filed = parts.approvals.request(proofs[0], "transfer_export", {"subjects": subjects, "recipient": recipient},
+                                    HERE)
+    return parts.approvals.approve(proofs[1], filed.id, HERE).id
+
+
 def test_transfer_round_trip_between_two_vaults(tmp_path: Path, sqlite_url: str,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     source_key = base64.b64encode(secrets.token_bytes(32)).decode()
@@ -56,7 +73,7 @@ def test_transfer_round_trip_between_two_vaults(tmp_path: Path, sqlite_url: str,
     email = tokenize_one(source, "email", "mover@example.com", subject_id="moving-1", deterministic=True)
     tokenize_one(source, "cvv", "999", subject_id="moving-1")
     tokenize_one(source, "email", "stays@example.com", subject_id="staying-2")
-    source.engine.dispose()
+    source_approvals = source  # the approval is filed and approved below, once the recipient key exists
 
     target_key = base64.b64encode(secrets.token_bytes(32)).decode()
     target_url = f"sqlite:///{tmp_path / 'target.db'}"
@@ -69,9 +86,20 @@ def test_transfer_round_trip_between_two_vaults(tmp_path: Path, sqlite_url: str,
 
     use(monkeypatch, tmp_path / "src", sqlite_url, source_key)
     bundle_path = tmp_path / "bundle.json"
+    public = (tmp_path / "acquirer.pem.pub").read_bytes()
+    approval = approved_transfer(source_approvals, "moving-1", recipient_fingerprint(public))
+    source.engine.dispose()
+    refused = CliRunner().invoke(main, ["transfer", "export", "--recipient-public-key",
+                                        str(tmp_path / "acquirer.pem.pub"), "--subjects", "moving-1,staying-2",
+                                        "--out", str(bundle_path), "--approval", approval])
+    assert refused.exit_code == 2  # the approval names other subjects
     counts = json.loads(run("transfer", "export", "--recipient-public-key", str(tmp_path / "acquirer.pem.pub"),
-                            "--subjects", "moving-1", "--out", str(bundle_path)))
+                            "--subjects", "moving-1", "--out", str(bundle_path), "--approval", approval))
     assert counts == {"moving-1": 2}  # card and email; never the CVV
+    again = CliRunner().invoke(main, ["transfer", "export", "--recipient-public-key",
+                                      str(tmp_path / "acquirer.pem.pub"), "--subjects", "moving-1",
+                                      "--out", str(tmp_path / "twice.json"), "--approval", approval])
+    assert again.exit_code == 2  # an approval is good for one export
     raw = bundle_path.read_text()
     assert "mover@example.com" not in raw and CARD["pan"] not in raw.replace(" ", "")
 

@@ -249,3 +249,23 @@ def test_requests_register(client: FlaskClient, keys: dict[str, str], clock: Clo
                        headers=officer).status_code == 204
     assert client.get("/v1/privacy/requests", headers=officer).get_json() == {"requests": []}
     assert client.get("/v1/privacy/requests", headers=auth(keys["checkout"])).status_code == 403
+
+
+def test_business_transfer_needs_a_second_officer(client: FlaskClient, officers: tuple[Officer, Officer],
+                                                  customer: dict[str, str]) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    one, two = officers
+    public = X25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    body = {"subjects": ["cust-1"], "recipient_public_key": public}
+    assert client.post("/v1/transfers", json=body, headers=one.plain()).status_code == 401  # no step-up
+    made = client.post("/v1/transfers", json=body, headers=one.stepped())
+    assert made.status_code == 202
+    approval = made.get_json()["approval"]
+    assert approval["action"] == "transfer_export" and approval["status"] == "pending"
+    assert client.post(f"/v1/approvals/{approval['id']}/approve", headers=one.stepped()).status_code == 403
+    done = client.post(f"/v1/approvals/{approval['id']}/approve", headers=two.stepped())
+    assert done.status_code == 200 and done.get_json()["status"] == "executed"
+    assert customer["card"]

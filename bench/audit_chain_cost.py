@@ -8,11 +8,9 @@ The unchained trail exists only here, for measurement; the service has no such s
 from __future__ import annotations
 
 import argparse
-import base64
 import itertools
-import secrets
 import statistics
-import tempfile
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,12 +18,12 @@ from pathlib import Path
 from sqlalchemy import insert
 from sqlalchemy.engine import Connection
 
-from api.settings import Settings
-from api.wiring import build
 from vault.audit import AuditEvent, AuditTrail, Origin
-from vault.migrate import upgrade
 from vault.service import TokenRequest, TokenService
 from vault.storage import audit_events
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.embedded import drop_postgres, fresh_vault
 
 _counter = itertools.count(1)
 
@@ -43,54 +41,13 @@ class UnchainedTrail(AuditTrail):
         conn.execute(insert(audit_events), rows)
 
 
-def _fresh_postgres(url: str) -> str:
-    """A new, empty database next to the one named, so runs never share keys or rows."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    from vault.storage import normalise_url
-
-    base = make_url(normalise_url(url))
-    name = f"tv_bench_{secrets.token_hex(4)}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return base.set(database=name).render_as_string(hide_password=False)
-
-
-def _drop_postgres(url: str) -> None:
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    target = make_url(url)
-    admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
-    admin.dispose()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--ops", type=int, default=400)
     parser.add_argument("--database-url", default=None)
     args = parser.parse_args()
-    data_dir = Path(tempfile.mkdtemp(prefix="tv-bench-"))
-    url = args.database_url or f"sqlite:///{data_dir / 'bench.db'}"
-    if url.startswith("postgres"):
-        url = _fresh_postgres(url)
-    settings = Settings.from_env({
-        "TOKENVAULT_DATA_DIR": str(data_dir),
-        "TOKENVAULT_DATABASE_URL": url,
-        "TOKENVAULT_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
-        "TOKENVAULT_LOG_LEVEL": "warning",
-    })
-    parts = build(settings)
-    parts.provider.initialise()
-    upgrade(parts.engine)
-    with parts.engine.begin() as conn:
-        parts.keys.ensure_domain_keys(conn)
+    parts, url = fresh_vault(args.database_url, "tv-bench-")
     unchained = TokenService(engine=parts.engine, keys=parts.keys, policy=parts.policy,
                              trail=UnchainedTrail(parts.keys))
     from vault.audit import Actor
@@ -119,7 +76,7 @@ def main() -> None:
     print(f"chain cost: {cost:.1%} of throughput (median of paired ratios; target < 20 %)")
     parts.engine.dispose()
     if url.startswith("postgres"):
-        _drop_postgres(url)
+        drop_postgres(url)
 
 
 if __name__ == "__main__":

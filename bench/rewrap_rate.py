@@ -8,20 +8,14 @@ domain keys, and times the rewrap job that follows (the same code `tokenvault ke
 from __future__ import annotations
 
 import argparse
-import base64
-import secrets
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from api.settings import Settings
-from api.wiring import build
-from bench.audit_chain_cost import _drop_postgres, _fresh_postgres
+from bench.embedded import drop_postgres, fresh_vault
 from vault.audit import Actor, Origin
-from vault.migrate import upgrade
 from vault.service import TokenRequest
 
 
@@ -31,18 +25,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--database-url", default=None)
     args = parser.parse_args()
-    data_dir = Path(tempfile.mkdtemp(prefix="tv-rewrap-"))
-    url = args.database_url or f"sqlite:///{data_dir / 'bench.db'}"
-    if url.startswith("postgres"):
-        url = _fresh_postgres(url)
-    parts = build(Settings.from_env({
-        "TOKENVAULT_DATA_DIR": str(data_dir), "TOKENVAULT_DATABASE_URL": url,
-        "TOKENVAULT_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
-        "TOKENVAULT_KEY_CACHE_SECONDS": "1", "TOKENVAULT_LOG_LEVEL": "warning"}))
-    parts.provider.initialise()
-    upgrade(parts.engine)
-    with parts.engine.begin() as conn:
-        parts.keys.ensure_domain_keys(conn)
+    parts, url = fresh_vault(args.database_url, "tv-rewrap-", TOKENVAULT_KEY_CACHE_SECONDS="1")
     checkout, admin, origin = Actor(id="bench", role="checkout"), Actor(id="bench-admin", role="admin"), Origin()
     card = {"pan": "4111111111111111", "exp_month": 12, "exp_year": 2099}
     started = time.perf_counter()
@@ -58,7 +41,7 @@ def main() -> None:
           f"(batch {args.batch}; status {state['status']})")
     parts.engine.dispose()
     if url.startswith("postgres"):
-        _drop_postgres(url)
+        drop_postgres(url)
 
 
 if __name__ == "__main__":

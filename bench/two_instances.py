@@ -19,7 +19,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.audit_chain_cost import _drop_postgres, _fresh_postgres
+from bench.embedded import drop_postgres, fresh_postgres
 from bench.run_http import (
     UNLIMITED,
     Processes,
@@ -84,7 +84,7 @@ def main() -> int:
     common = {**base, "TOKENVAULT_WORKERS": str(args.workers), "TOKENVAULT_RATE_LIMIT": UNLIMITED,
               "TOKENVAULT_DETOKENIZE_RATE_LIMIT": UNLIMITED}
     processes = Processes()
-    url = _fresh_postgres(args.database_url)
+    url = fresh_postgres(args.database_url)
     table: dict[str, dict[str, dict[str, Any]]] = {}
     try:
         for label, env, count in (("postgresql x2", {**common, "TOKENVAULT_DATA_DIR": str(work / "pg"),
@@ -103,7 +103,7 @@ def main() -> int:
             processes.stop_all()
     finally:
         processes.stop_all()
-        _drop_postgres(url)
+        drop_postgres(url)
     print("| setup | endpoint | req/s | p99 ms | errors |\n|---|---|---:|---:|---:|")
     errors = 0
     for label, cases in table.items():

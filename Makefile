@@ -29,8 +29,9 @@ typecheck: setup
 test: setup lint typecheck
 	$(BIN)/pytest -n 2 --durations=10 $(PYTEST_ARGS)
 
+# Every case of issue #9 in one run (~7 min; needs wrk): bench/results/<UTC>.{json,md,png}, docs/bench/latest.*
 bench: setup
-	$(BIN)/python bench/run_http.py
+	$(BIN)/python bench/run.py --publish $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -20,17 +20,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.embedded import drop_postgres, fresh_postgres
-from bench.run_http import (
-    UNLIMITED,
-    Processes,
-    check_detokenize,
-    cli,
-    create_client,
-    create_tokens,
-    find_tokenvault,
-    free_port,
-    run_wrk,
-)
+from bench.harness.procs import Processes, find_tokenvault, free_port
+from bench.harness.vaultdata import UNLIMITED, cli, create_client, create_tokens, read_back, write_tokens
+from bench.harness.wrk import run_wrk
 
 
 def start_vault(processes: Processes, tokenvault: Path, env: dict[str, str], work: Path, name: str,
@@ -56,7 +48,8 @@ def measure(args: argparse.Namespace, urls: list[str], seconds: int, keys: dict[
         extra = [str(tokens_file)] if case == "detokenize" else []
         def drive(target: str, case: str = case, env: dict[str, str] = env, extra: list[str] = extra,
                   results: list[dict[str, Any]] = results) -> None:
-            results.append(run_wrk(args, case, target, seconds, env, extra))
+            results.append(run_wrk(case, target, seconds, threads=args.threads, connections=args.connections,
+                                   env=env, script_args=extra))
 
         threads = [threading.Thread(target=drive, args=(url,)) for url in urls]
         for thread in threads:
@@ -95,9 +88,9 @@ def main() -> int:
                     "detokenize": create_client(tokenvault, env, "payment_gateway")}
             urls = [start_vault(processes, tokenvault, env, work, f"{label[:2]}{i}", args.workers)
                     for i in range(count)]
-            tokens_file = work / f"tokens-{count}.txt"
-            create_tokens(urls[0], keys["tokenize"], 1000, tokens_file)
-            check_detokenize(urls[-1], keys["detokenize"], tokens_file)
+            tokens = create_tokens(urls[0], keys["tokenize"], 1000)
+            read_back(urls[-1], keys["detokenize"], tokens)
+            tokens_file = write_tokens(tokens, work / f"tokens-{count}.txt")
             seconds = args.duration if count == 2 else args.sqlite_duration
             table[label] = measure(args, urls, seconds, keys, tokens_file, base)
             processes.stop_all()

@@ -1,0 +1,102 @@
+"""bench/run.py's arithmetic and report on synthetic runs: no servers, no wrk (the real run is `make bench`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.harness import report
+from bench.harness.cases import Case, summarise
+from bench.harness.wrk import parse_wrk
+
+WRK_OUT = """Running 2s test @ http://127.0.0.1:1
+  2 threads and 32 connections
+  Non-2xx or 3xx responses: 3
+WRK_JSON {"requests":2000,"duration_us":2000000,"bytes":1,"errors":{"connect":0,"read":1,"write":0,"status":3,\
+"timeout":0},"latency_us":{"mean":1.0,"stdev":1.0,"max":9000,"p50":4000,"p90":8000,"p99":20000,"p999":30000}}
+"""
+
+
+def wrk_run(case: Case, requests: int, seconds: float, p50_ms: float, p99_ms: float, **extra: Any) -> dict[str, Any]:
+    return {"case": case.key, "op": case.op, "setup": case.setup, "requests": requests,
+            "duration_us": int(seconds * 1e6), "items": requests * case.items_per_request, "http_errors": 0,
+            "latency_us": {"p50": p50_ms * 1000, "p99": p99_ms * 1000}, **extra}
+
+
+def test_parse_wrk_counts_status_and_socket_errors() -> None:
+    stats = parse_wrk("tokenize", WRK_OUT)
+    assert stats["requests_per_sec"] == pytest.approx(1000)
+    assert stats["http_errors"] == 4 and stats["non_2xx_3xx"] == 3
+
+
+def synthetic() -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    hello = Case("hello", "hello", 1)
+    tok = Case("tokenize", "sqlite-local", 1, metrics_url="x")
+    det = Case("detokenize", "sqlite-local", 1, metrics_url="x")
+    batch = Case("batch_tokenize", "sqlite-local", 1, items_per_request=1000, metrics_url="x")
+    transit = Case("transit_encrypt", "openbao", 1)
+    raw = Case("raw_limit", "in-process", 0, runner=dict)
+    runs = [wrk_run(hello, 1000, 1, 5, 8), wrk_run(hello, 3000, 1, 5, 10),  # 2,000 req/s over both runs
+            wrk_run(tok, 1400, 1, 20, 24, kms_calls=1, item_errors=0),
+            wrk_run(det, 1000, 1, 30, 40, kms_calls=0, item_errors=2),
+            wrk_run(batch, 30, 1, 100, 200, kms_calls=0, item_errors=0),
+            wrk_run(transit, 5000, 1, 1, 3),
+            {"case": raw.key, "op": "raw_limit", "setup": "in-process", "items": 50_000,
+             "items_per_sec": {"encrypt+insert": 90_000.0}},
+            {"case": raw.key, "op": "raw_limit", "setup": "in-process", "items": 50_000,
+             "items_per_sec": {"encrypt+insert": 100_000.0}}]
+    summary = summarise([hello, tok, det, batch, transit, raw], runs)
+    memory = {"sqlite-local": {"workers": 2, "worker_rss_mb": {"1": 90.0, "2": 120.0}, "max_worker_rss_mb": 120.0,
+                               "tokens_created": 100_000}}
+    return summary, memory
+
+
+def test_summary_ratios_and_targets() -> None:
+    summary, memory = synthetic()
+    assert summary["hello@hello"]["requests_per_sec"] == pytest.approx(2000)
+    assert summary["hello@hello"]["p99_ms"] == pytest.approx(9)  # median of the runs
+    assert summary["tokenize@sqlite-local"]["ratio"] == pytest.approx(0.7)
+    assert summary["batch_tokenize@sqlite-local"]["items_per_sec"] == pytest.approx(30_000)
+    assert summary["raw_limit@in-process"]["items_per_sec"] == 100_000  # best run
+    assert summary["batch_tokenize@sqlite-local"]["ratio"] == pytest.approx(0.3)
+
+    targets = report.evaluate(summary, memory, {"postgres": "PostgreSQL cases skipped: unreachable"}, 32)
+    met = {(t["key"], t["setup"]): t["met"] for t in targets}
+    assert met[("tokenize_vs_hello", "sqlite-local")] is True
+    assert met[("tokenize_p99", "sqlite-local")] is True
+    assert met[("detokenize_vs_hello", "sqlite-local")] is False
+    assert met[("detokenize_p99", "sqlite-local")] is False
+    assert met[("tokenize_vs_hello", "postgres")] is None
+    assert met[("batch_tokenize_vs_raw", "sqlite-local")] is True
+    assert met[("batch_tokenize_vs_transit", "sqlite-local")] is True
+    assert met[("batch_detokenize_vs_raw", "sqlite-local")] is None
+    assert met[("kms_per_1000", "sqlite-local")] is True  # 1 call / 32,400 items
+    assert met[("rss_per_worker", "sqlite-local")] is True
+    assert met[("postgres_tokenize_vs_hello", "postgres")] is None
+    memory["sqlite-local"]["tokens_created"] = 99_999
+    targets = report.evaluate(summary, memory, {}, 32)
+    assert next(t for t in targets if t["key"] == "rss_per_worker")["met"] is None
+
+
+def test_markdown_and_chart(tmp_path: Path) -> None:
+    from bench.harness import chart
+
+    summary, memory = synthetic()
+    record = {"started_at": "2026-01-02T03:04:05+00:00", "command": "python bench/run.py", "git": "abc",
+              "settings": {"rounds": 2, "warmup": 2, "threads": 2, "connections": 32, "duration": 4,
+                           "batch_items": 1000, "batch_connections": 4, "batch_duration": 4, "workers": 2,
+                           "min_tokens": 100_000},
+              "machine": {"cpus": 2, "platform": "Linux", "python": "3.11", "wrk": "wrk 4",
+                          "loadavg_before": (0.1, 0.2, 0.3), "loadavg_after": (1.0, 1.0, 1.0)},
+              "summary": summary, "targets": report.evaluate(summary, memory, {}, 32), "memory": memory,
+              "audit_chain": {"sqlite": {"engine": "sqlite", "chained_ops_per_sec": 900.0,
+                                         "unchained_ops_per_sec": 1000.0, "cost": 0.1}},
+              "notes": ["PostgreSQL cases skipped"], "wall_seconds": 12.0}
+    text = report.markdown(record, "latest.png")
+    assert "![throughput and latency per case](latest.png)" in text
+    assert "| **2** (0 HTTP, 2 item) |" in text
+    assert "**not met**" in text and "10.0%" in text and "load average 0.10 / 0.20 / 0.30 before" in text
+    png = chart.draw(summary, tmp_path / "chart.png", "test")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

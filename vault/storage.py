@@ -33,6 +33,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Dialect, Engine, make_url
 from sqlalchemy.sql.expression import Insert
 
+from vault.writer_lock import GatedConnection
+
 __all__ = [
     "metadata",
     "domain_keys",
@@ -371,13 +373,20 @@ def _sqlite_setup(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
+        driver = conn.connection.driver_connection
+        if isinstance(driver, GatedConnection):
+            driver.acquire()
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def create_engine_for(url: str, *, pool_size: int = 5, statement_timeout_ms: int = 5000) -> Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):
-        engine = create_engine(url, hide_parameters=True, connect_args={"timeout": 10, "check_same_thread": False})
+        connect_args: dict[str, Any] = {"timeout": 10, "check_same_thread": False}
+        database = make_url(url).database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            connect_args["factory"] = GatedConnection
+        engine = create_engine(url, hide_parameters=True, connect_args=connect_args)
         _sqlite_setup(engine)
         return engine
     return create_engine(

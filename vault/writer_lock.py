@@ -1,0 +1,66 @@
+"""One writer at a time on an embedded SQLite file, handed over by the kernel, not by sleeping.
+
+Every vault operation writes (its audit events at least), so on SQLite every transaction is a
+writer and they all queue for the one write lock. SQLite makes a writer that finds the lock
+taken sleep and retry (1, 2, 5, 10 ... 100 ms): with two gunicorn workers that sleep, not the
+work, set throughput and p99. Here each connection first takes an exclusive flock(2) on a lock
+file beside the database, which the kernel grants the moment the holder releases it, and only
+then BEGIN IMMEDIATE; the lock is released after COMMIT or ROLLBACK.
+
+Each connection opens its own file description, so the lock also separates threads of one
+process. The wait has no timeout of its own: the holder is a live transaction, a worker that
+hangs holding it is killed by gunicorn's timeout, and the kernel drops a dead process's lock.
+Processes that do not take the lock (the sqlite3 shell) still meet SQLite's busy timeout.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+__all__ = ["GatedConnection", "lock_path_for"]
+
+
+def lock_path_for(database: str) -> Path:
+    return Path(database + ".writer-lock")
+
+
+class GatedConnection(sqlite3.Connection):
+    """A sqlite3 connection that holds the file's writer lock from `acquire()` to commit or rollback."""
+
+    def __init__(self, database: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(database, *args, **kwargs)
+        self._lock_fd = os.open(lock_path_for(str(database)), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._held = False
+
+    def acquire(self) -> None:
+        if not self._held:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            self._held = True
+
+    def _release(self) -> None:
+        if self._held:
+            self._held = False
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def commit(self) -> None:
+        super().commit()
+        self._release()  # a failed commit keeps the lock until the rollback that follows it
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            self._release()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self._lock_fd >= 0:
+                self._release()
+                os.close(self._lock_fd)
+                self._lock_fd = -1

@@ -35,6 +35,10 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _digest(key: Secret[bytes], api_key: str) -> bytes:
+    return hmac.new(key.expose(), api_key.encode("utf-8"), hashlib.sha256).digest()
+
+
 class ClientRegistry:
     """Creates clients and authenticates their API keys."""
 
@@ -60,8 +64,7 @@ class ClientRegistry:
         )
 
     def _hash(self, conn: Connection, api_key: str) -> bytes:
-        key = self._keys.hmac_key(conn, "auth").expose()
-        return hmac.new(key, api_key.encode("utf-8"), hashlib.sha256).digest()
+        return _digest(self._keys.hmac_key(conn, "auth"), api_key)
 
     def _host_event(self, conn: Connection, action: str, client_id: str, detail: str = "") -> None:
         """Credential changes made from the CLI are audit events too (PCI DSS 10.2.1.5)."""
@@ -148,6 +151,11 @@ class ClientRegistry:
         raw = api_key.expose() if api_key is not None else ""
         if not raw.startswith(API_KEY_PREFIX) or len(raw) > _MAX_KEY_LENGTH:
             raise Unauthenticated("invalid credentials")
+        if self._cache is not None and (key := self._keys.cached_hmac_key("auth")) is not None:
+            # The common case touches no connection at all: key and answer both in memory.
+            cached = self._cache.get(_digest(key, raw))
+            if cached is not None:
+                return cached
         with self._engine.connect() as conn:
             digest = self._hash(conn, raw)
             if self._cache is not None and (cached := self._cache.get(digest)) is not None:

@@ -143,6 +143,11 @@ class KeyHierarchy:
         """Key for keyed hashes (PCI DSS 3.5.1.1), held like every other domain key."""
         return self._domain_secret(conn, self._active_id(conn, purpose))
 
+    def cached_hmac_key(self, purpose: str) -> Secret[bytes] | None:
+        """The active key of `purpose` if this process holds it already, else None (no I/O)."""
+        key_id = self._active.get(purpose)
+        return self._domain.get(key_id) if key_id is not None else None
+
     def active_hmac_key(self, conn: Connection, purpose: str) -> tuple[str, Secret[bytes]]:
         key_id = self._active_id(conn, purpose)
         return key_id, self._domain_secret(conn, key_id)

@@ -20,7 +20,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from vault.audit import Actor, AuditEvent, AuditTrail, Origin
@@ -53,6 +53,27 @@ __all__ = ["TokenService", "TokenRequest", "TokenRecord", "Detokenized", "Limits
 
 _TOKEN_RETRIES = 8
 SYSTEM = Actor(id="system", role="system")
+
+
+# Hot-path statements built once: building and coercing them per call cost more than running them.
+_LIVE_ROWS = (
+    select(
+        tokens,
+        data_keys.c.domain_key_id.label("dk_domain"),
+        data_keys.c.subject_id.label("dk_subject"),
+        data_keys.c.purpose.label("dk_purpose"),
+        data_keys.c.wrapped.label("dk_wrapped"),
+    )
+    .join(data_keys, data_keys.c.id == tokens.c.data_key_id)
+    .where(or_(tokens.c.expires_at.is_(None), tokens.c.expires_at > bindparam("now")))
+)
+_LIVE_ROWS_BY_TOKEN = _LIVE_ROWS.where(tokens.c.token.in_(bindparam("tokens", expanding=True)))
+_MARK_USED = (
+    update(tokens)
+    .where(tokens.c.token.in_(bindparam("tokens", expanding=True)),
+           or_(tokens.c.last_used_at.is_(None), tokens.c.last_used_at < bindparam("day_ago")))
+    .values(last_used_at=bindparam("now"))
+)
 
 
 def _now() -> datetime:
@@ -410,9 +431,7 @@ class TokenService(AuditedOperations):
             used = [item.token for item in out if item.error is None and item.kind == "card"]
             if used:
                 # Drives "purge 13 months after last use"; at most one write per card per day.
-                conn.execute(update(tokens).where(tokens.c.token.in_(used), or_(
-                    tokens.c.last_used_at.is_(None), tokens.c.last_used_at < now - timedelta(days=1)))
-                    .values(last_used_at=now))
+                conn.execute(_MARK_USED, {"tokens": used, "now": now, "day_ago": now - timedelta(days=1)})
             if read_cvvs:
                 # Read once (PCI DSS 3.3.1): the CVV is deleted in this same transaction.
                 # If another reader deleted it first, ours is not returned.
@@ -434,22 +453,15 @@ class TokenService(AuditedOperations):
     def _rows(self, conn: Connection, token_list: list[str], now: datetime) -> dict[str, Any]:
         if not token_list:
             return {}
-        return self.rows_where(conn, tokens.c.token.in_(token_list), now)
+        return self._live(conn, _LIVE_ROWS_BY_TOKEN, {"now": now, "tokens": token_list})
 
     def rows_where(self, conn: Connection, condition: Any, now: datetime) -> dict[str, Any]:
         """Live (unexpired) token rows with their data-key columns, by token."""
-        query = (
-            select(
-                tokens,
-                data_keys.c.domain_key_id.label("dk_domain"),
-                data_keys.c.subject_id.label("dk_subject"),
-                data_keys.c.purpose.label("dk_purpose"),
-                data_keys.c.wrapped.label("dk_wrapped"),
-            )
-            .join(data_keys, data_keys.c.id == tokens.c.data_key_id)
-            .where(condition, or_(tokens.c.expires_at.is_(None), tokens.c.expires_at > now))
-        )
-        return {row["token"]: row for row in conn.execute(query).mappings()}
+        return self._live(conn, _LIVE_ROWS.where(condition), {"now": now})
+
+    @staticmethod
+    def _live(conn: Connection, query: Any, params: dict[str, Any]) -> dict[str, Any]:
+        return {row["token"]: row for row in conn.execute(query, params).mappings()}
 
     def open_rows(self, conn: Connection, rows: Sequence[Any]) -> dict[str, Any | DecryptionFailed]:
         """Decrypt rows from `rows_where`: the value, or DecryptionFailed for a tampered row."""

@@ -32,7 +32,7 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
 
 
 def _limit(name: str, value: str) -> str:
-    """A Flask-Limiter rule such as `100/second` or `10/second;500/minute`."""
+    """A `limits` rule such as `100/second` or `10/second;500/minute`."""
     try:
         if not parse_many(value):
             raise ValueError(value)

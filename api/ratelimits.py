@@ -1,34 +1,45 @@
-"""Rate limits (Flask-Limiter): per client over every /v1 endpoint, stricter for detokenize, per address for login.
+"""Rate limits: per client over every /v1 endpoint, stricter for detokenize, per address for login.
 
 Limits are counted per API client or operator (its id), with the value chosen by its
 role (`TOKENVAULT_RATE_LIMIT[_<ROLE>]`, `TOKENVAULT_DETOKENIZE_RATE_LIMIT[_<ROLE>]`).
 Counters live in Redis when TOKENVAULT_REDIS_URL is set, so every worker and host shares
 them; otherwise in process memory, where each worker counts on its own. If Redis
 becomes unreachable, each worker falls back to its own in-memory counters rather than
-stopping traffic. A refused request answers 429 with Retry-After and is audited
-(action `rate_limit`, outcome `denied`).
+stopping traffic, and tries Redis again after a few seconds. A refused request answers
+429 with Retry-After and is audited (action `rate_limit`, outcome `denied`).
+
+The `limits` library does the counting (sliding window counter); this module only says
+who is counted against what. It calls the library directly, one `hit` per limit: the
+Flask-Limiter extension it replaced spent more per request resolving its configuration
+than the counting itself.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import time
 from typing import ClassVar
 
 from flask import Flask, Response, g, jsonify, request
-from flask_limiter import Limiter, RateLimitExceeded
-from limits.storage import MemoryStorage
+from limits import RateLimitItem, parse_many
+from limits.errors import StorageError
+from limits.storage import MemoryStorage, Storage, storage_from_string
+from limits.strategies import SlidingWindowCounterRateLimiter
 
 from api.errors import error_body
+from api.logs import get_logger
 from api.routes import components, origin
 from api.wiring import Components
 from vault.audit import ANONYMOUS, Actor
 from vault.errors import RateLimited
 
-__all__ = ["init_app"]
+__all__ = ["RateLimits", "init_app"]
 
 _DETOKENIZE = "v1.detokenize"
 _LOGIN = "auth.login"
-
+_PREFIX = "tokenvault"
+_RETRY_REDIS_AFTER = 5.0
 
 
 class SweptMemoryStorage(MemoryStorage):  # type: ignore[misc]
@@ -49,54 +60,77 @@ class SweptMemoryStorage(MemoryStorage):  # type: ignore[misc]
             self._MemoryStorage__expire_events()  # type: ignore[attr-defined]
 
 
+@functools.lru_cache(maxsize=64)
+def _parsed(limits: str) -> tuple[RateLimitItem, ...]:
+    return tuple(parse_many(limits))
+
+
+class RateLimits:
+    """Counts requests per (who, scope); Redis when configured, else (or while it is down) memory."""
+
+    def __init__(self, redis_url: str | None) -> None:
+        self._memory = SlidingWindowCounterRateLimiter(SweptMemoryStorage())
+        self._shared: SlidingWindowCounterRateLimiter | None = None
+        if redis_url:
+            storage: Storage = storage_from_string(redis_url, wrap_exceptions=True, socket_timeout=1,
+                                                   socket_connect_timeout=1)
+            self._shared = SlidingWindowCounterRateLimiter(storage)
+        self._shared_down_until = 0.0
+        self._log = get_logger("tokenvault.ratelimits")
+
+    def refused(self, who: str, scope: str, limits: str) -> tuple[RateLimitItem, int] | None:
+        """Count one request; the first limit it exceeds and the seconds until it frees, or None."""
+        for item in _parsed(limits):
+            limiter = self._limiter()
+            try:
+                allowed = limiter.hit(item, _PREFIX, who, scope)
+            except StorageError:
+                self._shared_down_until = time.monotonic() + _RETRY_REDIS_AFTER
+                self._log.warning("rate-limit store unreachable; counting in memory")
+                limiter = self._memory
+                allowed = limiter.hit(item, _PREFIX, who, scope)
+            if not allowed:
+                reset_at = limiter.get_window_stats(item, _PREFIX, who, scope).reset_time
+                return item, max(1, math.ceil(reset_at - time.time()))
+        return None
+
+    def _limiter(self) -> SlidingWindowCounterRateLimiter:
+        if self._shared is not None and time.monotonic() >= self._shared_down_until:
+            return self._shared
+        return self._memory
+
+
 def _actor() -> Actor | None:
     actor = g.get("actor")
     return actor if isinstance(actor, Actor) else None
 
 
-def _key() -> str:
-    """Who is counted: the authenticated client or operator, else (login) the source address."""
-    actor = _actor()
-    return f"actor:{actor.id}" if actor is not None else f"addr:{request.remote_addr or 'unknown'}"
-
-
-def init_app(app: Flask, parts: Components) -> Limiter:
+def init_app(app: Flask, parts: Components) -> RateLimits:
     """Register after the authentication hook, so limits see the caller."""
     access = parts.access
+    counters = RateLimits(access.redis_url)
+    app.extensions["tokenvault.ratelimits"] = counters
 
-    def everything() -> str:
-        actor = _actor()
-        return access.rate_limit_for(actor.role if actor else "")
-
-    def per_endpoint() -> str:
-        if request.endpoint == _DETOKENIZE:
-            actor = _actor()
-            return access.detokenize_rate_limit_for(actor.role if actor else "")
-        return access.login_rate_limit
-
-    limiter = Limiter(
-        key_func=_key,
-        storage_uri=access.redis_url or "tvmemory://",
-        storage_options={"socket_timeout": 1, "socket_connect_timeout": 1} if access.redis_url else {},
-        strategy="sliding-window-counter",
-        key_prefix="tokenvault",
-        application_limits=[everything],
-        application_limits_exempt_when=lambda: _actor() is None,
-        default_limits=[per_endpoint],
-        default_limits_exempt_when=lambda: request.endpoint not in (_DETOKENIZE, _LOGIN),
-        in_memory_fallback_enabled=bool(access.redis_url),
-        headers_enabled=False,
-    )
-    limiter.init_app(app)
-
-    @app.errorhandler(RateLimitExceeded)
-    def _refused(error: RateLimitExceeded) -> tuple[Response, int]:
-        scope = "all" if error.limit.shared else (request.endpoint or "unknown")
-        components().alerts.rate_limited(_actor() or ANONYMOUS, str(error.limit.limit), scope, origin())
-        current = limiter.current_limit
-        wait = max(1, int((current.reset_at if current else time.time() + 1) - time.time()))
+    def refuse(limit: RateLimitItem, wait: int, scope: str) -> tuple[Response, int]:
+        components().alerts.rate_limited(_actor() or ANONYMOUS, str(limit), scope, origin())
         response = jsonify({"error": error_body(RateLimited("too many requests"))})
         response.headers["Retry-After"] = str(wait)
         return response, 429
 
-    return limiter
+    @app.before_request
+    def _limit() -> tuple[Response, int] | None:
+        actor, endpoint = _actor(), request.endpoint
+        if actor is not None:
+            who = f"actor:{actor.id}"
+            if refused := counters.refused(who, "all", access.rate_limit_for(actor.role)):
+                return refuse(*refused, "all")
+            if endpoint == _DETOKENIZE and (
+                    refused := counters.refused(who, endpoint, access.detokenize_rate_limit_for(actor.role))):
+                return refuse(*refused, endpoint)
+        elif endpoint == _LOGIN:
+            who = f"addr:{request.remote_addr or 'unknown'}"
+            if refused := counters.refused(who, endpoint, access.login_rate_limit):
+                return refuse(*refused, endpoint)
+        return None
+
+    return counters

@@ -5,6 +5,7 @@ The same limits shared by two gunicorn workers through Redis: tests/e2e/test_rat
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from api.app import create_app
+from api.ratelimits import RateLimits
 from api.wiring import Components
 from tests.conftest import Clock, auth, make_components
 from vault.errors import ConfigurationError
@@ -89,3 +91,16 @@ def test_login_attempts_are_limited_per_address(limited: tuple[FlaskClient, Comp
 def test_bad_settings_refuse_to_start(tmp_path: Path, sqlite_url: str, name: str, value: str, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         make_components(tmp_path / "data", sqlite_url, **{name: value})
+
+
+def test_an_unreachable_redis_falls_back_to_counting_in_memory() -> None:
+    """Redis down must neither stop traffic nor lift the limits: each worker counts on its own."""
+    with socket.socket() as probe:  # a loopback port with nothing listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    counters = RateLimits(f"redis://127.0.0.1:{port}/0")
+    answers = [counters.refused("actor:c1", "all", "2/minute") for _ in range(3)]
+    assert answers[:2] == [None, None]
+    refused = answers[2]
+    assert refused is not None and str(refused[0]) == "2 per 1 minute" and 1 <= refused[1] <= 60
+    assert counters.refused("actor:c2", "all", "2/minute") is None  # still per client

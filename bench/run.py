@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="tokenvault-bench-"))
     stack = Stack(work, tokenvault, venv_python(tokenvault), args.workers, args.real_rate_limits)
     started_at, clock, load_before = datetime.now(UTC), time.monotonic(), os.getloadavg()
+    revision = git_revision()  # of the code the servers start with, not whatever is committed meanwhile
     if load_before[0] > 0.5 * (os.cpu_count() or 1):
         print(f"note: load average {load_before[0]:.1f} on {os.cpu_count()} CPUs before the run; "
               "other work on this machine will lower every figure", file=sys.stderr)
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                          "rate_limits": "defaults" if args.real_rate_limits else UNLIMITED},
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                         "wrk": wrk_version(), "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
-            "git": git_revision(),
+            "git": revision,
             "summary": summary,
             "targets": report.evaluate(summary, memory, stack.skipped, args.connections),
             "memory": memory,

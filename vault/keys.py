@@ -72,6 +72,7 @@ class KeyHierarchy:
         self._lock = threading.Lock()
         ttl = max(cache_seconds, 0.001)
         self._domain: TTLCache[str, Secret[bytes]] = TTLCache(maxsize=64, ttl=ttl)
+        self._domain_ciphers: TTLCache[str, Cipher] = TTLCache(maxsize=64, ttl=ttl)
         self._active: TTLCache[str, str] = TTLCache(maxsize=16, ttl=ttl)
         # Keyed by id *and* wrapped bytes: a data key rewrapped or re-keyed elsewhere misses here.
         self._data: TTLCache[tuple[str, bytes], Cipher] = TTLCache(maxsize=data_key_cache_size, ttl=ttl)
@@ -137,7 +138,15 @@ class KeyHierarchy:
         return unwrapped
 
     def domain_cipher(self, conn: Connection, key_id: str) -> Cipher:
-        return Cipher(self._domain_secret(conn, key_id))
+        cipher = self._domain_ciphers.get(key_id)
+        if cipher is None:
+            # Setting up an AES key costs more than sealing one data key with it: keep it, as long as the secret.
+            cipher = Cipher(self._domain_secret(conn, key_id))
+            with self._lock:
+                self._domain_ciphers[key_id] = cipher
+        else:
+            self._on_lookup("domain", True)
+        return cipher
 
     def hmac_key(self, conn: Connection, purpose: str) -> Secret[bytes]:
         """Key for keyed hashes (PCI DSS 3.5.1.1), held like every other domain key."""
@@ -236,8 +245,12 @@ class KeyHierarchy:
     def forget(self, key_ids: Sequence[str]) -> None:
         """Drop unwrapped copies of destroyed keys from this process's memory."""
         doomed = set(key_ids)
-        for slot in [slot for slot in list(self._data) if slot[0] in doomed]:
-            self._data.pop(slot, None)
+        with self._lock:
+            for slot in [slot for slot in list(self._data) if slot[0] in doomed]:
+                self._data.pop(slot, None)
+            for key_id in doomed:
+                self._domain.pop(key_id, None)
+                self._domain_ciphers.pop(key_id, None)
 
     def check(self) -> None:
         try:

@@ -366,6 +366,7 @@ class KeyLifecycle(AuditedOperations):
         if left == 0:
             conn.execute(delete(domain_keys).where(domain_keys.c.id == domain_key_id,
                                                    domain_keys.c.active_for.is_(None)))
+            self._keys.forget([domain_key_id])
 
     # -- retirement -----------------------------------------------------------------------------
 

@@ -187,3 +187,11 @@ def test_kind_of_token_refuses_a_pan_with_a_trailing_newline() -> None:
 def test_kind_of_token_refuses_an_opaque_token_with_a_trailing_newline() -> None:
     with pytest.raises(ValidationFailed):
         kind_of_token("tok_email_" + "a" * 32 + "\n")
+
+
+def test_card_token_digits_are_spread_over_every_position() -> None:
+    """Every random position takes every digit (a padded or biased draw would leave some out)."""
+    pan = "4111111111111111"
+    tokens = [card_token(pan, keep_bin=False) for _ in range(2000)]
+    for position in range(12):
+        assert {token[position] for token in tokens} == set("0123456789"), position

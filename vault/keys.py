@@ -174,7 +174,21 @@ class KeyHierarchy:
     def new_data_key(self, conn: Connection, purpose: str, subject_id: str | None) -> DataKey:
         """A fresh data key, wrapped under the active domain key of `purpose`."""
         domain_id = self._active_id(conn, purpose)
-        domain = self.domain_cipher(conn, domain_id)
+        return self._data_key_under(domain_id, self.domain_cipher(conn, domain_id), purpose, subject_id)
+
+    def new_record_key_from_memory(self, purpose: str) -> DataKey | None:
+        """Like `new_data_key` for one record, if the domain key is in memory; None rather than any I/O.
+
+        Lets callers seal records before they take the database's write lock.
+        """
+        domain_id = self._active.get(purpose)
+        domain = self._domain_ciphers.get(domain_id) if domain_id is not None else None
+        if domain_id is None or domain is None:
+            return None
+        self._on_lookup("domain", True)
+        return self._data_key_under(domain_id, domain, purpose, None)
+
+    def _data_key_under(self, domain_id: str, domain: Cipher, purpose: str, subject_id: str | None) -> DataKey:
         key_id = _new_id("dk")
         material = Secret(secrets.token_bytes(32))
         wrapped = domain.seal(material.expose(), self._wrap_aad(key_id, domain_id, subject_id, purpose))

@@ -231,8 +231,10 @@ class TokenService(AuditedOperations):
             except VaultError as error:
                 results[index] = error
 
+        presealed = self._preseal(valid, now)
+
         def work(conn: Connection) -> list[AuditEvent]:
-            self._store_new(conn, valid, results, now)
+            self._store_new(conn, valid, results, now, presealed)
             events = []
             for index, request in enumerate(requests):
                 result = results[index]
@@ -254,20 +256,59 @@ class TokenService(AuditedOperations):
             raise
         return [r if r is not None else Conflict("not stored") for r in results]
 
+    def _preseal(self, valid: list[tuple[int, TokenRequest, Any]], now: datetime) -> dict[int, _Pending]:
+        """Seal, before the write transaction, the records that need nothing from the database.
+
+        On SQLite every transaction holds the one write lock; random tokens under a fresh
+        per-record key (the common case) can be drawn and sealed outside it, from keys in
+        memory. Anything else, or a cold key cache, is done inside the transaction.
+        """
+        ready: dict[int, _Pending] = {}
+        for index, request, parsed in valid:
+            if request.subject_id is not None or request.deterministic:
+                continue
+            data_key = self._keys.new_record_key_from_memory(purpose_of_kind(request.kind))
+            if data_key is None:
+                break
+            ready[index] = self._sealed(index, request, parsed, None, data_key, True, now)
+        return ready
+
+    def _sealed(self, index: int, request: TokenRequest, parsed: Any, lookup: bytes | None, data_key: DataKey,
+                new_key: bool, now: datetime) -> _Pending:
+        keep_bin = self._policy.keep_bin
+        facts = metadata_for(request.kind, parsed, keep_bin=keep_bin)
+        if request.reference is not None:
+            facts["reference"] = request.reference
+        row = {
+            "token": request.token or self._new_token(request.kind, parsed, keep_bin),
+            "kind": request.kind,
+            "subject_id": request.subject_id,
+            "data_key_id": data_key.id,
+            "lookup": lookup,
+            "meta": json.dumps(facts, sort_keys=True),
+            "created_at": now,
+            "expires_at": self._expiry(request, now),
+        }
+        row["ciphertext"] = data_key.cipher.seal(canonical_bytes(parsed), record_aad(row))
+        return _Pending(index, request, parsed, lookup, data_key, new_key, row)
+
     def _store_new(
         self,
         conn: Connection,
         valid: list[tuple[int, TokenRequest, Any]],
         results: list[TokenRecord | VaultError | None],
         now: datetime,
+        presealed: dict[int, _Pending],
     ) -> None:
-        keep_bin = self._policy.keep_bin
         pending: list[_Pending] = []
         subject_keys: dict[tuple[str, str], DataKey] = {}
         lookups: dict[bytes, int] = {}
         for index, request, parsed in valid:
-            plaintext = canonical_bytes(parsed)
-            lookup = self.lookup(conn, request.kind, request.subject_id, plaintext) if request.deterministic else None
+            if (ready := presealed.get(index)) is not None:
+                pending.append(ready)
+                continue
+            lookup = (self.lookup(conn, request.kind, request.subject_id, canonical_bytes(parsed))
+                      if request.deterministic else None)
             if lookup is not None and lookup in lookups:
                 pending.append(_Pending(index, request, parsed, lookup, pending[lookups[lookup]].data_key, False, {}))
                 continue
@@ -279,24 +320,9 @@ class TokenService(AuditedOperations):
                 data_key, new_key = subject_keys[slot], False
             else:
                 data_key, new_key = self._keys.new_data_key(conn, purpose, None), True
-            facts = metadata_for(request.kind, parsed, keep_bin=keep_bin)
-            if request.reference is not None:
-                facts["reference"] = request.reference
-            meta = json.dumps(facts, sort_keys=True)
-            row = {
-                "token": request.token or self._new_token(request.kind, parsed, keep_bin),
-                "kind": request.kind,
-                "subject_id": request.subject_id,
-                "data_key_id": data_key.id,
-                "lookup": lookup,
-                "meta": meta,
-                "created_at": now,
-                "expires_at": self._expiry(request, now),
-            }
-            row["ciphertext"] = data_key.cipher.seal(plaintext, record_aad(row))
             if lookup is not None:
                 lookups[lookup] = len(pending)
-            pending.append(_Pending(index, request, parsed, lookup, data_key, new_key, row))
+            pending.append(self._sealed(index, request, parsed, lookup, data_key, new_key, now))
 
         writers = [p for p in pending if p.row]
         if not writers:

@@ -7,6 +7,7 @@ through Alembic (vault/migrations); `metadata` here is the source they are made 
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Dialect, Engine, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.sql.expression import Insert
 
 from vault.writer_lock import GatedConnection
@@ -389,15 +391,44 @@ def create_engine_for(url: str, *, pool_size: int = 5, statement_timeout_ms: int
         engine = create_engine(url, hide_parameters=True, connect_args=connect_args)
         _sqlite_setup(engine)
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
         hide_parameters=True,
         pool_timeout=5,
         connect_args={"options": f"-c statement_timeout={statement_timeout_ms}", "connect_timeout": 5},
     )
+    _ping_after_idle(engine, PING_AFTER_IDLE_SECONDS)
+    return engine
+
+
+PING_AFTER_IDLE_SECONDS = 1.0
+
+
+def _ping_after_idle(engine: Engine, idle_seconds: float) -> None:
+    """Ping a pooled connection before use only if it sat idle, not on every checkout.
+
+    `pool_pre_ping` costs a round trip per request. A connection handed back moments ago is
+    as alive as a ping would show; one idle for longer may have been closed by a database
+    restart or a proxy, and is pinged and, if dead, replaced before the request uses it. A
+    connection that dies mid-use still fails that request (503) and SQLAlchemy then
+    discards the whole pool.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _returned(_dbapi_connection: Any, record: Any) -> None:
+        record.info["returned_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _lent(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        returned = record.info.get("returned_at")
+        if returned is None or time.monotonic() - returned < idle_seconds:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:  # the driver's own error types: any failure means "replace it"
+            raise DisconnectionError("idle connection is gone") from exc
 
 
 def insert_ignoring_conflict(conn: Connection, table: Table) -> Insert:

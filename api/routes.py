@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
@@ -66,9 +67,12 @@ def parse(model: type[Model], data: Any, prefix: tuple[Any, ...] = ()) -> Model:
         raise validation_failed(exc, prefix) from None
 
 
-def _count(operation: str, kind: str | None, error: VaultError | None) -> None:
-    outcome = "allowed" if error is None else error.code
-    OPERATIONS.labels(operation, kind or "unknown", current_actor().role, outcome).inc()
+def _count(operation: str, outcomes: Iterable[tuple[str | None, VaultError | None]]) -> None:
+    """Per-item outcomes into the operations counter; one update per (kind, outcome), not per item."""
+    role = current_actor().role
+    tally = Counter((kind or "unknown", "allowed" if error is None else error.code) for kind, error in outcomes)
+    for (kind, outcome), count in tally.items():
+        OPERATIONS.labels(operation, kind, role, outcome).inc(count)
 
 
 def _request_of(body: TokenizeBody) -> TokenRequest:
@@ -81,7 +85,7 @@ def _request_of(body: TokenizeBody) -> TokenRequest:
 def tokenize() -> tuple[Response, int]:
     body = parse(TokenizeBody, json_body())
     result = components().tokens.tokenize(current_actor(), [_request_of(body)], origin())[0]
-    _count("tokenize", body.kind, result if isinstance(result, VaultError) else None)
+    _count("tokenize", [(body.kind, result if isinstance(result, VaultError) else None)])
     if isinstance(result, VaultError):
         raise result
     return jsonify(result.public()), 201
@@ -100,11 +104,13 @@ def tokenize_batch() -> tuple[Response, int]:
         except ValidationFailed as error:
             results[index] = error
     if requests:
+        outcomes: list[tuple[str | None, VaultError | None]] = []
         for index, result in zip(positions, components().tokens.tokenize(current_actor(), requests, origin()),
                                  strict=True):
             results[index] = result
-            _count("tokenize", body.items[index].get("kind") if isinstance(result, TokenRecord) else None,
-                   result if isinstance(result, VaultError) else None)
+            outcomes.append((body.items[index].get("kind"), None) if isinstance(result, TokenRecord) else
+                            (None, result if isinstance(result, VaultError) else None))
+        _count("tokenize", outcomes)
     return jsonify({"results": [
         r.public() if isinstance(r, TokenRecord) else {"error": error_body(r)} for r in results if r is not None
     ]}), 200
@@ -115,8 +121,7 @@ def tokenize_batch() -> tuple[Response, int]:
 def detokenize() -> tuple[Response, int]:
     body = parse(DetokenizeBody, json_body())
     results = components().tokens.detokenize(current_actor(), body.tokens, body.purpose, origin())
-    for result in results:
-        _count("detokenize", result.kind, result.error)
+    _count("detokenize", [(result.kind, result.error) for result in results])
     return jsonify({"results": [
         {"token": r.token or None, "error": error_body(r.error)} if r.error else {"token": r.token, "value": r.value}
         for r in results

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from flask.testing import FlaskClient
+from prometheus_client import REGISTRY
 
 from api.app import create_app
 from tests.conftest import auth, make_components
@@ -31,3 +32,16 @@ def test_metrics_token_when_configured(tmp_path: Path, sqlite_url: str) -> None:
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert client.get("/metrics", headers={"Authorization": "Bearer s3cret-metrics"}).status_code == 200
+
+
+def test_a_batch_counts_every_item_by_kind_and_outcome(client: FlaskClient, api_keys: dict[str, str]) -> None:
+    def count(outcome: str, kind: str) -> float:
+        labels = {"operation": "tokenize", "kind": kind, "role": "checkout", "outcome": outcome}
+        return REGISTRY.get_sample_value("tokenvault_operations_total", labels) or 0.0
+
+    before = count("allowed", "email"), count("invalid_input", "unknown")
+    items = [{"kind": "email", "value": f"buyer{i}@example.com"} for i in range(3)]
+    items.append({"kind": "email", "value": "not an email"})
+    answer = client.post("/v1/tokens/batch", json={"items": items}, headers=auth(api_keys["checkout"]))
+    assert answer.status_code == 200
+    assert (count("allowed", "email") - before[0], count("invalid_input", "unknown") - before[1]) == (3.0, 1.0)

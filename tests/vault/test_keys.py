@@ -6,6 +6,7 @@ from sqlalchemy import select
 
 from api.wiring import Components
 from tests.vault.test_service import CARD, CHECKOUT, GATEWAY, HERE, read, tokenize_one
+from vault.keys import KeyHierarchy
 from vault.service import TokenRequest
 from vault.storage import data_keys, domain_keys
 
@@ -54,3 +55,19 @@ def test_new_kek_version_keeps_domain_keys_readable(components: Components) -> N
         key_id = conn.execute(select(domain_keys.c.id).where(domain_keys.c.active_for == "data")).scalar_one()
         assert fresh_components_keys.domain_cipher(conn, key_id) is not None
     assert read(components, GATEWAY, record.token, "payment")["exp_year"] == 2099
+
+
+def test_record_keys_from_memory_only_once_the_domain_key_is_loaded(components: Components) -> None:
+    """Tokenize seals before its transaction only from keys in memory; a cold process does no I/O for it."""
+    cold = KeyHierarchy(components.provider)
+    assert cold.new_record_key_from_memory("data") is None
+    with components.engine.connect() as conn:
+        cold.domain_cipher(conn, cold.active_domain_key_id(conn, "data"))
+    calls = components.provider.calls
+    key = cold.new_record_key_from_memory("data")
+    assert key is not None and components.provider.calls == calls
+    sealed = key.cipher.seal(b"value", b"aad")
+    with components.engine.connect() as conn:
+        reopened = components.keys.open_data_keys(conn, [key.row])[key.id]  # another process, from the stored row
+    assert reopened.open(sealed, b"aad") == b"value"
+    assert key.row["subject_id"] is None and key.row["purpose"] == "data"

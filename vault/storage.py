@@ -32,10 +32,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Dialect, Engine, make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.sql.expression import Insert
 
-from vault.writer_lock import GatedConnection
+from vault.writer_lock import GatedConnection, NestedWriter
 
 __all__ = [
     "metadata",
@@ -377,7 +377,10 @@ def _sqlite_setup(engine: Engine) -> None:
     def _on_begin(conn: Any) -> None:
         driver = conn.connection.driver_connection
         if isinstance(driver, GatedConnection):
-            driver.acquire()
+            try:
+                driver.acquire()
+            except NestedWriter as exc:  # raised here, SQLAlchemy would not wrap it: callers expect its errors
+                raise OperationalError("BEGIN IMMEDIATE", None, exc) from exc
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 

@@ -10,7 +10,9 @@ then BEGIN IMMEDIATE; the lock is released after COMMIT or ROLLBACK.
 Each connection opens its own file description, so the lock also separates threads of one
 process. The wait has no timeout of its own: the holder is a live transaction, a worker that
 hangs holding it is killed by gunicorn's timeout, and the kernel drops a dead process's lock.
-Processes that do not take the lock (the sqlite3 shell) still meet SQLite's busy timeout.
+A thread that already holds the lock and opens a second transaction would wait for itself
+forever, so that is refused at once instead. Processes that do not take the lock (the sqlite3
+shell) still meet SQLite's busy timeout.
 """
 
 from __future__ import annotations
@@ -18,10 +20,17 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["GatedConnection", "lock_path_for"]
+__all__ = ["GatedConnection", "NestedWriter", "lock_path_for"]
+
+_held = threading.local()  # lock files this thread holds
+
+
+class NestedWriter(sqlite3.OperationalError):
+    """A second transaction on the same database from a thread already in one."""
 
 
 def lock_path_for(database: str) -> Path:
@@ -33,17 +42,24 @@ class GatedConnection(sqlite3.Connection):
 
     def __init__(self, database: str, *args: Any, **kwargs: Any) -> None:
         super().__init__(database, *args, **kwargs)
-        self._lock_fd = os.open(lock_path_for(str(database)), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._lock_path = str(lock_path_for(str(database)))
+        self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._held = False
 
     def acquire(self) -> None:
-        if not self._held:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-            self._held = True
+        if self._held:
+            return
+        mine: set[str] = _held.__dict__.setdefault("paths", set())
+        if self._lock_path in mine:
+            raise NestedWriter("this thread is already in a transaction on this database")
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        self._held = True
+        mine.add(self._lock_path)
 
     def _release(self) -> None:
         if self._held:
             self._held = False
+            _held.__dict__.setdefault("paths", set()).discard(self._lock_path)
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def commit(self) -> None:

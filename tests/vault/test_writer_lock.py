@@ -6,7 +6,9 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import event, text
+from sqlalchemy.exc import OperationalError
 
 from vault.storage import create_engine_for
 from vault.writer_lock import GatedConnection, lock_path_for
@@ -84,3 +86,15 @@ def test_memory_databases_have_no_lock_file(tmp_path: Path) -> None:
     engine = create_engine_for("sqlite://")
     with engine.begin() as conn:
         assert not isinstance(conn.connection.driver_connection, GatedConnection)
+
+
+def test_a_nested_transaction_in_one_thread_fails_at_once_instead_of_waiting_for_itself(tmp_path: Path) -> None:
+    engine = create_engine_for(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    started = time.monotonic()
+    with engine.begin() as outer:
+        outer.execute(text("CREATE TABLE t (n INTEGER)"))
+        with pytest.raises(OperationalError), engine.begin() as inner:
+            inner.execute(text("SELECT 1"))
+    assert time.monotonic() - started < 2
+    with engine.begin() as conn:  # the lock is free again, for this thread and others
+        assert conn.execute(text("SELECT count(*) FROM t")).scalar_one() == 0

@@ -7,6 +7,7 @@ through Alembic (vault/migrations); `metadata` here is the source they are made 
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -59,6 +60,7 @@ __all__ = [
     "create_engine_for",
     "normalise_url",
     "insert_ignoring_conflict",
+    "drop_deleted_copies",
 ]
 
 
@@ -382,6 +384,25 @@ def _sqlite_setup(engine: Engine) -> None:
             except NestedWriter as exc:  # raised here, SQLAlchemy would not wrap it: callers expect its errors
                 raise OperationalError("BEGIN IMMEDIATE", None, exc) from exc
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def drop_deleted_copies(engine: Engine) -> bool:
+    """After deleting what must not outlive its DELETE (a read CVV), remove the engine's old copies.
+
+    SQLite: checkpoint and truncate the WAL, which still holds the deleted rows' old pages.
+    PostgreSQL keeps them in dead tuples and WAL segments until VACUUM and recycling, which this
+    cannot force per request (a residual risk in threat_model/README.md). True when done.
+    """
+    if engine.dialect.name != "sqlite":
+        return False
+    raw = engine.raw_connection()
+    try:
+        driver = raw.driver_connection
+        return isinstance(driver, GatedConnection) and driver.truncate_wal()
+    except sqlite3.Error:
+        return False  # the rows are deleted; the next truncation removes these copies too
+    finally:
+        raw.close()
 
 
 def create_engine_for(url: str, *, pool_size: int = 5, statement_timeout_ms: int = 5000) -> Engine:

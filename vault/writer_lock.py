@@ -62,6 +62,20 @@ class GatedConnection(sqlite3.Connection):
             _held.__dict__.setdefault("paths", set()).discard(self._lock_path)
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
+    def truncate_wal(self) -> bool:
+        """Checkpoint the WAL into the database and cut it to zero bytes; False if a reader kept it.
+
+        Deleted rows are zeroed in the database file (secure_delete), but their old page images
+        stay in the WAL until it is rewritten. Holding the writer lock, no other transaction of
+        ours is open, so the checkpoint completes at once.
+        """
+        self.acquire()
+        try:
+            busy, _frames, _copied = self.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            self._release()
+        return bool(busy == 0)
+
     def commit(self) -> None:
         super().commit()
         self._release()  # a failed commit keeps the lock until the rollback that follows it

@@ -1,0 +1,56 @@
+"""A read CVV leaves no copy of its ciphertext or wrapped key in the SQLite files, WAL included.
+
+secure_delete zeroes deleted rows in the database file; the old page images in the WAL are cut
+by a checkpoint right after the read (and after a purge of expired tokens).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from api.wiring import Components
+from tests.conftest import Clock, make_components
+from tests.vault.test_service import GATEWAY, read, tokenize_one
+from vault.storage import data_keys, tokens
+
+
+@pytest.fixture
+def sqlite_parts(tmp_path: Path, sqlite_url: str, clock: Clock) -> Iterator[tuple[Components, Path]]:
+    parts = make_components(tmp_path / "data", sqlite_url, clock)
+    yield parts, Path(sqlite_url.removeprefix("sqlite:///"))
+    parts.trail.close()
+    parts.engine.dispose()
+
+
+def _secrets_of(parts: Components, token: str) -> list[bytes]:
+    with parts.engine.connect() as conn:
+        row = conn.execute(select(tokens.c.ciphertext, data_keys.c.wrapped)
+                           .join(data_keys, data_keys.c.id == tokens.c.data_key_id)
+                           .where(tokens.c.token == token)).one()
+    return [bytes(row.ciphertext), bytes(row.wrapped)]
+
+
+def _files(database: Path) -> bytes:
+    return b"".join(path.read_bytes() for path in database.parent.glob(database.name + "*") if path.is_file())
+
+
+def test_a_read_cvv_leaves_no_copy_in_the_database_or_its_wal(sqlite_parts: tuple[Components, Path]) -> None:
+    parts, database = sqlite_parts
+    record = tokenize_one(parts, "cvv", "987")
+    left = _secrets_of(parts, record.token)
+    assert all(secret in _files(database) for secret in left)  # the check below can see them
+    assert read(parts, GATEWAY, record.token, "payment") == "987"
+    assert [secret in _files(database) for secret in left] == [False, False]
+
+
+def test_an_expired_cvv_purged_leaves_no_copy(sqlite_parts: tuple[Components, Path], clock: Clock) -> None:
+    parts, database = sqlite_parts
+    record = tokenize_one(parts, "cvv", "654", ttl_seconds=60)
+    left = _secrets_of(parts, record.token)
+    clock.advance(61)
+    assert parts.tokens.purge_expired() == 1
+    assert [secret in _files(database) for secret in left] == [False, False]

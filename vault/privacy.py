@@ -31,6 +31,7 @@ from vault.storage import (
     consents,
     data_keys,
     disclosures,
+    drop_deleted_copies,
     holds,
     privacy_requests,
     retained_records,
@@ -254,6 +255,7 @@ class PrivacyService(AuditedOperations):
             return receipt
 
         found: dict[str, Any] = self._audited(actor, "erase", origin, work, subject_id=subject_id)
+        drop_deleted_copies(self._engine)  # the destroyed keys' old pages too
         return found
 
     def mark_minor(self, actor: Actor, subject_id: str, origin: Origin) -> dict[str, Any]:
@@ -272,6 +274,7 @@ class PrivacyService(AuditedOperations):
             return receipt
 
         found: dict[str, Any] = self._audited(actor, "mark_minor", origin, work, subject_id=subject_id)
+        drop_deleted_copies(self._engine)
         return found
 
     # -- restriction (Art. 18), consent (Art. 21) ----------------------------------------------

@@ -541,6 +541,8 @@ class TokenService(AuditedOperations):
             raise
         if record is None:
             raise self._deny(actor, operation, origin, NotFound("not found"), token=token, kind=kind)
+        if operation == "delete":
+            drop_deleted_copies(self._engine)
         return record
 
     # -- deletion and purge ------------------------------------------------------------------

@@ -14,7 +14,8 @@ from sqlalchemy import select
 
 from api.wiring import Components
 from tests.conftest import Clock, make_components
-from tests.vault.test_service import GATEWAY, read, tokenize_one
+from tests.vault.test_service import GATEWAY, HERE, read, tokenize_one
+from vault.audit import Actor
 from vault.storage import data_keys, tokens
 
 
@@ -53,4 +54,21 @@ def test_an_expired_cvv_purged_leaves_no_copy(sqlite_parts: tuple[Components, Pa
     left = _secrets_of(parts, record.token)
     clock.advance(61)
     assert parts.tokens.purge_expired() == 1
+    assert [secret in _files(database) for secret in left] == [False, False]
+
+
+def test_an_erased_subject_leaves_no_copy_of_its_keys(sqlite_parts: tuple[Components, Path]) -> None:
+    parts, database = sqlite_parts
+    record = tokenize_one(parts, "email", "erase.me@example.com", subject_id="cust-erase")
+    left = _secrets_of(parts, record.token)
+    assert all(secret in _files(database) for secret in left)
+    parts.privacy.erase(Actor(id="cli_officer", role="privacy_officer"), "cust-erase", HERE)
+    assert [secret in _files(database) for secret in left] == [False, False]
+
+
+def test_a_deleted_token_leaves_no_copy(sqlite_parts: tuple[Components, Path]) -> None:
+    parts, database = sqlite_parts
+    record = tokenize_one(parts, "card", {"pan": "4111111111111111", "exp_month": 12, "exp_year": 2099})
+    left = _secrets_of(parts, record.token)
+    parts.tokens.delete(Actor(id="cli_officer", role="privacy_officer"), record.token, HERE)
     assert [secret in _files(database) for secret in left] == [False, False]

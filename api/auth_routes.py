@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from flask import Blueprint, Response, jsonify
-from pydantic import Field, StrictStr
 
 from api.auth import bearer_credentials, current_actor
 from api.routes import components, json_body, origin, parse
-from api.schemas import Strict
+from api.schemas import LoginBody
 from vault.errors import Unauthenticated
 from vault.secret import Secret
 
@@ -17,12 +14,6 @@ __all__ = ["blueprint", "LOGIN_PATH"]
 
 blueprint = Blueprint("auth", __name__, url_prefix="/v1/auth")
 LOGIN_PATH = "/v1/auth/login"
-
-
-class LoginBody(Strict):
-    username: Annotated[StrictStr, Field(min_length=1, max_length=64)]
-    password: Annotated[StrictStr, Field(min_length=1, max_length=256)]
-    totp: Annotated[StrictStr, Field(min_length=1, max_length=16)]
 
 
 @blueprint.post("/login")

@@ -8,45 +8,29 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from api import schemas as s
+from api.openapi_admin import MODELS, SECURED, admin_paths, error_responses, json_content, ref
 
 __all__ = ["document"]
 
-_ERRORS = {
-    "401": "Missing or invalid credentials",
-    "403": "The role may not use this endpoint",
-    "413": "Body too large",
-    "422": "Invalid input (names the field and rule, never echoes the value)",
-    "429": "Rate limited",
-    "503": "Key service or database unavailable; nothing was done",
-}
-
-
-def _ref(model: type[BaseModel]) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{model.__name__}"}
-
-
-def _json(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"content": {"application/json": {"schema": schema}}}
+_ref, _json = ref, json_content
 
 
 def _responses(ok: str, model: type[BaseModel] | None, description: str, *extra: str) -> dict[str, Any]:
     out: dict[str, Any] = {ok: {"description": description, **(_json(_ref(model)) if model else {})}}
-    for code in ("401", "403", "422", "429", "503", *extra):
-        out[code] = {"description": _ERRORS.get(code, "Error"), **_json(_ref(s.ErrorBody))}
-    return out
+    return {**out, **error_responses(*sorted({"401", "403", "422", "429", "503", *extra}))}
 
 
 def document() -> dict[str, Any]:
     models: list[type[BaseModel]] = [
         s.BatchBody, s.DetokenizeBody, s.ErrorBody, s.TokenOut, s.BatchOut, s.DetokenizeOut, s.HealthOut,
-        *s.DOCUMENTED_ITEMS,
+        *s.DOCUMENTED_ITEMS, *MODELS,
     ]
     _, defs = models_json_schema([(m, "validation") for m in models], ref_template="#/components/schemas/{model}")
     schemas = defs.get("$defs", {})
     schemas["TokenizeBody"] = {"oneOf": [_ref(m) for m in s.DOCUMENTED_ITEMS],
                                "discriminator": {"propertyName": "kind"}}
     token_param = [{"name": "token", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 256}}]
-    secured: list[dict[str, list[str]]] = [{"bearerAuth": []}]
+    secured = SECURED
     return {
         "openapi": "3.1.0",
         "info": {"title": "TokenVault", "version": "1",
@@ -58,7 +42,7 @@ def document() -> dict[str, Any]:
         "paths": {
             "/v1/tokens": {"post": {
                 "summary": "Tokenize one value", "operationId": "tokenize", "security": secured,
-                "requestBody": {"required": True, **_json(_ref_name("TokenizeBody"))},
+                "requestBody": {"required": True, **_json(_ref("TokenizeBody"))},
                 "responses": _responses("201", s.TokenOut, "Token created (or found, if deterministic)", "409"),
             }},
             "/v1/tokens/batch": {"post": {
@@ -78,6 +62,11 @@ def document() -> dict[str, Any]:
                 "get": {"summary": "Non-sensitive metadata of a token", "operationId": "readMetadata",
                         "security": secured, "parameters": token_param,
                         "responses": _responses("200", s.TokenOut, "Metadata", "404")},
+                "patch": {"summary": "Correct the value behind a token (rectification); same token",
+                          "operationId": "correctToken", "security": secured, "parameters": token_param,
+                          "requestBody": {"required": True, **_json(_ref(s.CorrectBody))},
+                          "responses": _responses("200", s.CorrectedOut, "Corrected; lists who read the old value",
+                                                  "404", "409", "413")},
                 "delete": {"summary": "Delete a token and its ciphertext", "operationId": "deleteToken",
                            "security": secured, "parameters": token_param,
                            "responses": _responses("204", None, "Deleted", "404")},
@@ -88,9 +77,7 @@ def document() -> dict[str, Any]:
                                 "security": [],
                                 "responses": {"200": {"description": "Ready", **_json(_ref(s.HealthOut))},
                                               "503": {"description": "Not ready", **_json(_ref(s.ErrorBody))}}}},
+            **admin_paths(),
         },
     }
 
-
-def _ref_name(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}

@@ -8,14 +8,13 @@ with a step-up of their own): an operator created here starts disabled, with an
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
-from pydantic import Field, StrictStr
 
 from api.auth import current_actor
 from api.routes import components, json_body, origin, parse
-from api.schemas import Strict
+from api.schemas import OperatorBody
 from api.stepup import current_step_up, require_step_up
 from vault.errors import ValidationFailed
 
@@ -24,11 +23,6 @@ __all__ = ["blueprint"]
 blueprint = Blueprint("operators", __name__, url_prefix="/v1")
 _OPERATOR_ID = re.compile(r"^op_[0-9a-f]{16}$")
 _APPROVAL_ID = re.compile(r"^apr_[0-9a-f]{20}$")
-
-
-class OperatorBody(Strict):
-    username: Annotated[StrictStr, Field(min_length=2, max_length=64)]
-    role: Annotated[StrictStr, Field(min_length=1, max_length=40)]
 
 
 def _iso(row: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from pydantic import (
 
 from vault.errors import ValidationFailed
 from vault.kinds import KINDS, VALUE_SCHEMAS
+from vault.operators import OPERATOR_ROLES
 from vault.subjects import check_subject_id
 
 KindName = Literal["card", "cvv", "address", "email", "phone", "name", "text"]
@@ -181,3 +182,56 @@ class ReencryptBody(Strict):
 class TransferBody(Strict):
     subjects: Annotated[list[SubjectId], Field(min_length=1, max_length=10)]
     recipient_public_key: Annotated[StrictStr, Field(min_length=1, max_length=1000)]
+
+
+class LoginBody(Strict):
+    username: Annotated[StrictStr, Field(min_length=1, max_length=64)]
+    password: Annotated[StrictStr, Field(min_length=1, max_length=256)]
+    totp: Annotated[StrictStr, Field(min_length=1, max_length=16)]
+
+
+class OperatorBody(Strict):
+    # The shapes vault.operators checks (its messages), documented so a fuzzer can get past them.
+    username: Annotated[StrictStr, Field(min_length=2, max_length=64,
+                                         json_schema_extra={"pattern": r"^[a-z][a-z0-9._-]{1,63}$"})]
+    role: Annotated[StrictStr, Field(min_length=1, max_length=40,
+                                     json_schema_extra={"enum": list(OPERATOR_ROLES)})]
+
+
+class OperatorOut(Strict):
+    id: str
+    username: str
+    role: str
+
+
+class LoginOut(Strict):
+    session_token: str
+    expires_at: str
+    operator: OperatorOut
+
+
+class CorrectedOut(TokenOut):
+    recipients_to_notify: list[str]
+
+
+class JobStarted(Strict):
+    job_id: str
+
+
+class ApprovalOut(Strict):
+    """A dual-control request (`vault.approvals.Approval.public`)."""
+
+    id: str
+    action: str
+    params: dict[str, Any]
+    requested_by: str
+    requested_at: str | None
+    expires_at: str | None
+    status: str
+    approved_by: str | None
+    approved_at: str | None
+    result: Any
+
+
+class ApprovalFiled(Strict):
+    approval: ApprovalOut

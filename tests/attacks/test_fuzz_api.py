@@ -1,6 +1,11 @@
 """Schemathesis against the app's own /openapi.json, with the credentials of every role and none.
 
 Each operation gets schema-conforming (positive) and schema-violating (negative) requests.
+The token endpoints are fuzzed with every API-client role and none; the operators' endpoints
+(audit, privacy, keys, auth, operators, approvals) with the operator role the policy grants
+them (a session; on step-up endpoints a fresh operator per request, with a valid X-TOTP code,
+so requests get past the step-up to the input and domain checks), with one operator role it
+does not grant (403 paths), and with none.
 Checks: no 5xx, documented responses match their schema and content type, and no 4xx body
 repeats any 8+ character piece of a string the request sent (values, and keys that are not
 plain field names: the API names an unknown plain field, by design, but nothing else).
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -32,15 +38,39 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from api.openapi import document
+from api.stepup import HEADER as STEP_UP
+from api.wiring import Components
 from tests.attacks.support import UNLIMITED, api_keys_for, echoed, sqlite_app, strings_in
 from tests.conftest import auth
+from tests.support.operators import PASSWORD, Operator, make_operator
+from vault.audit import Origin
+from vault.secret import Secret
 
 MAX_EXAMPLES = 25
+FEW_EXAMPLES = 10  # a role refused before its input is read, or no credentials: little to explore
 CREDENTIALS = ("checkout", "payment_gateway", "shipping", "support", "auditor", None)
+OPERATORS = ("admin", "privacy_officer", "auditor")
 OPERATIONS = [(path, method.upper()) for path, item in document()["paths"].items() for method in item]
 # Negative data needs something to negate: a body or a parameter.
 HAS_INPUT = {(path, method.upper()) for path, item in document()["paths"].items() for method, spec in item.items()
              if spec.get("requestBody") or spec.get("parameters")}
+STEPS_UP = {(path, method.upper()) for path, item in document()["paths"].items() for method, spec in item.items()
+            if any(p["name"] == STEP_UP for p in spec.get("parameters", []))}
+# The API clients' endpoints, fuzzed with every client role (and none), as they always were.
+TOKEN_OPERATIONS = {("/v1/tokens", "POST"), ("/v1/tokens/batch", "POST"), ("/v1/detokenize", "POST"),
+                    ("/v1/tokens/{token}", "GET"), ("/v1/tokens/{token}", "DELETE"), ("/healthz", "GET"),
+                    ("/readyz", "GET")}
+# Who may use each operators' endpoint (default policy), by path prefix; the first match wins.
+OWNERS = (
+    ("/v1/audit/", ("auditor",)),
+    ("/v1/subjects/{subject_id}/consents", ("privacy_officer", "checkout")),
+    ("/v1/subjects/", ("privacy_officer",)), ("/v1/privacy/", ("privacy_officer",)),
+    ("/v1/disclosures", ("privacy_officer",)), ("/v1/transfers", ("privacy_officer",)),
+    ("/v1/tokens/{token}", ("privacy_officer",)),  # PATCH: rectification
+    ("/v1/keys", ("admin",)), ("/v1/operators", ("admin",)), ("/v1/approvals", ("admin",)),
+    ("/v1/auth/logout", ("admin",)),
+    ("/v1/auth/login", ()),  # no credentials: fuzzed anonymously, positive and negative
+)
 _PLAIN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
 
 
@@ -101,57 +131,117 @@ CHECKS = [not_a_server_error, status_code_conformance, response_schema_conforman
           no_submitted_value_echoed]
 
 
+class Target:
+    """The fuzzed app, the schema loaded from it, and credentials: API keys and operators' sessions."""
+
+    def __init__(self, parts: Components, app: Flask) -> None:
+        self.parts, self.app = parts, app
+        self.keys = api_keys_for(parts)
+        self.schema = schemathesis.openapi.from_wsgi("/openapi.json", app)
+        self._made = 0
+        self.sessions = {role: self.session(self.operator(role)) for role in OPERATORS}
+
+    def operator(self, role: str) -> Operator:
+        self._made += 1
+        return make_operator(self.parts, f"fuzz-{role.replace('_', '-')}-{self._made}", role)
+
+    def session(self, operator: Operator) -> str:
+        """Log in (this consumes the operator's TOTP code of the current time step)."""
+        done = self.parts.operators.login(operator.username, Secret(PASSWORD), Secret(operator.code(datetime.now(UTC))),
+                                          Origin())
+        return done.session.token.expose()
+
+    def credentials(self, role: str) -> str:
+        return self.sessions[role] if role in OPERATORS else self.keys[role]
+
+
 @pytest.fixture(scope="module")
-def fuzz_target(tmp_path_factory: pytest.TempPathFactory, _sqlite_template: Path) -> Iterator[tuple[Any, Flask,
-                                                                                                     dict[str, str]]]:
-    parts, app = sqlite_app(tmp_path_factory.mktemp("fuzz"), _sqlite_template, **UNLIMITED)
-    keys = api_keys_for(parts)
-    _learn_fixed_messages(app, keys)
-    schema = schemathesis.openapi.from_wsgi("/openapi.json", app)
-    yield schema, app, keys
+def fuzz_target(tmp_path_factory: pytest.TempPathFactory, _sqlite_template: Path) -> Iterator[Target]:
+    parts, app = sqlite_app(tmp_path_factory.mktemp("fuzz"), _sqlite_template, **UNLIMITED,
+                            TOKENVAULT_LOGIN_RATE_LIMIT="100000/second")
+    target = Target(parts, app)
+    _learn_fixed_messages(app, target.keys)
+    yield target
+    parts.trail.close()
     parts.engine.dispose()
 
 
-def test_served_document_is_the_generated_one(fuzz_target: tuple[Any, Flask, dict[str, str]]) -> None:
-    _, app, _ = fuzz_target
-    served = app.test_client().get("/openapi.json")
+def test_served_document_is_the_generated_one(fuzz_target: Target) -> None:
+    served = fuzz_target.app.test_client().get("/openapi.json")
     assert served.status_code == 200 and served.get_json() == document()
 
 
+def _roles(path: str, method: str) -> tuple[tuple[str | None, bool], ...]:
+    """(role, whether it is granted the operation) for each role that fuzzes the operation."""
+    if (path, method) in TOKEN_OPERATIONS:
+        return tuple((role, True) for role in CREDENTIALS)
+    owners = next(roles for prefix, roles in OWNERS if path.startswith(prefix))
+    if path == "/v1/auth/logout":
+        return (("admin", True), (None, False))  # logging out one's own session: no role is refused
+    if not owners:
+        return ((None, True),)
+    outsider = "privacy_officer" if "auditor" in owners else "auditor"
+    return (*((role, True) for role in owners), (outsider, False), (None, False))
+
+
 def _combinations() -> Iterator[Any]:
-    """Every role (and none) x operation x mode, less negative data where it cannot matter:
-    an operation without body or parameter has nothing to make invalid, and without
-    credentials every /v1 request stops at 401 before its body is read."""
-    for role in CREDENTIALS:
-        for path, method in OPERATIONS:
+    """Each operation x the roles that fuzz it (and none) x mode, less negative data where it cannot
+    matter: an operation without body or parameter has nothing to make invalid, without credentials
+    every /v1 request stops at 401 before its input is read, and a role never granted the operation
+    stops at 403 (or at the path check) before the body is read."""
+    for path, method in OPERATIONS:
+        for role, granted in _roles(path, method):
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-                if mode is GenerationMode.NEGATIVE and (role is None or (path, method) not in HAS_INPUT):
+                if mode is GenerationMode.NEGATIVE and (not granted or (path, method) not in HAS_INPUT
+                                                        or (role is None and path != "/v1/auth/login")):
                     continue
-                yield pytest.param(role, path, method, mode, id=f"{role or 'anonymous'}-{method} {path}-{mode}")
+                yield pytest.param(role, granted, path, method, mode,
+                                   id=f"{role or 'anonymous'}-{method} {path}-{mode}")
 
 
-@pytest.mark.parametrize(("role", "path", "method", "mode"), list(_combinations()))
-def test_fuzz_operation(fuzz_target: tuple[Any, Flask, dict[str, str]], role: str | None, path: str,
-                        method: str, mode: GenerationMode) -> None:
-    schema, _, keys = fuzz_target
-    operation = schema[path][method]
-    headers = auth(keys[role]) if role else {"Authorization": ""}
+@pytest.mark.parametrize(("role", "granted", "path", "method", "mode"), list(_combinations()))
+def test_fuzz_operation(fuzz_target: Target, role: str | None, granted: bool, path: str, method: str,
+                        mode: GenerationMode) -> None:
+    operation = fuzz_target.schema[path][method]
+    # A step-up spends a TOTP code (and failed codes lock the account): a fresh operator per request.
+    fresh = role in OPERATORS and ((path, method) in STEPS_UP or path == "/v1/auth/logout")
     statuses: list[int] = []
 
-    @settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
+    def headers(case: Any) -> dict[str, str]:
+        """Credentials for one request; a fresh operator (session and step-up code) where it spends them."""
+        if role is None:
+            if case.headers:
+                case.headers.pop("Authorization", None)
+            return {"Authorization": ""} if path != "/v1/auth/login" else {}
+        if not fresh:
+            return auth(fuzz_target.credentials(role))
+        operator = fuzz_target.operator(role)
+        session = fuzz_target.session(operator)
+        return {**auth(session), STEP_UP: operator.code(datetime.now(UTC), 1)}
+
+    examples = MAX_EXAMPLES if granted or (path, method) in TOKEN_OPERATIONS else FEW_EXAMPLES
+
+    @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck))
     @given(case=operation.as_strategy(generation_mode=mode, feedback=NO_FEEDBACK))
     def run(case: Any) -> None:
-        if role is None and case.headers:
-            case.headers.pop("Authorization", None)
-        response = case.call(headers=headers)
+        extra = headers(case)
+        if STEP_UP in extra and case.headers:
+            case.headers.pop(STEP_UP, None)
+        response = case.call(headers=extra)
         statuses.append(response.status_code)
         case.validate_response(response, checks=CHECKS)
 
     run()
     assert statuses, "the fuzzer sent nothing"
-    if role is None:
+    if role is None and path != "/v1/auth/login":
         assert set(statuses) <= {200, 401}, statuses  # only /healthz and /readyz answer without credentials
+    if not granted and role is not None:
+        assert not any(200 <= status < 300 for status in statuses), statuses
+        if path != "/v1/approvals/{approval_id}/approve":  # any operator may try; the request's own rule decides
+            assert 403 in statuses, statuses
+    if fresh and mode is GenerationMode.POSITIVE:
+        assert set(statuses) != {401}, "no request got past the step-up"
 
 
 def test_echo_check_catches_an_echo() -> None:

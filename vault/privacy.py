@@ -457,4 +457,5 @@ class PrivacyService(AuditedOperations):
             return record, recipients
 
         result: tuple[TokenRecord, list[str]] = self._audited(actor, "correct", origin, work, token=token, kind=kind)
+        drop_deleted_copies(self._engine)  # the old value's key and ciphertext pages
         return result

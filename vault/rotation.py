@@ -34,7 +34,7 @@ from vault.operations import AuditedOperations
 from vault.policy import Policy
 from vault.secret import Secret
 from vault.service import record_aad
-from vault.storage import data_keys, domain_keys, key_jobs, tokens
+from vault.storage import data_keys, domain_keys, drop_deleted_copies, key_jobs, tokens
 
 __all__ = ["KeyLifecycle", "CryptoPeriods"]
 
@@ -285,6 +285,7 @@ class KeyLifecycle(AuditedOperations):
                 if on_progress is not None:
                     on_progress(self.describe(current))
                 if phase == "done":
+                    drop_deleted_copies(self._engine)  # re-keyed and destroyed keys' old pages
                     return self.describe(current)
                 if moved == 0:
                     time.sleep(0.2)  # waiting for other processes' key caches to expire

@@ -16,7 +16,7 @@ from api.wiring import Components
 from tests.conftest import Clock, make_components
 from tests.vault.test_service import GATEWAY, HERE, read, tokenize_one
 from vault.audit import Actor
-from vault.storage import data_keys, tokens
+from vault.storage import data_keys, domain_keys, tokens
 
 
 @pytest.fixture
@@ -72,3 +72,30 @@ def test_a_deleted_token_leaves_no_copy(sqlite_parts: tuple[Components, Path]) -
     left = _secrets_of(parts, record.token)
     parts.tokens.delete(Actor(id="cli_officer", role="privacy_officer"), record.token, HERE)
     assert [secret in _files(database) for secret in left] == [False, False]
+
+
+def test_a_corrected_value_leaves_no_copy_of_the_old_one(sqlite_parts: tuple[Components, Path]) -> None:
+    parts, database = sqlite_parts
+    record = tokenize_one(parts, "email", "old.address@example.com")
+    left = _secrets_of(parts, record.token)
+    parts.privacy.correct(Actor(id="cli_officer", role="privacy_officer"), record.token, "new.address@example.com",
+                          HERE)
+    assert [secret in _files(database) for secret in left] == [False, False]
+
+
+def test_reencryption_after_compromise_leaves_no_copy_of_the_old_keys(tmp_path: Path, sqlite_url: str) -> None:
+    parts = make_components(tmp_path / "data", sqlite_url, TOKENVAULT_KEY_CACHE_SECONDS="0.3")
+    database = Path(sqlite_url.removeprefix("sqlite:///"))
+    try:
+        made = [tokenize_one(parts, "email", f"victim{i}@example.com") for i in range(5)]
+        left = [secret for record in made for secret in _secrets_of(parts, record.token)]
+        with parts.engine.connect() as conn:
+            compromised, wrapped = conn.execute(select(domain_keys.c.id, domain_keys.c.wrapped)
+                                                .where(domain_keys.c.active_for == "data")).one()
+        left.append(wrapped.encode())  # the KEK-wrapped domain key, stored as text
+        job = parts.lifecycle.start_reencrypt(Actor(id="admin-1", role="admin"), compromised, HERE)
+        assert parts.lifecycle.run(job, batch=2)["status"] == "done"
+        assert [secret for secret in left if secret in _files(database)] == []
+    finally:
+        parts.trail.close()
+        parts.engine.dispose()

@@ -5,25 +5,17 @@
 
 local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 dofile(here .. "report.lua")
+local post = dofile(here .. "post.lua")
 
 local bodies = {}
 local position = 0
 
 function init(args)
   local path = args[1]
-  if path == nil then
-    error("pass the tokens file after --")
-  end
   local items = tonumber(args[2] or "1000") or 1000
-  local key = os.getenv("BENCH_API_KEY")
-  if key == nil or key == "" then
-    error("set BENCH_API_KEY to a payment_gateway client's API key")
-  end
   local tokens = {}
-  for line in io.lines(path) do
-    if line ~= "" then
-      tokens[#tokens + 1] = '"' .. line .. '"'
-    end
+  for _, line in ipairs(post.lines(path, "tokens")) do
+    tokens[#tokens + 1] = '"' .. line .. '"'
   end
   if #tokens < items then
     error(string.format("need at least %d tokens in %s, found %d", items, path, #tokens))
@@ -38,9 +30,7 @@ function init(args)
   end
   -- Threads start at different windows so they do not read the same rows in step.
   position = ((thread_id or 1) - 1) % #bodies
-  wrk.method = "POST"
-  wrk.headers["Content-Type"] = "application/json"
-  wrk.headers["Authorization"] = "Bearer " .. key
+  post.as_client("payment_gateway")
 end
 
 function request()

@@ -5,19 +5,14 @@
 local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 dofile(here .. "report.lua")
 local card = dofile(here .. "card.lua")
+local post = dofile(here .. "post.lua")
 
 local items = 1000
 
 function init(args)
   card.seed(thread_id)
   items = tonumber(args[1] or "1000") or 1000
-  local key = os.getenv("BENCH_API_KEY")
-  if key == nil or key == "" then
-    error("set BENCH_API_KEY to a checkout client's API key")
-  end
-  wrk.method = "POST"
-  wrk.headers["Content-Type"] = "application/json"
-  wrk.headers["Authorization"] = "Bearer " .. key
+  post.as_client("checkout")
 end
 
 function request()

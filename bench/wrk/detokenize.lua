@@ -4,32 +4,22 @@
 
 local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 dofile(here .. "report.lua")
+local post = dofile(here .. "post.lua")
 
 local bodies = {}
 local position = 0
 
 function init(args)
   local path = args[1]
-  if path == nil then
-    error("pass the tokens file after --")
-  end
-  local key = os.getenv("BENCH_API_KEY")
-  if key == nil or key == "" then
-    error("set BENCH_API_KEY to a payment_gateway client's API key")
-  end
-  for line in io.lines(path) do
-    if line ~= "" then
-      bodies[#bodies + 1] = '{"tokens":["' .. line .. '"],"purpose":"payment"}'
-    end
+  for _, line in ipairs(post.lines(path, "tokens")) do
+    bodies[#bodies + 1] = '{"tokens":["' .. line .. '"],"purpose":"payment"}'
   end
   if #bodies == 0 then
     error("no tokens in " .. path)
   end
   -- Threads start at different places in the list so they do not read the same rows in step.
   position = (((thread_id or 1) - 1) * 997) % #bodies
-  wrk.method = "POST"
-  wrk.headers["Content-Type"] = "application/json"
-  wrk.headers["Authorization"] = "Bearer " .. key
+  post.as_client("payment_gateway")
 end
 
 function request()

@@ -6,21 +6,16 @@
 local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 dofile(here .. "report.lua")
 local card = dofile(here .. "card.lua")
+local post = dofile(here .. "post.lua")
 
 local prefix = nil
 local counter = 0
 
 function init(args)
   card.seed(thread_id)
-  local token = os.getenv("BENCH_VAULT_TOKEN")
-  if token == nil or token == "" then
-    error("set BENCH_VAULT_TOKEN")
-  end
   prefix = string.format("/v1/%s/data/bench/%d-%08x-", args[1] or "secret", thread_id or 0,
                          math.random(0, 0x7fffffff))
-  wrk.method = "POST"
-  wrk.headers["Content-Type"] = "application/json"
-  wrk.headers["X-Vault-Token"] = token
+  post.as_vault_token()
 end
 
 function request()

@@ -6,6 +6,7 @@
 local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 dofile(here .. "report.lua")
 local card = dofile(here .. "card.lua")
+local post = dofile(here .. "post.lua")
 
 local path = nil
 local alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
@@ -33,14 +34,8 @@ function init(args)
   if key == nil then
     error("pass the Transit key name after --")
   end
-  local token = os.getenv("BENCH_VAULT_TOKEN")
-  if token == nil or token == "" then
-    error("set BENCH_VAULT_TOKEN")
-  end
   path = "/v1/" .. (args[2] or "transit") .. "/encrypt/" .. key
-  wrk.method = "POST"
-  wrk.headers["Content-Type"] = "application/json"
-  wrk.headers["X-Vault-Token"] = token
+  post.as_vault_token()
 end
 
 function request()

@@ -35,6 +35,7 @@ logger_class = "api.logs.GunicornLogger"
 
 # Prometheus multiprocess mode: one directory shared by the workers of this master,
 # emptied at start, set before any worker imports prometheus_client.
+_metrics_dir_given = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 _metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="tokenvault-metrics-")
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
 os.makedirs(_metrics_dir, mode=0o700, exist_ok=True)
@@ -43,6 +44,12 @@ os.makedirs(_metrics_dir, mode=0o700, exist_ok=True)
 def on_starting(server):
     shutil.rmtree(_metrics_dir, ignore_errors=True)
     os.makedirs(_metrics_dir, mode=0o700, exist_ok=True)
+
+
+def on_exit(server):
+    """A directory this config made for itself goes with the master; one the operator named stays."""
+    if not _metrics_dir_given:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)
 
 
 def child_exit(server, worker):

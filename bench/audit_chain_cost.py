@@ -25,7 +25,7 @@ from vault.service import TokenRequest, TokenService
 from vault.storage import audit_events
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.embedded import drop_postgres, fresh_vault
+from bench.embedded import discard, fresh_vault
 
 _counter = itertools.count(1)
 
@@ -70,9 +70,7 @@ def measure(rounds: int, ops: int, database_url: str | None = None) -> dict[str,
                 "unchained_ops_per_sec": statistics.median(plain_rates),
                 "cost": 1 - statistics.median(ratios)}
     finally:
-        parts.engine.dispose()
-        if url.startswith("postgres"):
-            drop_postgres(url)
+        discard(parts, url)
 
 
 def main() -> None:

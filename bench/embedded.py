@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -54,3 +55,12 @@ def fresh_vault(database_url: str | None, prefix: str, **env: str) -> tuple[Comp
     with parts.engine.begin() as conn:
         parts.keys.ensure_domain_keys(conn)
     return parts, url
+
+
+def discard(parts: Components, url: str) -> None:
+    """Undo `fresh_vault`: stop the audit thread, close the pool, drop the database, remove the data dir."""
+    parts.trail.close()
+    parts.engine.dispose()
+    if url.startswith("postgres"):
+        drop_postgres(url)
+    shutil.rmtree(parts.settings.data_dir, ignore_errors=True)

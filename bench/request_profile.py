@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from api.app import create_app
-from bench.embedded import drop_postgres, fresh_vault
+from bench.embedded import discard, fresh_vault
 from bench.harness.vaultdata import BATCH, UNLIMITED, luhn_complete
 
 CASES = ("tokenize", "detokenize", "batch-tokenize", "batch-detokenize")
@@ -88,10 +88,7 @@ def main() -> int:
             print(f"\n--- sorted by {order} ---")
             pstats.Stats(profiler).sort_stats(order).print_stats(args.top)
     finally:
-        parts.trail.close()
-        parts.engine.dispose()
-        if url.startswith("postgres"):
-            drop_postgres(url)
+        discard(parts, url)
     return 0
 
 

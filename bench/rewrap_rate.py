@@ -14,7 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.embedded import drop_postgres, fresh_vault
+from api.wiring import Components
+from bench.embedded import discard, fresh_vault
 from vault.audit import Actor, Origin
 from vault.service import TokenRequest
 
@@ -26,22 +27,26 @@ def main() -> None:
     parser.add_argument("--database-url", default=None)
     args = parser.parse_args()
     parts, url = fresh_vault(args.database_url, "tv-rewrap-", TOKENVAULT_KEY_CACHE_SECONDS="1")
+    try:
+        rewrap(parts, args.keys, args.batch)
+    finally:
+        discard(parts, url)
+
+
+def rewrap(parts: Components, keys: int, batch: int) -> None:
     checkout, admin, origin = Actor(id="bench", role="checkout"), Actor(id="bench-admin", role="admin"), Origin()
     card = {"pan": "4111111111111111", "exp_month": 12, "exp_year": 2099}
     started = time.perf_counter()
-    for _ in range(0, args.keys, 1000):
+    for _ in range(0, keys, 1000):
         parts.tokens.tokenize(checkout, [TokenRequest(kind="card", value=card)] * 1000, origin)
     filled = time.perf_counter() - started
     job = parts.lifecycle.start_rotation(admin, origin, domain_keys_too=True)
     started = time.perf_counter()
-    state = parts.lifecycle.run(job, batch=args.batch)
+    state = parts.lifecycle.run(job, batch=batch)
     elapsed = time.perf_counter() - started
-    print(f"engine: {parts.engine.dialect.name}; {args.keys:,} data keys (tokenized in {filled:.1f} s)")
+    print(f"engine: {parts.engine.dialect.name}; {keys:,} data keys (tokenized in {filled:.1f} s)")
     print(f"rewrap job: {state['done']:,} keys in {elapsed:.1f} s = {state['done'] / elapsed:,.0f} keys/s "
-          f"(batch {args.batch}; status {state['status']})")
-    parts.engine.dispose()
-    if url.startswith("postgres"):
-        drop_postgres(url)
+          f"(batch {batch}; status {state['status']})")
 
 
 if __name__ == "__main__":

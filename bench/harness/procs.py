@@ -35,22 +35,6 @@ def free_port() -> int:
         return port
 
 
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def free_port_pair() -> int:
-    """A free port whose successor is free too (an OpenBao dev server's cluster listener takes port+1)."""
-    while True:
-        port = free_port()
-        if port < 65535 and _bindable(port + 1):
-            return port
-
 
 def find_tokenvault() -> Path:
     """The `tokenvault` script of the environment running this file, else the first on PATH."""

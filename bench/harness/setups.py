@@ -22,11 +22,10 @@ from bench.harness.procs import (
     Processes,
     Service,
     free_port,
-    free_port_pair,
     wait_ready,
 )
 from bench.harness.vaultdata import UNLIMITED, cli, create_client, create_tokens, read_back, write_tokens
-from tests.support.openbao import OpenBao, bao_binary, enable_approle, ensure_transit
+from tests.support.openbao import OpenBao, bao_binary, enable_approle, ensure_transit, free_port_pair
 
 VAULT_KEY = "bench-kek"  # the vault provider's KEK in OpenBao Transit
 PEER_KEY = "bench-peer"  # a separate Transit key for the peer cases

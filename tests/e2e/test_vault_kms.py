@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import hvac.exceptions
 import pytest
 import requests
 
@@ -34,7 +33,15 @@ from api.app import create_app
 from api.settings import Settings
 from api.wiring import build
 from tests.conftest import make_components
-from tests.support.openbao import AppRole, OpenBao, enable_approle, external_openbao, openbao_server, start_openbao
+from tests.support.openbao import (
+    AppRole,
+    OpenBao,
+    approle_token_accessors,
+    enable_approle,
+    external_openbao,
+    openbao_server,
+    start_openbao,
+)
 from tests.support.server import BIN, Server, running_server
 
 SERVICE_POLICY = ("tokenvault-service.hcl",)
@@ -204,17 +211,7 @@ def own_openbao(tmp_path: Path) -> Iterator[OpenBao]:
 
 
 def service_accessors(bao: OpenBao, role_name: str) -> set[str]:
-    """Accessors of the live tokens AppRole issued to `role_name`."""
-    root = bao.client()
-    found = set()
-    for accessor in root.auth.token.list_accessors()["data"]["keys"]:
-        try:
-            meta = root.auth.token.lookup_accessor(accessor)["data"].get("meta") or {}
-        except hvac.exceptions.VaultError:
-            continue
-        if meta.get("role_name") == role_name:
-            found.add(accessor)
-    return found
+    return set(approle_token_accessors(bao, role_name))
 
 
 def unseal_key(bao: OpenBao) -> str:

@@ -22,7 +22,7 @@ from kms.provider import wrapped_version
 from kms.vault_transit import VaultConfig, VaultTransitProvider
 from tests.kms.conftest import FakeClock, VaultFactory, new_key_name
 from tests.support import openbao as openbao_support
-from tests.support.openbao import OpenBao, enable_approle, render_policy
+from tests.support.openbao import OpenBao, approle_token_accessors, enable_approle, render_policy
 from vault.errors import ConfigurationError, KeyServiceUnavailable
 from vault.secret import Secret
 
@@ -34,20 +34,6 @@ def approle_login(server: OpenBao, role_id: str, secret_id: str) -> hvac.Client:
     client = server.client(token="")
     client.auth.approle.login(role_id=role_id, secret_id=secret_id)
     return client
-
-
-def tokens_of_role(server: OpenBao, role_name: str) -> list[str]:
-    """Accessors of live tokens that AppRole issued for `role_name`."""
-    root = server.client()
-    found = []
-    for accessor in root.auth.token.list_accessors()["data"]["keys"]:
-        try:
-            meta = root.auth.token.lookup_accessor(accessor)["data"].get("meta") or {}
-        except hvac.exceptions.VaultError:
-            continue
-        if meta.get("role_name") == role_name:
-            found.append(accessor)
-    return found
 
 
 # -- configuration --------------------------------------------------------------------
@@ -276,7 +262,7 @@ def test_approle_login_with_secret_id_file(
     try:
         key, wrapped = provider.generate()
         assert provider.unwrap([wrapped]) == [key]
-        assert len(tokens_of_role(openbao, role.role_name)) == 1  # logged in once, token reused
+        assert len(approle_token_accessors(openbao, role.role_name)) == 1  # logged in once, token reused
     finally:
         provider.close()
 
@@ -301,13 +287,13 @@ def test_revoked_token_relogs_in_transparently(
     role = enable_approle(openbao, key_name=key_name, policy_files=SERVICE)
     service = make_vault_provider(role_id=Secret(role.role_id), secret_id=Secret(role.secret_id))
     key, wrapped = service.generate()
-    accessors = tokens_of_role(openbao, role.role_name)
+    accessors = approle_token_accessors(openbao, role.role_name)
     assert len(accessors) == 1
     openbao.client().auth.token.revoke_accessor(accessors[0])
     before = service.calls
     assert service.unwrap([wrapped]) == [key]
     assert service.calls - before == 3  # denied, login, retry
-    assert tokens_of_role(openbao, role.role_name) not in ([], accessors)
+    assert approle_token_accessors(openbao, role.role_name) not in ([], accessors)
 
 
 def test_static_token_is_renewed_before_expiry(
@@ -348,12 +334,12 @@ def test_approle_token_is_renewed_and_relogs_in_when_renewal_is_refused(
     fake_clock.advance(2500)
     assert service.unwrap([wrapped]) == [key]
     assert service.calls == 4  # renew-self, decrypt
-    [accessor] = tokens_of_role(openbao, role.role_name)
+    [accessor] = approle_token_accessors(openbao, role.role_name)
     openbao.client().auth.token.revoke_accessor(accessor)
     fake_clock.advance(2500)
     assert service.unwrap([wrapped]) == [key]
     assert service.calls == 7  # renew refused, login, decrypt
-    assert tokens_of_role(openbao, role.role_name) not in ([], [accessor])
+    assert approle_token_accessors(openbao, role.role_name) not in ([], [accessor])
 
 
 def test_concurrent_use_from_threads(
@@ -377,7 +363,7 @@ def test_concurrent_use_from_threads(
     for thread in threads:
         thread.join()
     assert errors == []
-    assert len(tokens_of_role(openbao, role.role_name)) == 1  # one login shared by all threads
+    assert len(approle_token_accessors(openbao, role.role_name)) == 1  # one login shared by all threads
     assert service.calls == 1 + 8 * 20
 
 

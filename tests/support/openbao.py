@@ -65,7 +65,7 @@ def _bindable(port: int) -> bool:
         return True
 
 
-def _free_port() -> int:
+def free_port_pair() -> int:
     """A free port whose successor is free too: the dev server's cluster listener takes port+1."""
     while True:
         with socket.socket() as sock:
@@ -169,7 +169,7 @@ def start_openbao(workdir: Path, timeout: float = 20.0) -> OpenBao:
     env["HOME"] = str(workdir)
     last_error: Exception | None = None
     for attempt in range(_START_ATTEMPTS):  # another process may grab the free port first
-        port = _free_port()
+        port = free_port_pair()
         token = "root-" + secrets.token_hex(16)
         log = workdir / f"bao-{port}.log"
         with log.open("wb") as handle:
@@ -234,6 +234,20 @@ class AppRole:
     role_id: str
     secret_id: str
     policies: tuple[str, ...]
+
+
+def approle_token_accessors(server: OpenBao, role_name: str) -> list[str]:
+    """Accessors of the live tokens AppRole issued for `role_name`."""
+    root = server.client()
+    found = []
+    for accessor in root.auth.token.list_accessors()["data"]["keys"]:
+        try:
+            meta = root.auth.token.lookup_accessor(accessor)["data"].get("meta") or {}
+        except hvac.exceptions.VaultError:
+            continue
+        if meta.get("role_name") == role_name:
+            found.append(accessor)
+    return found
 
 
 def enable_approle(

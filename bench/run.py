@@ -40,6 +40,7 @@ from bench.harness.procs import (
     RESULTS,
     ROOT,
     BenchError,
+    exit_with,
     find_tokenvault,
     git_revision,
     install_signal_handlers,
@@ -211,8 +212,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    exit_with(main)

@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import run
-from bench.harness.procs import BenchError
+from bench.harness.procs import exit_with
 
 DEFAULTS = ["--cases", "hello@hello,tokenize@sqlite-local,detokenize@sqlite-local", "--no-postgres", "--no-extras",
             "--duration", "10", "--rounds", "2", "--tokens", "1000"]
@@ -26,8 +26,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    exit_with(main)

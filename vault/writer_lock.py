@@ -26,7 +26,15 @@ from typing import Any
 
 __all__ = ["GatedConnection", "NestedWriter", "lock_path_for"]
 
-_held = threading.local()  # lock files this thread holds
+_this_thread = threading.local()
+
+
+def _held_here() -> set[str]:
+    """The lock files this thread holds."""
+    if not hasattr(_this_thread, "paths"):
+        _this_thread.paths = set()
+    paths: set[str] = _this_thread.paths
+    return paths
 
 
 class NestedWriter(sqlite3.OperationalError):
@@ -49,7 +57,7 @@ class GatedConnection(sqlite3.Connection):
     def acquire(self) -> None:
         if self._held:
             return
-        mine: set[str] = _held.__dict__.setdefault("paths", set())
+        mine = _held_here()
         if self._lock_path in mine:
             raise NestedWriter("this thread is already in a transaction on this database")
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
@@ -59,7 +67,7 @@ class GatedConnection(sqlite3.Connection):
     def _release(self) -> None:
         if self._held:
             self._held = False
-            _held.__dict__.setdefault("paths", set()).discard(self._lock_path)
+            _held_here().discard(self._lock_path)
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def truncate_wal(self) -> bool:

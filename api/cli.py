@@ -19,8 +19,8 @@ from api.wiring import Components, build, build_provider
 from kms.local import create_master_key_file
 from vault.audit import Actor
 from vault.errors import VaultError
-from vault.migrate import upgrade
 from vault.policy import load_policy
+from vault.storage.migrate import upgrade
 
 __all__ = ["main"]
 

@@ -20,7 +20,7 @@ from sqlalchemy import and_, delete, func, or_, select
 from api.settings import Settings
 from api.wiring import Components, build
 from vault.audit import EventQuery, event_json, select_events
-from vault.storage import audit_archives, audit_events, insert_ignoring_conflict
+from vault.storage.schema import audit_archives, audit_events, insert_ignoring_conflict
 
 __all__ = ["audit"]
 

@@ -32,7 +32,7 @@ from vault.retention import RetentionService
 from vault.rotation import KeyLifecycle
 from vault.service import TokenService
 from vault.sessions import Sessions
-from vault.storage import create_engine_for
+from vault.storage.schema import create_engine_for
 from vault.transfer import check_transfer_params
 
 __all__ = ["Components", "build", "build_provider"]

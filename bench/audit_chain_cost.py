@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection
 
 from vault.audit import Actor, AuditEvent, AuditTrail, Origin
 from vault.service import TokenRequest, TokenService
-from vault.storage import audit_events
+from vault.storage.schema import audit_events
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.embedded import discard, fresh_vault

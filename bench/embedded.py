@@ -10,7 +10,7 @@ from pathlib import Path
 
 from api.settings import Settings
 from api.wiring import Components, build
-from vault.migrate import upgrade
+from vault.storage.migrate import upgrade
 
 
 def fresh_postgres(url: str) -> str:
@@ -18,7 +18,7 @@ def fresh_postgres(url: str) -> str:
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
-    from vault.storage import normalise_url
+    from vault.storage.schema import normalise_url
 
     base = make_url(normalise_url(url))
     name = f"tv_bench_{secrets.token_hex(4)}"

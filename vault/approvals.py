@@ -29,7 +29,7 @@ from vault.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from vault.operations import AuditedOperations
 from vault.operators import StepUp
 from vault.policy import Policy
-from vault.storage import approvals
+from vault.storage.schema import approvals
 
 __all__ = ["ApprovalAction", "Approval", "Approvals"]
 

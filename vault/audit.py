@@ -36,7 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from vault.errors import AuditWriteFailed, KeyServiceUnavailable, VaultError
 from vault.keys import KeyHierarchy
-from vault.storage import audit_archives, audit_events
+from vault.storage.schema import audit_archives, audit_events
 
 __all__ = ["AuditEvent", "Origin", "Actor", "AuditTrail", "Verification", "Break", "event_fields"]
 

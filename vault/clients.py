@@ -22,7 +22,7 @@ from vault.errors import AuditWriteFailed, NotFound, StorageUnavailable, Unauthe
 from vault.keys import KeyHierarchy
 from vault.policy import Policy
 from vault.secret import Secret
-from vault.storage import clients
+from vault.storage.schema import clients
 
 __all__ = ["ClientRegistry", "API_KEY_PREFIX"]
 

@@ -20,7 +20,7 @@ from vault.errors import DecryptionFailed, Forbidden, NotFound, ValidationFailed
 from vault.operations import AuditedOperations
 from vault.policy import Policy
 from vault.service import TokenService
-from vault.storage import disclosures, tokens
+from vault.storage.schema import disclosures, tokens
 
 __all__ = ["DisclosureService", "DISCLOSURE_DAYS"]
 

@@ -26,7 +26,7 @@ from kms.provider import KeyProvider, wrapped_version
 from vault.envelope import Cipher, associated_data
 from vault.errors import DecryptionFailed, KeyServiceUnavailable
 from vault.secret import Secret
-from vault.storage import data_keys, domain_keys, insert_ignoring_conflict
+from vault.storage.schema import data_keys, domain_keys, insert_ignoring_conflict
 
 __all__ = ["KeyHierarchy", "DataKey", "PURPOSES"]
 

@@ -31,7 +31,7 @@ from vault.passwords import Passwords
 from vault.policy import Policy
 from vault.secret import Secret
 from vault.sessions import Session, Sessions
-from vault.storage import data_keys, operators
+from vault.storage.schema import data_keys, operators
 from vault.totp import claim_step, matching_step, new_seed, provisioning_uri
 
 __all__ = ["OPERATOR_ROLES", "HOST", "Lockout", "NewOperator", "Login", "StepUp", "OperatorRegistry"]

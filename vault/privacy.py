@@ -26,7 +26,7 @@ from vault.operations import AuditedOperations
 from vault.policy import Policy
 from vault.rotation import rekey_data_key
 from vault.service import TokenRecord, TokenRequest, TokenService, purpose_of_kind, record_aad
-from vault.storage import (
+from vault.storage.schema import (
     audit_events,
     consents,
     data_keys,

@@ -17,7 +17,7 @@ from vault.audit import Actor, AuditTrail, Origin
 from vault.operations import AuditedOperations
 from vault.policy import Policy
 from vault.service import TokenService
-from vault.storage import holds, retained_records, tokens
+from vault.storage.schema import holds, retained_records, tokens
 
 __all__ = ["RetentionService"]
 

@@ -34,7 +34,7 @@ from vault.operations import AuditedOperations
 from vault.policy import Policy
 from vault.secret import Secret
 from vault.service import record_aad
-from vault.storage import data_keys, domain_keys, drop_deleted_copies, key_jobs, tokens
+from vault.storage.schema import data_keys, domain_keys, drop_deleted_copies, key_jobs, tokens
 
 __all__ = ["KeyLifecycle", "CryptoPeriods"]
 

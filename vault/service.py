@@ -45,7 +45,7 @@ from vault.kinds import (
 )
 from vault.operations import AuditedOperations
 from vault.policy import PURPOSES, Policy, apply_view
-from vault.storage import data_keys, drop_deleted_copies, insert_ignoring_conflict, tokens
+from vault.storage.schema import data_keys, drop_deleted_copies, insert_ignoring_conflict, tokens
 from vault.subjects import subject_states
 from vault.tokens import card_token, kind_of_token, opaque_token
 

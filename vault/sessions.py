@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 
 from vault.keys import KeyHierarchy
 from vault.secret import Secret
-from vault.storage import operator_sessions, operators
+from vault.storage.schema import operator_sessions, operators
 
 __all__ = ["SESSION_PREFIX", "Session", "Sessions"]
 

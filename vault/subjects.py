@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection
 
 from vault.cards import luhn_valid
 from vault.errors import ValidationFailed
-from vault.storage import consents, subjects
+from vault.storage.schema import consents, subjects
 
 __all__ = ["SubjectState", "subject_states", "CONSENT_PURPOSES", "check_subject_id"]
 

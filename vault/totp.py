@@ -17,7 +17,7 @@ from sqlalchemy import delete
 from sqlalchemy.engine import Connection
 
 from vault.secret import Secret
-from vault.storage import insert_ignoring_conflict, totp_uses
+from vault.storage.schema import insert_ignoring_conflict, totp_uses
 
 __all__ = ["STEP_SECONDS", "new_seed", "provisioning_uri", "matching_step", "claim_step", "current_step"]
 

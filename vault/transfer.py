@@ -31,7 +31,7 @@ from vault.errors import DecryptionFailed, Forbidden, ValidationFailed
 from vault.operations import AuditedOperations
 from vault.policy import Policy
 from vault.service import TokenRecord, TokenRequest, TokenService
-from vault.storage import approvals, audit_events, consents, tokens
+from vault.storage.schema import approvals, audit_events, consents, tokens
 from vault.tokens import kind_of_token
 
 __all__ = ["TransferService", "seal_bundle", "open_bundle", "FORMAT"]

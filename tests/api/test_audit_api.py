@@ -7,7 +7,7 @@ from sqlalchemy import select, update
 
 from api.wiring import Components
 from tests.conftest import auth
-from vault.storage import audit_events
+from vault.storage.schema import audit_events
 
 CARD = {"pan": "4111111111111111", "exp_month": 12, "exp_year": 2099}
 REQUIRED = ("seq", "at", "actor", "role", "action", "outcome")

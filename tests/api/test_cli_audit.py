@@ -17,7 +17,7 @@ from api.cli import main
 from api.cli_audit import cef_line
 from tests.conftest import Clock, make_components
 from tests.vault.test_service import CARD, GATEWAY, read, tokenize_one
-from vault.storage import audit_events
+from vault.storage.schema import audit_events
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def test_verify_exit_codes(env: dict[str, str]) -> None:
     assert run("audit", "checkpoint")[0] == 0
     from sqlalchemy import create_engine
 
-    from vault.storage import normalise_url
+    from vault.storage.schema import normalise_url
 
     engine = create_engine(normalise_url(env["TOKENVAULT_DATABASE_URL"]))
     with engine.begin() as conn:

@@ -18,9 +18,9 @@ from tests.support.operators import make_operator
 from tests.vault.test_service import CARD, GATEWAY, HERE, read, tokenize_one
 from vault.audit import Actor
 from vault.errors import DecryptionFailed
-from vault.migrate import upgrade
 from vault.secret import Secret
-from vault.storage import create_engine_for
+from vault.storage.migrate import upgrade
+from vault.storage.schema import create_engine_for
 from vault.transfer import open_bundle, recipient_fingerprint
 
 

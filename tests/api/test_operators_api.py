@@ -8,7 +8,7 @@ from sqlalchemy import select
 from api.wiring import Components
 from tests.conftest import Clock, auth
 from tests.support.operators import PASSWORD, Operator, login, make_operator, seed_of
-from vault.storage import audit_events
+from vault.storage.schema import audit_events
 
 
 def test_login_answers_the_same_for_every_failure(client: FlaskClient, components: Components,

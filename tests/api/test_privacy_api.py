@@ -12,7 +12,7 @@ from sqlalchemy import select, text
 from api.wiring import Components
 from tests.conftest import Clock, auth
 from tests.support.operators import login, make_operator
-from vault.storage import data_keys, tokens
+from vault.storage.schema import data_keys, tokens
 
 PAN = "5555555555554444"
 CARD = {"pan": PAN, "exp_month": 7, "exp_year": 2099, "holder": "Erin Erasable"}

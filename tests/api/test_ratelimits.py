@@ -18,7 +18,7 @@ from api.ratelimits import RateLimits
 from api.wiring import Components
 from tests.conftest import Clock, auth, make_components
 from vault.errors import ConfigurationError
-from vault.storage import audit_events
+from vault.storage.schema import audit_events
 
 CARD = {"pan": "4111111111111111", "exp_month": 12, "exp_year": 2099}
 

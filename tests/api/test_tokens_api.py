@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from api.wiring import Components
 from tests.conftest import auth
-from vault.storage import audit_events
+from vault.storage.schema import audit_events
 
 CARD = {"pan": "4111 1111 1111 1111", "exp_month": 12, "exp_year": 2099}
 PAN = "4111111111111111"

@@ -20,7 +20,7 @@ from werkzeug.test import TestResponse
 from api.wiring import Components
 from tests.attacks.support import ADDRESS, AMEX, CARD, CVV, EMAIL, HOLDER, PAN, PAN_SPACED, echoed, values_in
 from tests.conftest import auth
-from vault.storage import audit_events
+from vault.storage.schema import audit_events
 
 SQL_INJECTIONS = (
     "' OR '1'='1",

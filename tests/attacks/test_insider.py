@@ -22,7 +22,7 @@ from vault.audit import Actor, AuditTrail, Origin
 from vault.errors import DecryptionFailed, NotFound, VaultError
 from vault.keys import KeyHierarchy
 from vault.service import TokenRecord, TokenRequest, TokenService
-from vault.storage import audit_events, data_keys, domain_keys, tokens
+from vault.storage.schema import audit_events, data_keys, domain_keys, tokens
 
 CHECKOUT = Actor(id="cli_checkout", role="checkout")
 GATEWAY = Actor(id="cli_gateway", role="payment_gateway")

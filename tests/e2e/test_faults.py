@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, func, select, text
 
 from tests.support.database import postgres_database
 from tests.support.server import Server, running_server
-from vault.storage import normalise_url, tokens
+from vault.storage.schema import normalise_url, tokens
 
 
 def bearer(key: str) -> dict[str, str]:

@@ -31,7 +31,7 @@ from api.wiring import Components
 from tests.conftest import make_components
 from tests.support.cards import HERE, fill, read_all
 from vault.audit import Actor
-from vault.storage import domain_keys, key_jobs
+from vault.storage.schema import domain_keys, key_jobs
 
 BIN = Path(sys.executable).with_name("tokenvault")
 ADMIN = Actor(id="admin", role="admin")

@@ -23,7 +23,7 @@ from tests.support.cards import HERE, fill, read_all
 from tests.support.openbao import OpenBao
 from vault.audit import Actor
 from vault.errors import KeyServiceUnavailable
-from vault.storage import domain_keys
+from vault.storage.schema import domain_keys
 
 ADMIN = Actor(id="admin", role="admin")
 CACHE_SECONDS = 1.0

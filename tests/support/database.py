@@ -18,8 +18,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from vault.migrate import upgrade
-from vault.storage import create_engine_for, metadata, normalise_url
+from vault.storage.migrate import upgrade
+from vault.storage.schema import create_engine_for, metadata, normalise_url
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
 

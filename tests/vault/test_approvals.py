@@ -14,7 +14,7 @@ from vault.audit import Actor, Origin
 from vault.errors import Conflict, Forbidden, NotFound, Unauthenticated, ValidationFailed
 from vault.operators import StepUp
 from vault.secret import Secret
-from vault.storage import approvals, audit_events, operators
+from vault.storage.schema import approvals, audit_events, operators
 
 ORIGIN = Origin(request_id="req-2", source="198.51.100.4", user_agent="pytest")
 

@@ -13,7 +13,7 @@ from api.wiring import Components
 from tests.conftest import make_components
 from tests.vault.test_service import CARD, CHECKOUT, GATEWAY, HERE, read, tokenize_one
 from vault.audit import AuditEvent, AuditTrail
-from vault.storage import audit_events
+from vault.storage.schema import audit_events
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from tests.conftest import Clock, make_components
 from vault.audit import Origin
 from vault.errors import NotFound, Unauthenticated, ValidationFailed
 from vault.secret import Secret
-from vault.storage import audit_events, clients
+from vault.storage.schema import audit_events, clients
 
 
 def test_rotation_keeps_the_old_key_for_the_grace_period_only(tmp_path: Path, database_url: str,

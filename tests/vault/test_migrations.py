@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from vault.storage import create_engine_for, metadata
+from vault.storage.schema import create_engine_for, metadata
 
 
 def test_migrations_match_the_model(database_url: str) -> None:

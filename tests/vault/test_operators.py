@@ -11,7 +11,7 @@ from tests.support.operators import PASSWORD, Operator, make_operator
 from vault.audit import HOST, Actor, Origin
 from vault.errors import Conflict, Forbidden, StepUpRequired, Unauthenticated, ValidationFailed
 from vault.secret import Secret
-from vault.storage import audit_events, operator_sessions, operators
+from vault.storage.schema import audit_events, operator_sessions, operators
 
 ORIGIN = Origin(request_id="req-1", source="203.0.113.7", user_agent="pytest")
 

@@ -16,7 +16,7 @@ from tests.vault.test_service import tokenize_one
 from vault.audit import Actor
 from vault.errors import Conflict, Forbidden
 from vault.service import TokenRecord, TokenRequest
-from vault.storage import data_keys, domain_keys, tokens
+from vault.storage.schema import data_keys, domain_keys, tokens
 
 ADMIN = Actor(id="admin-1", role="admin")
 CARDS = ["4111111111111111", "5555555555554444", "378282246310005", "6011111111111117"]

@@ -13,7 +13,7 @@ from tests.conftest import Clock
 from vault.audit import Actor, Origin
 from vault.errors import DecryptionFailed, Forbidden, NotFound, ValidationFailed, VaultError
 from vault.service import TokenRecord, TokenRequest
-from vault.storage import audit_events, data_keys, tokens
+from vault.storage.schema import audit_events, data_keys, tokens
 
 CHECKOUT = Actor(id="cli_checkout", role="checkout")
 GATEWAY = Actor(id="cli_gateway", role="payment_gateway")

@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import event, text
 from sqlalchemy.exc import OperationalError
 
-from vault.storage import create_engine_for
-from vault.writer_lock import GatedConnection, lock_path_for
+from vault.storage.schema import create_engine_for
+from vault.storage.writer_lock import GatedConnection, lock_path_for
 
 
 def _holder_and_waiter(path: Path, finish: str) -> list[str]:

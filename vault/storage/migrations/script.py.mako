@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
-import vault.storage
+import vault.storage.schema
 ${imports if imports else ""}
 
 revision = ${repr(up_revision)}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
-import vault.storage
+import vault.storage.schema
 
 
 revision = '0001'
@@ -24,12 +24,12 @@ def upgrade() -> None:
     sa.Column('chain_seq', sa.BigInteger(), nullable=False),
     sa.Column('mac', sa.LargeBinary(length=32), nullable=False),
     sa.Column('archive', sa.String(length=255), nullable=False),
-    sa.Column('archived_at', vault.storage.UTCDateTime(), nullable=False),
+    sa.Column('archived_at', vault.storage.schema.UTCDateTime(), nullable=False),
     sa.PrimaryKeyConstraint('writer', name=op.f('pk_audit_archives'))
     )
     op.create_table('audit_events',
     sa.Column('seq', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
-    sa.Column('at', vault.storage.UTCDateTime(), nullable=False),
+    sa.Column('at', vault.storage.schema.UTCDateTime(), nullable=False),
     sa.Column('actor', sa.String(length=128), nullable=False),
     sa.Column('role', sa.String(length=40), nullable=False),
     sa.Column('action', sa.String(length=40), nullable=False),
@@ -63,8 +63,8 @@ def upgrade() -> None:
     sa.Column('name', sa.String(length=200), nullable=False),
     sa.Column('role', sa.String(length=40), nullable=False),
     sa.Column('key_hash', sa.LargeBinary(length=32), nullable=False),
-    sa.Column('created_at', vault.storage.UTCDateTime(), nullable=False),
-    sa.Column('revoked_at', vault.storage.UTCDateTime(), nullable=True),
+    sa.Column('created_at', vault.storage.schema.UTCDateTime(), nullable=False),
+    sa.Column('revoked_at', vault.storage.schema.UTCDateTime(), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_clients')),
     sa.UniqueConstraint('key_hash', name=op.f('uq_clients_key_hash'))
     )
@@ -74,8 +74,8 @@ def upgrade() -> None:
     sa.Column('active_for', sa.String(length=16), nullable=True),
     sa.Column('wrapped', sa.Text(), nullable=False),
     sa.Column('kek_version', sa.Integer(), nullable=False),
-    sa.Column('created_at', vault.storage.UTCDateTime(), nullable=False),
-    sa.Column('retired_at', vault.storage.UTCDateTime(), nullable=True),
+    sa.Column('created_at', vault.storage.schema.UTCDateTime(), nullable=False),
+    sa.Column('retired_at', vault.storage.schema.UTCDateTime(), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_domain_keys')),
     sa.UniqueConstraint('active_for', name=op.f('uq_domain_keys_active_for'))
     )
@@ -85,7 +85,7 @@ def upgrade() -> None:
     sa.Column('subject_id', sa.String(length=128), nullable=True),
     sa.Column('purpose', sa.String(length=16), nullable=False),
     sa.Column('wrapped', sa.LargeBinary(), nullable=False),
-    sa.Column('created_at', vault.storage.UTCDateTime(), nullable=False),
+    sa.Column('created_at', vault.storage.schema.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['domain_key_id'], ['domain_keys.id'], name=op.f('fk_data_keys_domain_key_id_domain_keys')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_data_keys')),
     sa.UniqueConstraint('subject_id', 'purpose', name='uq_data_keys_subject_purpose')
@@ -101,8 +101,8 @@ def upgrade() -> None:
     sa.Column('ciphertext', sa.LargeBinary(), nullable=False),
     sa.Column('lookup', sa.LargeBinary(length=32), nullable=True),
     sa.Column('meta', sa.Text(), nullable=False),
-    sa.Column('created_at', vault.storage.UTCDateTime(), nullable=False),
-    sa.Column('expires_at', vault.storage.UTCDateTime(), nullable=True),
+    sa.Column('created_at', vault.storage.schema.UTCDateTime(), nullable=False),
+    sa.Column('expires_at', vault.storage.schema.UTCDateTime(), nullable=True),
     sa.ForeignKeyConstraint(['data_key_id'], ['data_keys.id'], name=op.f('fk_tokens_data_key_id_data_keys')),
     sa.PrimaryKeyConstraint('token', name=op.f('pk_tokens')),
     sa.UniqueConstraint('lookup', name=op.f('uq_tokens_lookup'))

@@ -36,7 +36,7 @@ from sqlalchemy.engine import Connection, Dialect, Engine, make_url
 from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.sql.expression import Insert
 
-from vault.writer_lock import GatedConnection, NestedWriter
+from vault.storage.writer_lock import GatedConnection, NestedWriter
 
 __all__ = [
     "metadata",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
-import vault.storage
+import vault.storage.schema
 
 
 revision = '0002'
@@ -26,9 +26,9 @@ def upgrade() -> None:
     sa.Column('totp_sealed', sa.LargeBinary(), nullable=False),
     sa.Column('totp_key_id', sa.String(length=40), nullable=False),
     sa.Column('failed_attempts', sa.Integer(), nullable=False),
-    sa.Column('locked_until', vault.storage.UTCDateTime(), nullable=True),
-    sa.Column('created_at', vault.storage.UTCDateTime(), nullable=False),
-    sa.Column('disabled_at', vault.storage.UTCDateTime(), nullable=True),
+    sa.Column('locked_until', vault.storage.schema.UTCDateTime(), nullable=True),
+    sa.Column('created_at', vault.storage.schema.UTCDateTime(), nullable=False),
+    sa.Column('disabled_at', vault.storage.schema.UTCDateTime(), nullable=True),
     sa.ForeignKeyConstraint(['totp_key_id'], ['data_keys.id'], name=op.f('fk_operators_totp_key_id_data_keys')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_operators')),
     sa.UniqueConstraint('username', name=op.f('uq_operators_username'))
@@ -37,9 +37,9 @@ def upgrade() -> None:
     sa.Column('id', sa.String(length=40), nullable=False),
     sa.Column('operator_id', sa.String(length=40), nullable=False),
     sa.Column('token_hash', sa.LargeBinary(length=32), nullable=False),
-    sa.Column('created_at', vault.storage.UTCDateTime(), nullable=False),
-    sa.Column('expires_at', vault.storage.UTCDateTime(), nullable=False),
-    sa.Column('revoked_at', vault.storage.UTCDateTime(), nullable=True),
+    sa.Column('created_at', vault.storage.schema.UTCDateTime(), nullable=False),
+    sa.Column('expires_at', vault.storage.schema.UTCDateTime(), nullable=False),
+    sa.Column('revoked_at', vault.storage.schema.UTCDateTime(), nullable=True),
     sa.ForeignKeyConstraint(['operator_id'], ['operators.id'],
                             name=op.f('fk_operator_sessions_operator_id_operators')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_operator_sessions')),
@@ -49,7 +49,7 @@ def upgrade() -> None:
     op.create_table('totp_uses',
     sa.Column('operator_id', sa.String(length=40), nullable=False),
     sa.Column('step', sa.BigInteger(), autoincrement=False, nullable=False),
-    sa.Column('used_at', vault.storage.UTCDateTime(), nullable=False),
+    sa.Column('used_at', vault.storage.schema.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['operator_id'], ['operators.id'], name=op.f('fk_totp_uses_operator_id_operators')),
     sa.PrimaryKeyConstraint('operator_id', 'step', name=op.f('pk_totp_uses'))
     )
@@ -58,17 +58,17 @@ def upgrade() -> None:
     sa.Column('action', sa.String(length=40), nullable=False),
     sa.Column('params', sa.Text(), nullable=False),
     sa.Column('requested_by', sa.String(length=40), nullable=False),
-    sa.Column('requested_at', vault.storage.UTCDateTime(), nullable=False),
-    sa.Column('expires_at', vault.storage.UTCDateTime(), nullable=False),
+    sa.Column('requested_at', vault.storage.schema.UTCDateTime(), nullable=False),
+    sa.Column('expires_at', vault.storage.schema.UTCDateTime(), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('approved_by', sa.String(length=40), nullable=True),
-    sa.Column('approved_at', vault.storage.UTCDateTime(), nullable=True),
+    sa.Column('approved_at', vault.storage.schema.UTCDateTime(), nullable=True),
     sa.Column('result', sa.Text(), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_approvals'))
     )
     op.create_index(op.f('ix_approvals_status'), 'approvals', ['status'], unique=False)
     op.add_column('clients', sa.Column('previous_key_hash', sa.LargeBinary(length=32), nullable=True))
-    op.add_column('clients', sa.Column('previous_key_expires_at', vault.storage.UTCDateTime(), nullable=True))
+    op.add_column('clients', sa.Column('previous_key_expires_at', vault.storage.schema.UTCDateTime(), nullable=True))
     op.create_index(op.f('ix_clients_previous_key_hash'), 'clients', ['previous_key_hash'], unique=False)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
-import vault.storage
+import vault.storage.schema
 
 
 revision = '0003'
@@ -24,7 +24,7 @@ def upgrade() -> None:
     sa.Column('subject_id', sa.String(length=128), nullable=False),
     sa.Column('purpose', sa.String(length=32), nullable=False),
     sa.Column('granted', sa.Boolean(), nullable=False),
-    sa.Column('at', vault.storage.UTCDateTime(), nullable=False),
+    sa.Column('at', vault.storage.schema.UTCDateTime(), nullable=False),
     sa.Column('source', sa.String(length=128), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_consents'))
     )
@@ -39,12 +39,12 @@ def upgrade() -> None:
     sa.Column('authority', sa.String(length=200), nullable=False),
     sa.Column('justification', sa.String(length=1000), nullable=False),
     sa.Column('requested_by', sa.String(length=128), nullable=False),
-    sa.Column('requested_at', vault.storage.UTCDateTime(), nullable=False),
+    sa.Column('requested_at', vault.storage.schema.UTCDateTime(), nullable=False),
     sa.Column('approved_by', sa.String(length=128), nullable=True),
-    sa.Column('approved_at', vault.storage.UTCDateTime(), nullable=True),
+    sa.Column('approved_at', vault.storage.schema.UTCDateTime(), nullable=True),
     sa.Column('status', sa.String(length=16), nullable=False),
-    sa.Column('expires_at', vault.storage.UTCDateTime(), nullable=False),
-    sa.Column('delivered_at', vault.storage.UTCDateTime(), nullable=True),
+    sa.Column('expires_at', vault.storage.schema.UTCDateTime(), nullable=False),
+    sa.Column('delivered_at', vault.storage.schema.UTCDateTime(), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_disclosures'))
     )
     with op.batch_alter_table('disclosures', schema=None) as batch_op:
@@ -54,10 +54,10 @@ def upgrade() -> None:
     sa.Column('id', sa.String(length=40), nullable=False),
     sa.Column('subject_id', sa.String(length=128), nullable=False),
     sa.Column('reason', sa.String(length=500), nullable=False),
-    sa.Column('until', vault.storage.UTCDateTime(), nullable=False),
+    sa.Column('until', vault.storage.schema.UTCDateTime(), nullable=False),
     sa.Column('created_by', sa.String(length=128), nullable=False),
-    sa.Column('created_at', vault.storage.UTCDateTime(), nullable=False),
-    sa.Column('released_at', vault.storage.UTCDateTime(), nullable=True),
+    sa.Column('created_at', vault.storage.schema.UTCDateTime(), nullable=False),
+    sa.Column('released_at', vault.storage.schema.UTCDateTime(), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_holds'))
     )
     with op.batch_alter_table('holds', schema=None) as batch_op:
@@ -67,11 +67,11 @@ def upgrade() -> None:
     sa.Column('id', sa.String(length=40), nullable=False),
     sa.Column('subject_id', sa.String(length=128), nullable=False),
     sa.Column('right', sa.String(length=32), nullable=False),
-    sa.Column('received_at', vault.storage.UTCDateTime(), nullable=False),
-    sa.Column('due_at', vault.storage.UTCDateTime(), nullable=False),
+    sa.Column('received_at', vault.storage.schema.UTCDateTime(), nullable=False),
+    sa.Column('due_at', vault.storage.schema.UTCDateTime(), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('outcome', sa.String(length=500), nullable=True),
-    sa.Column('closed_at', vault.storage.UTCDateTime(), nullable=True),
+    sa.Column('closed_at', vault.storage.schema.UTCDateTime(), nullable=True),
     sa.Column('handled_by', sa.String(length=128), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_privacy_requests'))
     )
@@ -85,8 +85,8 @@ def upgrade() -> None:
     sa.Column('kind', sa.String(length=16), nullable=False),
     sa.Column('meta', sa.Text(), nullable=False),
     sa.Column('reason', sa.String(length=200), nullable=False),
-    sa.Column('retain_until', vault.storage.UTCDateTime(), nullable=False),
-    sa.Column('created_at', vault.storage.UTCDateTime(), nullable=False),
+    sa.Column('retain_until', vault.storage.schema.UTCDateTime(), nullable=False),
+    sa.Column('created_at', vault.storage.schema.UTCDateTime(), nullable=False),
     sa.PrimaryKeyConstraint('token', name=op.f('pk_retained_records'))
     )
     with op.batch_alter_table('retained_records', schema=None) as batch_op:
@@ -97,12 +97,12 @@ def upgrade() -> None:
     sa.Column('id', sa.String(length=128), nullable=False),
     sa.Column('restricted', sa.Boolean(), nullable=False),
     sa.Column('minor', sa.Boolean(), nullable=False),
-    sa.Column('created_at', vault.storage.UTCDateTime(), nullable=False),
-    sa.Column('erased_at', vault.storage.UTCDateTime(), nullable=True),
+    sa.Column('created_at', vault.storage.schema.UTCDateTime(), nullable=False),
+    sa.Column('erased_at', vault.storage.schema.UTCDateTime(), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_subjects'))
     )
     with op.batch_alter_table('tokens', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('last_used_at', vault.storage.UTCDateTime(), nullable=True))
+        batch_op.add_column(sa.Column('last_used_at', vault.storage.schema.UTCDateTime(), nullable=True))
 
     # ### end Alembic commands ###
 

@@ -23,7 +23,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from kms.provider import KekInfo, KeyProvider
+from vault.keys.provider import KekInfo, KeyProvider
 from vault.secret import Secret
 
 __all__ = ["InstrumentedProvider", "render", "REQUESTS", "LATENCY", "OPERATIONS", "observe_key_cache",

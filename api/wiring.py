@@ -15,7 +15,6 @@ from api.access_settings import AccessSettings
 from api.metrics import InstrumentedProvider, observe_audit_write, observe_key_cache
 from api.settings import Settings
 from kms.local import LocalKeyProvider, load_master_key
-from kms.provider import KeyProvider
 from vault.alerts import Alerts
 from vault.approvals import ApprovalAction, Approvals
 from vault.audit import AuditTrail
@@ -23,13 +22,14 @@ from vault.auditlog import AuditLog
 from vault.clients import ClientRegistry
 from vault.disclosures import DisclosureService
 from vault.identity import Authenticator
-from vault.keys import KeyHierarchy
+from vault.keys.hierarchy import KeyHierarchy
+from vault.keys.provider import KeyProvider
+from vault.keys.rotation import KeyLifecycle
 from vault.operators import OperatorRegistry
 from vault.passwords import Passwords
 from vault.policy import Policy, load_policy
 from vault.privacy import PrivacyService
 from vault.retention import RetentionService
-from vault.rotation import KeyLifecycle
 from vault.service import TokenService
 from vault.sessions import Sessions
 from vault.storage.schema import create_engine_for

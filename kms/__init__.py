@@ -1,5 +1,5 @@
 """Key providers: where key-encryption keys (KEKs) live.
 
-Every provider implements `kms.provider.KeyProvider` and passes the same contract
+Every provider implements `vault.keys.provider.KeyProvider` (the port, in the domain) and passes the same contract
 tests (tests/kms/test_provider_contract.py). kms/ never imports Flask.
 """

@@ -24,8 +24,8 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from kms.provider import KEY_BYTES, KekInfo, wrapped_version
 from vault.errors import ConfigurationError, DecryptionFailed, KeyServiceUnavailable
+from vault.keys.provider import KEY_BYTES, KekInfo, wrapped_version
 from vault.secret import Secret
 
 __all__ = ["LocalKeyProvider", "load_master_key", "create_master_key_file"]

@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from kms.provider import wrapped_version
 from vault.errors import DecryptionFailed, KeyServiceUnavailable
+from vault.keys.provider import wrapped_version
 
 T = TypeVar("T")
 BATCH_LIMIT = 250

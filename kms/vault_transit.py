@@ -32,7 +32,6 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from kms.circuit import CircuitBreaker
-from kms.provider import KEY_BYTES, KekInfo
 from kms.transit_wire import (
     BATCH_LIMIT,
     _b64,
@@ -46,6 +45,7 @@ from kms.transit_wire import (
 )
 from kms.vault_config import VaultConfig
 from vault.errors import ConfigurationError, KeyServiceUnavailable
+from vault.keys.provider import KEY_BYTES, KekInfo
 from vault.secret import Secret
 
 __all__ = ["VaultConfig", "VaultTransitProvider", "BATCH_LIMIT", "KEY_TYPE"]

@@ -35,7 +35,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from vault.errors import AuditWriteFailed, KeyServiceUnavailable, VaultError
-from vault.keys import KeyHierarchy
+from vault.keys.hierarchy import KeyHierarchy
 from vault.storage.schema import audit_archives, audit_events
 
 __all__ = ["AuditEvent", "Origin", "Actor", "AuditTrail", "Verification", "Break", "event_fields"]

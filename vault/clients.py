@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from vault.audit import HOST, Actor, AuditEvent, AuditTrail, Origin
 from vault.errors import AuditWriteFailed, NotFound, StorageUnavailable, Unauthenticated, ValidationFailed
-from vault.keys import KeyHierarchy
+from vault.keys.hierarchy import KeyHierarchy
 from vault.policy import Policy
 from vault.secret import Secret
 from vault.storage.schema import clients

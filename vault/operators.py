@@ -23,9 +23,9 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from vault.audit import HOST, Actor, AuditTrail, Origin
-from vault.envelope import associated_data
 from vault.errors import Conflict, Forbidden, NotFound, StepUpRequired, Unauthenticated, ValidationFailed, VaultError
-from vault.keys import KeyHierarchy
+from vault.keys.envelope import associated_data
+from vault.keys.hierarchy import KeyHierarchy
 from vault.operations import AuditedOperations
 from vault.passwords import Passwords
 from vault.policy import Policy

@@ -20,12 +20,13 @@ from sqlalchemy.engine import Connection, Engine
 
 from vault.audit import Actor, AuditTrail, Origin
 from vault.errors import Conflict, DecryptionFailed, Forbidden, NotFound, ValidationFailed
-from vault.keys import KeyHierarchy
+from vault.keys.envelope import record_aad
+from vault.keys.hierarchy import KeyHierarchy
+from vault.keys.rotation import rekey_data_key
 from vault.kinds import CardValue, canonical_bytes, metadata_for
 from vault.operations import AuditedOperations
 from vault.policy import Policy
-from vault.rotation import rekey_data_key
-from vault.service import TokenRecord, TokenRequest, TokenService, purpose_of_kind, record_aad
+from vault.service import TokenRecord, TokenRequest, TokenService, purpose_of_kind
 from vault.storage.schema import (
     audit_events,
     consents,

@@ -24,7 +24,6 @@ from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from vault.audit import Actor, AuditEvent, AuditTrail, Origin
-from vault.envelope import associated_data
 from vault.errors import (
     Conflict,
     DecryptionFailed,
@@ -33,7 +32,8 @@ from vault.errors import (
     ValidationFailed,
     VaultError,
 )
-from vault.keys import DataKey, KeyHierarchy
+from vault.keys.envelope import record_aad
+from vault.keys.hierarchy import DataKey, KeyHierarchy
 from vault.kinds import (
     CardValue,
     canonical_bytes,
@@ -49,7 +49,7 @@ from vault.storage.schema import data_keys, drop_deleted_copies, insert_ignoring
 from vault.subjects import subject_states
 from vault.tokens import card_token, kind_of_token, opaque_token
 
-__all__ = ["TokenService", "TokenRequest", "TokenRecord", "Detokenized", "Limits", "record_aad", "purpose_of_kind"]
+__all__ = ["TokenService", "TokenRequest", "TokenRecord", "Detokenized", "Limits", "purpose_of_kind"]
 
 _TOKEN_RETRIES = 8
 SYSTEM = Actor(id="system", role="system")
@@ -133,19 +133,6 @@ def _iso(moment: datetime | None) -> str | None:
 def purpose_of_kind(kind: str) -> str:
     """CVVs live under their own domain key (PCI DSS 3.3.2); everything else under `data`."""
     return "cvv" if kind == "cvv" else "data"
-
-
-def record_aad(row: dict[str, Any]) -> bytes:
-    """What a record's ciphertext is bound to: moving or editing any of it breaks decryption."""
-    return associated_data(
-        "rec",
-        token=row["token"],
-        kind=row["kind"],
-        subject=row["subject_id"],
-        key=row["data_key_id"],
-        meta=row["meta"],
-        expires=_iso(row["expires_at"]),
-    )
 
 
 @dataclass

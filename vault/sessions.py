@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection
 
-from vault.keys import KeyHierarchy
+from vault.keys.hierarchy import KeyHierarchy
 from vault.secret import Secret
 from vault.storage.schema import operator_sessions, operators
 

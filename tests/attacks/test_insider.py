@@ -20,7 +20,7 @@ from tests.attacks.support import leaks
 from tests.conftest import Clock
 from vault.audit import Actor, AuditTrail, Origin
 from vault.errors import DecryptionFailed, NotFound, VaultError
-from vault.keys import KeyHierarchy
+from vault.keys.hierarchy import KeyHierarchy
 from vault.service import TokenRecord, TokenRequest, TokenService
 from vault.storage.schema import audit_events, data_keys, domain_keys, tokens
 

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from kms.local import LocalKeyProvider
-from kms.provider import KeyProvider
 from kms.vault_transit import VaultConfig, VaultTransitProvider
 from tests.support.openbao import OpenBao, ensure_transit, external_openbao, openbao_server, start_openbao
+from vault.keys.provider import KeyProvider
 from vault.secret import Secret
 
 VaultFactory = Callable[..., VaultTransitProvider]

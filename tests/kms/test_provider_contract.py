@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from kms.provider import KEY_BYTES, KeyProvider, wrapped_version
 from vault.errors import ConfigurationError
+from vault.keys.provider import KEY_BYTES, KeyProvider, wrapped_version
 from vault.secret import Secret
 
 

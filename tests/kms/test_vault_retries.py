@@ -17,9 +17,9 @@ from typing import Any, ClassVar
 
 import pytest
 
-from kms.provider import wrapped_version
 from kms.vault_transit import VaultConfig, VaultTransitProvider
 from vault.errors import KeyServiceUnavailable
+from vault.keys.provider import wrapped_version
 from vault.secret import Secret
 
 # -- retry rules, against a scripted stub -----------------------------------------------------

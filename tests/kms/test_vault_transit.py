@@ -18,12 +18,12 @@ import hvac
 import hvac.exceptions
 import pytest
 
-from kms.provider import wrapped_version
 from kms.vault_transit import VaultConfig, VaultTransitProvider
 from tests.kms.conftest import FakeClock, VaultFactory, new_key_name
 from tests.support import openbao as openbao_support
 from tests.support.openbao import OpenBao, approle_token_accessors, enable_approle, render_policy
 from vault.errors import ConfigurationError, KeyServiceUnavailable
+from vault.keys.provider import wrapped_version
 from vault.secret import Secret
 
 SERVICE = ("tokenvault-service.hcl",)

@@ -9,8 +9,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vault.envelope import NONCE_BYTES, Cipher, associated_data
 from vault.errors import DecryptionFailed
+from vault.keys.envelope import NONCE_BYTES, Cipher, associated_data
 from vault.secret import Secret
 
 TAG_BYTES = 16

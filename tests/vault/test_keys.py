@@ -6,7 +6,7 @@ from sqlalchemy import select
 
 from api.wiring import Components
 from tests.vault.test_service import CARD, CHECKOUT, GATEWAY, HERE, read, tokenize_one
-from vault.keys import KeyHierarchy
+from vault.keys.hierarchy import KeyHierarchy
 from vault.service import TokenRequest
 from vault.storage.schema import data_keys, domain_keys
 

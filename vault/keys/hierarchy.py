@@ -22,9 +22,9 @@ from cachetools import TTLCache
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 
-from kms.provider import KeyProvider, wrapped_version
-from vault.envelope import Cipher, associated_data
 from vault.errors import DecryptionFailed, KeyServiceUnavailable
+from vault.keys.envelope import Cipher, associated_data
+from vault.keys.provider import KeyProvider, wrapped_version
 from vault.secret import Secret
 from vault.storage.schema import data_keys, domain_keys, insert_ignoring_conflict
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from datetime import datetime
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -18,7 +19,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from vault.errors import DecryptionFailed
 from vault.secret import Secret
 
-__all__ = ["Cipher", "associated_data", "NONCE_BYTES"]
+__all__ = ["Cipher", "associated_data", "record_aad", "NONCE_BYTES"]
 
 NONCE_BYTES = 12
 
@@ -53,3 +54,20 @@ class Cipher:
 def associated_data(label: str, **fields: Any) -> bytes:
     """Canonical bytes of the context a ciphertext is bound to."""
     return (label + "|" + json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)).encode()
+
+
+def record_aad(row: dict[str, Any]) -> bytes:
+    """What a record's ciphertext is bound to: moving or editing any of it breaks decryption."""
+    return associated_data(
+        "rec",
+        token=row["token"],
+        kind=row["kind"],
+        subject=row["subject_id"],
+        key=row["data_key_id"],
+        meta=row["meta"],
+        expires=_iso(row["expires_at"]),
+    )
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat().replace("+00:00", "Z")

@@ -26,7 +26,7 @@ from api.openapi import document
 from api.routes import blueprint, components, origin
 from api.settings import Settings
 from api.wiring import Components, build
-from vault.audit import AuditEvent
+from vault.audit.trail import AuditEvent
 from vault.errors import Unauthenticated, VaultError
 from vault.secret import Secret
 

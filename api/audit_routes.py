@@ -9,7 +9,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from api.auth import current_actor
 from api.routes import components, origin
-from vault.audit import EventQuery
+from vault.audit.trail import EventQuery
 from vault.errors import ValidationFailed
 from vault.subjects import check_subject_id
 from vault.tokens import kind_of_token

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import g, request
 
-from vault.audit import Actor
+from vault.audit.trail import Actor
 from vault.errors import Unauthenticated
 from vault.secret import Secret
 

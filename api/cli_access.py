@@ -21,7 +21,7 @@ import qrcode
 
 from api.settings import Settings
 from api.wiring import Components, build
-from vault.audit import HOST, Actor, Origin
+from vault.audit.trail import HOST, Actor, Origin
 from vault.errors import VaultError
 from vault.operators import OPERATOR_ROLES, StepUp
 from vault.policy import Policy, load_policy

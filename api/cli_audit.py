@@ -19,7 +19,7 @@ from sqlalchemy import and_, delete, func, or_, select
 
 from api.settings import Settings
 from api.wiring import Components, build
-from vault.audit import EventQuery, event_json, select_events
+from vault.audit.trail import EventQuery, event_json, select_events
 from vault.storage.schema import audit_archives, audit_events, insert_ignoring_conflict
 
 __all__ = ["audit"]
@@ -156,7 +156,7 @@ def archive(older_than_days: int, out: Path) -> None:
 
 def _verify_archives(parts: Components, conn: Any, directory: Path) -> list[str]:
     """Check each archive's MAC and that chains link from their first event through every archive."""
-    from vault.audit import GENESIS, mac_of
+    from vault.audit.trail import GENESIS, mac_of
 
     problems: list[str] = []
     heads: dict[str, tuple[int, bytes]] = {}

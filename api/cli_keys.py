@@ -12,7 +12,7 @@ import click
 
 from api.settings import Settings
 from api.wiring import Components, build
-from vault.audit import Actor, Origin
+from vault.audit.trail import Actor, Origin
 from vault.errors import VaultError
 
 __all__ = ["keys"]

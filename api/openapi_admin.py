@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from api import schemas as s
 from api.stepup import HEADER as STEP_UP_HEADER
-from vault.auditlog import MAX_PAGE
+from vault.audit.log import MAX_PAGE
 
 __all__ = ["MODELS", "SECURED", "ref", "json_content", "error_responses", "admin_paths"]
 

@@ -31,7 +31,7 @@ from api.errors import error_body
 from api.logs import get_logger
 from api.routes import components, origin
 from api.wiring import Components
-from vault.audit import ANONYMOUS, Actor
+from vault.audit.trail import ANONYMOUS, Actor
 from vault.errors import RateLimited
 
 __all__ = ["RateLimits", "init_app"]

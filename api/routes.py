@@ -16,7 +16,7 @@ from api.errors import error_body
 from api.metrics import OPERATIONS
 from api.schemas import BatchBody, CorrectBody, DetokenizeBody, TokenizeBody
 from api.wiring import Components
-from vault.audit import Origin
+from vault.audit.trail import Origin
 from vault.errors import ValidationFailed, VaultError
 from vault.kinds import validation_failed
 from vault.service import TokenRecord, TokenRequest

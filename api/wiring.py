@@ -15,10 +15,10 @@ from api.access_settings import AccessSettings
 from api.metrics import InstrumentedProvider, observe_audit_write, observe_key_cache
 from api.settings import Settings
 from kms.local import LocalKeyProvider, load_master_key
-from vault.alerts import Alerts
 from vault.approvals import ApprovalAction, Approvals
-from vault.audit import AuditTrail
-from vault.auditlog import AuditLog
+from vault.audit.alerts import Alerts
+from vault.audit.log import AuditLog
+from vault.audit.trail import AuditTrail
 from vault.clients import ClientRegistry
 from vault.disclosures import DisclosureService
 from vault.identity import Authenticator

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import insert
 from sqlalchemy.engine import Connection
 
-from vault.audit import Actor, AuditEvent, AuditTrail, Origin
+from vault.audit.trail import Actor, AuditEvent, AuditTrail, Origin
 from vault.service import TokenRequest, TokenService
 from vault.storage.schema import audit_events
 

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from api.settings import Settings
 from api.wiring import Components, build
 from tests.support.openbao import OpenBao, bao_binary, enable_approle, ensure_transit, free_port_pair
-from vault.audit import Actor, Origin
+from vault.audit.trail import Actor, Origin
 from vault.service import TokenRecord, TokenRequest
 from vault.storage.migrate import upgrade
 

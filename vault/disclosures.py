@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
-from vault.audit import Actor, AuditTrail, Origin
+from vault.audit.trail import Actor, AuditTrail, Origin
 from vault.errors import DecryptionFailed, Forbidden, NotFound, ValidationFailed
 from vault.operations import AuditedOperations
 from vault.policy import Policy

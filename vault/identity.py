@@ -6,7 +6,7 @@ audits its own failures, and anything else is refused as an invalid API key.
 
 from __future__ import annotations
 
-from vault.audit import Actor, Origin
+from vault.audit.trail import Actor, Origin
 from vault.clients import ClientRegistry
 from vault.operators import OperatorRegistry
 from vault.secret import Secret

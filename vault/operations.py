@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from vault.audit import Actor, AuditEvent, AuditTrail, Origin
+from vault.audit.trail import Actor, AuditEvent, AuditTrail, Origin
 from vault.errors import Forbidden, StorageUnavailable, VaultError
 from vault.policy import Policy
 

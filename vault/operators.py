@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
-from vault.audit import HOST, Actor, AuditTrail, Origin
+from vault.audit.trail import HOST, Actor, AuditTrail, Origin
 from vault.errors import Conflict, Forbidden, NotFound, StepUpRequired, Unauthenticated, ValidationFailed, VaultError
 from vault.keys.envelope import associated_data
 from vault.keys.hierarchy import KeyHierarchy

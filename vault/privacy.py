@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import delete, exists, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
-from vault.audit import Actor, AuditTrail, Origin
+from vault.audit.trail import Actor, AuditTrail, Origin
 from vault.errors import Conflict, DecryptionFailed, Forbidden, NotFound, ValidationFailed
 from vault.keys.envelope import record_aad
 from vault.keys.hierarchy import KeyHierarchy

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.engine import Connection, Engine
 
-from vault.audit import Actor, AuditTrail, Origin
+from vault.audit.trail import Actor, AuditTrail, Origin
 from vault.operations import AuditedOperations
 from vault.policy import Policy
 from vault.service import TokenService

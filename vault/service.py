@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
-from vault.audit import Actor, AuditEvent, AuditTrail, Origin
+from vault.audit.trail import Actor, AuditEvent, AuditTrail, Origin
 from vault.errors import (
     Conflict,
     DecryptionFailed,

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 
-from vault.audit import Actor, AuditTrail, Origin
+from vault.audit.trail import Actor, AuditTrail, Origin
 from vault.errors import DecryptionFailed, Forbidden, ValidationFailed
 from vault.operations import AuditedOperations
 from vault.policy import Policy

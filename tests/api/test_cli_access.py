@@ -20,7 +20,7 @@ from api.cli import main
 from api.cli_access import qr_text
 from tests.conftest import make_components
 from tests.support.operators import PASSWORD, seed_of
-from vault.audit import Origin
+from vault.audit.trail import Origin
 from vault.secret import Secret
 from vault.totp import STEP_SECONDS
 

@@ -16,7 +16,7 @@ from api.wiring import Components
 from tests.conftest import make_components
 from tests.support.operators import make_operator
 from tests.vault.test_service import CARD, GATEWAY, HERE, read, tokenize_one
-from vault.audit import Actor
+from vault.audit.trail import Actor
 from vault.errors import DecryptionFailed
 from vault.secret import Secret
 from vault.storage.migrate import upgrade

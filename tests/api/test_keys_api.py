@@ -13,7 +13,7 @@ from api.wiring import Components
 from tests.conftest import Clock, auth, make_components
 from tests.support.cards import fill
 from tests.support.operators import Operator, login, make_operator
-from vault.audit import Actor, Origin
+from vault.audit.trail import Actor, Origin
 
 
 class Admin:

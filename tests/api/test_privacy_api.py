@@ -171,7 +171,7 @@ def test_held_subject_survives_deletion_and_purge(client: FlaskClient, component
     refused = client.delete("/v1/subjects/cust-1", headers=officers[0].stepped())
     assert refused.status_code == 409
     clock.advance(400 * 86400)  # past the 13-month card rule
-    from vault.audit import Actor
+    from vault.audit.trail import Actor
 
     counts = components.retention.purge(Actor(id="cron", role="system"))
     assert counts["unused_card"] == 0

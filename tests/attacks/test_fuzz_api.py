@@ -43,7 +43,7 @@ from api.wiring import Components
 from tests.attacks.support import UNLIMITED, api_keys_for, echoed, sqlite_app, strings_in
 from tests.conftest import auth
 from tests.support.operators import PASSWORD, Operator, make_operator
-from vault.audit import Origin
+from vault.audit.trail import Origin
 from vault.secret import Secret
 
 MAX_EXAMPLES = 25

@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 from api.wiring import Components
 from tests.attacks.support import leaks
 from tests.conftest import Clock
-from vault.audit import Actor, AuditTrail, Origin
+from vault.audit.trail import Actor, AuditTrail, Origin
 from vault.errors import DecryptionFailed, NotFound, VaultError
 from vault.keys.hierarchy import KeyHierarchy
 from vault.service import TokenRecord, TokenRequest, TokenService

@@ -30,7 +30,7 @@ from sqlalchemy import func, select, update
 from api.wiring import Components
 from tests.conftest import make_components
 from tests.support.cards import HERE, fill, read_all
-from vault.audit import Actor
+from vault.audit.trail import Actor
 from vault.storage.schema import domain_keys, key_jobs
 
 BIN = Path(sys.executable).with_name("tokenvault")

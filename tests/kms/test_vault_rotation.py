@@ -21,7 +21,7 @@ from api.wiring import Components
 from tests.conftest import make_components
 from tests.support.cards import HERE, fill, read_all
 from tests.support.openbao import OpenBao
-from vault.audit import Actor
+from vault.audit.trail import Actor
 from vault.errors import KeyServiceUnavailable
 from vault.storage.schema import domain_keys
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from api.wiring import Components
-from vault.audit import Actor, Origin
+from vault.audit.trail import Actor, Origin
 from vault.cards import luhn_valid
 from vault.service import TokenRecord, TokenRequest
 

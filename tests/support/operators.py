@@ -10,7 +10,7 @@ import pyotp
 from flask.testing import FlaskClient
 
 from api.wiring import Components
-from vault.audit import HOST, Origin
+from vault.audit.trail import HOST, Origin
 from vault.secret import Secret
 from vault.totp import STEP_SECONDS
 

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.conftest import Clock, make_components
-from vault.audit import Origin
+from vault.audit.trail import Origin
 from vault.errors import NotFound, Unauthenticated, ValidationFailed
 from vault.secret import Secret
 from vault.storage.schema import audit_events, clients

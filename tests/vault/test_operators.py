@@ -8,7 +8,7 @@ from sqlalchemy import select
 from api.wiring import Components
 from tests.conftest import Clock
 from tests.support.operators import PASSWORD, Operator, make_operator
-from vault.audit import HOST, Actor, Origin
+from vault.audit.trail import HOST, Actor, Origin
 from vault.errors import Conflict, Forbidden, StepUpRequired, Unauthenticated, ValidationFailed
 from vault.secret import Secret
 from vault.storage.schema import audit_events, operator_sessions, operators

@@ -13,7 +13,7 @@ from api.wiring import Components
 from tests.conftest import make_components
 from tests.support.cards import CHECKOUT, GATEWAY, HERE, fill, read_all
 from tests.vault.test_service import tokenize_one
-from vault.audit import Actor
+from vault.audit.trail import Actor
 from vault.errors import Conflict, Forbidden
 from vault.service import TokenRecord, TokenRequest
 from vault.storage.schema import data_keys, domain_keys, tokens

@@ -10,7 +10,7 @@ from sqlalchemy import func, select, text, update
 
 from api.wiring import Components
 from tests.conftest import Clock
-from vault.audit import Actor, Origin
+from vault.audit.trail import Actor, Origin
 from vault.errors import DecryptionFailed, Forbidden, NotFound, ValidationFailed, VaultError
 from vault.service import TokenRecord, TokenRequest
 from vault.storage.schema import audit_events, data_keys, tokens

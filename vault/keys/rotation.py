@@ -25,7 +25,7 @@ from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from vault.audit import Actor, AuditTrail, Origin
+from vault.audit.trail import Actor, AuditTrail, Origin
 from vault.errors import Conflict, KeyServiceUnavailable, NotFound, StorageUnavailable, ValidationFailed, VaultError
 from vault.keys.envelope import Cipher, record_aad
 from vault.keys.hierarchy import RECORD_PURPOSES, KeyHierarchy

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from vault.audit import Actor, AuditEvent, AuditTrail, Origin
+from vault.audit.trail import Actor, AuditEvent, AuditTrail, Origin
 from vault.errors import VaultError
 
 __all__ = ["Alerts"]

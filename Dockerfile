@@ -66,7 +66,7 @@ RUN groupadd --system --gid 10001 tokenvault \
 # remove the installers: nothing in the running image can fetch or build code.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-index --find-links=/wheels tokenvault \
- && python -c "from importlib.resources import files; assert files('vault.storage').joinpath('migrations/env.py').is_file(); assert files('vault').joinpath('policy.toml').is_file()" \
+ && python -c "from importlib.resources import files; assert files('vault.storage').joinpath('migrations/env.py').is_file(); assert files('vault.access').joinpath('policy.toml').is_file()" \
  && tokenvault --help >/dev/null \
  && pip uninstall --yes pip setuptools wheel \
  && rm -rf /root/.cache /usr/local/lib/python3.11/ensurepip

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 
 from limits import parse_many
 
+from vault.access.operators import Lockout
+from vault.access.passwords import Argon2Params
+from vault.access.policy import Policy
 from vault.errors import ConfigurationError
-from vault.operators import Lockout
-from vault.passwords import Argon2Params
-from vault.policy import Policy
 
 __all__ = ["AccessSettings"]
 

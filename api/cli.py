@@ -17,9 +17,9 @@ from api.cli_subjects import subjects, transfer
 from api.settings import Settings
 from api.wiring import Components, build, build_provider
 from kms.local import create_master_key_file
+from vault.access.policy import load_policy
 from vault.audit.trail import Actor
 from vault.errors import VaultError
-from vault.policy import load_policy
 from vault.storage.migrate import upgrade
 
 __all__ = ["main"]

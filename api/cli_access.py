@@ -21,10 +21,10 @@ import qrcode
 
 from api.settings import Settings
 from api.wiring import Components, build
+from vault.access.operators import OPERATOR_ROLES, StepUp
+from vault.access.policy import Policy, load_policy
 from vault.audit.trail import HOST, Actor, Origin
 from vault.errors import VaultError
-from vault.operators import OPERATOR_ROLES, StepUp
-from vault.policy import Policy, load_policy
 from vault.secret import Secret
 
 __all__ = ["operators", "auth", "approvals", "policy", "qr_text"]

@@ -20,9 +20,9 @@ from pydantic import (
     create_model,
 )
 
+from vault.access.operators import OPERATOR_ROLES
 from vault.errors import ValidationFailed
 from vault.kinds import KINDS, VALUE_SCHEMAS
-from vault.operators import OPERATOR_ROLES
 from vault.subjects import check_subject_id
 
 KindName = Literal["card", "cvv", "address", "email", "phone", "name", "text"]

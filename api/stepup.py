@@ -18,8 +18,8 @@ from flask import g, request
 
 from api.auth import current_actor
 from api.routes import components, origin
+from vault.access.operators import StepUp
 from vault.errors import StepUpRequired
-from vault.operators import StepUp
 from vault.secret import Secret
 
 __all__ = ["require_step_up", "current_step_up", "HEADER"]

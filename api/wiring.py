@@ -15,23 +15,23 @@ from api.access_settings import AccessSettings
 from api.metrics import InstrumentedProvider, observe_audit_write, observe_key_cache
 from api.settings import Settings
 from kms.local import LocalKeyProvider, load_master_key
-from vault.approvals import ApprovalAction, Approvals
+from vault.access.approvals import ApprovalAction, Approvals
+from vault.access.clients import ClientRegistry
+from vault.access.identity import Authenticator
+from vault.access.operators import OperatorRegistry
+from vault.access.passwords import Passwords
+from vault.access.policy import Policy, load_policy
+from vault.access.sessions import Sessions
 from vault.audit.alerts import Alerts
 from vault.audit.log import AuditLog
 from vault.audit.trail import AuditTrail
-from vault.clients import ClientRegistry
 from vault.disclosures import DisclosureService
-from vault.identity import Authenticator
 from vault.keys.hierarchy import KeyHierarchy
 from vault.keys.provider import KeyProvider
 from vault.keys.rotation import KeyLifecycle
-from vault.operators import OperatorRegistry
-from vault.passwords import Passwords
-from vault.policy import Policy, load_policy
 from vault.privacy import PrivacyService
 from vault.retention import RetentionService
 from vault.service import TokenService
-from vault.sessions import Sessions
 from vault.storage.schema import create_engine_for
 from vault.transfer import check_transfer_params
 

@@ -15,10 +15,10 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
+from vault.access.operations import AuditedOperations
+from vault.access.policy import Policy
 from vault.audit.trail import Actor, AuditTrail, Origin
 from vault.errors import DecryptionFailed, Forbidden, NotFound, ValidationFailed
-from vault.operations import AuditedOperations
-from vault.policy import Policy
 from vault.service import TokenService
 from vault.storage.schema import disclosures, tokens
 

@@ -18,14 +18,14 @@ from typing import Any
 from sqlalchemy import delete, exists, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
+from vault.access.operations import AuditedOperations
+from vault.access.policy import Policy
 from vault.audit.trail import Actor, AuditTrail, Origin
 from vault.errors import Conflict, DecryptionFailed, Forbidden, NotFound, ValidationFailed
 from vault.keys.envelope import record_aad
 from vault.keys.hierarchy import KeyHierarchy
 from vault.keys.rotation import rekey_data_key
 from vault.kinds import CardValue, canonical_bytes, metadata_for
-from vault.operations import AuditedOperations
-from vault.policy import Policy
 from vault.service import TokenRecord, TokenRequest, TokenService, purpose_of_kind
 from vault.storage.schema import (
     audit_events,

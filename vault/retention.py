@@ -13,9 +13,9 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.engine import Connection, Engine
 
+from vault.access.operations import AuditedOperations
+from vault.access.policy import Policy
 from vault.audit.trail import Actor, AuditTrail, Origin
-from vault.operations import AuditedOperations
-from vault.policy import Policy
 from vault.service import TokenService
 from vault.storage.schema import holds, retained_records, tokens
 

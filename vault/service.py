@@ -23,6 +23,8 @@ from pydantic import ValidationError
 from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
+from vault.access.operations import AuditedOperations
+from vault.access.policy import PURPOSES, Policy, apply_view
 from vault.audit.trail import Actor, AuditEvent, AuditTrail, Origin
 from vault.errors import (
     Conflict,
@@ -43,8 +45,6 @@ from vault.kinds import (
     validation_failed,
     value_from_bytes,
 )
-from vault.operations import AuditedOperations
-from vault.policy import PURPOSES, Policy, apply_view
 from vault.storage.schema import data_keys, drop_deleted_copies, insert_ignoring_conflict, tokens
 from vault.subjects import subject_states
 from vault.tokens import card_token, kind_of_token, opaque_token

@@ -26,10 +26,10 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 
+from vault.access.operations import AuditedOperations
+from vault.access.policy import Policy
 from vault.audit.trail import Actor, AuditTrail, Origin
 from vault.errors import DecryptionFailed, Forbidden, ValidationFailed
-from vault.operations import AuditedOperations
-from vault.policy import Policy
 from vault.service import TokenRecord, TokenRequest, TokenService
 from vault.storage.schema import approvals, audit_events, consents, tokens
 from vault.tokens import kind_of_token

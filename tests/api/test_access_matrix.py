@@ -18,9 +18,9 @@ from flask.testing import FlaskClient
 from api.wiring import Components
 from tests.conftest import Clock, auth
 from tests.support.operators import login, make_operator
-from vault.operators import OPERATOR_ROLES
+from vault.access.operators import OPERATOR_ROLES
 
-POLICY: dict[str, Any] = tomllib.loads(resources.files("vault").joinpath("policy.toml").read_text())
+POLICY: dict[str, Any] = tomllib.loads(resources.files("vault.access").joinpath("policy.toml").read_text())
 ROLES = tuple(POLICY["roles"])
 PURPOSES = ("payment", "fulfillment", "support", "marketing", "legal")
 CARD = {"pan": "4111111111111111", "exp_month": 12, "exp_year": 2099}

@@ -20,9 +20,9 @@ from api.cli import main
 from api.cli_access import qr_text
 from tests.conftest import make_components
 from tests.support.operators import PASSWORD, seed_of
+from vault.access.totp import STEP_SECONDS
 from vault.audit.trail import Origin
 from vault.secret import Secret
-from vault.totp import STEP_SECONDS
 
 
 @pytest.fixture

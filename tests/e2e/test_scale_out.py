@@ -26,7 +26,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Ser
     base = tmp_path_factory.mktemp("scale")
     policy = base / "policy.toml"
     # keep_bin leaves 6 random digits in a 16-digit card token: collisions are certain at this volume.
-    policy.write_text(resources.files("vault").joinpath("policy.toml").read_text()
+    policy.write_text(resources.files("vault.access").joinpath("policy.toml").read_text()
                       .replace("keep_bin = false", "keep_bin = true"))
     with postgres_database() as url:
         env = {"TOKENVAULT_DATABASE_URL": url, "TOKENVAULT_POLICY": str(policy)}

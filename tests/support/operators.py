@@ -10,9 +10,9 @@ import pyotp
 from flask.testing import FlaskClient
 
 from api.wiring import Components
+from vault.access.totp import STEP_SECONDS
 from vault.audit.trail import HOST, Origin
 from vault.secret import Secret
-from vault.totp import STEP_SECONDS
 
 PASSWORD = "correct horse battery staple"
 

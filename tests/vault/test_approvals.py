@@ -10,9 +10,9 @@ from sqlalchemy import select
 from api.wiring import Components
 from tests.conftest import Clock
 from tests.support.operators import Operator, make_operator
+from vault.access.operators import StepUp
 from vault.audit.trail import Actor, Origin
 from vault.errors import Conflict, Forbidden, NotFound, Unauthenticated, ValidationFailed
-from vault.operators import StepUp
 from vault.secret import Secret
 from vault.storage.schema import approvals, audit_events, operators
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from vault.access.policy import OPERATIONS, PURPOSES, Decision, Policy, Rule, apply_view, load_policy, mask
 from vault.errors import ConfigurationError
-from vault.policy import OPERATIONS, PURPOSES, Decision, Policy, Rule, apply_view, load_policy, mask
 
 CARD = {"pan": "4111111111111111", "exp_month": 12, "exp_year": 2030, "holder": "Ann Example"}
 ADDRESS = {"name": "Ann Example", "line1": "1 Main Street", "line2": "Flat 2", "city": "Berlin",

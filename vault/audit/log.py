@@ -13,10 +13,10 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from vault.access.operations import AuditedOperations
+from vault.access.policy import Policy
 from vault.audit.trail import Actor, AuditTrail, EventQuery, Origin, Verification, event_json, select_events
 from vault.errors import StorageUnavailable, ValidationFailed
-from vault.operations import AuditedOperations
-from vault.policy import Policy
 
 __all__ = ["AuditLog"]
 

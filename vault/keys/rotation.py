@@ -25,13 +25,13 @@ from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from vault.access.operations import AuditedOperations
+from vault.access.policy import Policy
 from vault.audit.trail import Actor, AuditTrail, Origin
 from vault.errors import Conflict, KeyServiceUnavailable, NotFound, StorageUnavailable, ValidationFailed, VaultError
 from vault.keys.envelope import Cipher, record_aad
 from vault.keys.hierarchy import RECORD_PURPOSES, KeyHierarchy
 from vault.keys.provider import KeyProvider, wrapped_version
-from vault.operations import AuditedOperations
-from vault.policy import Policy
 from vault.secret import Secret
 from vault.storage.schema import data_keys, domain_keys, drop_deleted_copies, key_jobs, tokens
 

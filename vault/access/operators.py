@@ -22,17 +22,17 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
+from vault.access.operations import AuditedOperations
+from vault.access.passwords import Passwords
+from vault.access.policy import Policy
+from vault.access.sessions import Session, Sessions
+from vault.access.totp import claim_step, matching_step, new_seed, provisioning_uri
 from vault.audit.trail import HOST, Actor, AuditTrail, Origin
 from vault.errors import Conflict, Forbidden, NotFound, StepUpRequired, Unauthenticated, ValidationFailed, VaultError
 from vault.keys.envelope import associated_data
 from vault.keys.hierarchy import KeyHierarchy
-from vault.operations import AuditedOperations
-from vault.passwords import Passwords
-from vault.policy import Policy
 from vault.secret import Secret
-from vault.sessions import Session, Sessions
 from vault.storage.schema import data_keys, operators
-from vault.totp import claim_step, matching_step, new_seed, provisioning_uri
 
 __all__ = ["OPERATOR_ROLES", "HOST", "Lockout", "NewOperator", "Login", "StepUp", "OperatorRegistry"]
 

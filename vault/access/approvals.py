@@ -24,11 +24,11 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
+from vault.access.operations import AuditedOperations
+from vault.access.operators import StepUp
+from vault.access.policy import Policy
 from vault.audit.trail import Actor, AuditTrail, Origin
 from vault.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from vault.operations import AuditedOperations
-from vault.operators import StepUp
-from vault.policy import Policy
 from vault.storage.schema import approvals
 
 __all__ = ["ApprovalAction", "Approval", "Approvals"]

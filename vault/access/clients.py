@@ -17,10 +17,10 @@ from sqlalchemy import insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from vault.access.policy import Policy
 from vault.audit.trail import HOST, Actor, AuditEvent, AuditTrail, Origin
 from vault.errors import AuditWriteFailed, NotFound, StorageUnavailable, Unauthenticated, ValidationFailed
 from vault.keys.hierarchy import KeyHierarchy
-from vault.policy import Policy
 from vault.secret import Secret
 from vault.storage.schema import clients
 

@@ -14,9 +14,9 @@ from typing import Any
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
+from vault.access.policy import Policy
 from vault.audit.trail import Actor, AuditEvent, AuditTrail, Origin
 from vault.errors import Forbidden, StorageUnavailable, VaultError
-from vault.policy import Policy
 
 __all__ = ["AuditedOperations"]
 

@@ -6,11 +6,11 @@ audits its own failures, and anything else is refused as an invalid API key.
 
 from __future__ import annotations
 
+from vault.access.clients import ClientRegistry
+from vault.access.operators import OperatorRegistry
+from vault.access.sessions import Sessions
 from vault.audit.trail import Actor, Origin
-from vault.clients import ClientRegistry
-from vault.operators import OperatorRegistry
 from vault.secret import Secret
-from vault.sessions import Sessions
 
 __all__ = ["Authenticator"]
 

@@ -175,7 +175,7 @@ def load_policy(path: Path | None = None) -> Policy:
     """Load and validate a policy file (the shipped default when `path` is None)."""
     try:
         if path is None:
-            text = resources.files("vault").joinpath("policy.toml").read_text(encoding="utf-8")
+            text = resources.files("vault.access").joinpath("policy.toml").read_text(encoding="utf-8")
             source = "default"
         else:
             text = path.read_text(encoding="utf-8")

@@ -12,7 +12,7 @@ from api.routes import components, origin
 from vault.audit.trail import EventQuery
 from vault.errors import ValidationFailed
 from vault.subjects import check_subject_id
-from vault.tokens import kind_of_token
+from vault.tokens.formats import kind_of_token
 
 __all__ = ["blueprint"]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from vault.cards import luhn_valid
+from vault.tokens.cards import luhn_valid
 
 __all__ = ["configure", "redact", "get_logger"]
 

@@ -18,8 +18,8 @@ from api.schemas import BatchBody, CorrectBody, DetokenizeBody, TokenizeBody
 from api.wiring import Components
 from vault.audit.trail import Origin
 from vault.errors import ValidationFailed, VaultError
-from vault.kinds import validation_failed
-from vault.service import TokenRecord, TokenRequest
+from vault.tokens.kinds import validation_failed
+from vault.tokens.service import TokenRecord, TokenRequest
 
 __all__ = ["blueprint", "components", "origin"]
 

@@ -31,8 +31,8 @@ from vault.keys.provider import KeyProvider
 from vault.keys.rotation import KeyLifecycle
 from vault.privacy import PrivacyService
 from vault.retention import RetentionService
-from vault.service import TokenService
 from vault.storage.schema import create_engine_for
+from vault.tokens.service import TokenService
 from vault.transfer import check_transfer_params
 
 __all__ = ["Components", "build", "build_provider"]

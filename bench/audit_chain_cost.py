@@ -21,8 +21,8 @@ from sqlalchemy import insert
 from sqlalchemy.engine import Connection
 
 from vault.audit.trail import Actor, AuditEvent, AuditTrail, Origin
-from vault.service import TokenRequest, TokenService
 from vault.storage.schema import audit_events
+from vault.tokens.service import TokenRequest, TokenService
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.embedded import discard, fresh_vault

@@ -37,8 +37,8 @@ from api.settings import Settings
 from api.wiring import Components, build
 from tests.support.openbao import OpenBao, bao_binary, enable_approle, ensure_transit, free_port_pair
 from vault.audit.trail import Actor, Origin
-from vault.service import TokenRecord, TokenRequest
 from vault.storage.migrate import upgrade
+from vault.tokens.service import TokenRecord, TokenRequest
 
 CHECKOUT = Actor(id="bench-checkout", role="checkout")
 GATEWAY = Actor(id="bench-gateway", role="payment_gateway")

@@ -19,8 +19,8 @@ from vault.access.operations import AuditedOperations
 from vault.access.policy import Policy
 from vault.audit.trail import Actor, AuditTrail, Origin
 from vault.errors import DecryptionFailed, Forbidden, NotFound, ValidationFailed
-from vault.service import TokenService
 from vault.storage.schema import disclosures, tokens
+from vault.tokens.service import TokenService
 
 __all__ = ["DisclosureService", "DISCLOSURE_DAYS"]
 

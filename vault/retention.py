@@ -16,8 +16,8 @@ from sqlalchemy.engine import Connection, Engine
 from vault.access.operations import AuditedOperations
 from vault.access.policy import Policy
 from vault.audit.trail import Actor, AuditTrail, Origin
-from vault.service import TokenService
 from vault.storage.schema import holds, retained_records, tokens
+from vault.tokens.service import TokenService
 
 __all__ = ["RetentionService"]
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
-from vault.cards import luhn_valid
 from vault.errors import ValidationFailed
 from vault.storage.schema import consents, subjects
+from vault.tokens.cards import luhn_valid
 
 __all__ = ["SubjectState", "subject_states", "CONSENT_PURPOSES", "check_subject_id"]
 

@@ -30,9 +30,9 @@ from vault.access.operations import AuditedOperations
 from vault.access.policy import Policy
 from vault.audit.trail import Actor, AuditTrail, Origin
 from vault.errors import DecryptionFailed, Forbidden, ValidationFailed
-from vault.service import TokenRecord, TokenRequest, TokenService
 from vault.storage.schema import approvals, audit_events, consents, tokens
-from vault.tokens import kind_of_token
+from vault.tokens.formats import kind_of_token
+from vault.tokens.service import TokenRecord, TokenRequest, TokenService
 
 __all__ = ["TransferService", "seal_bundle", "open_bundle", "FORMAT"]
 

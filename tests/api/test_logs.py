@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from api.logs import RedactingFilter, redact, redact_text
-from vault.cards import luhn_valid
+from vault.tokens.cards import luhn_valid
 
 NOT_LUHN = "0634476482931112"  # a card-token-shaped number that fails the Luhn check
 

@@ -18,8 +18,8 @@ import atheris
 from pydantic import ValidationError
 
 with atheris.instrument_imports(include=["vault"]):
-    from vault.cards import detect_brand, luhn_valid
-    from vault.kinds import canonical_bytes, check_card_not_expired, metadata_for, parse_value
+    from vault.tokens.cards import detect_brand, luhn_valid
+    from vault.tokens.kinds import canonical_bytes, check_card_not_expired, metadata_for, parse_value
 
 # Mostly legitimate letters in several scripts, with hostile ones mixed in now and then.
 _CHARS = [*"abcXYZ019 .,'-\u00e9\u00df\u0416\u4e2d\u0627\u05d0\u0301\u200d",

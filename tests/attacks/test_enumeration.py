@@ -24,8 +24,8 @@ from api.app import create_app
 from api.wiring import Components
 from tests.attacks.support import CARD, CVV, EMAIL, UNLIMITED, api_keys_for
 from tests.conftest import Clock, auth, make_components
-from vault.cards import luhn_valid
 from vault.storage.schema import audit_events
+from vault.tokens.cards import luhn_valid
 
 GUESSES = 60
 TIMING_ROUNDS = 200

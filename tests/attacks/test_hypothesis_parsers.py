@@ -23,10 +23,11 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from tests.attacks.support import ADDRESS, CARD, PAN, values_in, windows
-from vault import cards, kinds, tokens
 from vault.errors import ValidationFailed
-from vault.kinds import KINDS, parse_value
-from vault.tokens import kind_of_token
+from vault.tokens import cards, kinds
+from vault.tokens import formats as tokens
+from vault.tokens.formats import kind_of_token
+from vault.tokens.kinds import KINDS, parse_value
 
 WINDOW = 6
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None,

@@ -21,8 +21,8 @@ from tests.conftest import Clock
 from vault.audit.trail import Actor, AuditTrail, Origin
 from vault.errors import DecryptionFailed, NotFound, VaultError
 from vault.keys.hierarchy import KeyHierarchy
-from vault.service import TokenRecord, TokenRequest, TokenService
 from vault.storage.schema import audit_events, data_keys, domain_keys, tokens
+from vault.tokens.service import TokenRecord, TokenRequest, TokenService
 
 CHECKOUT = Actor(id="cli_checkout", role="checkout")
 GATEWAY = Actor(id="cli_gateway", role="payment_gateway")

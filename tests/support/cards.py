@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from api.wiring import Components
 from vault.audit.trail import Actor, Origin
-from vault.cards import luhn_valid
-from vault.service import TokenRecord, TokenRequest
+from vault.tokens.cards import luhn_valid
+from vault.tokens.service import TokenRecord, TokenRequest
 
 CHECKOUT = Actor(id="cli_checkout", role="checkout")
 GATEWAY = Actor(id="cli_gateway", role="payment_gateway")

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vault.cards import BRANDS, detect_brand, luhn_valid
+from vault.tokens.cards import BRANDS, detect_brand, luhn_valid
 
 
 def check_digit(body: str) -> str:

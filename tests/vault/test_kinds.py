@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from vault.kinds import (
+from vault.tokens.kinds import (
     KINDS,
     AddressValue,
     CardValue,

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vault.cards import luhn_valid
 from vault.errors import ValidationFailed
-from vault.tokens import MAX_TOKEN_LENGTH, card_token, kind_of_token, opaque_token
+from vault.tokens.cards import luhn_valid
+from vault.tokens.formats import MAX_TOKEN_LENGTH, card_token, kind_of_token, opaque_token
 
 OPAQUE_KINDS = ("cvv", "address", "email", "phone", "name", "text")
 SETTINGS = settings(max_examples=60, deadline=None)

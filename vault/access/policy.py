@@ -16,7 +16,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vault.errors import ConfigurationError
-from vault.kinds import KINDS
 
 __all__ = ["Policy", "Rule", "Decision", "OPERATIONS", "PURPOSES", "load_policy", "mask"]
 
@@ -35,8 +34,6 @@ View = Literal["plain", "masked", "redacted"]
 AddressField = Literal["name", "line1", "line2", "city", "region", "postal_code", "country", "phone", "use"]
 CardField = Literal["pan", "exp_month", "exp_year", "holder"]
 NO_PLAINTEXT_ROLES = ("admin", "auditor")
-
-assert set(KINDS) == set(KindName.__args__)  # type: ignore[attr-defined]
 
 
 class Rule(BaseModel):

@@ -36,7 +36,10 @@ from vault.errors import (
 )
 from vault.keys.envelope import record_aad
 from vault.keys.hierarchy import DataKey, KeyHierarchy
-from vault.kinds import (
+from vault.storage.schema import data_keys, drop_deleted_copies, insert_ignoring_conflict, tokens
+from vault.subjects import subject_states
+from vault.tokens.formats import card_token, kind_of_token, opaque_token
+from vault.tokens.kinds import (
     CardValue,
     canonical_bytes,
     check_card_not_expired,
@@ -45,9 +48,6 @@ from vault.kinds import (
     validation_failed,
     value_from_bytes,
 )
-from vault.storage.schema import data_keys, drop_deleted_copies, insert_ignoring_conflict, tokens
-from vault.subjects import subject_states
-from vault.tokens import card_token, kind_of_token, opaque_token
 
 __all__ = ["TokenService", "TokenRequest", "TokenRecord", "Detokenized", "Limits", "purpose_of_kind"]
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 import secrets
 
-from vault.cards import luhn_valid
 from vault.errors import ValidationFailed
+from vault.tokens.cards import luhn_valid
 
 __all__ = ["card_token", "opaque_token", "kind_of_token", "MAX_TOKEN_LENGTH"]
 

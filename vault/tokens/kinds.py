@@ -18,8 +18,9 @@ import pycountry
 from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
-from vault.cards import detect_brand, luhn_valid
+from vault.access.policy import KindName
 from vault.errors import ValidationFailed
+from vault.tokens.cards import detect_brand, luhn_valid
 
 __all__ = [
     "KINDS",
@@ -34,6 +35,8 @@ __all__ = [
 
 Kind = Literal["card", "cvv", "address", "email", "phone", "name", "text"]
 KINDS: tuple[str, ...] = ("card", "cvv", "address", "email", "phone", "name", "text")
+# The policy names kinds too; the two lists cannot drift apart unnoticed.
+assert set(KINDS) == set(KindName.__args__)  # type: ignore[attr-defined]
 
 TEXT_MAX_BYTES = 4096
 

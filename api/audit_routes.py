@@ -11,7 +11,7 @@ from api.auth import current_actor
 from api.routes import components, origin
 from vault.audit.trail import EventQuery
 from vault.errors import ValidationFailed
-from vault.subjects import check_subject_id
+from vault.privacy.subjects import check_subject_id
 from vault.tokens.formats import kind_of_token
 
 __all__ = ["blueprint"]

@@ -18,7 +18,7 @@ from api.settings import Settings
 from api.wiring import Components, build
 from vault.audit.trail import Actor, Origin
 from vault.errors import VaultError
-from vault.transfer import TransferService
+from vault.privacy.transfer import TransferService
 
 __all__ = ["subjects", "transfer"]
 

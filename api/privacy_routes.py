@@ -19,8 +19,8 @@ from api.schemas import (
 )
 from api.stepup import current_step_up, require_step_up
 from vault.errors import ValidationFailed
-from vault.subjects import check_subject_id
-from vault.transfer import recipient_fingerprint
+from vault.privacy.subjects import check_subject_id
+from vault.privacy.transfer import recipient_fingerprint
 
 __all__ = ["blueprint"]
 

@@ -22,7 +22,7 @@ from pydantic import (
 
 from vault.access.operators import OPERATOR_ROLES
 from vault.errors import ValidationFailed
-from vault.subjects import check_subject_id
+from vault.privacy.subjects import check_subject_id
 from vault.tokens.kinds import KINDS, VALUE_SCHEMAS
 
 KindName = Literal["card", "cvv", "address", "email", "phone", "name", "text"]

@@ -25,15 +25,15 @@ from vault.access.sessions import Sessions
 from vault.audit.alerts import Alerts
 from vault.audit.log import AuditLog
 from vault.audit.trail import AuditTrail
-from vault.disclosures import DisclosureService
 from vault.keys.hierarchy import KeyHierarchy
 from vault.keys.provider import KeyProvider
 from vault.keys.rotation import KeyLifecycle
-from vault.privacy import PrivacyService
-from vault.retention import RetentionService
+from vault.privacy.disclosures import DisclosureService
+from vault.privacy.retention import RetentionService
+from vault.privacy.rights import PrivacyService
+from vault.privacy.transfer import check_transfer_params
 from vault.storage.schema import create_engine_for
 from vault.tokens.service import TokenService
-from vault.transfer import check_transfer_params
 
 __all__ = ["Components", "build", "build_provider"]
 

@@ -18,10 +18,10 @@ from tests.support.operators import make_operator
 from tests.vault.test_service import CARD, GATEWAY, HERE, read, tokenize_one
 from vault.audit.trail import Actor
 from vault.errors import DecryptionFailed
+from vault.privacy.transfer import open_bundle, recipient_fingerprint
 from vault.secret import Secret
 from vault.storage.migrate import upgrade
 from vault.storage.schema import create_engine_for
-from vault.transfer import open_bundle, recipient_fingerprint
 
 
 def use(monkeypatch: pytest.MonkeyPatch, data_dir: Path, url: str, key: str) -> None:

@@ -36,8 +36,8 @@ from vault.errors import (
 )
 from vault.keys.envelope import record_aad
 from vault.keys.hierarchy import DataKey, KeyHierarchy
+from vault.privacy.subjects import subject_states
 from vault.storage.schema import data_keys, drop_deleted_copies, insert_ignoring_conflict, tokens
-from vault.subjects import subject_states
 from vault.tokens.formats import card_token, kind_of_token, opaque_token
 from vault.tokens.kinds import (
     CardValue,

@@ -85,7 +85,7 @@ def serve(bind: str | None, workers: int | None) -> None:
     env["TOKENVAULT_BIND"] = bind or settings.bind
     env["TOKENVAULT_WORKERS"] = str(workers or settings.workers)
     conf = Path(__file__).with_name("gunicorn_conf.py")
-    args = [sys.executable, "-m", "gunicorn", "-c", str(conf), "api.app:wsgi_app()"]
+    args = [sys.executable, "-m", "gunicorn", "-c", str(conf), "api.http.app:wsgi_app()"]
     os.execve(sys.executable, args, env)  # noqa: S606 - fixed argv, no shell
 
 

@@ -30,7 +30,7 @@ proc_name = "tokenvault"
 control_socket_disable = True
 certfile = os.environ.get("TOKENVAULT_TLS_CERT") or None
 keyfile = os.environ.get("TOKENVAULT_TLS_KEY") or None
-logger_class = "api.logs.GunicornLogger"
+logger_class = "api.http.logs.GunicornLogger"
 
 
 # Prometheus multiprocess mode: one directory shared by the workers of this master,

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.engine import Engine
 
 from api.access_settings import AccessSettings
-from api.metrics import InstrumentedProvider, observe_audit_write, observe_key_cache
+from api.http.metrics import InstrumentedProvider, observe_audit_write, observe_key_cache
 from api.settings import Settings
 from kms.local import LocalKeyProvider, load_master_key
 from vault.access.approvals import ApprovalAction, Approvals

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from api.app import create_app
+from api.http.app import create_app
 from bench.embedded import discard, fresh_vault
 from bench.harness.vaultdata import BATCH, UNLIMITED, luhn_complete
 

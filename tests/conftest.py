@@ -12,7 +12,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from api.app import create_app
+from api.http.app import create_app
 from api.settings import Settings
 from api.wiring import Components, build
 from tests.support import database

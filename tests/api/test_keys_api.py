@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from flask.testing import FlaskClient
 
-from api.app import create_app
+from api.http.app import create_app
 from api.wiring import Components
 from tests.conftest import Clock, auth, make_components
 from tests.support.cards import fill

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from api.logs import RedactingFilter, redact, redact_text
+from api.http.logs import RedactingFilter, redact, redact_text
 from vault.tokens.cards import luhn_valid
 
 NOT_LUHN = "0634476482931112"  # a card-token-shaped number that fails the Luhn check

@@ -7,7 +7,7 @@ from pathlib import Path
 from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
 
-from api.app import create_app
+from api.http.app import create_app
 from tests.conftest import auth, make_components
 
 

@@ -16,9 +16,9 @@ import schemathesis
 from flask import Flask
 from schemathesis.core.result import Ok
 
-from api import stepup
-from api.openapi import document
-from api.stepup import HEADER
+from api.http import stepup
+from api.http.openapi import document
+from api.http.stepup import HEADER
 
 _CONVERTER = re.compile(r"<(?:[a-z]+:)?([A-Za-z_][A-Za-z0-9_]*)>")
 _METHODS = {"get", "put", "post", "delete", "patch"}
@@ -70,7 +70,7 @@ def test_path_parameters_match_the_path(app: Flask) -> None:
 
 
 def _step_up_routes(app: Flask) -> set[tuple[str, str]]:
-    """The routes whose view is wrapped by api.stepup.require_step_up (its closure holds `operation`)."""
+    """The routes whose view is wrapped by api.http.stepup.require_step_up (its closure holds `operation`)."""
     found = set()
     for rule in app.url_map.iter_rules():
         view: Any = app.view_functions[rule.endpoint]

@@ -13,8 +13,8 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from api.app import create_app
-from api.ratelimits import RateLimits
+from api.http.app import create_app
+from api.http.ratelimits import RateLimits
 from api.wiring import Components
 from tests.conftest import Clock, auth, make_components
 from vault.errors import ConfigurationError

@@ -9,7 +9,7 @@ from typing import Any
 
 from flask import Flask
 
-from api.app import create_app
+from api.http.app import create_app
 from api.wiring import Components
 from tests.conftest import make_components
 from tests.support import database

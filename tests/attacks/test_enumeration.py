@@ -20,7 +20,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 from werkzeug.test import TestResponse
 
-from api.app import create_app
+from api.http.app import create_app
 from api.wiring import Components
 from tests.attacks.support import CARD, CVV, EMAIL, UNLIMITED, api_keys_for
 from tests.conftest import Clock, auth, make_components

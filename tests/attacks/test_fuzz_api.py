@@ -37,8 +37,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from api.openapi import document
-from api.stepup import HEADER as STEP_UP
+from api.http.openapi import document
+from api.http.stepup import HEADER as STEP_UP
 from api.wiring import Components
 from tests.attacks.support import UNLIMITED, api_keys_for, echoed, sqlite_app, strings_in
 from tests.conftest import auth

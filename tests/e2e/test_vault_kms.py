@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import requests
 
-from api.app import create_app
+from api.http.app import create_app
 from api.settings import Settings
 from api.wiring import build
 from tests.conftest import make_components

@@ -12,10 +12,10 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from api.auth import current_actor
-from api.routes import components, json_body, origin, parse
-from api.schemas import OperatorBody
-from api.stepup import current_step_up, require_step_up
+from api.http.auth import current_actor
+from api.http.schemas import OperatorBody
+from api.http.stepup import current_step_up, require_step_up
+from api.http.tokens import components, json_body, origin, parse
 from vault.errors import ValidationFailed
 
 __all__ = ["blueprint"]

@@ -27,9 +27,9 @@ from limits.errors import StorageError
 from limits.storage import MemoryStorage, Storage, storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
 
-from api.errors import error_body
-from api.logs import get_logger
-from api.routes import components, origin
+from api.http.errors import error_body
+from api.http.logs import get_logger
+from api.http.tokens import components, origin
 from api.wiring import Components
 from vault.audit.trail import ANONYMOUS, Actor
 from vault.errors import RateLimited

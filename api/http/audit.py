@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 from flask import Blueprint, Response, jsonify, request
 
-from api.auth import current_actor
-from api.routes import components, origin
+from api.http.auth import current_actor
+from api.http.tokens import components, origin
 from vault.audit.trail import EventQuery
 from vault.errors import ValidationFailed
 from vault.privacy.subjects import check_subject_id

@@ -6,9 +6,8 @@ import re
 
 from flask import Blueprint, Response, jsonify, request
 
-from api.auth import current_actor
-from api.routes import components, json_body, origin, parse, requires
-from api.schemas import (
+from api.http.auth import current_actor
+from api.http.schemas import (
     CloseRequestBody,
     ConsentsBody,
     DisclosureBody,
@@ -17,7 +16,8 @@ from api.schemas import (
     RestrictionBody,
     TransferBody,
 )
-from api.stepup import current_step_up, require_step_up
+from api.http.stepup import current_step_up, require_step_up
+from api.http.tokens import components, json_body, origin, parse, requires
 from vault.errors import ValidationFailed
 from vault.privacy.subjects import check_subject_id
 from vault.privacy.transfer import recipient_fingerprint

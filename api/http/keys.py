@@ -8,10 +8,10 @@ import threading
 
 from flask import Blueprint, Response, jsonify
 
-from api.auth import current_actor
-from api.routes import components, json_body, origin, parse, requires
-from api.schemas import ReencryptBody, RetireBody, RotateBody
-from api.stepup import current_step_up, require_step_up
+from api.http.auth import current_actor
+from api.http.schemas import ReencryptBody, RetireBody, RotateBody
+from api.http.stepup import current_step_up, require_step_up
+from api.http.tokens import components, json_body, origin, parse, requires
 from api.wiring import Components
 from vault.errors import ValidationFailed, VaultError
 

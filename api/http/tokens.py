@@ -11,10 +11,10 @@ from typing import Any, TypeVar
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from pydantic import BaseModel, ValidationError
 
-from api.auth import current_actor
-from api.errors import error_body
-from api.metrics import OPERATIONS
-from api.schemas import BatchBody, CorrectBody, DetokenizeBody, TokenizeBody
+from api.http.auth import current_actor
+from api.http.errors import error_body
+from api.http.metrics import OPERATIONS
+from api.http.schemas import BatchBody, CorrectBody, DetokenizeBody, TokenizeBody
 from api.wiring import Components
 from vault.audit.trail import Origin
 from vault.errors import ValidationFailed, VaultError

@@ -7,8 +7,8 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from api import schemas as s
-from api.openapi_admin import MODELS, SECURED, admin_paths, error_responses, json_content, ref
+from api.http import schemas as s
+from api.http.openapi_admin import MODELS, SECURED, admin_paths, error_responses, json_content, ref
 
 __all__ = ["document"]
 

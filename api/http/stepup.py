@@ -16,8 +16,8 @@ from typing import Any, TypeVar, cast
 
 from flask import g, request
 
-from api.auth import current_actor
-from api.routes import components, origin
+from api.http.auth import current_actor
+from api.http.tokens import components, origin
 from vault.access.operators import StepUp
 from vault.errors import StepUpRequired
 from vault.secret import Secret

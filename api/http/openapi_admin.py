@@ -3,7 +3,7 @@
 api.openapi assembles the whole document; this module also holds the helpers both parts use.
 Request bodies are the pydantic models the routes validate with (unknown fields refused), path
 parameters carry the shape the route checks, and every endpoint that calls
-`api.stepup.require_step_up` documents the `X-TOTP` header it needs.
+`api.http.stepup.require_step_up` documents the `X-TOTP` header it needs.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from api import schemas as s
-from api.stepup import HEADER as STEP_UP_HEADER
+from api.http import schemas as s
+from api.http.stepup import HEADER as STEP_UP_HEADER
 from vault.audit.log import MAX_PAGE
 
 __all__ = ["MODELS", "SECURED", "ref", "json_content", "error_responses", "admin_paths"]

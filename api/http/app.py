@@ -19,11 +19,11 @@ from flask import Flask, Response, g, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api import audit_routes, auth_routes, errors, key_routes, metrics, operator_routes, privacy_routes, ratelimits
-from api.auth import bearer_credentials
-from api.logs import configure, get_logger
-from api.openapi import document
-from api.routes import blueprint, components, origin
+from api.http import audit, errors, keys, login, metrics, operators, privacy, ratelimits
+from api.http.auth import bearer_credentials
+from api.http.logs import configure, get_logger
+from api.http.openapi import document
+from api.http.tokens import blueprint, components, origin
 from api.settings import Settings
 from api.wiring import Components, build
 from vault.audit.trail import AuditEvent
@@ -64,7 +64,7 @@ def create_app(settings: Settings | None = None, *, parts: Components | None = N
         g.started = time.perf_counter()
         supplied = request.headers.get("X-Request-ID", "")
         g.request_id = supplied if _REQUEST_ID.match(supplied) else secrets.token_hex(16)
-        if request.path.startswith("/v1/") and request.path != auth_routes.LOGIN_PATH:
+        if request.path.startswith("/v1/") and request.path != login.LOGIN_PATH:
             g.actor = components().authenticator.authenticate(bearer_credentials(), origin())
             components().tokens.maybe_purge()
 
@@ -108,11 +108,11 @@ def create_app(settings: Settings | None = None, *, parts: Components | None = N
         return jsonify(openapi)
 
     app.register_blueprint(blueprint)
-    app.register_blueprint(audit_routes.blueprint)
-    app.register_blueprint(privacy_routes.blueprint)
-    app.register_blueprint(key_routes.blueprint)
-    app.register_blueprint(auth_routes.blueprint)
-    app.register_blueprint(operator_routes.blueprint)
+    app.register_blueprint(audit.blueprint)
+    app.register_blueprint(privacy.blueprint)
+    app.register_blueprint(keys.blueprint)
+    app.register_blueprint(login.blueprint)
+    app.register_blueprint(operators.blueprint)
     ratelimits.init_app(app, parts)
     return app
 
@@ -136,7 +136,7 @@ def _record_lifecycle(parts: Components, action: str) -> None:
 
 
 def wsgi_app() -> Any:
-    """Entry point for gunicorn (`api.app:wsgi_app()`): one app per worker, stop recorded at exit."""
+    """Entry point for gunicorn (`api.http.app:wsgi_app()`): one app per worker, stop recorded at exit."""
     app = create_app()
     atexit.register(_record_lifecycle, app.extensions["tokenvault"], "service_stop")
     return app

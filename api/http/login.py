@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from api.auth import bearer_credentials, current_actor
-from api.routes import components, json_body, origin, parse
-from api.schemas import LoginBody
+from api.http.auth import bearer_credentials, current_actor
+from api.http.schemas import LoginBody
+from api.http.tokens import components, json_body, origin, parse
 from vault.errors import Unauthenticated
 from vault.secret import Secret
 

@@ -16,8 +16,8 @@ import pyotp
 import pytest
 from click.testing import CliRunner
 
-from api.cli import main
-from api.cli_access import qr_text
+from api.cli.access import qr_text
+from api.cli.main import main
 from tests.conftest import make_components
 from tests.support.operators import PASSWORD, seed_of
 from vault.access.totp import STEP_SECONDS

@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import update
 
-from api.cli import main
-from api.cli_audit import cef_line
+from api.cli.audit import cef_line
+from api.cli.main import main
 from tests.conftest import Clock, make_components
 from tests.vault.test_service import CARD, GATEWAY, read, tokenize_one
 from vault.storage.schema import audit_events

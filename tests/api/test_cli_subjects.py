@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from api.cli import main
+from api.cli.main import main
 from api.wiring import Components
 from tests.conftest import make_components
 from tests.support.operators import make_operator

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import click
 
-from api import cli_access
 from api.access_settings import AccessSettings
-from api.cli_audit import audit
-from api.cli_keys import keys
-from api.cli_subjects import subjects, transfer
+from api.cli import access
+from api.cli.audit import audit
+from api.cli.keys import keys
+from api.cli.subjects import subjects, transfer
 from api.settings import Settings
 from api.wiring import Components, build, build_provider
 from kms.local import create_master_key_file
@@ -84,7 +84,7 @@ def serve(bind: str | None, workers: int | None) -> None:
     env = dict(os.environ)
     env["TOKENVAULT_BIND"] = bind or settings.bind
     env["TOKENVAULT_WORKERS"] = str(workers or settings.workers)
-    conf = Path(__file__).with_name("gunicorn_conf.py")
+    conf = Path(__file__).resolve().parents[1] / "gunicorn_conf.py"
     args = [sys.executable, "-m", "gunicorn", "-c", str(conf), "api.http.app:wsgi_app()"]
     os.execve(sys.executable, args, env)  # noqa: S606 - fixed argv, no shell
 
@@ -159,7 +159,7 @@ main.add_command(audit)
 main.add_command(subjects)
 main.add_command(keys)
 main.add_command(transfer)
-for _group in (cli_access.operators, cli_access.auth, cli_access.approvals, cli_access.policy):
+for _group in (access.operators, access.auth, access.approvals, access.policy):
     main.add_command(_group)
 
 

@@ -69,7 +69,7 @@ class Vault:
         return dict(row) if row is not None else None
 
     def expire_lease(self, job_id: str) -> None:
-        """Let the dead runner's lease run out now instead of in up to 60 s (vault/rotation.py LEASE).
+        """Let the dead runner's lease run out now instead of in up to 60 s (vault/keys/rotation.py LEASE).
 
         `keys resume` right after a crash is refused until then: see
         test_resume_right_after_a_crash_takes_the_job_over.

@@ -333,7 +333,7 @@ class OperatorRegistry(AuditedOperations):
             self._transaction(denied)
         raise StepUpRequired("a fresh TOTP code is required")
 
-    # -- operator management under dual control (see vault/approvals.py) -----------------------
+    # -- operator management under dual control (see vault/access/approvals.py) -----------------------
 
     def check_disable(self, conn: Connection, params: dict[str, Any]) -> None:
         """At request time: the operator to disable exists and is active."""

@@ -2,7 +2,7 @@
 
 Only ciphertext, wrapped keys, keyed hashes and non-sensitive metadata are stored.
 SQLite (WAL) is the embedded default; PostgreSQL is production. Schema changes go
-through Alembic (vault/migrations); `metadata` here is the source they are made from.
+through Alembic (vault/storage/migrations); `metadata` here is the source they are made from.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """/openapi.json documents every /v1 endpoint the app serves, and is a valid OpenAPI 3.1 document.
 
 The route list comes from the Flask app's url_map, so an endpoint added without its
-operation in api/openapi.py (or api/openapi_admin.py) fails here, and so escapes neither
+operation in api/http/openapi.py (or api/http/openapi_admin.py) fails here, and so escapes neither
 the document nor the schemathesis fuzzing built on it (tests/attacks/test_fuzz_api.py).
 """
 

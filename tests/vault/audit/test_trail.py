@@ -11,7 +11,7 @@ from sqlalchemy import delete, func, insert, select, text, update
 
 from api.wiring import Components
 from tests.conftest import make_components
-from tests.vault.test_service import CARD, CHECKOUT, GATEWAY, HERE, read, tokenize_one
+from tests.vault.tokens.test_service import CARD, CHECKOUT, GATEWAY, HERE, read, tokenize_one
 from vault.audit.trail import AuditEvent, AuditTrail
 from vault.storage.schema import audit_events
 

@@ -15,7 +15,7 @@ from api.cli.main import main
 from api.wiring import Components
 from tests.conftest import make_components
 from tests.support.operators import make_operator
-from tests.vault.test_service import CARD, GATEWAY, HERE, read, tokenize_one
+from tests.vault.tokens.test_service import CARD, GATEWAY, HERE, read, tokenize_one
 from vault.audit.trail import Actor
 from vault.errors import DecryptionFailed
 from vault.privacy.transfer import open_bundle, recipient_fingerprint

@@ -1,4 +1,4 @@
-"""Alembic migrations produce exactly the schema vault/storage.py describes."""
+"""Alembic migrations produce exactly the schema vault/storage/schema.py describes."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from sqlalchemy import update
 from api.cli.audit import cef_line
 from api.cli.main import main
 from tests.conftest import Clock, make_components
-from tests.vault.test_service import CARD, GATEWAY, read, tokenize_one
+from tests.vault.tokens.test_service import CARD, GATEWAY, read, tokenize_one
 from vault.storage.schema import audit_events
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from api.wiring import Components
-from tests.vault.test_service import CARD, CHECKOUT, GATEWAY, HERE, read, tokenize_one
+from tests.vault.tokens.test_service import CARD, CHECKOUT, GATEWAY, HERE, read, tokenize_one
 from vault.keys.hierarchy import KeyHierarchy
 from vault.storage.schema import data_keys, domain_keys
 from vault.tokens.service import TokenRequest

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from api.wiring import Components
 from tests.conftest import make_components
 from tests.support.cards import CHECKOUT, GATEWAY, HERE, fill, read_all
-from tests.vault.test_service import tokenize_one
+from tests.vault.tokens.test_service import tokenize_one
 from vault.audit.trail import Actor
 from vault.errors import Conflict, Forbidden
 from vault.storage.schema import data_keys, domain_keys, tokens

@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from api.wiring import Components
 from tests.conftest import Clock, make_components
-from tests.vault.test_service import GATEWAY, HERE, read, tokenize_one
+from tests.vault.tokens.test_service import GATEWAY, HERE, read, tokenize_one
 from vault.audit.trail import Actor
 from vault.storage.schema import data_keys, domain_keys, tokens
 

@@ -21,6 +21,7 @@ run: setup
 
 lint: setup
 	$(BIN)/ruff check vault kms api tests bench
+	$(BIN)/lint-imports
 	$(BIN)/bandit -q -r vault kms api -c pyproject.toml
 
 typecheck: setup

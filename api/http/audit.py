@@ -11,8 +11,8 @@ from api.http.auth import current_actor
 from api.http.tokens import components, origin
 from vault.audit.trail import EventQuery
 from vault.errors import ValidationFailed
-from vault.privacy.subjects import check_subject_id
 from vault.tokens.formats import kind_of_token
+from vault.tokens.subjects import check_subject_id
 
 __all__ = ["blueprint"]
 

@@ -19,8 +19,8 @@ from api.http.schemas import (
 from api.http.stepup import current_step_up, require_step_up
 from api.http.tokens import components, json_body, origin, parse, requires
 from vault.errors import ValidationFailed
-from vault.privacy.subjects import check_subject_id
 from vault.privacy.transfer import recipient_fingerprint
+from vault.tokens.subjects import check_subject_id
 
 __all__ = ["blueprint"]
 

@@ -22,8 +22,8 @@ from pydantic import (
 
 from vault.access.operators import OPERATOR_ROLES
 from vault.errors import ValidationFailed
-from vault.privacy.subjects import check_subject_id
 from vault.tokens.kinds import KINDS, VALUE_SCHEMAS
+from vault.tokens.subjects import check_subject_id
 
 KindName = Literal["card", "cvv", "address", "email", "phone", "name", "text"]
 PurposeName = Literal["payment", "fulfillment", "support", "marketing", "legal"]

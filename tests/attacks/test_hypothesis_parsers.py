@@ -120,8 +120,9 @@ def test_parse_value_raises_only_validation_errors_that_echo_no_value(kind: str)
     check()
 
 
-@pytest.mark.xfail(strict=True, reason="bug: vault/tokens/kinds.py models report an unknown key of a card or address value "
-                                       "in the ValidationError loc, so str(error) repeats it (a PAN sent as a key)")
+@pytest.mark.xfail(strict=True, reason="bug: vault/tokens/kinds.py models report an unknown key of a card or "
+                                       "address value in the ValidationError loc, so str(error) repeats it "
+                                       "(a PAN sent as a key)")
 @pytest.mark.parametrize("kind", ["card", "address"])
 def test_parse_value_errors_echo_no_key(kind: str) -> None:
     base = CARD if kind == "card" else ADDRESS

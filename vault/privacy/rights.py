@@ -25,7 +25,6 @@ from vault.errors import Conflict, DecryptionFailed, Forbidden, NotFound, Valida
 from vault.keys.envelope import record_aad
 from vault.keys.hierarchy import KeyHierarchy
 from vault.keys.rotation import rekey_data_key
-from vault.privacy.subjects import CONSENT_PURPOSES
 from vault.storage.schema import (
     audit_events,
     consents,
@@ -41,6 +40,7 @@ from vault.storage.schema import (
 from vault.tokens.formats import kind_of_token
 from vault.tokens.kinds import CardValue, canonical_bytes, metadata_for
 from vault.tokens.service import TokenRecord, TokenRequest, TokenService, purpose_of_kind
+from vault.tokens.subjects import CONSENT_PURPOSES
 
 __all__ = ["PrivacyService", "RIGHTS", "RESPONSE_DAYS"]
 

@@ -1,5 +1,7 @@
-"""Tokens: the kinds of value (validation and canonical form), card numbers, token formats, and the
-token service (tokenize, detokenize, correct, delete).
+"""Tokens: the kinds of value (validation and canonical form), card numbers, token formats, subjects
+and their state, and the token service (tokenize, detokenize, correct, delete).
 
-Builds on access, keys, audit, storage and privacy's subject state. Imports neither api/ nor kms/.
+Subjects live here rather than in privacy/: every detokenize reads a subject's state (opt-outs,
+restrictions, holds) before it answers, so the token service depends on it; privacy's use cases
+change that state from above. Builds on access, keys, audit and storage; imports neither api/ nor kms/.
 """

@@ -36,7 +36,6 @@ from vault.errors import (
 )
 from vault.keys.envelope import record_aad
 from vault.keys.hierarchy import DataKey, KeyHierarchy
-from vault.privacy.subjects import subject_states
 from vault.storage.schema import data_keys, drop_deleted_copies, insert_ignoring_conflict, tokens
 from vault.tokens.formats import card_token, kind_of_token, opaque_token
 from vault.tokens.kinds import (
@@ -48,6 +47,7 @@ from vault.tokens.kinds import (
     validation_failed,
     value_from_bytes,
 )
+from vault.tokens.subjects import subject_states
 
 __all__ = ["TokenService", "TokenRequest", "TokenRecord", "Detokenized", "Limits", "purpose_of_kind"]
 

@@ -112,6 +112,12 @@ def build(
         name="transfer_export", operation="export", check=check_transfer_params,
         run=lambda conn, actor, params, origin: {"approved": True},
         lifetime=timedelta(seconds=access.approval_seconds)))
+    privacy = PrivacyService(engine=engine, keys=keys, policy=policy, trail=trail, tokens_service=token_service,
+                             clock=now)
+    # A legal hold blocks every deletion: lifting it takes a second privacy officer.
+    approvals.register(ApprovalAction(
+        name="release_hold", operation="manage_subjects", check=privacy.check_release_hold,
+        run=privacy.run_release_hold, lifetime=timedelta(seconds=access.approval_seconds)))
     return Components(
         settings=settings,
         engine=engine,
@@ -122,8 +128,7 @@ def build(
         audit_log=AuditLog(engine, trail, policy, clock=now),
         clients=clients,
         tokens=token_service,
-        privacy=PrivacyService(engine=engine, keys=keys, policy=policy, trail=trail, tokens_service=token_service,
-                               clock=now),
+        privacy=privacy,
         disclosures=DisclosureService(engine=engine, policy=policy, trail=trail, tokens_service=token_service,
                                       clock=now),
         retention=RetentionService(engine=engine, policy=policy, trail=trail, tokens_service=token_service,

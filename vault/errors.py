@@ -14,6 +14,7 @@ __all__ = [
     "StepUpRequired",
     "Forbidden",
     "Conflict",
+    "LegalHold",
     "PayloadTooLarge",
     "RateLimited",
     "DecryptionFailed",
@@ -65,6 +66,12 @@ class Forbidden(VaultError):
 
 class Conflict(VaultError):
     code = "conflict"
+
+
+class LegalHold(Conflict):
+    """The subject's data is under a legal hold: nothing may delete, expire, purge or overwrite it."""
+
+    code = "legal_hold"
 
 
 class PayloadTooLarge(VaultError):

@@ -27,6 +27,7 @@ from api.http.tokens import blueprint, components, origin
 from api.settings import Settings
 from api.wiring import Components, build
 from vault.audit.trail import AuditEvent
+from vault.clear_text import contains_pan
 from vault.errors import Unauthenticated, VaultError
 from vault.secret import Secret
 
@@ -63,7 +64,9 @@ def create_app(settings: Settings | None = None, *, parts: Components | None = N
     def _start() -> None:
         g.started = time.perf_counter()
         supplied = request.headers.get("X-Request-ID", "")
-        g.request_id = supplied if _REQUEST_ID.match(supplied) else secrets.token_hex(16)
+        # Echoed in the response and written to the trail: a card number in it is replaced, never kept.
+        usable = _REQUEST_ID.match(supplied) and not contains_pan(supplied)
+        g.request_id = supplied if usable else secrets.token_hex(16)
         if request.path.startswith("/v1/") and request.path != login.LOGIN_PATH:
             g.actor = components().authenticator.authenticate(bearer_credentials(), origin())
             components().tokens.maybe_purge()

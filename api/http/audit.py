@@ -10,6 +10,7 @@ from flask import Blueprint, Response, jsonify, request
 from api.http.auth import current_actor
 from api.http.tokens import components, origin
 from vault.audit.trail import EventQuery
+from vault.clear_text import refuse_pan
 from vault.errors import ValidationFailed
 from vault.tokens.formats import kind_of_token
 from vault.tokens.subjects import check_subject_id
@@ -60,7 +61,7 @@ def _text(name: str) -> str | None:
         return check_subject_id(raw)
     if not _PATTERNS[name].fullmatch(raw):
         raise ValidationFailed(name, "is not a valid filter value")
-    return raw
+    return refuse_pan(name, raw)
 
 
 @blueprint.get("/events")

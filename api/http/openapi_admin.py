@@ -131,11 +131,12 @@ def _privacy_paths() -> dict[str, Any]:
             "setSubjectConsents", "Record a subject's consent choices", "200", OBJECT, body=s.ConsentsBody,
             params=subject, extra=("404", "409"))},
         "/v1/subjects/{subject_id}/holds": {"post": _op(
-            "addLegalHold", "Place a legal hold (blocks erasure and purge)", "201", OBJECT, body=s.HoldBody,
+            "addLegalHold", "Place a legal hold (blocks deletion, expiry, purge and correction)", "201", OBJECT,
+            body=s.HoldBody,
             params=subject, extra=("404", "409"))},
         "/v1/subjects/{subject_id}/holds/{hold_id}": {"delete": _op(
-            "releaseLegalHold", "Release a legal hold", "204", None,
-            params=[*subject, _path("hold_id", _ID)], extra=("404", "409"))},
+            "releaseLegalHold", "Ask to release a legal hold (a second officer approves)", "202",
+            ref(s.ApprovalFiled), params=[*subject, _path("hold_id", _ID)], step_up=True, extra=("404", "409"))},
         "/v1/subjects/{subject_id}/requests": {"post": _op(
             "registerSubjectRequest", "Register a data subject request (starts its deadline)", "201", OBJECT,
             body=s.RequestBody, params=subject, extra=("404", "409"))},

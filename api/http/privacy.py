@@ -89,9 +89,12 @@ def add_hold(subject_id: str) -> tuple[Response, int]:
 
 
 @blueprint.delete("/subjects/<subject_id>/holds/<hold_id>")
-def release_hold(subject_id: str, hold_id: str) -> tuple[str, int]:
-    components().privacy.release_hold(current_actor(), _subject(subject_id), _id("hold_id", hold_id), origin())
-    return "", 204
+@require_step_up("manage_subjects")
+def release_hold(subject_id: str, hold_id: str) -> tuple[Response, int]:
+    """Ask to lift a hold; a second officer approves it (POST /v1/approvals/<id>/approve)."""
+    params = {"subject_id": _subject(subject_id), "hold_id": _id("hold_id", hold_id)}
+    approval = components().approvals.request(current_step_up(), "release_hold", params, origin())
+    return jsonify({"approval": approval.public()}), 202
 
 
 @blueprint.post("/subjects/<subject_id>/requests")

@@ -17,6 +17,7 @@ from api.http.metrics import OPERATIONS
 from api.http.schemas import BatchBody, CorrectBody, DetokenizeBody, TokenizeBody
 from api.wiring import Components
 from vault.audit.trail import Origin
+from vault.clear_text import redact_pans
 from vault.errors import ValidationFailed, VaultError
 from vault.tokens.kinds import validation_failed
 from vault.tokens.service import TokenRecord, TokenRequest
@@ -33,8 +34,9 @@ def components() -> Components:
 
 
 def origin() -> Origin:
+    agent = request.headers.get("User-Agent")
     return Origin(request_id=g.get("request_id"), source=request.remote_addr,
-                  user_agent=request.headers.get("User-Agent"))
+                  user_agent=None if agent is None else redact_pans(agent))
 
 
 View = TypeVar("View", bound=Callable[..., Any])

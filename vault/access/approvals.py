@@ -28,6 +28,7 @@ from vault.access.operations import AuditedOperations
 from vault.access.operators import StepUp
 from vault.access.policy import Policy
 from vault.audit.trail import Actor, AuditTrail, Origin
+from vault.clear_text import refuse_pan
 from vault.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from vault.storage.schema import approvals
 
@@ -92,6 +93,8 @@ def _check_params(params: dict[str, Any]) -> str:
             raise ValidationFailed("params", "names must be lowercase identifiers")
         if not isinstance(value, str | int | bool) or (isinstance(value, str) and len(value) > 200):
             raise ValidationFailed("params", "values must be short strings, integers or booleans")
+        if isinstance(value, str):
+            refuse_pan("params", value)
     text = json.dumps(params, sort_keys=True, separators=(",", ":"))
     if len(text) > _MAX_PARAMS_BYTES:
         raise ValidationFailed("params", f"must be at most {_MAX_PARAMS_BYTES} bytes of JSON")

@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from vault.access.policy import Policy
 from vault.audit.trail import HOST, Actor, AuditEvent, AuditTrail, Origin
+from vault.clear_text import refuse_pan
 from vault.errors import AuditWriteFailed, NotFound, StorageUnavailable, Unauthenticated, ValidationFailed
 from vault.keys.hierarchy import KeyHierarchy
 from vault.secret import Secret
@@ -76,6 +77,7 @@ class ClientRegistry:
             raise ValidationFailed("role", "is not a role in the policy")
         if not name or len(name) > 200:
             raise ValidationFailed("name", "must be 1 to 200 characters")
+        refuse_pan("name", name)
         client_id = f"cli_{secrets.token_hex(8)}"
         api_key = Secret(API_KEY_PREFIX + secrets.token_urlsafe(32))
         with self._engine.begin() as conn:

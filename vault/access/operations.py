@@ -78,6 +78,7 @@ class AuditedOperations:
         try:
             return self._transaction(work)
         except VaultError as error:
-            outcome = "denied" if error.code in ("not_found", "forbidden", "conflict", "invalid_input") else "error"
+            outcome = "denied" if error.code in ("not_found", "forbidden", "conflict", "invalid_input",
+                                                 "legal_hold") else "error"
             self._audit_failure([self._event(actor, action, outcome, origin, error_code=error.code, **fields)])
             raise

@@ -28,6 +28,7 @@ from vault.access.policy import Policy
 from vault.access.sessions import Session, Sessions
 from vault.access.totp import claim_step, matching_step, new_seed, provisioning_uri
 from vault.audit.trail import HOST, Actor, AuditTrail, Origin
+from vault.clear_text import refuse_pan
 from vault.errors import Conflict, Forbidden, NotFound, StepUpRequired, Unauthenticated, ValidationFailed, VaultError
 from vault.keys.envelope import associated_data
 from vault.keys.hierarchy import KeyHierarchy
@@ -120,6 +121,7 @@ class OperatorRegistry(AuditedOperations):
             self._require(actor, "manage_operators", "create_operator", origin)
         if not _USERNAME.match(username):
             raise ValidationFailed("username", "must be 2 to 64 of a-z, 0-9, '.', '_', '-', starting with a letter")
+        refuse_pan("username", username)
         if role not in OPERATOR_ROLES or not self._policy.has_role(role):
             raise ValidationFailed("role", f"must be one of {', '.join(OPERATOR_ROLES)} and defined in the policy")
         if password is None:

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection, Engine
 from vault.access.operations import AuditedOperations
 from vault.access.policy import Policy
 from vault.audit.trail import Actor, AuditTrail, Origin
+from vault.clear_text import refuse_pan
 from vault.errors import DecryptionFailed, Forbidden, NotFound, ValidationFailed
 from vault.storage.schema import disclosures, tokens
 from vault.tokens.service import TokenService
@@ -49,6 +50,7 @@ class DisclosureService(AuditedOperations):
                                   ("justification", justification, 1000)):
             if not text.strip() or len(text) > limit:
                 raise ValidationFailed(name, f"must be 1 to {limit} characters")
+            refuse_pan(name, text)
         if bool(subject_id) == bool(token_list):
             raise ValidationFailed("subject_id", "give either subject_id or tokens")
 

@@ -10,14 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.engine import Connection, Engine
 
 from vault.access.operations import AuditedOperations
 from vault.access.policy import Policy
 from vault.audit.trail import Actor, AuditTrail, Origin
-from vault.storage.schema import holds, retained_records, tokens
+from vault.storage.schema import retained_records, tokens
 from vault.tokens.service import TokenService
+from vault.tokens.subjects import held_subjects
 
 __all__ = ["RetentionService"]
 
@@ -37,9 +38,11 @@ class RetentionService(AuditedOperations):
         now = self._clock()
 
         def work(conn: Connection) -> dict[str, int]:
-            held = select(holds.c.subject_id).where(holds.c.released_at.is_(None), holds.c.until > now)
+            held = held_subjects(now)
             counts = {"expired_retained_records": conn.execute(delete(retained_records).where(
                 retained_records.c.retain_until <= now, retained_records.c.subject_id.not_in(held))).rowcount}
+            skipped = conn.execute(select(func.count()).select_from(retained_records).where(
+                retained_records.c.retain_until <= now, retained_records.c.subject_id.in_(held))).scalar() or 0
             for kind in ("card", "cvv", "address", "email", "phone", "name", "text"):
                 rule = self._policy.retention(kind)
                 if rule is None or rule.purge_after_unused_days is None:
@@ -50,6 +53,9 @@ class RetentionService(AuditedOperations):
                 held_subject = and_(tokens.c.subject_id.is_not(None), tokens.c.subject_id.in_(held))
                 counts[f"unused_{kind}"] = len(self._tokens.delete_rows(
                     conn, and_(tokens.c.kind == kind, unused, ~held_subject)))
+                skipped += conn.execute(select(func.count()).select_from(tokens).where(
+                    tokens.c.kind == kind, unused, held_subject)).scalar() or 0
+            counts["held_skipped"] = skipped  # due for purge, kept for a legal hold
             if any(counts.values()):
                 self._trail.record(conn, [self._event(actor, "purge_retention", "allowed", Origin(),
                                                       detail=",".join(f"{k}={v}" for k, v in counts.items()))])

@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 from vault.access.operations import AuditedOperations
 from vault.access.policy import Policy
 from vault.audit.trail import Actor, AuditTrail, Origin
+from vault.clear_text import refuse_pan
 from vault.errors import Conflict, DecryptionFailed, Forbidden, NotFound, ValidationFailed
 from vault.keys.envelope import record_aad
 from vault.keys.hierarchy import KeyHierarchy
@@ -40,7 +41,7 @@ from vault.storage.schema import (
 from vault.tokens.formats import kind_of_token
 from vault.tokens.kinds import CardValue, canonical_bytes, metadata_for
 from vault.tokens.service import TokenRecord, TokenRequest, TokenService, purpose_of_kind
-from vault.tokens.subjects import CONSENT_PURPOSES
+from vault.tokens.subjects import CONSENT_PURPOSES, refuse_if_held
 
 __all__ = ["PrivacyService", "RIGHTS", "RESPONSE_DAYS"]
 
@@ -89,6 +90,10 @@ class PrivacyService(AuditedOperations):
             due_at=now + timedelta(days=RESPONSE_DAYS), status="completed", outcome=outcome[:500], closed_at=now,
             handled_by=actor.id))
         return request_id
+
+    def _lock_subject_rows(self, conn: Connection, subject_id: str) -> None:
+        """Lock the subject's token rows: a hold placed now waits for any deletion in flight (see refuse_if_held)."""
+        conn.execute(select(tokens.c.token).where(tokens.c.subject_id == subject_id).with_for_update()).all()
 
     def _active_holds(self, conn: Connection, subject_id: str) -> list[dict[str, Any]]:
         now = self._clock()
@@ -210,9 +215,9 @@ class PrivacyService(AuditedOperations):
     # -- erasure (Art. 17), minors --------------------------------------------------------------
 
     def _erase(self, conn: Connection, actor: Actor, subject_id: str, reason: str) -> dict[str, Any]:
-        if self._active_holds(conn, subject_id):
-            raise Conflict("subject is under legal hold")
         now = self._clock()
+        self._lock_subject_rows(conn, subject_id)
+        refuse_if_held(conn, subject_id, now)
         rows = list(conn.execute(select(tokens.c.token, tokens.c.kind, tokens.c.meta)
                                  .where(tokens.c.subject_id == subject_id)).mappings())
         erased: dict[str, int] = {}
@@ -300,6 +305,7 @@ class PrivacyService(AuditedOperations):
             if purpose not in CONSENT_PURPOSES or not isinstance(granted, bool):
                 raise ValidationFailed(f"consents.{purpose}" if purpose.isidentifier() else "consents",
                                        f"must map {', '.join(CONSENT_PURPOSES)} to true or false")
+        refuse_pan("source", source)
 
         def work(conn: Connection) -> dict[str, Any]:
             state = self._ensure_subject(conn, subject_id)
@@ -325,11 +331,13 @@ class PrivacyService(AuditedOperations):
         self._require(actor, "manage_subjects", "hold", origin, subject_id=subject_id)
         if not reason.strip() or len(reason) > 500:
             raise ValidationFailed("reason", "must be 1 to 500 characters")
+        refuse_pan("reason", reason)
         if until <= self._clock():
             raise ValidationFailed("until", "must be in the future")
 
         def work(conn: Connection) -> dict[str, Any]:
             self._ensure_subject(conn, subject_id)
+            self._lock_subject_rows(conn, subject_id)
             hold_id = f"hold_{secrets.token_hex(8)}"
             conn.execute(insert(holds).values(id=hold_id, subject_id=subject_id, reason=reason.strip(), until=until,
                                               created_by=actor.id, created_at=self._clock()))
@@ -340,19 +348,29 @@ class PrivacyService(AuditedOperations):
         found: dict[str, Any] = self._audited(actor, "hold", origin, work, subject_id=subject_id)
         return found
 
-    def release_hold(self, actor: Actor, subject_id: str, hold_id: str, origin: Origin) -> None:
-        self._require(actor, "manage_subjects", "release_hold", origin, subject_id=subject_id)
+    # Releasing a hold is under dual control (approval action `release_hold`, see api/wiring.py):
+    # one officer files the request, a second one approves it, and only then does this run.
 
-        def work(conn: Connection) -> None:
-            done = conn.execute(update(holds).where(holds.c.id == hold_id, holds.c.subject_id == subject_id,
-                                                    holds.c.released_at.is_(None))
-                                .values(released_at=self._clock())).rowcount
-            if done != 1:
-                raise NotFound("no such hold")
-            self._trail.record(conn, [self._event(actor, "release_hold", "allowed", origin, subject_id=subject_id,
-                                                  detail=f"hold={hold_id}")])
+    def check_release_hold(self, conn: Connection, params: dict[str, Any]) -> None:
+        """When the release is requested: the hold exists and is still in force."""
+        found = conn.execute(select(holds.c.id).where(
+            holds.c.id == str(params.get("hold_id")), holds.c.subject_id == str(params.get("subject_id")),
+            holds.c.released_at.is_(None))).first()
+        if found is None:
+            raise NotFound("no such hold")
 
-        self._audited(actor, "release_hold", origin, work, subject_id=subject_id)
+    def run_release_hold(self, conn: Connection, actor: Actor, params: dict[str, Any],
+                         origin: Origin) -> dict[str, Any]:
+        """In the approving transaction: release the hold, audited as the approver's act."""
+        subject_id, hold_id = str(params["subject_id"]), str(params["hold_id"])
+        done = conn.execute(update(holds).where(holds.c.id == hold_id, holds.c.subject_id == subject_id,
+                                                holds.c.released_at.is_(None))
+                            .values(released_at=self._clock())).rowcount
+        if done != 1:
+            raise NotFound("no such hold")
+        self._trail.record(conn, [self._event(actor, "release_hold", "allowed", origin, subject_id=subject_id,
+                                              detail=f"hold={hold_id}")])
+        return {"released": hold_id}
 
     # -- requests register ------------------------------------------------------------------
 
@@ -378,6 +396,7 @@ class PrivacyService(AuditedOperations):
 
     def close_request(self, actor: Actor, request_id: str, outcome: str, origin: Origin) -> None:
         self._require(actor, "manage_subjects", "close_request", origin)
+        refuse_pan("outcome", outcome)
 
         def work(conn: Connection) -> None:
             done = conn.execute(update(privacy_requests).where(privacy_requests.c.id == request_id,
@@ -438,6 +457,7 @@ class PrivacyService(AuditedOperations):
             conn.execute(insert(data_keys), [data_key.row])
             conn.execute(update(tokens).where(tokens.c.token == token).values(
                 **{k: v for k, v in new.items() if k not in ("token", "kind", "subject_id", "expires_at")}))
+            refuse_if_held(conn, row["subject_id"], now)  # after the update: it holds the row's lock
             if row["dk_subject"] is None:
                 conn.execute(delete(data_keys).where(data_keys.c.id == row["data_key_id"]))
             else:

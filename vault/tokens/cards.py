@@ -6,6 +6,8 @@ so a number that is Luhn-valid but impossible for its brand is refused.
 
 from __future__ import annotations
 
+from vault.clear_text import luhn_valid
+
 __all__ = ["luhn_valid", "detect_brand", "BRANDS"]
 
 # (brand, prefix ranges as (low, high) over the first N digits, allowed lengths)
@@ -28,19 +30,6 @@ _RANGES: list[tuple[str, list[tuple[str, str]], frozenset[int]]] = [
 BRANDS = tuple(name for name, _, _ in _RANGES)
 
 
-def luhn_valid(digits: str) -> bool:
-    """The Luhn (mod 10) check over a string of ASCII digits."""
-    total = 0
-    for index, char in enumerate(reversed(digits)):
-        value = ord(char) - 48
-        if index % 2 == 1:
-            value *= 2
-            if value > 9:
-                value -= 9
-        total += value
-    return total % 10 == 0
-
-
 def detect_brand(pan: str) -> str | None:
     """The card brand for a PAN of plain digits, or None if no brand fits prefix and length."""
     for name, ranges, lengths in _RANGES:
@@ -49,3 +38,4 @@ def detect_brand(pan: str) -> str | None:
             if low <= prefix <= high and len(pan) in lengths:
                 return name
     return None
+

@@ -20,12 +20,13 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from vault.access.operations import AuditedOperations
 from vault.access.policy import PURPOSES, Policy, apply_view
 from vault.audit.trail import Actor, AuditEvent, AuditTrail, Origin
+from vault.clear_text import refuse_pan
 from vault.errors import (
     Conflict,
     DecryptionFailed,
@@ -47,7 +48,7 @@ from vault.tokens.kinds import (
     validation_failed,
     value_from_bytes,
 )
-from vault.tokens.subjects import subject_states
+from vault.tokens.subjects import held_subjects, refuse_if_held, subject_states
 
 __all__ = ["TokenService", "TokenRequest", "TokenRecord", "Detokenized", "Limits", "purpose_of_kind"]
 
@@ -183,6 +184,8 @@ class TokenService(AuditedOperations):
             raise validation_failed(exc, ("value",)) from None
         except ValueError as exc:
             raise ValidationFailed("value.exp_year", str(exc)) from None
+        if request.reference is not None:
+            refuse_pan("reference", request.reference)  # kept in clear, even after erasure
         ttl = request.ttl_seconds
         if request.kind == "cvv":
             if request.deterministic:
@@ -381,7 +384,8 @@ class TokenService(AuditedOperations):
         if not lookups:
             return {}
         # An expired deterministic token frees its slot: remove it so a new one can take it.
-        self.delete_rows(conn, and_(tokens.c.lookup.in_(lookups), tokens.c.expires_at <= now))
+        self.delete_rows(conn, and_(tokens.c.lookup.in_(lookups), tokens.c.expires_at <= now,
+                                    or_(tokens.c.subject_id.is_(None), tokens.c.subject_id.not_in(held_subjects(now)))))
         rows = conn.execute(select(tokens).where(tokens.c.lookup.in_(lookups))).mappings()
         return {row["lookup"]: self._record(row) for row in rows}
 
@@ -516,6 +520,7 @@ class TokenService(AuditedOperations):
                 return None
             if operation == "delete":
                 self.delete_rows(conn, tokens.c.token == token)
+                refuse_if_held(conn, row["subject_id"], now)
             self._trail.record(conn, [self._event(actor, operation, "allowed", origin, token=token, kind=row["kind"],
                                             subject_id=row["subject_id"], key_id=row["data_key_id"])])
             return self._record(row)
@@ -547,9 +552,14 @@ class TokenService(AuditedOperations):
         now = self._clock()
 
         def work(conn: Connection) -> int:
-            count = len(self.delete_rows(conn, and_(tokens.c.expires_at.is_not(None), tokens.c.expires_at <= now)))
-            if count:
-                self._trail.record(conn, [self._event(actor, "purge", "allowed", Origin(), detail=f"purged={count}")])
+            expired = and_(tokens.c.expires_at.is_not(None), tokens.c.expires_at <= now)
+            held = and_(tokens.c.subject_id.is_not(None), tokens.c.subject_id.in_(held_subjects(now)))
+            count = len(self.delete_rows(conn, and_(expired, ~held)))
+            # Expired but held: kept (unreadable, being expired) until the hold is released.
+            skipped = conn.execute(select(func.count()).select_from(tokens).where(expired, held)).scalar() or 0
+            if count or skipped:
+                self._trail.record(conn, [self._event(actor, "purge", "allowed", Origin(),
+                                                      detail=f"purged={count} held={skipped}")])
             return count
 
         purged: int = self._transaction(work)

@@ -10,27 +10,27 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import Select, exists, select
 from sqlalchemy.engine import Connection
 
-from vault.errors import ValidationFailed
-from vault.storage.schema import consents, subjects
-from vault.tokens.cards import luhn_valid
+from vault.clear_text import contains_pan
+from vault.errors import LegalHold, ValidationFailed
+from vault.storage.schema import consents, holds, subjects
 
-__all__ = ["SubjectState", "subject_states", "CONSENT_PURPOSES", "check_subject_id"]
+__all__ = ["SubjectState", "subject_states", "CONSENT_PURPOSES", "check_subject_id", "held_subjects",
+           "refuse_if_held"]
 
 _SUBJECT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_DIGIT_RUN = re.compile(r"[0-9]{12,19}")
 
 
 def check_subject_id(value: str) -> str:
     """Subject ids are opaque customer ids, stored in clear: never an email, never a card number."""
     if not _SUBJECT_ID.fullmatch(value):
         raise ValidationFailed("subject_id", "must be 1 to 128 letters, digits or . _ : -")
-    for run in _DIGIT_RUN.findall(value):
-        if luhn_valid(run):
-            raise ValidationFailed("subject_id", "looks like a card number")
+    if contains_pan(value):
+        raise ValidationFailed("subject_id", "looks like a card number")
     return value
 
 # Purposes a customer can opt out of; `tracking` is recorded for the shop, not used here.
@@ -71,3 +71,23 @@ def subject_states(conn: Connection, subject_ids: Iterable[str]) -> dict[str, Su
         restricted, minor = flags.get(subject_id, (False, False))
         out[subject_id] = SubjectState(bool(restricted), bool(minor), frozenset(refused.get(subject_id, ())))
     return out
+
+
+def held_subjects(now: datetime) -> Select[tuple[str]]:
+    """The ids of subjects under an active legal hold at `now`, as a subquery for purges."""
+    return select(holds.c.subject_id).where(holds.c.released_at.is_(None), holds.c.until > now)
+
+
+def refuse_if_held(conn: Connection, subject_id: str | None, now: datetime) -> None:
+    """LegalHold if `subject_id` is under an active hold.
+
+    Call it *after* the statement that deletes or overwrites the subject's rows, in the
+    same transaction: that statement holds their row locks, and `add_hold` locks the same
+    rows before it inserts, so at READ COMMITTED either the hold commits first and this
+    check sees it, or the destruction commits first and the hold is placed after it.
+    """
+    if subject_id is None:
+        return
+    if conn.execute(select(exists().where(holds.c.subject_id == subject_id, holds.c.released_at.is_(None),
+                                          holds.c.until > now))).scalar():
+        raise LegalHold("subject is under legal hold")

@@ -176,8 +176,12 @@ def test_held_subject_survives_deletion_and_purge(client: FlaskClient, component
     counts = components.retention.purge(Actor(id="cron", role="system"))
     assert counts["unused_card"] == 0
     assert detok(client, keys["payment_gateway"], customer["card"], "payment")["value"]["pan"] == PAN
-    released = client.delete(f"/v1/subjects/cust-1/holds/{hold.get_json()['id']}", headers=officer)
-    assert released.status_code == 204
+    for one in officers:  # their sessions expired during those 400 days
+        one.session = login(client, one.operator, one.operator.code(clock.now))
+    filed = client.delete(f"/v1/subjects/cust-1/holds/{hold.get_json()['id']}", headers=officers[0].stepped())
+    assert filed.status_code == 202  # a second officer must approve the release
+    approval = filed.get_json()["approval"]["id"]
+    assert client.post(f"/v1/approvals/{approval}/approve", headers=officers[1].stepped()).status_code == 200
     clock.advance(400 * 86400)
     assert components.retention.purge(Actor(id="cron", role="system"))["unused_card"] == 1
 

@@ -30,14 +30,13 @@ def luhn_valid(digits: str) -> bool:
 
 
 
-# The one PAN detector, for every field kept or shown in clear and for the logs. A run is digits
-# (any script's decimal digits) with up to two separators between neighbours; a run holds a PAN when,
-# from the start of one of its groups, 12 to 19 digits pass Luhn: "4111.1111.1111.1111", a PAN
-# followed by its CVV ("4111111111111111123", "4111-1111-1111-1111 123"), a PAN after an order number
-# or after zeros ("0004111111111111111").
+# A run is digits (any script's decimal digits) with up to two separators (space . / _ : , -)
+# between neighbours. It holds a PAN when, from the start of one of its groups, 12 to 19 digits
+# pass Luhn: "4111.1111.1111.1111", a PAN followed by its CVV ("4111111111111111123",
+# "4111-1111-1111-1111 123"), a PAN after an order number or after zeros ("0004111111111111111").
 # A solid digit run is tried from its start only, so a card token's inner windows are not flagged.
-_RUN = re.compile(r"\d(?:[ ./_\-]{0,2}\d)*")
-_SEPARATOR = re.compile(r"[ ./_\-]+")
+_RUN = re.compile(r"\d(?:[ ./_:,\-]{0,2}\d)*")
+_SEPARATOR = re.compile(r"[ ./_:,\-]+")
 _PAN_MIN, _PAN_MAX = 12, 19
 
 

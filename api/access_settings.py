@@ -19,6 +19,14 @@ from vault.errors import ConfigurationError
 __all__ = ["AccessSettings"]
 
 _RATE_PREFIX = "TOKENVAULT_RATE_LIMIT_"
+# Detokenize quotas count values (tokens), not requests. Roles that read for people (support) or for
+# partners (shipping, marketing) get daily caps by default, so a stolen key extracts a day's worth slowly,
+# not the vault: support 500 masked values a day, shipping and marketing 20,000 (a busy shop's orders).
+DEFAULT_ROLE_ITEM_LIMITS = {
+    "support": "60/minute;500/day",
+    "shipping": "50/second;20000/day",
+    "marketing": "50/second;20000/day",
+}
 _DETOKENIZE_PREFIX = "TOKENVAULT_DETOKENIZE_RATE_LIMIT_"
 
 
@@ -59,8 +67,9 @@ class AccessSettings:
     lockout: Lockout = field(default_factory=Lockout)
     approval_seconds: int = 24 * 3600
     redis_url: str | None = None
-    # Per client (API key or operator), over all /v1 endpoints, and for detokenize alone. High enough for
-    # machine traffic at this service's capacity (~2,000 requests/s); tighten per role where humans call.
+    # Per client (API key or operator): requests over all /v1 endpoints, and values (tokens) detokenized.
+    # High enough for machine traffic at this service's capacity (~2,000 requests/s); roles that read
+    # for people or partners get daily caps (DEFAULT_ROLE_ITEM_LIMITS), tightened further per role.
     rate_limit: str = "2000/second"
     detokenize_rate_limit: str = "500/second"
     # Per source address, before anyone is authenticated.
@@ -92,11 +101,14 @@ class AccessSettings:
             login_rate_limit=_limit("TOKENVAULT_LOGIN_RATE_LIMIT",
                                     env.get("TOKENVAULT_LOGIN_RATE_LIMIT") or default.login_rate_limit),
             role_rate_limits=_per_role(env, _RATE_PREFIX, policy),
-            role_detokenize_rate_limits=_per_role(env, _DETOKENIZE_PREFIX, policy),
+            role_detokenize_rate_limits={
+                **{role: limit for role, limit in DEFAULT_ROLE_ITEM_LIMITS.items() if policy.has_role(role)},
+                **_per_role(env, _DETOKENIZE_PREFIX, policy)},
         )
 
     def rate_limit_for(self, role: str) -> str:
         return self.role_rate_limits.get(role, self.rate_limit)
 
     def detokenize_rate_limit_for(self, role: str) -> str:
+        """The role's quota of detokenized values (each token of a batch counts once)."""
         return self.role_detokenize_rate_limits.get(role, self.detokenize_rate_limit)

@@ -81,6 +81,10 @@ class PayloadTooLarge(VaultError):
 class RateLimited(VaultError):
     code = "rate_limited"
 
+    def __init__(self, message: str = "too many requests", *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
 
 class DecryptionFailed(VaultError):
     """Opaque on purpose: callers learn nothing about which check failed."""

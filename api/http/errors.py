@@ -60,17 +60,18 @@ def status_of(error: e.VaultError) -> int:
     return 500
 
 
-def _respond(status: int, body: dict[str, Any]) -> tuple[Response, int]:
+def _respond(status: int, body: dict[str, Any], retry_after: int = 1) -> tuple[Response, int]:
     response = jsonify({"error": body})
     if status == 429:
-        response.headers["Retry-After"] = "1"
+        response.headers["Retry-After"] = str(retry_after)
     return response, status
 
 
 def register(app: Flask) -> None:
     @app.errorhandler(e.VaultError)
     def _vault_error(error: e.VaultError) -> tuple[Response, int]:
-        return _respond(status_of(error), error_body(error))
+        wait = error.retry_after if isinstance(error, e.RateLimited) else 1
+        return _respond(status_of(error), error_body(error), wait)
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException) -> tuple[Response, int]:

@@ -1,7 +1,8 @@
-"""Rate limits: per client over every /v1 endpoint, stricter for detokenize, per address for login.
+"""Rate limits: per client over every /v1 endpoint, per value for detokenize, per address for login.
 
 Limits are counted per API client or operator (its id), with the value chosen by its
-role (`TOKENVAULT_RATE_LIMIT[_<ROLE>]`, `TOKENVAULT_DETOKENIZE_RATE_LIMIT[_<ROLE>]`).
+role (`TOKENVAULT_RATE_LIMIT[_<ROLE>]`, `TOKENVAULT_DETOKENIZE_RATE_LIMIT[_<ROLE>]`). The
+detokenize quota counts values, not requests: a batch of 1,000 tokens spends 1,000.
 Counters live in Redis when TOKENVAULT_REDIS_URL is set, so every worker and host shares
 them; otherwise in process memory, where each worker counts on its own. If Redis
 becomes unreachable, each worker falls back to its own in-memory counters rather than
@@ -27,6 +28,7 @@ from limits.errors import StorageError
 from limits.storage import MemoryStorage, Storage, storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
 
+from api.access_settings import AccessSettings
 from api.http.errors import error_body
 from api.http.logs import get_logger
 from api.http.tokens import components, origin
@@ -34,9 +36,10 @@ from api.wiring import Components
 from vault.audit.trail import ANONYMOUS, Actor
 from vault.errors import RateLimited
 
-__all__ = ["RateLimits", "init_app"]
+__all__ = ["RateLimits", "init_app", "ITEM_QUOTA"]
 
-_DETOKENIZE = "v1.detokenize"
+_DETOKENIZE_ITEMS = "v1.detokenize.items"
+ITEM_QUOTA = "tokenvault.item_quota"
 _LOGIN = "auth.login"
 _PREFIX = "tokenvault"
 _RETRY_REDIS_AFTER = 5.0
@@ -78,17 +81,17 @@ class RateLimits:
         self._shared_down_until = 0.0
         self._log = get_logger("tokenvault.ratelimits")
 
-    def refused(self, who: str, scope: str, limits: str) -> tuple[RateLimitItem, int] | None:
-        """Count one request; the first limit it exceeds and the seconds until it frees, or None."""
+    def refused(self, who: str, scope: str, limits: str, cost: int = 1) -> tuple[RateLimitItem, int] | None:
+        """Count `cost` (one request, or the items of one); the first limit exceeded and the seconds until it frees."""
         for item in _parsed(limits):
             limiter = self._limiter()
             try:
-                allowed = limiter.hit(item, _PREFIX, who, scope)
+                allowed = limiter.hit(item, _PREFIX, who, scope, cost=cost)
             except StorageError:
                 self._shared_down_until = time.monotonic() + _RETRY_REDIS_AFTER
                 self._log.warning("rate-limit store unreachable; counting in memory")
                 limiter = self._memory
-                allowed = limiter.hit(item, _PREFIX, who, scope)
+                allowed = limiter.hit(item, _PREFIX, who, scope, cost=cost)
             if not allowed:
                 reset_at = limiter.get_window_stats(item, _PREFIX, who, scope).reset_time
                 return item, max(1, math.ceil(reset_at - time.time()))
@@ -124,13 +127,28 @@ def init_app(app: Flask, parts: Components) -> RateLimits:
             who = f"actor:{actor.id}"
             if refused := counters.refused(who, "all", access.rate_limit_for(actor.role)):
                 return refuse(*refused, "all")
-            if endpoint == _DETOKENIZE and (
-                    refused := counters.refused(who, endpoint, access.detokenize_rate_limit_for(actor.role))):
-                return refuse(*refused, endpoint)
         elif endpoint == _LOGIN:
             who = f"addr:{request.remote_addr or 'unknown'}"
             if refused := counters.refused(who, endpoint, access.login_rate_limit):
                 return refuse(*refused, endpoint)
         return None
 
+    app.extensions[ITEM_QUOTA] = functools.partial(_spend_items, counters, access)
     return counters
+
+
+def _spend_items(counters: RateLimits, access: AccessSettings, count: int) -> None:
+    """Charge the caller's detokenize quota with `count` values (a batch of 1,000 spends 1,000).
+
+    Called by the detokenize view once the body is parsed, before the vault reads anything;
+    over quota: RateLimited (429, Retry-After) and a `rate_limit` audit event.
+    """
+    actor = _actor()
+    if actor is None or count < 1:
+        return
+    refused = counters.refused(f"actor:{actor.id}", _DETOKENIZE_ITEMS, access.detokenize_rate_limit_for(actor.role),
+                               cost=count)
+    if refused is not None:
+        limit, wait = refused
+        components().alerts.rate_limited(actor, str(limit), f"{_DETOKENIZE_ITEMS} items={count}", origin())
+        raise RateLimited("too many values", retry_after=wait)

@@ -122,6 +122,7 @@ def tokenize_batch() -> tuple[Response, int]:
 @requires("detokenize")
 def detokenize() -> tuple[Response, int]:
     body = parse(DetokenizeBody, json_body())
+    current_app.extensions["tokenvault.item_quota"](len(body.tokens))  # api.http.ratelimits: values, not requests
     results = components().tokens.detokenize(current_actor(), body.tokens, body.purpose, origin())
     _count("detokenize", [(result.kind, result.error) for result in results])
     return jsonify({"results": [

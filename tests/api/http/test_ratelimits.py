@@ -56,7 +56,33 @@ def test_detokenize_quota_answers_429_and_is_audited(limited: tuple[FlaskClient,
                                      audit_events.c.error_code, audit_events.c.detail)
                               .where(audit_events.c.action == "rate_limit")).all()
     assert [tuple(a) for a in alerts] == [(gateway_id, "payment_gateway", "denied", "rate_limited",
-                                           "limit=2 per 1 minute scope=v1.detokenize")]
+                                           "limit=2 per 1 minute scope=v1.detokenize.items items=1")]
+
+
+def test_detokenize_quota_counts_values_not_requests(limited: tuple[FlaskClient, Components]) -> None:
+    """Issue #19: nine batches of 1,000 were nine requests; now a batch spends one unit per token."""
+    client, parts = limited
+    _, gateway = key(parts, "payment_gateway")  # 2 values a minute
+    two = {"tokens": ["tok_email_" + "A" * 32, "tok_email_" + "B" * 32], "purpose": "payment"}
+    assert client.post("/v1/detokenize", json=two, headers=gateway).status_code == 200
+    refused = client.post("/v1/detokenize", json={**two, "tokens": two["tokens"][:1]}, headers=gateway)
+    assert refused.status_code == 429 and 1 <= int(refused.headers["Retry-After"]) <= 60
+    _, other = key(parts, "payment_gateway")
+    three = {**two, "tokens": [*two["tokens"], "tok_email_" + "C" * 32]}
+    assert client.post("/v1/detokenize", json=three, headers=other).status_code == 429  # more than the quota
+
+
+def test_default_policy_caps_support_per_day(client: FlaskClient, components: Components) -> None:
+    """Without any setting, support reads at most 60 values a minute and 500 a day; partners 20,000 a day."""
+    _, support = key(components, "support")
+    batch = {"tokens": [f"tok_email_{index:032d}" for index in range(60)], "purpose": "support"}
+    assert client.post("/v1/detokenize", json=batch, headers=support).status_code == 200
+    assert client.post("/v1/detokenize", json={**batch, "tokens": batch["tokens"][:1]},
+                       headers=support).status_code == 429
+    # The counters run on the wall clock (Redis or memory), not the injected one: the day caps as configured.
+    assert components.access.detokenize_rate_limit_for("support") == "60/minute;500/day"
+    for role in ("shipping", "marketing"):
+        assert components.access.detokenize_rate_limit_for(role).endswith("20000/day")
 
 
 def test_a_role_can_have_its_own_quota(limited: tuple[FlaskClient, Components]) -> None:

@@ -8,7 +8,15 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from api.http import schemas as s
-from api.http.openapi_admin import MODELS, SECURED, admin_paths, error_responses, json_content, ref
+from api.http.openapi_admin import (
+    MODELS,
+    SECURED,
+    STEP_UP_PARAMETER,
+    admin_paths,
+    error_responses,
+    json_content,
+    ref,
+)
 
 __all__ = ["document"]
 
@@ -62,14 +70,16 @@ def document() -> dict[str, Any]:
                 "get": {"summary": "Non-sensitive metadata of a token", "operationId": "readMetadata",
                         "security": secured, "parameters": token_param,
                         "responses": _responses("200", s.TokenOut, "Metadata", "404")},
-                "patch": {"summary": "Correct the value behind a token (rectification); same token",
-                          "operationId": "correctToken", "security": secured, "parameters": token_param,
+                "patch": {"summary": "Correct the value behind a token (rectification; step-up); same token. "
+                                     "A card keeps its number: only expiry and holder change",
+                          "operationId": "correctToken", "security": secured,
+                          "parameters": [*token_param, STEP_UP_PARAMETER],
                           "requestBody": {"required": True, **_json(_ref(s.CorrectBody))},
                           "responses": _responses("200", s.CorrectedOut, "Corrected; lists who read the old value",
                                                   "404", "409", "413")},
                 "delete": {"summary": "Delete a token and its ciphertext", "operationId": "deleteToken",
                            "security": secured, "parameters": token_param,
-                           "responses": _responses("204", None, "Deleted", "404")},
+                           "responses": _responses("204", None, "Deleted", "404", "409")},
             },
             "/healthz": {"get": {"summary": "Process is up", "operationId": "health", "security": [],
                                  "responses": {"200": {"description": "Up", **_json(_ref(s.HealthOut))}}}},

@@ -16,7 +16,7 @@ from api.http import schemas as s
 from api.http.stepup import HEADER as STEP_UP_HEADER
 from vault.audit.log import MAX_PAGE
 
-__all__ = ["MODELS", "SECURED", "ref", "json_content", "error_responses", "admin_paths"]
+__all__ = ["MODELS", "SECURED", "STEP_UP_PARAMETER", "ref", "json_content", "error_responses", "admin_paths"]
 
 SECURED: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 OBJECT: dict[str, Any] = {"type": "object"}
@@ -66,7 +66,7 @@ def _query(name: str, schema: dict[str, Any], description: str = "") -> dict[str
             **({"description": description} if description else {})}
 
 
-_STEP_UP = {"name": STEP_UP_HEADER, "in": "header", "required": True,
+STEP_UP_PARAMETER = {"name": STEP_UP_HEADER, "in": "header", "required": True,
             "description": "A fresh, unused TOTP code of the operator (step-up); else 401 step_up_required",
             "schema": {"type": "string", "pattern": r"^[0-9]{6}$"}}
 
@@ -75,7 +75,7 @@ def _op(operation_id: str, summary: str, ok: str, out: dict[str, Any] | None, *,
         body: type[BaseModel] | None = None, params: list[dict[str, Any]] | None = None, step_up: bool = False,
         extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """One authenticated operation: bearer security, the errors every /v1 call can answer, plus `extra`."""
-    parameters = [*(params or []), *([_STEP_UP] if step_up else [])]
+    parameters = [*(params or []), *([STEP_UP_PARAMETER] if step_up else [])]
     codes = ("401", "403", "422", "429", "503", *(("413",) if body else ()), *extra)
     found: dict[str, Any] = {
         "summary": summary, "operationId": operation_id, "security": SECURED,

@@ -10,6 +10,7 @@ from api.http.auth import current_actor
 from api.http.schemas import (
     CloseRequestBody,
     ConsentsBody,
+    CorrectBody,
     DisclosureBody,
     HoldBody,
     RequestBody,
@@ -36,6 +37,16 @@ def _id(name: str, value: str) -> str:
     if not _ID.match(value):
         raise ValidationFailed(name, "is not an id")
     return value
+
+
+@blueprint.patch("/tokens/<path:token>")
+@requires("correct")
+@require_step_up("correct")
+def correct_token(token: str) -> tuple[Response, int]:
+    """Rectification (GDPR Art. 16): new value, same token; lists who must be told (Art. 19)."""
+    body = parse(CorrectBody, json_body())
+    record, recipients = components().privacy.correct(current_step_up(), token, body.value, origin())
+    return jsonify({**record.public(), "recipients_to_notify": recipients}), 200
 
 
 @blueprint.get("/subjects/<subject_id>")

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 from api.http.auth import current_actor
 from api.http.errors import error_body
 from api.http.metrics import OPERATIONS
-from api.http.schemas import BatchBody, CorrectBody, DetokenizeBody, TokenizeBody
+from api.http.schemas import BatchBody, DetokenizeBody, TokenizeBody
 from api.wiring import Components
 from vault.audit.trail import Origin
 from vault.clear_text import redact_pans
@@ -135,15 +135,6 @@ def detokenize() -> tuple[Response, int]:
 def read_metadata(token: str) -> tuple[Response, int]:
     record = components().tokens.metadata(current_actor(), token, origin())
     return jsonify(record.public()), 200
-
-
-@blueprint.patch("/tokens/<path:token>")
-@requires("correct")
-def correct_token(token: str) -> tuple[Response, int]:
-    """Rectification (GDPR Art. 16): new value, same token; lists who must be told (Art. 19)."""
-    body = parse(CorrectBody, json_body())
-    record, recipients = components().privacy.correct(current_actor(), token, body.value, origin())
-    return jsonify({**record.public(), "recipients_to_notify": recipients}), 200
 
 
 @blueprint.delete("/tokens/<path:token>")

@@ -8,6 +8,7 @@ Finally every table and the SQLite file itself are searched for the values used.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from sqlalchemy.engine import make_url
 from api.wiring import Components
 from tests.attacks.support import leaks
 from tests.conftest import Clock
+from vault.access.operators import StepUp
 from vault.audit.trail import Actor, AuditTrail, Origin
 from vault.errors import DecryptionFailed, NotFound, VaultError
 from vault.keys.hierarchy import KeyHierarchy
@@ -157,7 +159,7 @@ def correct(parts: Components, token: str, value: Any) -> None:
     service = getattr(parts, "privacy", None) or parts.tokens
     if not hasattr(service, "correct"):
         pytest.skip("no correction operation in this tree")
-    service.correct(OFFICER, token, value, HERE)
+    service.correct(StepUp(actor=OFFICER, at=datetime.now(UTC)), token, value, HERE)
 
 
 def test_replayed_ciphertext_after_correction_fails_closed(components: Components, clock: Clock) -> None:

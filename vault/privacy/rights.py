@@ -19,6 +19,7 @@ from sqlalchemy import delete, exists, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from vault.access.operations import AuditedOperations
+from vault.access.operators import StepUp
 from vault.access.policy import Policy
 from vault.audit.trail import Actor, AuditTrail, Origin
 from vault.clear_text import refuse_pan
@@ -421,13 +422,17 @@ class PrivacyService(AuditedOperations):
 
     # -- correction (GDPR Art. 16) -----------------------------------------------------------
 
-    def correct(self, actor: Actor, token: str, value: Any, origin: Origin) -> tuple[TokenRecord, list[str]]:
+    def correct(self, step_up: StepUp, token: str, value: Any, origin: Origin) -> tuple[TokenRecord, list[str]]:
         """Replace the value behind a token, keeping the token; returns who had read the old value.
 
+        A correction needs a step-up: it overwrites what a gateway charges or a courier
+        delivers to. A card keeps its number: only expiry and holder can be corrected, as a
+        different PAN behind the same token would make every later charge hit another card.
         The new value goes under a fresh per-record data key; the old per-record key is
         destroyed, or a shared subject key gets new material, so the old value cannot be
         recovered from this database, not even by restoring an old copy of the row.
         """
+        actor = step_up.actor
         self._require(actor, "correct", "correct", origin)
         kind = kind_of_token(token)
         now = self._clock()
@@ -437,8 +442,13 @@ class PrivacyService(AuditedOperations):
             if row is None or row["kind"] == "cvv" or self._policy.decide(actor.role, "correct", row["kind"]) is None:
                 raise NotFound("not found")
             parsed = self._tokens.validate(TokenRequest(kind=row["kind"], value=value), now.date())
-            if isinstance(parsed, CardValue) and not token.endswith(parsed.pan[-4:]):
-                raise ValidationFailed("value.pan", "a different card needs a new token")
+            if isinstance(parsed, CardValue):
+                old = self._tokens.open_rows(conn, [row])[token]
+                if isinstance(old, DecryptionFailed):
+                    raise old
+                if not hmac.compare_digest(parsed.pan, str(old["pan"])):
+                    raise ValidationFailed("value.pan", "cannot change: only expiry and holder can be corrected; "
+                                                        "a different card needs a new token")
             old_meta = json.loads(row["meta"])
             facts = metadata_for(row["kind"], parsed, keep_bin=self._policy.keep_bin)
             if "reference" in old_meta:

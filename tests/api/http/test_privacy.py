@@ -102,13 +102,18 @@ def test_view_subject(client: FlaskClient, keys: dict[str, str], customer: dict[
 
 
 def test_correction_keeps_token_and_lists_recipients(client: FlaskClient, components: Components,
-                                                     keys: dict[str, str], customer: dict[str, str]) -> None:
+                                                     keys: dict[str, str], customer: dict[str, str],
+                                                     officers: tuple[Officer, Officer]) -> None:
     token = customer["address"]
     with components.engine.connect() as conn:
         old_key, old_blob = conn.execute(select(tokens.c.data_key_id, tokens.c.ciphertext)
                                          .where(tokens.c.token == token)).one()
     moved = {**HOME, "line1": "10 New Street"}
-    answer = client.patch(f"/v1/tokens/{token}", json={"value": moved}, headers=auth(keys["privacy_officer"]))
+    # Every correction needs a step-up: an API key (no TOTP) or a session without a fresh code cannot.
+    assert client.patch(f"/v1/tokens/{token}", json={"value": moved},
+                        headers=auth(keys["privacy_officer"])).status_code in (401, 403)
+    assert client.patch(f"/v1/tokens/{token}", json={"value": moved}, headers=officers[0].plain()).status_code == 401
+    answer = client.patch(f"/v1/tokens/{token}", json={"value": moved}, headers=officers[0].stepped())
     assert answer.status_code == 200
     assert answer.get_json()["token"] == token
     assert answer.get_json()["recipients_to_notify"] == [f"shipping:{_client_id(components, 'test-shipping')}"]
@@ -117,11 +122,27 @@ def test_correction_keeps_token_and_lists_recipients(client: FlaskClient, compon
         new_key, new_blob = conn.execute(select(tokens.c.data_key_id, tokens.c.ciphertext)
                                          .where(tokens.c.token == token)).one()
         assert new_key != old_key and new_blob != old_blob
-    bad = client.patch(f"/v1/tokens/{customer['card']}", json={"value": {**CARD, "pan": "4111111111111111"}},
-                       headers=auth(keys["privacy_officer"]))
-    assert bad.status_code == 422 and "4111111111111111" not in bad.get_data(as_text=True)
     assert client.patch(f"/v1/tokens/{token}", json={"value": moved},
                         headers=auth(keys["checkout"])).status_code == 403
+
+
+@pytest.mark.parametrize("pan", ["5105105105105100", "5500000000004444", "5105105105184444", "4111111111134444",
+                                 "4222222204444"])  # same last four as PAN, and a 13-digit one
+def test_a_card_correction_never_changes_the_card_number(client: FlaskClient, components: Components,
+                                                         keys: dict[str, str], customer: dict[str, str],
+                                                         officers: tuple[Officer, Officer], pan: str) -> None:
+    """Issue #19: a different PAN with the same last four (or another length) swapped the card behind a token."""
+    token = customer["card"]
+    for value in ({**CARD, "pan": pan}, {**CARD, "pan": pan, "holder": "Someone Else"}):
+        bad = client.patch(f"/v1/tokens/{token}", json={"value": value}, headers=officers[0].stepped())
+        assert bad.status_code == 422, pan
+        assert pan not in bad.get_data(as_text=True) and "new token" in bad.get_json()["error"]["message"]
+    assert detok(client, keys["payment_gateway"], token, "payment")["value"]["pan"] == PAN
+    fixed = client.patch(f"/v1/tokens/{token}", json={"value": {**CARD, "exp_year": 2098, "holder": "Erin Kept"}},
+                         headers=officers[0].stepped())
+    assert fixed.status_code == 200
+    value = detok(client, keys["payment_gateway"], token, "payment")["value"]
+    assert (value["pan"], value["exp_year"], value["holder"]) == (PAN, 2098, "Erin Kept")
 
 
 def _client_id(components: Components, name: str) -> str:

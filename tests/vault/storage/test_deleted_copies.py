@@ -7,6 +7,7 @@ by a checkpoint right after the read (and after a purge of expired tokens).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from sqlalchemy import select
 from api.wiring import Components
 from tests.conftest import Clock, make_components
 from tests.vault.tokens.test_service import GATEWAY, HERE, read, tokenize_one
+from vault.access.operators import StepUp
 from vault.audit.trail import Actor
 from vault.storage.schema import data_keys, domain_keys, tokens
 
@@ -78,8 +80,8 @@ def test_a_corrected_value_leaves_no_copy_of_the_old_one(sqlite_parts: tuple[Com
     parts, database = sqlite_parts
     record = tokenize_one(parts, "email", "old.address@example.com")
     left = _secrets_of(parts, record.token)
-    parts.privacy.correct(Actor(id="cli_officer", role="privacy_officer"), record.token, "new.address@example.com",
-                          HERE)
+    officer = StepUp(actor=Actor(id="cli_officer", role="privacy_officer"), at=datetime.now(UTC))
+    parts.privacy.correct(officer, record.token, "new.address@example.com", HERE)
     assert [secret in _files(database) for secret in left] == [False, False]
 
 

@@ -153,8 +153,8 @@ def _privacy_paths() -> dict[str, Any]:
             "approveDisclosure", "Approve another officer's disclosure request", "200", OBJECT,
             params=[_path("disclosure_id", _ID)], step_up=True, extra=("404", "409"))},
         "/v1/disclosures/{disclosure_id}/collect": {"post": _op(
-            "collectDisclosure", "Collect an approved disclosure, once", "200", OBJECT,
-            params=[_path("disclosure_id", _ID)], extra=("404", "409"))},
+            "collectDisclosure", "Collect an approved disclosure, once (step-up)", "200", OBJECT,
+            params=[_path("disclosure_id", _ID)], step_up=True, extra=("404", "409"))},
         "/v1/transfers": {"post": _op(
             "requestTransfer", "Ask for a business transfer export (dual control)", "202", ref(s.ApprovalFiled),
             body=s.TransferBody, step_up=True, extra=("404", "409"))},

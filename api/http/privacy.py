@@ -152,6 +152,7 @@ def approve_disclosure(disclosure_id: str) -> tuple[Response, int]:
 
 
 @blueprint.post("/disclosures/<disclosure_id>/collect")
+@require_step_up("disclose")
 def collect_disclosure(disclosure_id: str) -> tuple[Response, int]:
     return jsonify(components().disclosures.collect(current_actor(), _id("disclosure_id", disclosure_id),
                                                            origin())), 200

@@ -90,7 +90,7 @@ def tokenize() -> tuple[Response, int]:
     _count("tokenize", [(body.kind, result if isinstance(result, VaultError) else None)])
     if isinstance(result, VaultError):
         raise result
-    return jsonify(result.public()), 201
+    return jsonify(result.public(created=False)), 201
 
 
 @blueprint.post("/tokens/batch")
@@ -114,7 +114,8 @@ def tokenize_batch() -> tuple[Response, int]:
                             (None, result if isinstance(result, VaultError) else None))
         _count("tokenize", outcomes)
     return jsonify({"results": [
-        r.public() if isinstance(r, TokenRecord) else {"error": error_body(r)} for r in results if r is not None
+        r.public(created=False) if isinstance(r, TokenRecord) else {"error": error_body(r)}
+        for r in results if r is not None
     ]}), 200
 
 

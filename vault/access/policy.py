@@ -167,6 +167,16 @@ class Policy:
                 return Decision(rule)
         return None
 
+    def why_denied(self, role: str, operation: str, kind: str, *, purpose: str | None = None,
+                   use: str | None = None) -> str:
+        """Why `decide` said no, for the audit trail only (callers see not_found whatever the reason)."""
+        rules = [rule for rule in self.rules_of(role) if operation in rule.operations and kind in rule.kinds]
+        if not rules:
+            return "kind_not_allowed"
+        if not any(not rule.purposes or purpose in rule.purposes for rule in rules):
+            return "wrong_purpose"
+        return "use_not_allowed"
+
 
 def load_policy(path: Path | None = None) -> Policy:
     """Load and validate a policy file (the shipped default when `path` is None)."""

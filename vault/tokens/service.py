@@ -110,11 +110,14 @@ class TokenRecord:
     expires_at: datetime | None
     subject_id: str | None = None
 
-    def public(self) -> dict[str, Any]:
+    def public(self, *, created: bool = True) -> dict[str, Any]:
+        """The record as shown; tokenize answers pass `created=False`: a deterministic token's age
+        would tell the caller whether the value was already in the vault."""
+        times = {"created_at": _iso(self.created_at)} if created else {}
         return {
             "token": self.token,
             "kind": self.kind,
-            "metadata": {**self.metadata, "created_at": _iso(self.created_at), "expires_at": _iso(self.expires_at)},
+            "metadata": {**self.metadata, **times, "expires_at": _iso(self.expires_at)},
             "expires_at": _iso(self.expires_at),
         }
 
@@ -407,6 +410,7 @@ class TokenService(AuditedOperations):
 
         def work(conn: Connection) -> list[Detokenized]:
             rows = self._rows(conn, list(kinds), now)
+            expired = self._expired(conn, [t for t in kinds if t not in rows], now)
             states = subject_states(conn, {r["subject_id"] for r in rows.values() if r["subject_id"]})
             ciphers = self._keys.open_data_keys(conn, [
                 {"id": r["data_key_id"], "domain_key_id": r["dk_domain"], "subject_id": r["dk_subject"],
@@ -417,18 +421,28 @@ class TokenService(AuditedOperations):
                 if token not in kinds:
                     out.append(Detokenized(token="", error=ValidationFailed(f"tokens.{position}", "is not a token")))
                     events.append(self._event(actor, "detokenize", "denied", origin, purpose=purpose,
-                                              error_code="invalid_input"))
+                                              error_code="invalid_input", detail="reason=malformed"))
                     continue
                 row = rows.get(token)
-                meta = json.loads(row["meta"]) if row else {}
-                decision = (self._policy.decide(actor.role, "detokenize", row["kind"], purpose=purpose,
-                                                use=meta.get("use")) if row else None)
-                if row is not None and decision is not None and row["subject_id"] in states:
-                    decision = decision if states[row["subject_id"]].permits(purpose) else None
-                if row is None or decision is None:
+                # Why a denial happened goes to the trail (auditors); the caller only ever sees not_found.
+                reason = ("expired" if token in expired else "missing") if row is None else None
+                decision = None
+                if row is not None:
+                    use = json.loads(row["meta"]).get("use")
+                    decision = self._policy.decide(actor.role, "detokenize", row["kind"], purpose=purpose, use=use)
+                    if decision is None:
+                        reason = self._policy.why_denied(actor.role, "detokenize", row["kind"], purpose=purpose,
+                                                         use=use)
+                    elif row["subject_id"] in states:
+                        reason = states[row["subject_id"]].refusal(purpose)
+                    if row["kind"] == "cvv" and token in read_cvvs:
+                        reason = "repeated"  # a CVV is shown at most once, even within one response
+                if row is None or decision is None or reason is not None:
                     out.append(Detokenized(token=token, error=NotFound("not found")))
                     events.append(self._event(actor, "detokenize", "denied", origin, token=token,
-                                              kind=kinds[token], purpose=purpose, error_code="not_found"))
+                                              kind=kinds[token], purpose=purpose, error_code="not_found",
+                                              subject_id=row["subject_id"] if row is not None else None,
+                                              detail=f"reason={reason}"))
                     continue
                 try:
                     plaintext = ciphers[row["data_key_id"]].open(row["ciphertext"], record_aad(dict(row)))
@@ -468,6 +482,14 @@ class TokenService(AuditedOperations):
         if any(item.kind == "cvv" and item.error is None for item in result):
             drop_deleted_copies(self._engine)  # read once: not even its old pages stay behind
         return result
+
+    @staticmethod
+    def _expired(conn: Connection, token_list: list[str], now: datetime) -> set[str]:
+        """Which of these (not live) tokens still exist but have expired: for the denial's reason."""
+        if not token_list:
+            return set()
+        return set(conn.execute(select(tokens.c.token).where(tokens.c.token.in_(token_list),
+                                                             tokens.c.expires_at <= now)).scalars())
 
     def _rows(self, conn: Connection, token_list: list[str], now: datetime) -> dict[str, Any]:
         if not token_list:
@@ -513,10 +535,15 @@ class TokenService(AuditedOperations):
         except ValidationFailed as error:
             raise self._deny(actor, operation, origin, error) from None
         now = self._clock()
+        why = ["missing"]
 
         def work(conn: Connection) -> TokenRecord | None:
             row = self._rows(conn, [token], now).get(token)
-            if row is None or self._policy.decide(actor.role, operation, row["kind"]) is None:
+            if row is None:
+                why[0] = "expired" if self._expired(conn, [token], now) else "missing"
+                return None
+            if self._policy.decide(actor.role, operation, row["kind"]) is None:
+                why[0] = self._policy.why_denied(actor.role, operation, row["kind"])
                 return None
             if operation == "delete":
                 self.delete_rows(conn, tokens.c.token == token)
@@ -532,7 +559,8 @@ class TokenService(AuditedOperations):
                                              error_code=error.code)])
             raise
         if record is None:
-            raise self._deny(actor, operation, origin, NotFound("not found"), token=token, kind=kind)
+            raise self._deny(actor, operation, origin, NotFound("not found"), token=token, kind=kind,
+                             detail=f"reason={why[0]}")
         if operation == "delete":
             drop_deleted_copies(self._engine)
         return record

@@ -43,6 +43,14 @@ class SubjectState:
     minor: bool = False
     refused: frozenset[str] = field(default_factory=frozenset)
 
+    def refusal(self, purpose: str) -> str | None:
+        """Why this subject's data may not be read for `purpose` (for the audit trail), or None."""
+        if self.restricted and purpose != "legal":
+            return "restricted"
+        if purpose == "marketing" and self.minor:
+            return "minor"
+        return "opted_out" if purpose in self.refused else None
+
     def permits(self, purpose: str) -> bool:
         if self.restricted and purpose != "legal":
             return False

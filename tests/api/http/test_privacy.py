@@ -247,14 +247,16 @@ def test_disclosure_needs_two_distinct_officers(client: FlaskClient, keys: dict[
     made = client.post("/v1/disclosures", json=body, headers=one.stepped())
     assert made.status_code == 202
     disclosure = made.get_json()["id"]
-    assert client.post(f"/v1/disclosures/{disclosure}/collect", headers=first).status_code == 404  # not approved
+    assert client.post(f"/v1/disclosures/{disclosure}/collect", headers=one.stepped()).status_code == 404
     assert client.post(f"/v1/disclosures/{disclosure}/approve", headers=one.stepped()).status_code == 403  # own
     assert client.post(f"/v1/disclosures/{disclosure}/approve", headers=second).status_code == 401  # no step-up
     assert client.post(f"/v1/disclosures/{disclosure}/approve", headers=two.stepped()).status_code == 200
-    assert client.post(f"/v1/disclosures/{disclosure}/collect", headers=second).status_code == 404  # not theirs
-    values = client.post(f"/v1/disclosures/{disclosure}/collect", headers=first).get_json()["values"]
+    assert client.post(f"/v1/disclosures/{disclosure}/collect", headers=two.stepped()).status_code == 404  # not theirs
+    # Collecting a whole subject's plaintext needs a step-up too (issue #19).
+    assert client.post(f"/v1/disclosures/{disclosure}/collect", headers=first).status_code == 401
+    values = client.post(f"/v1/disclosures/{disclosure}/collect", headers=one.stepped()).get_json()["values"]
     assert {v["kind"] for v in values} == {"card", "email", "address"}
-    assert client.post(f"/v1/disclosures/{disclosure}/collect", headers=first).status_code == 404  # once only
+    assert client.post(f"/v1/disclosures/{disclosure}/collect", headers=one.stepped()).status_code == 404  # once
     export = client.get("/v1/subjects/cust-1/export", headers=first).get_json()
     assert export["legal_disclosures"][0]["case_reference"] == "CR-9"
     assert export["legal_disclosures"][0]["status"] == "delivered"

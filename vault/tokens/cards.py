@@ -1,7 +1,19 @@
 """Card numbers: Luhn, brand detection, and the masks PCI DSS allows.
 
-Brand ranges follow the issuers' published IIN tables; lengths are checked per brand
-so a number that is Luhn-valid but impossible for its brand is refused.
+Brand ranges follow the networks' published IIN tables, as collected in ISO/IEC 7812's
+public register summary (Wikipedia, "Payment card number", IIN ranges table) and the
+networks' acceptance guides: Mastercard (51-55, 2221-2720; Maestro 50 and 56-69, 12 to 19
+digits, per Mastercard's Maestro acceptance rules, which include the domestic ranges such
+as UK 6759 and 6761-6763), Visa (4; 13, 16, 19), American Express (34, 37; 15), Discover
+Global Network (6011, 644-649, 65, and 622126-622925; Diners Club 300-305, 3095, 36,
+38-39), JCB (3528-3589) and UnionPay (62, 81; 16 to 19).
+
+The prefix names the brand and the length must then fit that brand: the first table entry
+whose range holds the number's prefix decides, so order matters. 622126-622925 are
+UnionPay cards issued for acceptance on the Discover network: Discover's table lists them,
+so they read as `discover` (they sit before the wider UnionPay 62). Maestro's 50 and
+56-69 come last: every range another brand claims inside them (Discover's 6011, 644-649,
+65; UnionPay's 62) is matched first.
 """
 
 from __future__ import annotations
@@ -10,32 +22,26 @@ from vault.clear_text import luhn_valid
 
 __all__ = ["luhn_valid", "detect_brand", "BRANDS"]
 
-# (brand, prefix ranges as (low, high) over the first N digits, allowed lengths)
+# (brand, prefix ranges as (low, high) over the first N digits, allowed lengths), first match wins
 _RANGES: list[tuple[str, list[tuple[str, str]], frozenset[int]]] = [
     ("amex", [("34", "34"), ("37", "37")], frozenset({15})),
-    ("diners", [("300", "305"), ("36", "36"), ("38", "39")], frozenset({14, 16, 17, 18, 19})),
+    ("diners", [("300", "305"), ("3095", "3095"), ("36", "36"), ("38", "39")], frozenset({14, 16, 17, 18, 19})),
     ("jcb", [("3528", "3589")], frozenset({16, 17, 18, 19})),
     ("visa", [("4", "4")], frozenset({13, 16, 19})),
-    (
-        "maestro",
-        [("5018", "5018"), ("5020", "5020"), ("5038", "5038"), ("5893", "5893"), ("6304", "6304"),
-         ("6759", "6759"), ("6761", "6763")],
-        frozenset(range(12, 20)),
-    ),
     ("mastercard", [("51", "55"), ("2221", "2720")], frozenset({16})),
-    ("discover", [("6011", "6011"), ("644", "649"), ("65", "65"), ("622126", "622925")], frozenset({16, 17, 18, 19})),
+    ("discover", [("6011", "6011"), ("622126", "622925"), ("644", "649"), ("65", "65")],
+     frozenset({16, 17, 18, 19})),
     ("unionpay", [("62", "62"), ("81", "81")], frozenset({16, 17, 18, 19})),
+    ("maestro", [("50", "50"), ("56", "69")], frozenset(range(12, 20))),
 ]
 
 BRANDS = tuple(name for name, _, _ in _RANGES)
 
 
 def detect_brand(pan: str) -> str | None:
-    """The card brand for a PAN of plain digits, or None if no brand fits prefix and length."""
+    """The card brand for a PAN of plain digits, or None if no brand's prefix fits, or its length does not."""
     for name, ranges, lengths in _RANGES:
         for low, high in ranges:
-            prefix = pan[: len(low)]
-            if low <= prefix <= high and len(pan) in lengths:
-                return name
+            if low <= pan[: len(low)] <= high:
+                return name if len(pan) in lengths else None
     return None
-

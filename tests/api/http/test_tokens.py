@@ -195,3 +195,20 @@ def test_openapi_document(client: FlaskClient) -> None:
 def test_unknown_endpoint_is_json(client: FlaskClient) -> None:
     response = client.get("/v2/nothing")
     assert response.status_code == 404 and response.get_json()["error"]["code"] == "no_such_endpoint"
+
+
+def test_maestro_and_other_published_test_numbers_tokenize_with_their_brand(client: FlaskClient,
+                                                                            api_keys: dict[str, str]) -> None:
+    """Issue #19: real Maestro numbers (any 50/56-69 prefix, 12 to 19 digits) were refused as no brand."""
+    from tests.vault.tokens.test_cards import with_check_digit
+
+    vectors = [("6304000000000000", "maestro"), ("6799990100000000019", "maestro"),
+               (with_check_digit("6705", 16), "maestro"), (with_check_digit("5924", 16), "maestro"),
+               (with_check_digit("639029", 12), "maestro"), ("6205500000000000004", "unionpay"),
+               (with_check_digit("622126", 16), "discover")]
+    for pan, brand in vectors:
+        status, body = tokenize(client, api_keys["checkout"],
+                                {"kind": "card", "value": {"pan": pan, "exp_month": 12, "exp_year": 2099}})
+        assert status == 201, (pan, body)
+        assert body["metadata"]["brand"] == brand and body["metadata"]["last4"] == pan[-4:]
+        assert len(str(body["token"])) == len(pan)

@@ -108,8 +108,29 @@ BRAND_VECTORS = [
     ("6200000000000005", "unionpay"),
     (with_check_digit("62", 17), "unionpay"),
     (with_check_digit("62", 19), "unionpay"),
-    # Maestro: 5018, 5020, 5038, 5893, 6304, 6759, 6761-6763, lengths 12 to 19
+    # Maestro: 50 and 56-69 (with the domestic ranges 5018, 5020, 5038, 5893, 6304, 6759, 6761-6763), 12 to 19
     ("6759649826438453", "maestro"),
+    # Payment providers' published sandbox numbers: Braintree's Maestro test cards (16 and 19 digits),
+    # Stripe's UnionPay (16 and 19 digits), Discover and Mastercard 2-series test cards.
+    ("6304000000000000", "maestro"),
+    ("6799990100000000019", "maestro"),
+    ("6205500000000000004", "unionpay"),
+    ("6555900000604105", "discover"),
+    ("2223003122003222", "mastercard"),
+    # Issue #19: Maestro prefixes refused before (6705, 6708, 6935, 6858, 5924, 12-digit 639029).
+    (with_check_digit("6705", 16), "maestro"),
+    (with_check_digit("6708", 19), "maestro"),
+    (with_check_digit("6935", 16), "maestro"),
+    (with_check_digit("6858", 18), "maestro"),
+    (with_check_digit("5924", 16), "maestro"),
+    (with_check_digit("639029", 12), "maestro"),
+    (with_check_digit("50", 13), "maestro"),
+    (with_check_digit("56", 16), "maestro"),
+    # Discover's table lists 622126-622925 (UnionPay cards on the Discover network); 622125 and 622926 are UnionPay.
+    (with_check_digit("622126", 16), "discover"),
+    (with_check_digit("622925", 19), "discover"),
+    (with_check_digit("622125", 16), "unionpay"),
+    (with_check_digit("622926", 16), "unionpay"),
     (with_check_digit("6304", 16), "maestro"),
     (with_check_digit("5018", 12), "maestro"),
     (with_check_digit("5893", 19), "maestro"),
@@ -129,10 +150,9 @@ NOT_A_BRAND = [
     with_check_digit("2220", 16),
     with_check_digit("2721", 16),
     # prefixes no brand uses
-    with_check_digit("50", 16),
-    with_check_digit("56", 16),
-    with_check_digit("643", 16),
     with_check_digit("3527", 16),
+    with_check_digit("7", 16),
+    with_check_digit("80", 16),
     with_check_digit("3590", 16),
     with_check_digit("1", 16),
     with_check_digit("9", 16),

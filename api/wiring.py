@@ -17,6 +17,7 @@ from api.settings import Settings
 from kms.local import LocalKeyProvider, load_master_key
 from vault.access.approvals import ApprovalAction, Approvals
 from vault.access.clients import ClientRegistry
+from vault.access.guessing import GuessingGuard
 from vault.access.identity import Authenticator
 from vault.access.operators import OperatorRegistry
 from vault.access.passwords import Passwords
@@ -82,7 +83,8 @@ def build(
     provider = InstrumentedProvider(provider or build_provider(settings))
     keys = KeyHierarchy(provider, cache_seconds=settings.key_cache_seconds, clock=now, on_lookup=observe_key_cache)
     trail = AuditTrail(keys, checkpoint_dir=settings.checkpoint_dir, clock=now, on_write=observe_audit_write)
-    token_service = TokenService(engine=engine, keys=keys, policy=policy, trail=trail, clock=now)
+    guessing = GuessingGuard(trail, clock=now)
+    token_service = TokenService(engine=engine, keys=keys, policy=policy, trail=trail, clock=now, guessing=guessing)
     access = AccessSettings.from_env(settings.env, policy)
     clients = ClientRegistry(engine, keys, policy, trail, cache_seconds=settings.auth_cache_seconds, clock=now)
     operators = OperatorRegistry(engine=engine, keys=keys, policy=policy, trail=trail,
@@ -114,6 +116,10 @@ def build(
         lifetime=timedelta(seconds=access.approval_seconds)))
     privacy = PrivacyService(engine=engine, keys=keys, policy=policy, trail=trail, tokens_service=token_service,
                              clock=now)
+    # A client suspended for guessing tokens calls again only once a second admin agrees.
+    approvals.register(ApprovalAction(
+        name="resume_client", operation="manage_clients", check=guessing.check_resume, run=guessing.run_resume,
+        lifetime=timedelta(seconds=access.approval_seconds)))
     # A legal hold blocks every deletion: lifting it takes a second privacy officer.
     approvals.register(ApprovalAction(
         name="release_hold", operation="manage_subjects", check=privacy.check_release_hold,

@@ -15,6 +15,7 @@ __all__ = [
     "Forbidden",
     "Conflict",
     "LegalHold",
+    "ClientSuspended",
     "PayloadTooLarge",
     "RateLimited",
     "DecryptionFailed",
@@ -62,6 +63,12 @@ class Forbidden(VaultError):
     """The caller's role may not use this operation at all."""
 
     code = "forbidden"
+
+
+class ClientSuspended(Forbidden):
+    """The client was suspended (its detokenize misses looked like guessing) until a second admin resumes it."""
+
+    code = "client_suspended"
 
 
 class Conflict(VaultError):

@@ -37,6 +37,8 @@ _MESSAGES = {
     "step_up_required": "this action needs a fresh, unused TOTP code in the X-TOTP header",
     "rate_limited": "too many requests",
     "forbidden": "this role may not use this operation",
+    "client_suspended": "this client is suspended; an administrator must resume it",
+    "legal_hold": "the data is under a legal hold",
     "key_service_unavailable": "key service unavailable",
     "storage_unavailable": "storage unavailable",
     "audit_unavailable": "audit trail unavailable; nothing was done",

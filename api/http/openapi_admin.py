@@ -207,6 +207,10 @@ def _operator_paths() -> dict[str, Any]:
         "/v1/operators/{operator_id}/disable": {"post": _op(
             "requestDisableOperator", "Ask to disable an operator (dual control)", "202", ref(s.ApprovalOut),
             params=operator, step_up=True, extra=("404", "409"))},
+        "/v1/clients/{client_id}/resume": {"post": _op(
+            "requestResumeClient", "Ask to resume a client suspended for guessing (dual control)", "202",
+            ref(s.ApprovalFiled), params=[_path("client_id", {"type": "string", "pattern": r"^cli_[0-9a-f]{16}$"})],
+            step_up=True, extra=("404", "409"))},
         "/v1/approvals": {"get": _op(
             "listApprovals", "Dual-control requests (pending by default)", "200", OBJECT,
             params=[_query("status", {"type": "string", "enum": ["pending", "all"]})])},

@@ -23,6 +23,7 @@ __all__ = ["blueprint"]
 blueprint = Blueprint("operators", __name__, url_prefix="/v1")
 _OPERATOR_ID = re.compile(r"^op_[0-9a-f]{16}$")
 _APPROVAL_ID = re.compile(r"^apr_[0-9a-f]{20}$")
+_CLIENT_ID = re.compile(r"^cli_[0-9a-f]{16}$")
 
 
 def _iso(row: dict[str, Any]) -> dict[str, Any]:
@@ -86,3 +87,12 @@ def approve(approval_id: str) -> tuple[Response, int]:
     done = components().approvals.approve(current_step_up(), _checked(_APPROVAL_ID, "approval_id", approval_id),
                                           origin())
     return jsonify(done.public()), 200
+
+
+@blueprint.post("/clients/<client_id>/resume")
+@require_step_up("manage_clients")
+def resume_client(client_id: str) -> tuple[Response, int]:
+    """Ask to lift a guessing suspension (vault.access.guessing); a second admin approves it."""
+    params = {"client_id": _checked(_CLIENT_ID, "client_id", client_id)}
+    pending = components().approvals.request(current_step_up(), "resume_client", params, origin())
+    return jsonify({"approval": pending.public()}), 202

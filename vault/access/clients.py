@@ -20,7 +20,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from vault.access.policy import Policy
 from vault.audit.trail import HOST, Actor, AuditEvent, AuditTrail, Origin
 from vault.clear_text import refuse_pan
-from vault.errors import AuditWriteFailed, NotFound, StorageUnavailable, Unauthenticated, ValidationFailed
+from vault.errors import (
+    AuditWriteFailed,
+    ClientSuspended,
+    NotFound,
+    StorageUnavailable,
+    Unauthenticated,
+    ValidationFailed,
+)
 from vault.keys.hierarchy import KeyHierarchy
 from vault.secret import Secret
 from vault.storage.schema import clients
@@ -139,6 +146,11 @@ class ClientRegistry:
             return self._authenticate(api_key)
         except SQLAlchemyError as exc:
             raise StorageUnavailable("database unavailable") from exc
+        except ClientSuspended as error:
+            self._audit_refusal(AuditEvent(at=self._clock(), actor=str(error), role="client", action="authenticate",
+                                           outcome="denied", error_code=error.code, origin=origin,
+                                           detail="reason=suspended"))
+            raise
         except Unauthenticated as error:
             event = AuditEvent(at=self._clock(), actor="anonymous", role="none", action="authenticate",
                                outcome="denied", error_code=error.code, origin=origin)
@@ -148,6 +160,14 @@ class ClientRegistry:
             except (SQLAlchemyError, AuditWriteFailed):
                 pass
             raise
+
+    def _audit_refusal(self, event: AuditEvent) -> None:
+        """Record a refused authentication; the caller is refused whether or not this write succeeds."""
+        try:
+            with self._engine.begin() as conn:
+                self._trail.record(conn, [event])
+        except (SQLAlchemyError, AuditWriteFailed):
+            pass
 
     def _authenticate(self, api_key: Secret[str] | None) -> Actor:
         raw = api_key.expose() if api_key is not None else ""
@@ -164,7 +184,7 @@ class ClientRegistry:
                 return cached
             row = conn.execute(
                 select(clients.c.id, clients.c.role, clients.c.name, clients.c.revoked_at, clients.c.key_hash,
-                       clients.c.previous_key_expires_at)
+                       clients.c.previous_key_expires_at, clients.c.suspended_at)
                 .where(or_(clients.c.key_hash == digest, clients.c.previous_key_hash == digest))
             ).first()
         if row is None or row.revoked_at is not None or not self._policy.has_role(row.role):
@@ -172,6 +192,8 @@ class ClientRegistry:
         if bytes(row.key_hash) != digest and not (row.previous_key_expires_at and
                                                   row.previous_key_expires_at > self._clock()):
             raise Unauthenticated("invalid credentials")  # a rotated key past its grace period
+        if row.suspended_at is not None:
+            raise ClientSuspended(row.id)  # vault.access.guessing; a second admin resumes it
         actor = Actor(id=row.id, role=row.role, name=row.name)
         if self._cache is not None:
             self._cache[digest] = actor

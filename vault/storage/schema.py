@@ -145,6 +145,9 @@ clients = Table(
     # Key rotation: the replaced key keeps working until `previous_key_expires_at` (grace period).
     Column("previous_key_hash", LargeBinary(32), nullable=True, index=True),
     Column("previous_key_expires_at", UTCDateTime, nullable=True),
+    # Set when the client's detokenize misses looked like guessing (vault.access.guessing): every
+    # request is refused (403 client_suspended) until a second admin approves `resume_client`.
+    Column("suspended_at", UTCDateTime, nullable=True),
 )
 
 audit_events = Table(
@@ -179,6 +182,8 @@ audit_events = Table(
     Index("ix_audit_events_token", "token"),
     Index("ix_audit_events_subject_id", "subject_id"),
     Index("ix_audit_events_actor", "actor"),
+    # The guessing guard counts one client's recent detokenize misses.
+    Index("ix_audit_events_actor_at", "actor", "at"),
 )
 
 # Where each writer's chain continues after its older events were archived.

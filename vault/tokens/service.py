@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
+from vault.access.guessing import MISS_DETAIL, GuessingGuard
 from vault.access.operations import AuditedOperations
 from vault.access.policy import PURPOSES, Policy, apply_view
 from vault.audit.trail import Actor, AuditEvent, AuditTrail, Origin
@@ -162,8 +163,10 @@ class TokenService(AuditedOperations):
         trail: AuditTrail,
         limits: Limits = Limits(),
         clock: Callable[[], datetime] = _now,
+        guessing: GuessingGuard | None = None,
     ) -> None:
         super().__init__(engine=engine, policy=policy, trail=trail, clock=clock)
+        self._guessing = guessing or GuessingGuard(trail, clock=clock)
         self._keys = keys
         self._limits = limits
         self._purge_lock = threading.Lock()
@@ -471,6 +474,8 @@ class TokenService(AuditedOperations):
                     if item.token in gone and item.error is None:
                         out[position] = Detokenized(token=item.token, error=NotFound("not found"))
             self._trail.record(conn, events)
+            if any(e.kind == "card" and e.detail == MISS_DETAIL for e in events):
+                self._guessing.after_misses(conn, actor, now, origin)  # may suspend a guessing client
             return out
 
         try:

@@ -68,6 +68,7 @@ OWNERS = (
     ("/v1/disclosures", ("privacy_officer",)), ("/v1/transfers", ("privacy_officer",)),
     ("/v1/tokens/{token}", ("privacy_officer",)),  # PATCH: rectification
     ("/v1/keys", ("admin",)), ("/v1/operators", ("admin",)), ("/v1/approvals", ("admin",)),
+    ("/v1/clients", ("admin",)),
     ("/v1/auth/logout", ("admin",)),
     ("/v1/auth/login", ()),  # no credentials: fuzzed anonymously, positive and negative
 )

@@ -50,7 +50,8 @@ class RetentionService(AuditedOperations):
                 cutoff = now - timedelta(days=rule.purge_after_unused_days)
                 unused = or_(tokens.c.last_used_at < cutoff, and_(tokens.c.last_used_at.is_(None),
                                                                    tokens.c.created_at < cutoff))
-                held_subject = and_(tokens.c.subject_id.is_not(None), tokens.c.subject_id.in_(held))
+                held_subject = and_(tokens.c.kind != "cvv", tokens.c.subject_id.is_not(None),
+                                    tokens.c.subject_id.in_(held))
                 counts[f"unused_{kind}"] = len(self._tokens.delete_rows(
                     conn, and_(tokens.c.kind == kind, unused, ~held_subject)))
                 skipped += conn.execute(select(func.count()).select_from(tokens).where(

@@ -552,7 +552,8 @@ class TokenService(AuditedOperations):
                 return None
             if operation == "delete":
                 self.delete_rows(conn, tokens.c.token == token)
-                refuse_if_held(conn, row["subject_id"], now)
+                if row["kind"] != "cvv":  # a CVV is never held (PCI DSS 3.3.1)
+                    refuse_if_held(conn, row["subject_id"], now)
             self._trail.record(conn, [self._event(actor, operation, "allowed", origin, token=token, kind=row["kind"],
                                             subject_id=row["subject_id"], key_id=row["data_key_id"])])
             return self._record(row)
@@ -586,7 +587,9 @@ class TokenService(AuditedOperations):
 
         def work(conn: Connection) -> int:
             expired = and_(tokens.c.expires_at.is_not(None), tokens.c.expires_at <= now)
-            held = and_(tokens.c.subject_id.is_not(None), tokens.c.subject_id.in_(held_subjects(now)))
+            # A CVV is never held: PCI DSS 3.3.1 forbids keeping it past its short TTL, hold or not.
+            held = and_(tokens.c.kind != "cvv", tokens.c.subject_id.is_not(None),
+                        tokens.c.subject_id.in_(held_subjects(now)))
             count = len(self.delete_rows(conn, and_(expired, ~held)))
             # Expired but held: kept (unreadable, being expired) until the hold is released.
             skipped = conn.execute(select(func.count()).select_from(tokens).where(expired, held)).scalar() or 0

@@ -144,3 +144,26 @@ def test_releasing_a_hold_needs_a_second_officer(client: FlaskClient, keys: dict
 
 def _auditor(components: Components) -> str:
     return components.clients.create("t-auditor", "auditor")[1].expose()
+
+
+def test_a_cvv_is_never_held(client: FlaskClient, components: Components, keys: dict[str, str],
+                             clock: Clock) -> None:
+    """PCI DSS 3.3.1 wins over a hold: a held subject's CVV still expires and is still read once."""
+    expiring = client.post("/v1/tokens", json={"kind": "cvv", "value": "123", "subject_id": "held-7",
+                                               "ttl_seconds": 60}, headers=auth(keys["checkout"])).get_json()["token"]
+    read = client.post("/v1/tokens", json={"kind": "cvv", "value": "456", "subject_id": "held-7"},
+                       headers=auth(keys["checkout"])).get_json()["token"]
+    _hold(client, keys, "held-7")
+    gateway = auth(keys["payment_gateway"])
+    first = client.post("/v1/detokenize", json={"tokens": [read], "purpose": "payment"}, headers=gateway)
+    again = client.post("/v1/detokenize", json={"tokens": [read], "purpose": "payment"}, headers=gateway)
+    assert first.get_json()["results"][0]["value"] == "456"
+    assert again.get_json()["results"][0]["error"]["code"] == "not_found"
+    clock.advance(120)
+    assert components.tokens.purge_expired() == 1
+    from sqlalchemy import select
+
+    from vault.storage.schema import tokens
+
+    with components.engine.connect() as conn:
+        assert conn.execute(select(tokens.c.token).where(tokens.c.token == expiring)).first() is None

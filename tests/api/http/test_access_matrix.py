@@ -14,11 +14,13 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+from sqlalchemy import update
 
 from api.wiring import Components
 from tests.conftest import Clock, auth
 from tests.support.operators import login, make_operator
 from vault.access.operators import OPERATOR_ROLES
+from vault.storage.schema import clients
 
 POLICY: dict[str, Any] = tomllib.loads(resources.files("vault.access").joinpath("policy.toml").read_text())
 ROLES = tuple(POLICY["roles"])
@@ -181,3 +183,62 @@ def test_expired_and_revoked_credentials(client: FlaskClient, components: Compon
     assert client.get(path, headers=session).status_code == 401
     for forged in ("tvs_" + "A" * 43, "tvk_" + "A" * 43, "Basic abc"):
         assert client.get(path, headers={"Authorization": f"Bearer {forged}"}).status_code == 401
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_matrix_under_hold_restriction_and_suspension(client: FlaskClient, components: Components, clock: Clock,
+                                                      role: str) -> None:
+    """Every role against a held and restricted subject's data, and (for API clients) once suspended."""
+    checkout = auth(components.clients.create("matrix-checkout-held", "checkout")[1].expose())
+    officer = auth(components.clients.create("matrix-officer", "privacy_officer")[1].expose())
+    headers = credentials(client, components, clock, role)
+    mismatches: list[str] = []
+
+    def check(case: str, got: object, want: object) -> None:
+        if got != want:
+            mismatches.append(f"{role} {case}: got {got}, want {want}")
+
+    def held_tokens() -> dict[str, str]:
+        items = [{"kind": kind, "value": value, "subject_id": "held-matrix"} for _, kind, value, _ in SAMPLES]
+        answer = client.post("/v1/tokens/batch", json={"items": items}, headers=checkout).get_json()
+        return {label: result["token"] for (label, *_), result in zip(SAMPLES, answer["results"], strict=True)}
+
+    tokens = held_tokens()
+    assert client.post("/v1/subjects/held-matrix/holds", json={"reason": "case 9", "until": "2099-01-01T00:00:00Z"},
+                       headers=officer).status_code == 201
+    assert client.put("/v1/subjects/held-matrix/restriction", json={"restricted": True},
+                      headers=officer).status_code == 204
+
+    # Restricted: only purpose `legal` reads, whatever the role may otherwise read.
+    for purpose in PURPOSES:
+        response = client.post("/v1/detokenize", json={"tokens": list(held_tokens().values()), "purpose": purpose},
+                               headers=headers)
+        if not grants(role, "detokenize"):
+            check(f"detokenize ({purpose})", response.status_code, 403)
+            continue
+        for (label, kind, _value, use), result in zip(SAMPLES, response.get_json()["results"], strict=True):
+            want = allows(role, "detokenize", kind, purpose, use) and purpose == "legal"
+            check(f"restricted detokenize {label} for {purpose}", "value" in result, want)
+
+    # Held: deleting answers 409 legal_hold to every role that could delete it (a CVV is never held).
+    for label, kind, _value, _use in SAMPLES:
+        status = client.delete(f"/v1/tokens/{tokens[label]}", headers=headers).status_code
+        allowed = allows(role, "delete", kind)
+        want = ((204 if kind == "cvv" else 409) if allowed else 404) if grants(role, "delete") else 403
+        check(f"delete held {label}", status, want)
+
+    # Suspended (API clients only): every endpoint answers 403 client_suspended.
+    if role not in OPERATOR_ROLES:
+        client_id = next(str(c["id"]) for c in components.clients.list() if c["name"] == f"matrix-{role}")
+        with components.engine.begin() as conn:  # as vault.access.guessing does when a client guesses
+            conn.execute(update(clients).where(clients.c.id == client_id).values(suspended_at=clock.now))
+        cache = components.clients._cache  # the 2 s authentication cache (wall clock), emptied instead of waiting
+        if cache is not None:
+            cache.clear()
+        for method, path, body in (("get", f"/v1/tokens/{tokens['card']}", None),
+                                   ("post", "/v1/detokenize", {"tokens": [tokens["card"]], "purpose": "payment"}),
+                                   ("post", "/v1/tokens", {"kind": "email", "value": "x@example.com"})):
+            answer = getattr(client, method)(path, json=body, headers=headers)
+            check(f"suspended {method} {path}", (answer.status_code, answer.get_json()["error"]["code"]),
+                  (403, "client_suspended"))
+    assert mismatches == []

@@ -3,9 +3,10 @@
 A card token keeps the PAN's length and last four (and by policy its BIN), so its random
 digits are few: 8 for a 12-digit token. A client that may read cards could try candidates
 until one answers. Opaque tokens (192 random bits) cannot be guessed, so only misses on
-card-shaped tokens count. After a detokenize call with such misses, this guard counts the
-client's recent card misses in the audit trail (the same transaction, so every instance
-sees every miss) and suspends the client when either
+card-shaped tokens count. After a detokenize, metadata or delete call with such misses, this
+guard counts the client's recent card misses (by any of those calls) in the audit trail (the
+same transaction for detokenize, so every instance sees every miss) and suspends the client
+when either
 
 - more than `per_minute` misses fell in the last minute, or more than `per_day` in the
   last 24 hours (the daily count bounds a patient guesser: see threat_model/README.md for
@@ -35,7 +36,10 @@ from vault.storage.schema import audit_events, clients
 
 __all__ = ["GuessingLimits", "GuessingGuard", "MISS_DETAIL"]
 
-MISS_DETAIL = "reason=missing"  # what a detokenize denial of a token that does not exist records
+MISS_DETAIL = "reason=missing"  # what a denial of a token that does not exist records
+# Every call that answers differently for an existing token: metadata and delete probe as well as detokenize
+# (a support key finding live tokens by metadata could hand them to a gateway key that then never misses).
+_PROBES = ("detokenize", "read_metadata", "delete")
 
 
 @dataclass(frozen=True)
@@ -67,13 +71,13 @@ class GuessingGuard:
 
     def _misses(self, conn: Connection, actor: Actor, since: datetime) -> int:
         found = conn.execute(select(func.count()).select_from(audit_events).where(
-            audit_events.c.actor == actor.id, audit_events.c.at > since, audit_events.c.action == "detokenize",
+            audit_events.c.actor == actor.id, audit_events.c.at > since, audit_events.c.action.in_(_PROBES),
             audit_events.c.kind == "card", audit_events.c.detail == MISS_DETAIL)).scalar()
         return int(found or 0)
 
     def _reads(self, conn: Connection, actor: Actor, since: datetime) -> int:
         found = conn.execute(select(func.count()).select_from(audit_events).where(
-            audit_events.c.actor == actor.id, audit_events.c.at > since, audit_events.c.action == "detokenize",
+            audit_events.c.actor == actor.id, audit_events.c.at > since, audit_events.c.action.in_(_PROBES),
             audit_events.c.kind == "card")).scalar()
         return int(found or 0)
 

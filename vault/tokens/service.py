@@ -565,8 +565,13 @@ class TokenService(AuditedOperations):
                                              error_code=error.code)])
             raise
         if record is None:
-            raise self._deny(actor, operation, origin, NotFound("not found"), token=token, kind=kind,
-                             detail=f"reason={why[0]}")
+            denial = self._deny(actor, operation, origin, NotFound("not found"), token=token, kind=kind,
+                                detail=f"reason={why[0]}")
+            if kind == "card" and f"reason={why[0]}" == MISS_DETAIL:
+                # A metadata or delete probe finds live card tokens as well as a detokenize would.
+                with contextlib.suppress(VaultError):
+                    self._transaction(lambda conn: self._guessing.after_misses(conn, actor, now, origin))
+            raise denial
         if operation == "delete":
             drop_deleted_copies(self._engine)
         return record

@@ -129,3 +129,13 @@ def test_only_a_second_admin_resumes_a_suspended_client(setup: tuple[FlaskClient
     assert _detok(client, gateway, [token]).status_code == 200
     assert _detok(client, gateway, _guesses(5)).status_code == 200  # counted afresh after the resume
     assert _detok(client, gateway, [token]).status_code == 200
+
+
+def test_metadata_probes_count_as_misses(setup: tuple[FlaskClient, Components]) -> None:
+    """A support key could find live card tokens by metadata and hand them to a gateway key that never misses."""
+    client, parts = setup
+    support_id, support = parts.clients.create("g-support", "support")
+    answers = [client.get(f"/v1/tokens/{guess}", headers=auth(support.expose())).status_code
+               for guess in _guesses(22)]
+    assert answers == [404] * 21 + [403]
+    assert _suspensions(client, parts)[0]["actor"] == support_id

@@ -22,6 +22,8 @@ _RATE_PREFIX = "TOKENVAULT_RATE_LIMIT_"
 # Detokenize quotas count values (tokens), not requests. Roles that read for people (support) or for
 # partners (shipping, marketing) get daily caps by default, so a stolen key extracts a day's worth slowly,
 # not the vault: support 500 masked values a day, shipping and marketing 20,000 (a busy shop's orders).
+# Only the role's own variable (TOKENVAULT_DETOKENIZE_RATE_LIMIT_<ROLE>) replaces its cap; the global
+# TOKENVAULT_DETOKENIZE_RATE_LIMIT applies to the other roles.
 DEFAULT_ROLE_ITEM_LIMITS = {
     "support": "60/minute;500/day",
     "shipping": "50/second;20000/day",
@@ -71,7 +73,7 @@ class AccessSettings:
     # High enough for machine traffic at this service's capacity (~2,000 requests/s); roles that read
     # for people or partners get daily caps (DEFAULT_ROLE_ITEM_LIMITS), tightened further per role.
     rate_limit: str = "2000/second"
-    detokenize_rate_limit: str = "500/second"
+    detokenize_rate_limit: str = "5000/second"  # values: a full batch of 1,000 fits
     # Per source address, before anyone is authenticated.
     login_rate_limit: str = "10/minute"
     role_rate_limits: dict[str, str] = field(default_factory=dict)

@@ -3,10 +3,11 @@
 A card token keeps the PAN's length and last four (and by policy its BIN), so its random
 digits are few: 8 for a 12-digit token. A client that may read cards could try candidates
 until one answers. Opaque tokens (192 random bits) cannot be guessed, so only misses on
-card-shaped tokens count. After a detokenize, metadata or delete call with such misses, this
-guard counts the client's recent card misses (by any of those calls) in the audit trail (the
-same transaction for detokenize, so every instance sees every miss) and suspends the client
-when either
+card-shaped tokens count, and only from a role a hit would have shown a card to (a role that
+may not read cards learns nothing from a guess: existing or not, it answers `not_found`).
+After a detokenize, metadata or delete call with such misses, this guard counts the client's
+recent card misses (by any of those calls) in the audit trail (the same transaction for
+detokenize, so every instance sees every miss) and suspends the client when either
 
 - more than `per_minute` misses fell in the last minute, or more than `per_day` in the
   last 24 hours (the daily count bounds a patient guesser: see threat_model/README.md for

@@ -58,7 +58,7 @@ SYSTEM = Actor(id="system", role="system")
 
 
 # Hot-path statements built once: building and coercing them per call cost more than running them.
-_LIVE_ROWS = (
+_ROWS = (
     select(
         tokens,
         data_keys.c.domain_key_id.label("dk_domain"),
@@ -67,9 +67,10 @@ _LIVE_ROWS = (
         data_keys.c.wrapped.label("dk_wrapped"),
     )
     .join(data_keys, data_keys.c.id == tokens.c.data_key_id)
-    .where(or_(tokens.c.expires_at.is_(None), tokens.c.expires_at > bindparam("now")))
 )
-_LIVE_ROWS_BY_TOKEN = _LIVE_ROWS.where(tokens.c.token.in_(bindparam("tokens", expanding=True)))
+_LIVE_ROWS = _ROWS.where(or_(tokens.c.expires_at.is_(None), tokens.c.expires_at > bindparam("now")))
+# Expired rows too, told apart in Python: an expired and a missing token cost the same one query.
+_ROWS_BY_TOKEN = _ROWS.where(tokens.c.token.in_(bindparam("tokens", expanding=True)))
 _MARK_USED = (
     update(tokens)
     .where(tokens.c.token.in_(bindparam("tokens", expanding=True)),
@@ -412,8 +413,7 @@ class TokenService(AuditedOperations):
                 kinds[token] = kind_of_token(token)
 
         def work(conn: Connection) -> list[Detokenized]:
-            rows = self._rows(conn, list(kinds), now)
-            expired = self._expired(conn, [t for t in kinds if t not in rows], now)
+            rows, expired = self._rows(conn, list(kinds), now)
             states = subject_states(conn, {r["subject_id"] for r in rows.values() if r["subject_id"]})
             ciphers = self._keys.open_data_keys(conn, [
                 {"id": r["data_key_id"], "domain_key_id": r["dk_domain"], "subject_id": r["dk_subject"],
@@ -474,8 +474,10 @@ class TokenService(AuditedOperations):
                     if item.token in gone and item.error is None:
                         out[position] = Detokenized(token=item.token, error=NotFound("not found"))
             self._trail.record(conn, events)
-            if any(e.kind == "card" and e.detail == MISS_DETAIL for e in events):
-                self._guessing.after_misses(conn, actor, now, origin)  # may suspend a guessing client
+            if (any(e.kind == "card" and e.detail == MISS_DETAIL for e in events)
+                    and self._policy.decide(actor.role, "detokenize", "card", purpose=purpose) is not None):
+                # A hit would have shown a card: these misses may be guessing (else they teach nothing).
+                self._guessing.after_misses(conn, actor, now, origin)
             return out
 
         try:
@@ -488,18 +490,14 @@ class TokenService(AuditedOperations):
             drop_deleted_copies(self._engine)  # read once: not even its old pages stay behind
         return result
 
-    @staticmethod
-    def _expired(conn: Connection, token_list: list[str], now: datetime) -> set[str]:
-        """Which of these (not live) tokens still exist but have expired: for the denial's reason."""
+    def _rows(self, conn: Connection, token_list: list[str], now: datetime) -> tuple[dict[str, Any], set[str]]:
+        """Live rows by token, and the tokens that exist but have expired (for a denial's reason)."""
         if not token_list:
-            return set()
-        return set(conn.execute(select(tokens.c.token).where(tokens.c.token.in_(token_list),
-                                                             tokens.c.expires_at <= now)).scalars())
-
-    def _rows(self, conn: Connection, token_list: list[str], now: datetime) -> dict[str, Any]:
-        if not token_list:
-            return {}
-        return self._live(conn, _LIVE_ROWS_BY_TOKEN, {"now": now, "tokens": token_list})
+            return {}, set()
+        found = self._live(conn, _ROWS_BY_TOKEN, {"tokens": token_list})
+        expired = {token for token, row in found.items()
+                   if row["expires_at"] is not None and row["expires_at"] <= now}
+        return {token: row for token, row in found.items() if token not in expired}, expired
 
     def rows_where(self, conn: Connection, condition: Any, now: datetime) -> dict[str, Any]:
         """Live (unexpired) token rows with their data-key columns, by token."""
@@ -543,9 +541,10 @@ class TokenService(AuditedOperations):
         why = ["missing"]
 
         def work(conn: Connection) -> TokenRecord | None:
-            row = self._rows(conn, [token], now).get(token)
+            live, expired = self._rows(conn, [token], now)
+            row = live.get(token)
             if row is None:
-                why[0] = "expired" if self._expired(conn, [token], now) else "missing"
+                why[0] = "expired" if expired else "missing"
                 return None
             if self._policy.decide(actor.role, operation, row["kind"]) is None:
                 why[0] = self._policy.why_denied(actor.role, operation, row["kind"])
@@ -567,7 +566,8 @@ class TokenService(AuditedOperations):
         if record is None:
             denial = self._deny(actor, operation, origin, NotFound("not found"), token=token, kind=kind,
                                 detail=f"reason={why[0]}")
-            if kind == "card" and f"reason={why[0]}" == MISS_DETAIL:
+            if (kind == "card" and f"reason={why[0]}" == MISS_DETAIL
+                    and self._policy.decide(actor.role, operation, "card") is not None):
                 # A metadata or delete probe finds live card tokens as well as a detokenize would.
                 with contextlib.suppress(VaultError):
                     self._transaction(lambda conn: self._guessing.after_misses(conn, actor, now, origin))

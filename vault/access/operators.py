@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from vault.access.operations import AuditedOperations
@@ -33,7 +33,7 @@ from vault.errors import Conflict, Forbidden, NotFound, StepUpRequired, Unauthen
 from vault.keys.envelope import associated_data
 from vault.keys.hierarchy import KeyHierarchy
 from vault.secret import Secret
-from vault.storage.schema import data_keys, operators
+from vault.storage.schema import audit_events, data_keys, operators
 
 __all__ = ["OPERATOR_ROLES", "HOST", "Lockout", "NewOperator", "Login", "StepUp", "OperatorRegistry"]
 
@@ -48,11 +48,21 @@ def _now() -> datetime:
 
 @dataclass(frozen=True)
 class Lockout:
-    """After `threshold` failures in a row, lock for base, then twice as long each time, up to max."""
+    """Lockout that protects, not punishes.
+
+    Only a failure that proves the password (the right password with a wrong or replayed code,
+    or a wrong step-up code from a live session) counts towards locking the account: after
+    `threshold` of them in a row, lock for base, then twice as long each time, up to max.
+    A wrong password only throttles that account from that source address: more than
+    `per_source` in `source_seconds` and that source waits out the window, while the
+    operator logs in from anywhere else. Anonymous failures cannot lock anyone out.
+    """
 
     threshold: int = 5
     base_seconds: int = 60
     max_seconds: int = 3600
+    per_source: int = 5
+    source_seconds: int = 60
 
     def duration(self, failures: int) -> timedelta | None:
         if failures < self.threshold:
@@ -211,6 +221,9 @@ class OperatorRegistry(AuditedOperations):
             elif row["locked_until"] is not None and row["locked_until"] > now:
                 self._passwords.verify(None, password)  # same time as any other answer
                 failure = "locked"
+            elif self._transaction(lambda conn: self._source_throttled(conn, row["id"], origin, now)):
+                self._passwords.verify(None, password)
+                failure = "throttled"
             elif not self._passwords.verify(row["password_hash"], password):
                 failure = "password"
             else:
@@ -245,13 +258,22 @@ class OperatorRegistry(AuditedOperations):
 
         def work(conn: Connection) -> None:
             detail = f"reason={reason}"
-            if row is not None and reason in ("password", "totp", "totp_replayed"):
-                detail += self._count_failure(conn, row["id"], now)
+            if row is not None and reason in ("totp", "totp_replayed"):
+                detail += self._count_failure(conn, row["id"], now)  # the password was right: lock
             self._trail.record(conn, [self._event(actor, "login", "denied", origin, error_code="unauthenticated",
                                                   detail=detail)])
 
         with contextlib.suppress(VaultError):
             self._transaction(work)
+
+    def _source_throttled(self, conn: Connection, operator_id: str, origin: Origin, now: datetime) -> bool:
+        """Too many wrong passwords for this account from this source lately (counted from the trail)."""
+        since = now - timedelta(seconds=self._lockout.source_seconds)
+        wrong = conn.execute(select(func.count()).select_from(audit_events).where(
+            audit_events.c.actor == operator_id, audit_events.c.at > since, audit_events.c.action == "login",
+            audit_events.c.outcome == "denied", audit_events.c.source == origin.source,
+            audit_events.c.detail == "reason=password")).scalar()
+        return int(wrong or 0) >= self._lockout.per_source
 
     def _count_failure(self, conn: Connection, operator_id: str, now: datetime) -> str:
         failures = int(conn.execute(

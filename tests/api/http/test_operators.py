@@ -167,3 +167,27 @@ def test_every_login_attempt_is_audited_without_secrets(client: FlaskClient, com
     assert rows[0]["user_agent"] == "ops-laptop" and rows[0]["source"] is not None
     text = repr([dict(r) for r in rows])
     assert "Wrong-Password-1" not in text and PASSWORD not in text and code not in text
+
+
+def test_anonymous_failures_cannot_lock_an_operator_out(client: FlaskClient, components: Components,
+                                                        clock: Clock) -> None:
+    """Issue #19: five anonymous failed logins locked the account, doubling to an hour, for ever."""
+    alice = make_operator(components, "alice", "admin")
+    attacker = {"REMOTE_ADDR": "203.0.113.66"}
+    for _ in range(8):  # under the per-address login limit (10 a minute)
+        refused = client.post("/v1/auth/login", json={"username": "alice", "password": "guess-guess-guess",
+                                                      "totp": "123456"}, environ_base=attacker)
+        assert refused.status_code == 401
+    # Alice, from her own address, logs in at once.
+    mine = client.post("/v1/auth/login", json={"username": "alice", "password": PASSWORD,
+                                               "totp": alice.code(clock.now)}, environ_base={"REMOTE_ADDR": "10.1.2.3"})
+    assert mine.status_code == 200
+    # The attacker's source is throttled (even with the right password) until its minute passes.
+    clock.advance(30)
+    throttled = client.post("/v1/auth/login", json={"username": "alice", "password": PASSWORD,
+                                                    "totp": alice.code(clock.now)}, environ_base=attacker)
+    assert throttled.status_code == 401
+    with components.engine.connect() as conn:
+        details = [row[0] for row in conn.execute(select(audit_events.c.detail).where(
+            audit_events.c.action == "login", audit_events.c.outcome == "denied").order_by(audit_events.c.seq))]
+    assert details[-1] == "reason=throttled" and not any("locked" in d for d in details)

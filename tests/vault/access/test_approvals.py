@@ -139,3 +139,12 @@ def test_two_approvals_at_once_run_the_action_once(components: Components, clock
     with components.engine.connect() as conn:
         ran = conn.execute(select(audit_events.c.seq).where(audit_events.c.action == "disable_operator")).all()
     assert len(ran) == 1
+
+
+def test_generated_ids_in_params_are_never_taken_for_card_numbers() -> None:
+    """A random hex id can hold a Luhn-valid digit run (op_4111111111111111): it is an id, not a PAN."""
+    from vault.access.approvals import _check_params
+
+    assert _check_params({"operator_id": "op_4111111111111111"})
+    with pytest.raises(ValidationFailed):
+        _check_params({"note": "card 4111111111111111"})

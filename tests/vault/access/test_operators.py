@@ -98,7 +98,9 @@ def test_wrong_password_or_totp_is_refused_and_audited(components: Components, c
     code = alice.code(clock.now, steps=5) if wrong == "totp" else alice.code(clock.now)
     with pytest.raises(Unauthenticated):
         login(components, alice, code, password)
-    assert events(components, "login") == [("denied", alice.id, f"reason={wrong} failures=1")]
+    # Only a wrong code after the right password counts towards a lock; a wrong password throttles its source.
+    counted = " failures=1" if wrong == "totp" else ""
+    assert events(components, "login") == [("denied", alice.id, f"reason={wrong}{counted}")]
 
 
 def test_an_unknown_username_is_refused_and_audited_without_it(components: Components, clock: Clock,
@@ -129,17 +131,18 @@ def test_codes_outside_the_drift_window_are_refused(components: Components, cloc
 
 
 def test_lockout_with_backoff(components: Components, clock: Clock, alice: Operator) -> None:
+    """Only failures that prove the password (right password, wrong code) lock the account."""
     for _ in range(5):
         with pytest.raises(Unauthenticated):
-            login(components, alice, alice.code(clock.now), password="wrong password!!")
-    assert events(components, "login")[-1][2] == "reason=password failures=5 locked_seconds=60"
+            login(components, alice, alice.code(clock.now, steps=10))  # a code from five minutes ahead
+    assert events(components, "login")[-1][2] == "reason=totp failures=5 locked_seconds=60"
     with pytest.raises(Unauthenticated):  # locked: even the right credentials are refused
         login(components, alice, alice.code(clock.now))
     assert events(components, "login")[-1][2] == "reason=locked"
     clock.advance(61)
     with pytest.raises(Unauthenticated):  # one more failure after the lock: twice as long
-        login(components, alice, alice.code(clock.now), password="wrong password!!")
-    assert events(components, "login")[-1][2] == "reason=password failures=6 locked_seconds=120"
+        login(components, alice, alice.code(clock.now, steps=10))
+    assert events(components, "login")[-1][2] == "reason=totp failures=6 locked_seconds=120"
     clock.advance(119)
     with pytest.raises(Unauthenticated):
         login(components, alice, alice.code(clock.now))
@@ -148,6 +151,22 @@ def test_lockout_with_backoff(components: Components, clock: Clock, alice: Opera
     with components.engine.connect() as conn:
         row = conn.execute(select(operators.c.failed_attempts, operators.c.locked_until)).one()
     assert row.failed_attempts == 0 and row.locked_until is None
+
+
+def test_wrong_passwords_throttle_only_their_source(components: Components, clock: Clock, alice: Operator) -> None:
+    """Issue #19: five anonymous failures used to lock the operator out, doubling to an hour."""
+    for _ in range(50):
+        with pytest.raises(Unauthenticated):
+            login(components, alice, alice.code(clock.now), password="wrong password!!")
+    assert events(components, "login")[-1][2] == "reason=throttled"  # that source waits
+    with components.engine.connect() as conn:
+        row = conn.execute(select(operators.c.failed_attempts, operators.c.locked_until)).one()
+    assert row.failed_attempts == 0 and row.locked_until is None  # the account is not locked
+    elsewhere = Origin(request_id="req-2", source="198.51.100.4", user_agent="pytest")
+    assert components.operators.login(alice.username, Secret(alice.password), Secret(alice.code(clock.now)),
+                                      elsewhere).session.token.expose()
+    clock.advance(61)  # and the attacker's source itself after a minute
+    login(components, alice, alice.code(clock.now, steps=1))
 
 
 def test_sessions_expire_and_can_be_logged_out(components: Components, clock: Clock, alice: Operator) -> None:

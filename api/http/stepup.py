@@ -5,7 +5,8 @@
     def rotate() -> ...:
         step_up = current_step_up()   # hand it to the vault call that needs proof
 
-The check itself is vault.operators.OperatorRegistry.step_up (audited as `step_up`).
+The check itself is vault.operators.OperatorRegistry.step_up (audited as `step_up`). A code is
+spent only when the action it authorises runs: if the view fails, the code is given back.
 """
 
 from __future__ import annotations
@@ -38,9 +39,16 @@ def require_step_up(operation: str | None = None) -> Callable[[View], View]:
         @wraps(view)
         def checked(*args: Any, **kwargs: Any) -> Any:
             code = request.headers.get(HEADER)
-            g.step_up = components().operators.step_up(current_actor(), Secret(code) if code else None, origin(),
-                                                       operation=operation)
-            return view(*args, **kwargs)
+            step_up = components().operators.step_up(current_actor(), Secret(code) if code else None, origin(),
+                                                     operation=operation)
+            g.step_up = step_up
+            try:
+                return view(*args, **kwargs)
+            except Exception:
+                # Every action runs in one transaction: if it failed, nothing happened, and the code
+                # is given back (a request that fails for another reason does not cost a 30 s wait).
+                components().operators.release_step_up(step_up, origin())
+                raise
 
         return cast(View, checked)
 

@@ -26,7 +26,7 @@ from vault.access.operations import AuditedOperations
 from vault.access.passwords import Passwords
 from vault.access.policy import Policy
 from vault.access.sessions import Session, Sessions
-from vault.access.totp import claim_step, matching_step, new_seed, provisioning_uri
+from vault.access.totp import claim_step, matching_step, new_seed, provisioning_uri, release_step
 from vault.audit.trail import HOST, Actor, AuditTrail, Origin
 from vault.clear_text import refuse_pan
 from vault.errors import Conflict, Forbidden, NotFound, StepUpRequired, Unauthenticated, ValidationFailed, VaultError
@@ -95,6 +95,7 @@ class StepUp:
 
     actor: Actor
     at: datetime
+    step: int | None = None  # the TOTP step it spent: given back if the action it authorised did not run
 
 
 class OperatorRegistry(AuditedOperations):
@@ -343,7 +344,7 @@ class OperatorRegistry(AuditedOperations):
                 return True
 
             if self._transaction(work):
-                return StepUp(actor=actor, at=now)
+                return StepUp(actor=actor, at=now, step=claimed)
             failure = "totp_replayed"
 
         def denied(conn: Connection) -> None:
@@ -356,6 +357,22 @@ class OperatorRegistry(AuditedOperations):
         with contextlib.suppress(VaultError):
             self._transaction(denied)
         raise StepUpRequired("a fresh TOTP code is required")
+
+    def release_step_up(self, step_up: StepUp, origin: Origin) -> None:
+        """The action this step-up authorised failed and changed nothing: its code is not spent.
+
+        A code is spent only when the action it authorises runs; the release is audited.
+        """
+        step = step_up.step
+        if step is None:
+            return
+
+        def work(conn: Connection) -> None:
+            release_step(conn, step_up.actor.id, step)
+            self._trail.record(conn, [self._event(step_up.actor, "step_up_released", "allowed", origin)])
+
+        with contextlib.suppress(VaultError):
+            self._transaction(work)
 
     # -- operator management under dual control (see vault/access/approvals.py) -----------------------
 

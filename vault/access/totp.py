@@ -57,6 +57,11 @@ def matching_step(seed: Secret[str], code: Secret[str] | None, at: datetime) -> 
     return found
 
 
+def release_step(conn: Connection, operator_id: str, step: int) -> None:
+    """Give back a claimed step whose action did not run: the operator need not wait for the next code."""
+    conn.execute(delete(totp_uses).where(totp_uses.c.operator_id == operator_id, totp_uses.c.step == step))
+
+
 def claim_step(conn: Connection, operator_id: str, step: int, at: datetime) -> bool:
     """Mark `step` used by this operator; False if it already was (a replayed code)."""
     claimed = conn.execute(insert_ignoring_conflict(conn, totp_uses).returning(totp_uses.c.step),

@@ -98,3 +98,19 @@ def test_every_denial_says_why_to_the_auditor_only(client: FlaskClient, componen
     denied = client.get("/v1/audit/events?action=read_metadata&outcome=denied",
                         headers=auth(keys["auditor"])).get_json()["events"]
     assert denied[-1]["detail"] == "reason=missing"
+
+
+def test_a_totp_code_is_spent_only_when_its_action_runs(client: FlaskClient, components: Components,
+                                                       keys: dict[str, str], clock: Clock) -> None:
+    """Issue #19: a step-up whose request then failed (here a 404) used to spend the code: a 30 s wait."""
+    from tests.support.operators import login, make_operator
+
+    officer = make_operator(components, "po-spend", "privacy_officer")
+    session = auth(login(client, officer, officer.code(clock.now)))
+    _token(client, keys, "email", "spent@example.net", subject_id="c-9")
+    clock.advance(30)
+    stepped = {**session, "X-TOTP": officer.code(clock.now)}
+    assert client.delete("/v1/subjects/nobody-here", headers=stepped).status_code == 404
+    assert client.delete("/v1/subjects/c-9", headers=stepped).status_code == 200  # the same code, not spent
+    replay = client.delete("/v1/subjects/c-9", headers=stepped)
+    assert replay.status_code == 401 and replay.get_json()["error"]["code"] == "step_up_required"  # now spent

@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None, *, parts: Components | None = N
     log = get_logger("tokenvault.http")
     parts = parts or build(settings)
     _record_lifecycle(parts, "service_start")
+    _warn_human_role_clients(parts)
 
     app = Flask("tokenvault")
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
@@ -133,6 +134,18 @@ def _record_lifecycle(parts: Components, action: str) -> None:
     if action == "service_stop":
         with contextlib.suppress(VaultError, SQLAlchemyError, OSError):
             parts.trail.checkpoint()
+
+
+def _warn_human_role_clients(parts: Components) -> None:
+    """API keys of human roles are refused (issue 15): say at start which clients that is and what to do."""
+    try:
+        refused = parts.clients.human_role_clients()
+    except (VaultError, SQLAlchemyError):
+        return  # the database is down: every request fails closed anyway
+    for row in refused:
+        get_logger("tokenvault.lifecycle").warning(
+            "api key refused: client carries a human role", client_id=row["id"], role=row["role"],
+            action="revoke it (`tokenvault clients revoke`) and give the person an operator account")
 
 
 def wsgi_app() -> Any:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from api.wiring import Components
 from tests.conftest import Clock, auth
 from tests.support.operators import PASSWORD, Operator, login, make_operator, seed_of
-from vault.storage.schema import audit_events
+from vault.storage.schema import audit_events, clients
 
 
 def test_login_answers_the_same_for_every_failure(client: FlaskClient, components: Components,
@@ -95,9 +95,12 @@ def test_roles_without_the_operation_get_403_before_any_code(client: FlaskClient
     assert client.post("/v1/operators", json=body, headers={**session, "X-TOTP": erin.code(clock.now, 1)}
                        ).status_code == 403
     assert client.post("/v1/operators", json=body, headers=auth(api_keys["checkout"])).status_code == 403
-    admin_key = components.clients.create("admin-bot", "admin")[1].expose()
-    bot = client.post("/v1/operators", json=body, headers={**auth(admin_key), "X-TOTP": "123456"})
-    assert bot.status_code == 403  # an API key has no second factor: it can never step up
+    bot_id, bot_key = components.clients.create("admin-bot", "support")
+    with components.engine.begin() as conn:  # an admin key made before API keys were limited to machine roles
+        conn.execute(update(clients).where(clients.c.id == bot_id).values(role="admin"))
+    bot = client.post("/v1/operators", json=body, headers={**auth(bot_key.expose()), "X-TOTP": "123456"})
+    assert bot.status_code == 401  # an API key has no second factor: a human role behind one is refused
+    assert bot.get_json()["error"]["code"] == "api_key_role_not_allowed"
 
 
 def test_dual_control_disables_an_operator_over_http(client: FlaskClient, components: Components,

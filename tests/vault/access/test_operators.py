@@ -188,7 +188,7 @@ def test_step_up_refuses_other_roles_and_api_clients(components: Components, clo
     actor = Actor(id=auditor.id, role="auditor", name="erin")
     with pytest.raises(Forbidden):  # before any code is tried
         components.operators.step_up(actor, Secret(auditor.code(clock.now)), ORIGIN, operation="manage_operators")
-    client_id, _ = components.clients.create("admin-bot", "admin")
+    client_id, _ = components.clients.create("admin-bot", "support")
     with pytest.raises(Forbidden):  # an API key is no operator: there is no second factor to ask for
         components.operators.step_up(Actor(id=client_id, role="admin"), Secret("123456"), ORIGIN,
                                      operation="manage_operators")

@@ -19,7 +19,7 @@ from flask import Flask, Response, g, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api.http import audit, errors, keys, login, metrics, operators, privacy, ratelimits
+from api.http import audit, enrolment, errors, keys, login, metrics, operators, privacy, ratelimits
 from api.http.auth import bearer_credentials
 from api.http.logs import configure, get_logger
 from api.http.openapi import document
@@ -33,6 +33,7 @@ from vault.secret import Secret
 __all__ = ["create_app"]
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_WITHOUT_CREDENTIALS = frozenset((login.LOGIN_PATH, *enrolment.PATHS))
 _SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
@@ -65,7 +66,7 @@ def create_app(settings: Settings | None = None, *, parts: Components | None = N
         g.started = time.perf_counter()
         supplied = request.headers.get("X-Request-ID", "")
         g.request_id = supplied if _REQUEST_ID.match(supplied) else secrets.token_hex(16)
-        if request.path.startswith("/v1/") and request.path != login.LOGIN_PATH:
+        if request.path.startswith("/v1/") and request.path not in _WITHOUT_CREDENTIALS:
             g.actor = components().authenticator.authenticate(bearer_credentials(), origin())
             components().tokens.maybe_purge()
 
@@ -113,6 +114,7 @@ def create_app(settings: Settings | None = None, *, parts: Components | None = N
     app.register_blueprint(privacy.blueprint)
     app.register_blueprint(keys.blueprint)
     app.register_blueprint(login.blueprint)
+    app.register_blueprint(enrolment.blueprint)
     app.register_blueprint(operators.blueprint)
     ratelimits.init_app(app, parts)
     return app

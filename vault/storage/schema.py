@@ -282,10 +282,16 @@ operators = Table(
     Column("id", String(40), primary_key=True),
     Column("username", String(64), nullable=False, unique=True),
     Column("role", String(40), nullable=False),
-    Column("password_hash", String(255), nullable=False),  # argon2id, PHC string (parameters, salt, hash)
-    # The TOTP seed, sealed under its own data key: never plaintext at rest.
+    # argon2id, PHC string (parameters, salt, hash); "!" (matches nothing) until the operator enrols.
+    Column("password_hash", String(255), nullable=False),
+    # The TOTP seed, sealed under its own data key: never plaintext at rest. Until the operator enrols,
+    # a random seed nobody was shown.
     Column("totp_sealed", LargeBinary, nullable=False),
     Column("totp_key_id", String(40), ForeignKey("data_keys.id"), nullable=False),
+    # An outstanding one-time enrolment code (vault/access/enrolment.py): a keyed hash, never the code.
+    # While set, the operator cannot log in or step up; completing enrolment clears both.
+    Column("enrolment_hash", LargeBinary(32), nullable=True, index=True, unique=True),
+    Column("enrolment_expires_at", UTCDateTime, nullable=True),
     Column("failed_attempts", Integer, nullable=False),
     Column("locked_until", UTCDateTime, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),

@@ -47,7 +47,7 @@ from vault.errors import NotFound, Unauthenticated, ValidationFailed, VaultError
 from vault.keys.envelope import associated_data
 from vault.keys.hierarchy import KeyHierarchy
 from vault.secret import Secret
-from vault.storage.schema import data_keys, operators
+from vault.storage.schema import data_keys, operators, totp_uses
 
 __all__ = ["UNSET_PASSWORD", "HALF_LENGTH", "EnrolmentCode", "Enrolling", "Enrolments", "seed_aad", "seal_new_seed",
            "open_seed"]
@@ -157,6 +157,8 @@ class Enrolments(AuditedOperations):
             password_hash=UNSET_PASSWORD, enrolment_hash=self._code_hash(conn, half_hash, second),
             enrolment_expires_at=expires_at, **sealed))
         conn.execute(delete(data_keys).where(data_keys.c.id == old_key))  # the old seed is shredded
+        # Claimed steps belong to the old seed; the new one's codes were never seen, so none can be a replay.
+        conn.execute(delete(totp_uses).where(totp_uses.c.operator_id == operator_id))
         self._sessions.revoke_all(conn, operator_id, now)
         return EnrolmentCode(operator_id=operator_id, code=shown, expires_at=expires_at,
                              half=first_half_hash is not None)

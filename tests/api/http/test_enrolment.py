@@ -186,7 +186,8 @@ def test_an_operator_changes_their_password_with_a_step_up(client: FlaskClient, 
     assert login_status(client, "erin", PASSWORD, erin.code(clock.now)) == 401
     assert login_status(client, "erin", NEW_PASSWORD, erin.code(clock.now)) == 200
     short = {"current_password": NEW_PASSWORD, "new_password": "short"}
-    session = auth(login(client, Operator(erin.id, "erin", "auditor", NEW_PASSWORD, erin.seed), erin.code(clock.now, 1)))
+    renewed = Operator(erin.id, "erin", "auditor", NEW_PASSWORD, erin.seed)
+    session = auth(login(client, renewed, erin.code(clock.now, 1)))
     assert client.post("/v1/auth/password", json=short, headers=step_up(session, erin, clock, -1)).status_code == 422
 
 

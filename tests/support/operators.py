@@ -59,6 +59,17 @@ def make_operator(components: Components, username: str, role: str, password: st
     return Operator(id=new.id, username=username, role=role, password=password, seed=seed)
 
 
+def bearer(components: Components, role: str, name: str | None = None) -> str:
+    """A credential for any role: an API key for a machine role, an operator's session for a human one."""
+    name = name or f"t-{role}"
+    if components.policy.is_machine_role(role):
+        return components.clients.create(name, role)[1].expose()
+    operator = make_operator(components, name.replace("_", "-").lower(), role)
+    code = operator.code(components.operators._clock())
+    done = components.operators.login(operator.username, Secret(operator.password), Secret(code), Origin())
+    return done.session.token.expose()
+
+
 def login(client: FlaskClient, operator: Operator, code: str) -> str:
     """A session token over HTTP (asserts the login succeeded)."""
     response = client.post("/v1/auth/login", json={"username": operator.username, "password": operator.password,

@@ -178,7 +178,12 @@ class Enrolments(AuditedOperations):
 
     def begin(self, code: Secret[str], password: Secret[str], origin: Origin) -> Enrolling:
         """Check the code, set the password the operator chose and a new TOTP seed; answer its URI."""
-        self._passwords.check_rules(password)
+        try:
+            self._passwords.check_rules(password)
+        except ValidationFailed as error:
+            self._audit_failure([self._event(ANONYMOUS, "enrol_begin", "denied", origin, error_code=error.code,
+                                             detail="reason=password_rules")])
+            raise
         password_hash = self._passwords.hash(password)  # slow on purpose: outside the transaction
 
         def work(conn: Connection) -> Enrolling | None:

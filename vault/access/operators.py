@@ -153,7 +153,8 @@ class OperatorRegistry(AuditedOperations):
 
         def work(conn: Connection) -> list[dict[str, Any]]:
             rows = conn.execute(select(operators.c.id, operators.c.username, operators.c.role, operators.c.created_at,
-                                       operators.c.disabled_at, operators.c.locked_until)
+                                       operators.c.disabled_at, operators.c.locked_until,
+                                       operators.c.enrolment_expires_at)
                                 .order_by(operators.c.created_at, operators.c.username)).mappings()
             found = [dict(row) for row in rows]
             self._trail.record(conn, [self._event(actor, "list_operators", "allowed", origin,

@@ -203,20 +203,31 @@ class KeyHierarchy:
         return DataKey(key_id, Cipher(material), row)
 
     def subject_data_key(self, conn: Connection, subject_id: str, purpose: str) -> DataKey:
-        """The subject's data key for `purpose`, created once even under concurrent requests."""
-        row = conn.execute(
-            select(data_keys).where(data_keys.c.subject_id == subject_id, data_keys.c.purpose == purpose)
-        ).mappings().first()
+        """The subject's data key for `purpose`, created once even under concurrent requests.
+
+        Lock rule (PostgreSQL, READ COMMITTED): whoever seals under a data key holds its row
+        FOR SHARE until commit; whoever changes a data key's material or deletes it holds the
+        row FOR UPDATE (`lock_data_key`). So a re-key or an erasure waits for every in-flight
+        record sealed under the old material, and then sees it; a tokenize that waited reads
+        the new material (or finds the key gone and makes a new one). Order everywhere:
+        subject row, then data-key rows, then token rows. SQLite's one writer serialises anyway.
+        """
+        found = select(data_keys).where(data_keys.c.subject_id == subject_id, data_keys.c.purpose == purpose)
+        row = conn.execute(found.with_for_update(read=True)).mappings().first()
         if row is None:
             key = self.new_data_key(conn, purpose, subject_id)
             inserted = conn.execute(insert_ignoring_conflict(conn, data_keys), [key.row]).rowcount
             if inserted == 1:
                 self._data[(key.id, bytes(key.row["wrapped"]))] = key.cipher
                 return key
-            row = conn.execute(
-                select(data_keys).where(data_keys.c.subject_id == subject_id, data_keys.c.purpose == purpose)
-            ).mappings().one()
+            row = conn.execute(found.with_for_update(read=True)).mappings().one()
         return DataKey(row["id"], self.open_data_keys(conn, [dict(row)])[row["id"]], dict(row))
+
+    @staticmethod
+    def lock_data_key(conn: Connection, key_id: str) -> dict[str, Any] | None:
+        """The data-key row, locked FOR UPDATE until commit (see `subject_data_key`); None if gone."""
+        row = conn.execute(select(data_keys).where(data_keys.c.id == key_id).with_for_update()).mappings().first()
+        return None if row is None else dict(row)
 
     def open_data_keys(self, conn: Connection, rows: Iterable[dict[str, Any]]) -> dict[str, Cipher]:
         """Unwrap data-key rows (id, domain_key_id, subject_id, purpose, wrapped) into ciphers."""

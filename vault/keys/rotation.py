@@ -77,12 +77,18 @@ def _dead_here(owner: str) -> bool:
     return False
 
 
-def rekey_data_key(conn: Connection, keys: KeyHierarchy, row: dict[str, Any]) -> Cipher:
+def rekey_data_key(conn: Connection, keys: KeyHierarchy, key_id: str) -> Cipher | None:
     """Give a data key new material (same id) and re-seal every record under it; returns the new cipher.
 
     Afterwards no copy of a record sealed under the old material opens: a restored old
     row fails closed. The key is wrapped under the active domain key of its purpose.
+    The key row is locked FOR UPDATE and read again first, so every tokenize sealing under
+    the old material (they hold it FOR SHARE) has committed and its record is re-sealed
+    here too; returns None if the key was deleted meanwhile (an erasure came first).
     """
+    row = keys.lock_data_key(conn, key_id)
+    if row is None:
+        return None
     old = keys.open_data_keys(conn, [row])[row["id"]]
     material = Secret(secrets.token_bytes(32))
     fresh = Cipher(material)
@@ -357,7 +363,7 @@ class KeyLifecycle(AuditedOperations):
         """New material for each data key; its records re-sealed (same tokens, new ciphertext)."""
         rows = self._locked(conn, data_keys.c.domain_key_id == compromised, batch)
         for row in rows:
-            rekey_data_key(conn, self._keys, row)
+            rekey_data_key(conn, self._keys, row["id"])
         return len(rows)
 
     def _destroy_if_empty(self, conn: Connection, domain_key_id: str) -> None:

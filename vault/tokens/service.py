@@ -448,10 +448,13 @@ class TokenService(AuditedOperations):
             if read_cvvs:
                 # Read once (PCI DSS 3.3.1): the CVV is deleted in this same transaction.
                 # If another reader deleted it first, ours is not returned.
+                # Its audit event then says so too: one "allowed" read per CVV, ever.
                 gone = set(read_cvvs) - self.delete_rows(conn, tokens.c.token.in_(read_cvvs))
                 for position, item in enumerate(out):
                     if item.token in gone and item.error is None:
                         out[position] = Detokenized(token=item.token, error=NotFound("not found"))
+                        events[position] = self._event(actor, "detokenize", "denied", origin, token=item.token,
+                                                       kind="cvv", purpose=purpose, error_code="not_found")
             self._trail.record(conn, events)
             return out
 
@@ -515,7 +518,11 @@ class TokenService(AuditedOperations):
             if row is None or self._policy.decide(actor.role, operation, row["kind"]) is None:
                 return None
             if operation == "delete":
-                self.delete_rows(conn, tokens.c.token == token)
+                if row["dk_subject"] is None:
+                    # Its own key goes too: lock it first (key before token, as every writer does).
+                    self._keys.lock_data_key(conn, row["data_key_id"])
+                if not self.delete_rows(conn, tokens.c.token == token):
+                    return None  # another request deleted it first: one delete is acknowledged
             self._trail.record(conn, [self._event(actor, operation, "allowed", origin, token=token, kind=row["kind"],
                                             subject_id=row["subject_id"], key_id=row["data_key_id"])])
             return self._record(row)

@@ -206,22 +206,53 @@ class KeyHierarchy:
         """The subject's data key for `purpose`, created once even under concurrent requests.
 
         Lock rule (PostgreSQL, READ COMMITTED): whoever seals under a data key holds its row
-        FOR SHARE until commit; whoever changes a data key's material or deletes it holds the
-        row FOR UPDATE (`lock_data_key`). So a re-key or an erasure waits for every in-flight
+        FOR KEY SHARE until commit (the lock the foreign key takes anyway, only earlier);
+        whoever changes a data key's material or deletes it holds the row FOR UPDATE
+        (`lock_data_key`), which waits for every KEY SHARE holder. So a re-key or an erasure waits for every in-flight
         record sealed under the old material, and then sees it; a tokenize that waited reads
         the new material (or finds the key gone and makes a new one). Order everywhere:
         subject row, then data-key rows, then token rows. SQLite's one writer serialises anyway.
         """
         found = select(data_keys).where(data_keys.c.subject_id == subject_id, data_keys.c.purpose == purpose)
-        row = conn.execute(found.with_for_update(read=True)).mappings().first()
+        row = conn.execute(found.with_for_update(read=True, key_share=True)).mappings().first()
         if row is None:
             key = self.new_data_key(conn, purpose, subject_id)
             inserted = conn.execute(insert_ignoring_conflict(conn, data_keys), [key.row]).rowcount
             if inserted == 1:
                 self._data[(key.id, bytes(key.row["wrapped"]))] = key.cipher
                 return key
-            row = conn.execute(found.with_for_update(read=True)).mappings().one()
+            row = conn.execute(found.with_for_update(read=True, key_share=True)).mappings().one()
         return DataKey(row["id"], self.open_data_keys(conn, [dict(row)])[row["id"]], dict(row))
+
+    def subject_data_keys(self, conn: Connection, slots: Iterable[tuple[str, str]]) -> dict[tuple[str, str], DataKey]:
+        """`subject_data_key` for many (subject, purpose) slots: one locking read, one insert of the missing.
+
+        The rows are locked FOR KEY SHARE in id order, as `subject_data_key` locks one.
+        """
+        wanted = sorted(set(slots))
+        if not wanted:
+            return {}
+        subjects = sorted({subject for subject, _ in wanted})
+        query = (select(data_keys).where(data_keys.c.subject_id.in_(subjects), data_keys.c.subject_id.is_not(None))
+                 .order_by(data_keys.c.id).with_for_update(read=True, key_share=True))
+        rows = {(r["subject_id"], r["purpose"]): dict(r) for r in conn.execute(query).mappings()}
+        out: dict[tuple[str, str], DataKey] = {}
+        missing = [slot for slot in wanted if slot not in rows]
+        if missing:
+            fresh = {slot: self.new_data_key(conn, slot[1], slot[0]) for slot in missing}
+            inserted = conn.execute(insert_ignoring_conflict(conn, data_keys).returning(data_keys.c.id),
+                                    [key.row for key in fresh.values()]).scalars().all()
+            for slot, key in fresh.items():
+                if key.id in set(inserted):
+                    self._data[(key.id, bytes(key.row["wrapped"]))] = key.cipher
+                    out[slot] = key
+                else:  # another request created it first: use (and lock) theirs
+                    out[slot] = self.subject_data_key(conn, slot[0], slot[1])
+        present = [rows[slot] for slot in wanted if slot in rows]
+        ciphers = self.open_data_keys(conn, present)
+        for row in present:
+            out[(row["subject_id"], row["purpose"])] = DataKey(row["id"], ciphers[row["id"]], row)
+        return out
 
     @staticmethod
     def lock_data_key(conn: Connection, key_id: str) -> dict[str, Any] | None:

@@ -219,7 +219,7 @@ class PrivacyService(AuditedOperations):
         if self._active_holds(conn, subject_id):
             raise Conflict("subject is under legal hold")
         # The subject's keys locked before its tokens are read: every tokenize sealing under
-        # them (FOR SHARE) has committed, and its token is erased with the rest.
+        # them (FOR KEY SHARE) has committed, and its token is erased with the rest.
         conn.execute(select(data_keys.c.id).where(data_keys.c.subject_id == subject_id)
                      .order_by(data_keys.c.id).with_for_update()).all()
         now = self._clock()

@@ -288,7 +288,10 @@ class TokenService(AuditedOperations):
         presealed: dict[int, _Pending],
     ) -> None:
         pending: list[_Pending] = []
-        subject_keys: dict[tuple[str, str], DataKey] = {}
+        # All the batch's subject keys in one locking read (FOR KEY SHARE until commit: see subject_data_key).
+        subject_keys = self._keys.subject_data_keys(conn, [
+            (request.subject_id, purpose_of_kind(request.kind)) for index, request, _parsed in valid
+            if request.subject_id is not None and index not in presealed])
         lookups: dict[bytes, int] = {}
         for index, request, parsed in valid:
             if (ready := presealed.get(index)) is not None:
@@ -301,10 +304,7 @@ class TokenService(AuditedOperations):
                 continue
             purpose = purpose_of_kind(request.kind)
             if request.subject_id is not None:
-                slot = (request.subject_id, purpose)
-                if slot not in subject_keys:
-                    subject_keys[slot] = self._keys.subject_data_key(conn, request.subject_id, purpose)
-                data_key, new_key = subject_keys[slot], False
+                data_key, new_key = subject_keys[(request.subject_id, purpose)], False
             else:
                 data_key, new_key = self._keys.new_data_key(conn, purpose, None), True
             if lookup is not None:

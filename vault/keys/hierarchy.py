@@ -289,6 +289,27 @@ class KeyHierarchy:
         return domain.seal(material.expose(), self._wrap_aad(row["id"], domain_key_id, row["subject_id"],
                                                              row["purpose"]))
 
+    def rewrap_under_active(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> list[tuple[str, bytes]]:
+        """For each data-key row: (active domain key id of its purpose, its material wrapped under it).
+
+        Same material, so no record changes; DecryptionFailed if a row was tampered with. Each
+        domain cipher is looked up once per call, not once per key (epochs move every key).
+        """
+        ciphers: dict[str, Cipher] = {}
+        targets: dict[str, str] = {}
+        out = []
+        for row in rows:
+            source = ciphers.get(row["domain_key_id"]) or ciphers.setdefault(
+                row["domain_key_id"], self.domain_cipher(conn, row["domain_key_id"]))
+            target_id = targets.get(row["purpose"]) or targets.setdefault(row["purpose"],
+                                                                          self._active_id(conn, row["purpose"]))
+            target = ciphers.get(target_id) or ciphers.setdefault(target_id, self.domain_cipher(conn, target_id))
+            material = source.open(row["wrapped"], self._wrap_aad(row["id"], row["domain_key_id"], row["subject_id"],
+                                                                  row["purpose"]))
+            out.append((target_id, target.seal(material, self._wrap_aad(row["id"], target_id, row["subject_id"],
+                                                                        row["purpose"]))))
+        return out
+
     def unwrap_data_key(self, conn: Connection, row: dict[str, Any]) -> Secret[bytes]:
         """The material of a data-key row; DecryptionFailed if it was tampered with."""
         domain = self.domain_cipher(conn, row["domain_key_id"])

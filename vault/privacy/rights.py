@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, exists, insert, select, update
+from sqlalchemy import and_, delete, exists, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from vault.access.operations import AuditedOperations
@@ -239,10 +239,16 @@ class PrivacyService(AuditedOperations):
                     reason=rule.legal_basis[:200], retain_until=until, created_at=now))
                 retained.append({"token": row["token"], "kind": row["kind"], "kept": kept,
                                  "why": rule.legal_basis, "until": _iso(until)})
-        self._tokens.delete_rows(conn, tokens.c.subject_id == subject_id)
+        # Exactly the tokens counted and retained above: a token of a key created after our locks
+        # (a tokenize that overlapped the erasure) is ordered after it and stays, with its key.
+        listed = [row["token"] for row in rows]
+        if listed:
+            self._tokens.delete_rows(conn, and_(tokens.c.subject_id == subject_id, tokens.c.token.in_(listed)))
         # Crypto-shredding: the subject's data keys go, so any copy of its ciphertext is unreadable.
-        key_ids = [r[0] for r in conn.execute(select(data_keys.c.id).where(data_keys.c.subject_id == subject_id))]
-        conn.execute(delete(data_keys).where(data_keys.c.subject_id == subject_id))
+        key_ids = list(conn.execute(delete(data_keys).where(
+            data_keys.c.subject_id == subject_id,
+            ~select(tokens.c.token).where(tokens.c.data_key_id == data_keys.c.id).exists())
+            .returning(data_keys.c.id)).scalars())
         self._keys.forget(key_ids)
         conn.execute(update(subjects).where(subjects.c.id == subject_id).values(erased_at=now))
         receipt: dict[str, Any] = {

@@ -149,9 +149,13 @@ class Harness:
                 results: list[bool] = []
 
                 def one(vault: Components, token: str = ack.token, out: list[bool] = results) -> None:
-                    with contextlib.suppress(VaultError):
+                    try:
                         vault.tokens.delete(CHECKOUT, token, HERE)
                         out.append(True)
+                    except VaultError as error:
+                        if error.code != "not_found":
+                            with state.lock:
+                                state.errors.append(f"delete {token}: {error.code}")
 
                 self._together([lambda: one(a), lambda: one(b)])
                 state.deleted[ack.token] = len(results)
@@ -301,7 +305,7 @@ class Harness:
         for token, count in state.deleted.items():
             if count != 1:
                 found.append(f"{token} deleted {count} times")
-            if self._present(token):
+            if count and self._present(token):
                 found.append(f"{token} still present after an acknowledged delete")
         for token in state.cvvs:
             if state.cvv_reads[token] != 1:

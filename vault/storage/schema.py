@@ -411,6 +411,21 @@ def drop_deleted_copies(engine: Engine) -> bool:
         raw.close()
 
 
+def vacuum_deleted(engine: Engine) -> None:
+    """Reclaim what the vault deleted: PostgreSQL VACUUM of the tables that hold keys and records.
+
+    SQLite already zeroes deleted rows (secure_delete); its WAL copies go with the checkpoint.
+    Hygiene, not the guarantee: WAL archives and backups keep their copies, which only the
+    destroyed KEK versions of an erasure epoch make unreadable.
+    """
+    if engine.dialect.name != "postgresql":
+        drop_deleted_copies(engine)
+        return
+    names = ("tokens", "data_keys", "domain_keys", "retained_records", "subjects")
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql("VACUUM " + ", ".join(names))
+
+
 def create_engine_for(url: str, *, pool_size: int = 5, statement_timeout_ms: int = 5000) -> Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):

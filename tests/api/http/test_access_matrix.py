@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 
 from api.wiring import Components
 from tests.conftest import Clock, auth
-from tests.support.operators import login, make_operator
+from tests.support.operators import bearer, login, make_operator
 from vault.access.operators import OPERATOR_ROLES
 from vault.errors import ValidationFailed
 from vault.storage.schema import audit_events, clients
@@ -230,7 +230,7 @@ def test_matrix_under_hold_restriction_and_suspension(client: FlaskClient, compo
                                                       role: str) -> None:
     """Every role against a held and restricted subject's data, and (for API clients) once suspended."""
     checkout = auth(components.clients.create("matrix-checkout-held", "checkout")[1].expose())
-    officer = auth(components.clients.create("matrix-officer", "privacy_officer")[1].expose())
+    officer = auth(bearer(components, "privacy_officer", "matrix-officer"))
     headers = credentials(client, components, clock, role)
     mismatches: list[str] = []
 

@@ -12,6 +12,7 @@ from sqlalchemy import text
 from api.wiring import Components
 from tests.api.http.test_privacy import CARD, Officer
 from tests.conftest import Clock, auth
+from tests.support.operators import bearer
 
 DIGITS = "5105105105105100"
 SPELLINGS = ["5105105105105100", "5105-1051-0510-5100", "5105.1051.0510.5100", "5105/1051/0510/5100",
@@ -20,8 +21,7 @@ SPELLINGS = ["5105105105105100", "5105-1051-0510-5100", "5105.1051.0510.5100", "
 
 @pytest.fixture
 def keys(components: Components, api_keys: dict[str, str]) -> dict[str, str]:
-    extra = {role: components.clients.create(f"t-{role}", role)[1].expose()
-             for role in ("privacy_officer", "auditor")}
+    extra = {role: bearer(components, role, f"t-{role}") for role in ("privacy_officer", "auditor")}
     return {**api_keys, **extra}
 
 

@@ -7,6 +7,7 @@ client_suspended, an audit event a SIEM alerts on), and only a second admin can 
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from flask.testing import FlaskClient
 from api.http.app import create_app
 from api.wiring import Components
 from tests.conftest import Clock, auth, make_components
-from tests.support.operators import Operator, login, make_operator
+from tests.support.operators import Operator, bearer, login, make_operator
 from vault.tokens.formats import card_token
 
 CARD = {"pan": "4111111111111111", "exp_month": 12, "exp_year": 2099}
@@ -49,7 +50,7 @@ def _setup_keys(client: FlaskClient, parts: Components) -> tuple[str, str, str]:
 
 
 def _suspensions(client: FlaskClient, parts: Components) -> list[dict[str, Any]]:
-    auditor = parts.clients.create(f"g-auditor-{len(parts.clients.list())}", "auditor")[1].expose()
+    auditor = bearer(parts, "auditor", f"g-auditor-{secrets.token_hex(4)}")
     events: list[dict[str, Any]] = client.get("/v1/audit/events?action=suspend_client",
                                               headers=auth(auditor)).get_json()["events"]
     return events

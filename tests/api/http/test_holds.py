@@ -14,6 +14,7 @@ from flask.testing import FlaskClient
 from api.wiring import Components
 from tests.api.http.test_privacy import CARD, PAN, Officer
 from tests.conftest import Clock, auth
+from tests.support.operators import bearer
 from vault.audit.trail import Actor
 
 CRON = Actor(id="cron", role="system")
@@ -26,7 +27,7 @@ def officers(client: FlaskClient, components: Components, clock: Clock) -> tuple
 
 @pytest.fixture
 def keys(components: Components, api_keys: dict[str, str]) -> dict[str, str]:
-    return {**api_keys, "privacy_officer": components.clients.create("t-po", "privacy_officer")[1].expose()}
+    return {**api_keys, "privacy_officer": bearer(components, "privacy_officer", "t-po")}
 
 
 def _tokenize(client: FlaskClient, keys: dict[str, str], subject: str, **extra: Any) -> str:
@@ -143,7 +144,7 @@ def test_releasing_a_hold_needs_a_second_officer(client: FlaskClient, keys: dict
 
 
 def _auditor(components: Components) -> str:
-    return components.clients.create("t-auditor", "auditor")[1].expose()
+    return bearer(components, "auditor", "t-auditor")
 
 
 def test_a_cvv_is_never_held(client: FlaskClient, components: Components, keys: dict[str, str],

@@ -9,6 +9,7 @@ from flask.testing import FlaskClient
 
 from api.wiring import Components
 from tests.conftest import Clock, auth
+from tests.support.operators import bearer
 
 CARD = {"pan": "4111111111111111", "exp_month": 12, "exp_year": 2099}
 BILLING = {"name": "Ann Payer", "line1": "1 Bill St", "city": "Oslo", "country": "NO", "use": "billing"}
@@ -16,8 +17,7 @@ BILLING = {"name": "Ann Payer", "line1": "1 Bill St", "city": "Oslo", "country":
 
 @pytest.fixture
 def keys(components: Components, api_keys: dict[str, str]) -> dict[str, str]:
-    extra = {role: components.clients.create(f"t-{role}", role)[1].expose()
-             for role in ("privacy_officer", "auditor", "marketing")}
+    extra = {role: bearer(components, role, f"t-{role}") for role in ("privacy_officer", "auditor", "marketing")}
     return {**api_keys, **extra}
 
 

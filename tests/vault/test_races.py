@@ -11,6 +11,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from sqlalchemy import select
 from api.wiring import Components
 from tests.conftest import make_components
 from tests.support.cards import CHECKOUT, GATEWAY, HERE, luhn_pan
+from vault.access.operators import StepUp
 from vault.audit.trail import Actor
 from vault.errors import VaultError
 from vault.keys.rotation import rekey_data_key
@@ -105,8 +107,8 @@ def test_correction_during_tokenize_for_the_same_subject_loses_nothing(vault: Co
     n = iter(range(10**9))
 
     def correct() -> None:
-        vault.privacy.correct(OFFICER_1, first.token, {"pan": luhn_pan(7), "exp_month": 1 + next(n) % 12,
-                                                       "exp_year": 2099}, HERE)
+        vault.privacy.correct(StepUp(actor=OFFICER_1, at=datetime.now(UTC)), first.token,
+                              {"pan": luhn_pan(7), "exp_month": 1 + next(n) % 12, "exp_year": 2099}, HERE)
 
     acknowledged = _tokenize_while(vault, correct)
     assert len(acknowledged) > 100

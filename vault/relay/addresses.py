@@ -52,7 +52,10 @@ def parse_upstream(url: str) -> Upstream:
     """Refuse anything but `https://host[:port][/base]`: no userinfo, query, fragment or odd host forms."""
     if not isinstance(url, str) or len(url) > 512 or any(c in url for c in "\\\x00\r\n\t @"):
         raise ValidationFailed("upstream", "must be https://host[:port][/path] without credentials or spaces")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise ValidationFailed("upstream", "is not a URL") from None
     if parts.scheme != "https":
         raise ValidationFailed("upstream", "must use https")
     if parts.query or parts.fragment or "?" in url or "#" in url:

@@ -33,9 +33,9 @@ def upstream(ca: CertificateAuthority) -> Iterator[Upstream]:
     server.stop()
 
 
-def route_doc(upstream: Upstream, ca: CertificateAuthority, **changes: Any) -> dict[str, Any]:
+def route_doc(server: Upstream, ca: CertificateAuthority, **changes: Any) -> dict[str, Any]:
     doc: dict[str, Any] = {
-        "name": "psp", "direction": "outbound", "upstream": upstream.url(), "internal": True, "ca_pem": ca.pem,
+        "name": "psp", "direction": "outbound", "upstream": server.url(), "internal": True, "ca_pem": ca.pem,
         "methods": ["POST"], "paths": ["/v1/charges", "/v1/customers/*/cards"],
         "roles": ["payment_gateway", "shipping"], "purposes": ["payment", "fulfillment"],
         "substitute": {"body": ["card", "cvv", "address"], "header": ["card"]},

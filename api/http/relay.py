@@ -59,7 +59,7 @@ def _cors(response: Response, allowed_origin: str) -> Response:
     return response
 
 
-@blueprint.post("/inbound/<route>/<path:path>")
+@blueprint.post("/inbound/<route>/<path:path>", provide_automatic_options=False)
 def inbound(route: str, path: str) -> Response:
     key = request.headers.get(PUBLISHABLE_KEY_HEADER)
     browser_origin = request.headers.get("Origin")

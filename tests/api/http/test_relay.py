@@ -297,3 +297,12 @@ def test_nothing_is_sent_when_the_audit_cannot_be_written(
     monkeypatch.setattr(components.trail, "record", broken)
     response = relay(client, api_keys["payment_gateway"], json={"n": f"{{{{tokenvault:{card}:pan}}}}"})
     assert response.status_code == 503 and upstream.seen == []
+
+
+def test_metrics_per_route(client: FlaskClient, components: Components, api_keys: dict[str, str],
+                           upstream: Upstream, ca: CertificateAuthority) -> None:
+    make_route(components, route_doc(upstream, ca))
+    assert relay(client, api_keys["payment_gateway"], json={}).status_code == 200
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'tokenvault_relay_calls_total{outcome="200",route="psp"}' in text
+    assert 'tokenvault_relay_upstream_seconds_count{route="psp"}' in text

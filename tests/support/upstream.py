@@ -178,7 +178,7 @@ class Upstream:
             def _redirect(self, body: bytes) -> None:
                 self._send(302, b"{}", {"Location": "https://169.254.169.254/latest/meta-data/"})
 
-        self._server = ThreadingHTTPServer((self.host, 0), Handler)
+        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
         self._server.daemon_threads = True
         self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self.port = self._server.server_address[1]
@@ -192,3 +192,28 @@ class Upstream:
 
     def url(self, host: str | None = None) -> str:
         return f"https://{host or self.host}:{self.port}"
+
+
+def main() -> None:
+    """`python -m tests.support.upstream --port 8443 --ca-out var/demo-ca.pem`: an HTTPS echo server on
+    127.0.0.1 with its own CA (written to --ca-out), standing in for a PSP or a merchant's backend."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, default=8443)
+    parser.add_argument("--ca-out", type=Path, required=True)
+    parser.add_argument("--behaviour", default="echo", choices=["echo", "pan", "psp"])
+    args = parser.parse_args()
+    ca = CertificateAuthority("TokenVault relay demo CA")
+    args.ca_out.parent.mkdir(parents=True, exist_ok=True)
+    args.ca_out.write_text(ca.pem)
+    server = Upstream(ca, behaviour=args.behaviour, port=args.port).start()
+    print(f"echo upstream on {server.url()} (CA in {args.ca_out}); Ctrl-C stops it", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -19,7 +19,9 @@ import ipaddress
 import os
 import socket
 import ssl
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -69,8 +71,14 @@ class _NotConnected(Exception):
 
 
 class HttpsTransport:
-    def __init__(self, resolver: Resolver = resolve) -> None:
+    """Keeps one small connection pool per (route version, checked address): TLS handshakes are reused
+    for the same route, never across routes or addresses, and a pool whose call failed is dropped."""
+
+    def __init__(self, resolver: Resolver = resolve, max_pools: int = 64) -> None:
         self._resolve = resolver
+        self._pools: OrderedDict[tuple[str, str], urllib3.HTTPSConnectionPool] = OrderedDict()
+        self._lock = threading.Lock()
+        self._max_pools = max_pools
 
     def send(self, exchange: Exchange) -> Answer:
         try:
@@ -81,45 +89,72 @@ class HttpsTransport:
             raise UpstreamFailed("the upstream host does not resolve")
         for address in addresses:
             exchange.allow(address)  # ValidationFailed with the reason: nothing is sent
+        # Only the checked addresses, in resolver order; the next one only if connecting failed.
+        for address in addresses[:-1]:
+            with contextlib.suppress(_NotConnected):
+                return self._exchange(exchange, address)
+        return self._exchange(exchange, addresses[-1], last=True)
+
+    def _pool(self, exchange: Exchange, address: str) -> tuple[tuple[str, str], urllib3.HTTPSConnectionPool]:
+        key = (exchange.reuse_key, address)
+        with self._lock:
+            pool = self._pools.get(key)
+            if pool is not None:
+                self._pools.move_to_end(key)
+                return key, pool
         try:
             context = _context(exchange.ca_pem, exchange.client_certificate)
         except (ssl.SSLError, OSError, ValueError):
             raise UpstreamFailed("the route's TLS material could not be loaded") from None
-        # Only the checked addresses, in resolver order; the next one only if connecting failed.
-        for address in addresses[:-1]:
-            with contextlib.suppress(_NotConnected):
-                return self._exchange(exchange, context, address)
-        return self._exchange(exchange, context, addresses[-1], last=True)
+        timeout = urllib3.Timeout(connect=exchange.connect_timeout, read=exchange.deadline_seconds)
+        pool = urllib3.HTTPSConnectionPool(
+            host=address, port=exchange.port, ssl_context=context, server_hostname=exchange.host,
+            assert_hostname=exchange.host, timeout=timeout, retries=False, maxsize=4, block=False)
+        with self._lock:
+            self._pools[key] = pool
+            while len(self._pools) > self._max_pools:
+                self._pools.popitem(last=False)[1].close()
+        return key, pool
 
-    def _exchange(self, exchange: Exchange, context: ssl.SSLContext, address: str, *, last: bool = False) -> Answer:
+    def _drop(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            pool = self._pools.pop(key, None)
+        if pool is not None:
+            pool.close()
+
+    def _exchange(self, exchange: Exchange, address: str, *, last: bool = False) -> Answer:
         host_header = f"[{exchange.host}]" if ":" in exchange.host else exchange.host
         if exchange.port != 443:
             host_header += f":{exchange.port}"
         headers = {name: value for name, value in exchange.headers}
         headers.update({"host": host_header, "accept-encoding": "identity"})
-        timeout = urllib3.Timeout(connect=exchange.connect_timeout, read=exchange.deadline_seconds)
-        pool = urllib3.HTTPSConnectionPool(
-            host=address, port=exchange.port, ssl_context=context, server_hostname=exchange.host,
-            assert_hostname=exchange.host, timeout=timeout, retries=False, maxsize=1, block=False)
+        key, pool = self._pool(exchange, address)
         started = time.monotonic()
         try:
             response = pool.urlopen(exchange.method, exchange.target, body=exchange.body or None, headers=headers,
                                     redirect=False, retries=False, preload_content=False, assert_same_host=False,
                                     decode_content=False)
             try:
-                return self._read(response, exchange, started, address)
-            finally:
-                response.release_conn()
+                answer = self._read(response, exchange, started, address)
+            except BaseException:
+                response.close()  # never hand a half-read connection to the next call
+                raise
+            response.release_conn()
+            return answer
         except NewConnectionError:
+            self._drop(key)
             if not last:
                 raise _NotConnected() from None
             raise UpstreamFailed("the upstream could not be reached") from None
         except (ReadTimeoutError, Urllib3Timeout):
+            self._drop(key)
             raise UpstreamFailed("the upstream timed out", timeout=True) from None
         except HTTPError:
+            self._drop(key)
             raise UpstreamFailed("the upstream could not be reached") from None
-        finally:
-            pool.close()
+        except UpstreamFailed:
+            self._drop(key)
+            raise
 
     @staticmethod
     def _read(response: Any, exchange: Exchange, started: float, address: str) -> Answer:

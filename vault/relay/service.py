@@ -138,7 +138,7 @@ class RelayService(AuditedOperations):
         return Exchange(method=request.method, host=upstream.host, port=upstream.port, target=target,
                         headers=out, body=body, allow=allow, ca_pem=config.ca_pem, client_certificate=client,
                         connect_timeout=config.connect_timeout, deadline_seconds=config.timeout,
-                        max_response_bytes=config.max_response_bytes)
+                        max_response_bytes=config.max_response_bytes, reuse_key=f"{route.name}:{route.version}")
 
     def _send(self, actor: Actor, route: Route, request: CallerRequest, pattern: str, exchange: Exchange,
               origin: Origin) -> tuple[Answer, float]:

@@ -38,6 +38,7 @@ class Exchange:
     connect_timeout: float = 3.0
     deadline_seconds: float = 10.0
     max_response_bytes: int = 1 << 20
+    reuse_key: str = ""  # connections may be reused only between exchanges with the same key (route version)
 
 
 @dataclass(frozen=True)

@@ -142,8 +142,8 @@ class RouteConfig(BaseModel):
     def _headers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for name in value:
             if not _HEADER_NAME.match(name) or name in _FORBIDDEN_HEADERS:
-                raise ValueError(f"header {name[:64]!r} may not be relayed (lowercase names; no credentials, "
-                                 "hop-by-hop or routing headers)")
+                raise ValueError("headers must be lowercase names and may not be credentials, hop-by-hop or "
+                                 "routing headers: those may not be relayed")
         return value
 
     @field_validator("allowed_origins")
@@ -191,7 +191,7 @@ class RouteConfig(BaseModel):
         """Refuse roles the policy does not define or that could not use what the route offers."""
         for role in self.roles:
             if not policy.has_role(role) or not policy.may_use(role, "detokenize"):
-                raise ValidationFailed("roles", f"{role[:40]} is not a role that may detokenize")
+                raise ValidationFailed("roles", "must be roles of the policy that may detokenize")
         if self.tokenize_role is not None:
             kinds = {f.kind for f in self.inbound_fields} | {f.kind for f in self.response_fields
                                                             if f.action == "tokenize"}

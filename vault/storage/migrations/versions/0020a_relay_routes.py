@@ -1,7 +1,7 @@
 """relay routes (sealed, versioned, approved under dual control)
 
 Revision ID: 0020a
-Revises: 0004
+Revises: 0015e
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from alembic import op
 import vault.storage.schema
 
 revision = "0020a"
-down_revision = "0004"
+down_revision = "0015e"
 branch_labels = None
 depends_on = None
 

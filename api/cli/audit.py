@@ -20,6 +20,7 @@ from sqlalchemy import and_, delete, func, or_, select
 from api.settings import Settings
 from api.wiring import Components, build
 from vault.audit.trail import EventQuery, event_json, select_events
+from vault.errors import VaultError
 from vault.storage.schema import audit_archives, audit_events, insert_ignoring_conflict
 
 __all__ = ["audit"]
@@ -163,9 +164,9 @@ def _verify_archives(parts: Components, conn: Any, directory: Path) -> list[str]
     for path in sorted(directory.glob("audit-*.jsonl.gz")):
         try:
             meta = json.loads((path.parent / (path.name + ".mac")).read_text())
-            key = parts.keys.hmac_key_by_id(conn, meta["key_id"]).expose()
-        except (OSError, ValueError, KeyError):
-            problems.append(f"{path.name}: MAC file missing or unreadable")
+            key = parts.keys.hmac_key_by_id(conn, meta["key_id"], "audit").expose()
+        except (OSError, ValueError, KeyError, VaultError):
+            problems.append(f"{path.name}: MAC file missing or unreadable, or its key is not an audit key")
             continue
         payload = path.read_bytes()
         expected = hmac.new(key, b"archive|" + path.name.encode() + b"|" + payload, hashlib.sha256).hexdigest()
@@ -176,7 +177,11 @@ def _verify_archives(parts: Components, conn: Any, directory: Path) -> list[str]
             row = json.loads(line)
             row["at"] = datetime.fromisoformat(row["at"])
             seq, prev = heads.get(row["writer"], (0, GENESIS))
-            event_key = parts.keys.hmac_key_by_id(conn, row["mac_key_id"]).expose()
+            try:
+                event_key = parts.keys.hmac_key_by_id(conn, row["mac_key_id"], "audit").expose()
+            except VaultError:
+                problems.append(f"{path.name}: {row['writer']}#{row['chain_seq']} signed with a non-audit key")
+                break
             if (row["chain_seq"] != seq + 1 or bytes.fromhex(row["prev_mac"]) != prev
                     or mac_of(event_key, prev, row).hex() != row["mac"]):
                 problems.append(f"{path.name}: chain broken at {row['writer']}#{row['chain_seq']}")

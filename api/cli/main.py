@@ -63,7 +63,10 @@ def init() -> None:
         parts = build(settings, provider=provider)
         upgrade(parts.engine)
         with parts.engine.begin() as conn:
+            rebound = parts.keys.bind_legacy_wrappings(conn)
             created = parts.keys.ensure_domain_keys(conn)
+        if rebound:
+            click.echo(f"bound purpose and id into the wrapping of {rebound} domain keys", err=True)
         if created:
             click.echo(f"created {len(created)} domain keys", err=True)
     except VaultError as error:

@@ -186,7 +186,7 @@ class OperatorRegistry(AuditedOperations):
             return None
         key_row = {"id": row["totp_key_id"], "domain_key_id": row["domain_key_id"], "subject_id": row["subject_id"],
                    "purpose": row["purpose"], "wrapped": row["wrapped"]}
-        cipher = self._keys.open_data_keys(conn, [key_row])[row["totp_key_id"]]
+        cipher = self._keys.open_data_keys(conn, [key_row], ("totp",))[row["totp_key_id"]]
         seed = cipher.open(row["totp_sealed"], _seed_aad(row["id"], row["totp_key_id"]))
         return row, Secret(seed.decode())
 

@@ -325,7 +325,11 @@ class AuditTrail:
                 return report
             key_id = row["mac_key_id"]
             if key_id not in keys:
-                keys[key_id] = self._keys.hmac_key_by_id(conn, key_id).expose()
+                try:  # a key made for another purpose (e.g. a copied `auth` key) never verifies an event
+                    keys[key_id] = self._keys.hmac_key_by_id(conn, key_id, "audit").expose()
+                except VaultError:
+                    report.broken = Break("event signed with a key that is not an audit key", writer, chain_seq, seq)
+                    return report
             if bytes(row["prev_mac"]) != prev:
                 report.broken = Break("link to previous event broken", writer, chain_seq, seq)
                 return report
@@ -349,7 +353,7 @@ class AuditTrail:
         writer, chain_seq = checkpoint.get("writer"), checkpoint.get("chain_seq")
         key_id = str(checkpoint.get("key_id"))
         try:
-            key = keys.get(key_id) or self._keys.hmac_key_by_id(conn, key_id).expose()
+            key = keys.get(key_id) or self._keys.hmac_key_by_id(conn, key_id, "audit").expose()
         except VaultError:
             return Break("checkpoint signed with an unknown key", writer=writer, chain_seq=chain_seq)
         body = {name: checkpoint.get(name) for name in ("at", "writer", "chain_seq", "mac", "key_id")}

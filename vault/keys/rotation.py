@@ -83,7 +83,7 @@ def rekey_data_key(conn: Connection, keys: KeyHierarchy, row: dict[str, Any]) ->
     Afterwards no copy of a record sealed under the old material opens: a restored old
     row fails closed. The key is wrapped under the active domain key of its purpose.
     """
-    old = keys.open_data_keys(conn, [row])[row["id"]]
+    old = keys.open_data_keys(conn, [row], RECORD_PURPOSES)[row["id"]]
     material = Secret(secrets.token_bytes(32))
     fresh = Cipher(material)
     for record in conn.execute(select(tokens).where(tokens.c.data_key_id == row["id"])).mappings():

@@ -35,7 +35,7 @@ from vault.errors import (
     VaultError,
 )
 from vault.keys.envelope import record_aad
-from vault.keys.hierarchy import DataKey, KeyHierarchy
+from vault.keys.hierarchy import RECORD_PURPOSES, DataKey, KeyHierarchy
 from vault.storage.schema import data_keys, drop_deleted_copies, insert_ignoring_conflict, tokens
 from vault.tokens.formats import card_token, kind_of_token, opaque_token
 from vault.tokens.kinds import (
@@ -407,7 +407,7 @@ class TokenService(AuditedOperations):
             ciphers = self._keys.open_data_keys(conn, [
                 {"id": r["data_key_id"], "domain_key_id": r["dk_domain"], "subject_id": r["dk_subject"],
                  "purpose": r["dk_purpose"], "wrapped": r["dk_wrapped"]} for r in rows.values()
-            ]) if rows else {}
+            ], RECORD_PURPOSES) if rows else {}
             out, events, read_cvvs = [], [], []
             for position, token in enumerate(token_list):
                 if token not in kinds:
@@ -483,7 +483,7 @@ class TokenService(AuditedOperations):
         ciphers = self._keys.open_data_keys(conn, [
             {"id": r["data_key_id"], "domain_key_id": r["dk_domain"], "subject_id": r["dk_subject"],
              "purpose": r["dk_purpose"], "wrapped": r["dk_wrapped"]} for r in rows
-        ]) if rows else {}
+        ], RECORD_PURPOSES) if rows else {}
         out: dict[str, Any | DecryptionFailed] = {}
         for row in rows:
             try:

@@ -17,6 +17,7 @@ __all__ = [
     "PayloadTooLarge",
     "RateLimited",
     "DecryptionFailed",
+    "IntegrityFailure",
     "KeyServiceUnavailable",
     "StorageUnavailable",
     "AuditWriteFailed",
@@ -82,6 +83,21 @@ class DecryptionFailed(VaultError):
 
     def __init__(self) -> None:
         super().__init__("decryption failed")
+
+
+class IntegrityFailure(VaultError):
+    """A row that decides access failed its MAC, or a deterministic index entry points at another value.
+
+    Someone changed the database behind the vault's back. Never grants: the request is
+    denied, and the failure is audited as an integrity event for the SIEM to alert on.
+    The message names the table only, never a value.
+    """
+
+    code = "integrity_failure"
+
+    def __init__(self, table: str) -> None:
+        super().__init__(f"integrity check failed on {table}")
+        self.table = table
 
 
 class KeyServiceUnavailable(VaultError):

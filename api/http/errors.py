@@ -28,6 +28,7 @@ STATUS: dict[type[e.VaultError], int] = {
     e.StorageUnavailable: 503,
     e.AuditWriteFailed: 503,
     e.DecryptionFailed: 500,
+    e.IntegrityFailure: 403,
     e.ConfigurationError: 500,
 }
 
@@ -41,6 +42,7 @@ _MESSAGES = {
     "storage_unavailable": "storage unavailable",
     "audit_unavailable": "audit trail unavailable; nothing was done",
     "decryption_failed": "the stored value failed its integrity check",
+    "integrity_failure": "a stored record failed its integrity check; refused and reported",
     "internal_error": "internal error",
     "configuration_error": "internal error",
 }

@@ -30,6 +30,7 @@ from vault.errors import (
     Conflict,
     DecryptionFailed,
     Forbidden,
+    IntegrityFailure,
     NotFound,
     ValidationFailed,
     VaultError,
@@ -232,6 +233,9 @@ class TokenService(AuditedOperations):
                     events.append(self._event(actor, "tokenize", "denied", origin, kind=request.kind,
                                               subject_id=request.subject_id,
                                               error_code=result.code if result else "internal_error"))
+                if isinstance(result, IntegrityFailure):  # the alert: a SIEM pages on action `integrity`
+                    events.append(self._event(actor, "integrity", "denied", origin, kind=request.kind,
+                                              error_code=result.code, detail=f"table={result.table} index"))
             self._trail.record(conn, events)
             return events
 
@@ -315,7 +319,7 @@ class TokenService(AuditedOperations):
         if not writers:
             self._resolve_duplicates(conn, pending, results, now)
             return
-        found = self._existing_by_lookup(conn, [p.lookup for p in writers if p.lookup is not None], now)
+        found = self._existing_by_lookup(conn, [p for p in writers if p.lookup is not None], now)
         to_insert = [p for p in writers if p.lookup is None or p.lookup not in found]
         new_keys = [p.data_key.row for p in to_insert if p.new_key]
         if new_keys:
@@ -332,7 +336,7 @@ class TokenService(AuditedOperations):
                     inserted.discard(p.row["token"])
                     results[p.index] = self._record(p.row)
                 elif p.lookup is not None:
-                    found.update(self._existing_by_lookup(conn, [p.lookup], now))
+                    found.update(self._existing_by_lookup(conn, [p], now))
                     if p.lookup not in found:
                         retry.append(self._reissue(p))
                 elif p.request.token is not None:
@@ -377,13 +381,35 @@ class TokenService(AuditedOperations):
         return TokenRecord(token=row["token"], kind=row["kind"], metadata=json.loads(row["meta"]),
                            created_at=row["created_at"], expires_at=row["expires_at"], subject_id=row["subject_id"])
 
-    def _existing_by_lookup(self, conn: Connection, lookups: list[bytes], now: datetime) -> dict[bytes, TokenRecord]:
-        if not lookups:
+    def _existing_by_lookup(self, conn: Connection, wanted: list[_Pending],
+                            now: datetime) -> dict[bytes, TokenRecord | IntegrityFailure]:
+        """Tokens already issued for these deterministic values, each opened and compared first.
+
+        The index is a clear column: an insider can move a lookup onto another row (their
+        card's lookup onto a victim's token). A hit is returned only if its record opens and
+        holds exactly the value asked for, with the same kind and subject; otherwise the
+        item fails closed with IntegrityFailure and no token is handed out or inserted.
+        """
+        by_lookup = {p.lookup: p for p in wanted if p.lookup is not None}
+        if not by_lookup:
             return {}
+        lookups = list(by_lookup)
         # An expired deterministic token frees its slot: remove it so a new one can take it.
         self.delete_rows(conn, and_(tokens.c.lookup.in_(lookups), tokens.c.expires_at <= now))
-        rows = conn.execute(select(tokens).where(tokens.c.lookup.in_(lookups))).mappings()
-        return {row["lookup"]: self._record(row) for row in rows}
+        rows = list(self.rows_where(conn, tokens.c.lookup.in_(lookups), now).values())
+        values = self.open_rows(conn, rows) if rows else {}
+        out: dict[bytes, TokenRecord | IntegrityFailure] = {}
+        for row in rows:
+            lookup = bytes(row["lookup"])
+            asked = by_lookup[lookup]
+            value = values.get(row["token"])
+            same = (row["kind"] == asked.request.kind and row["subject_id"] == asked.request.subject_id
+                    and not isinstance(value, DecryptionFailed)
+                    and hmac.compare_digest(json.dumps(value, ensure_ascii=False, sort_keys=True).encode(),
+                                            json.dumps(value_from_bytes(canonical_bytes(asked.parsed)),
+                                                       ensure_ascii=False, sort_keys=True).encode()))
+            out[lookup] = self._record(row) if same else IntegrityFailure("tokens")
+        return out
 
     # -- detokenize ------------------------------------------------------------------------
 

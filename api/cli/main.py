@@ -20,6 +20,7 @@ from kms.local import create_master_key_file
 from vault.access.policy import load_policy
 from vault.audit.trail import Actor
 from vault.errors import VaultError
+from vault.keys.row_mac import RowMacs
 from vault.storage.migrate import upgrade
 
 __all__ = ["main"]
@@ -65,6 +66,9 @@ def init() -> None:
         with parts.engine.begin() as conn:
             rebound = parts.keys.bind_legacy_wrappings(conn)
             created = parts.keys.ensure_domain_keys(conn)
+            sealed = RowMacs(parts.keys).backfill(conn)
+        if sealed:
+            click.echo(f"sealed {sealed} existing client, operator and session rows with their row MAC", err=True)
         if rebound:
             click.echo(f"bound purpose and id into the wrapping of {rebound} domain keys", err=True)
         if created:

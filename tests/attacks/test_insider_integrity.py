@@ -6,14 +6,18 @@ no wider access than before, a stable error code, and an `integrity` audit event
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
+import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select, update
 
 from api.wiring import Components
-from tests.conftest import auth
-from vault.storage.schema import audit_events, tokens
+from tests.conftest import Clock, auth
+from tests.support.operators import login, make_operator
+from vault.audit.trail import HOST, Origin
+from vault.storage.schema import audit_events, clients, operator_sessions, operators, tokens
 
 VICTIM_PAN = "4000002500003155"
 INSIDER_PAN = "4000000000000077"
@@ -58,3 +62,139 @@ def test_a_lookup_kept_in_place_still_answers(client: FlaskClient, api_keys: dic
     first = client.post("/v1/tokens", json=_card(VICTIM_PAN), headers=auth(api_keys["checkout"])).get_json()
     second = client.post("/v1/tokens", json=_card(VICTIM_PAN), headers=auth(api_keys["checkout"]))
     assert second.status_code in (200, 201) and second.get_json()["token"] == first["token"]
+
+
+# -- API clients ------------------------------------------------------------------------------------
+
+
+def _edit(parts: Components, table: Any, key: str, **values: Any) -> None:
+    with parts.engine.begin() as conn:
+        assert conn.execute(update(table).where(table.c.id == key).values(**values)).rowcount == 1
+
+
+def _client_id(parts: Components, name: str) -> str:
+    with parts.engine.connect() as conn:
+        return str(conn.execute(select(clients.c.id).where(clients.c.name == name)).scalar_one())
+
+
+def _card_token(client: FlaskClient, api_keys: dict[str, str]) -> str:
+    body = {"kind": "card", "value": {"pan": VICTIM_PAN, "exp_month": 7, "exp_year": 2099}}
+    token: str = client.post("/v1/tokens", json=body, headers=auth(api_keys["checkout"])).get_json()["token"]
+    return token
+
+
+def _refused(response: Any, parts: Components, before: int) -> None:
+    assert response.status_code == 403, response.get_json()
+    assert response.get_json()["error"]["code"] == "integrity_failure"
+    assert VICTIM_PAN not in response.get_data(as_text=True)
+    assert len(_integrity_events(parts)) == before + 1
+
+
+def test_client_role_raised_from_shipping_to_gateway_is_refused(
+        client: FlaskClient, components: Components, api_keys: dict[str, str]) -> None:
+    token = _card_token(client, api_keys)
+    _edit(components, clients, _client_id(components, "test-shipping"), role="payment_gateway")
+    response = client.post("/v1/detokenize", json={"tokens": [token], "purpose": "payment"},
+                           headers=auth(api_keys["shipping"]))
+    _refused(response, components, 0)
+
+
+def test_revoked_client_revived_by_clearing_revoked_at_is_refused(
+        client: FlaskClient, components: Components, api_keys: dict[str, str]) -> None:
+    token = _card_token(client, api_keys)
+    gateway = _client_id(components, "test-payment_gateway")
+    components.clients.revoke(gateway)
+    _edit(components, clients, gateway, revoked_at=None)
+    response = client.post("/v1/detokenize", json={"tokens": [token], "purpose": "payment"},
+                           headers=auth(api_keys["payment_gateway"]))
+    _refused(response, components, 0)
+
+
+def test_rotation_grace_extended_by_the_insider_is_refused(
+        client: FlaskClient, components: Components, api_keys: dict[str, str], clock: Clock) -> None:
+    gateway = _client_id(components, "test-payment_gateway")
+    components.clients.rotate(gateway, 0)
+    _edit(components, clients, gateway, previous_key_expires_at=clock() + timedelta(days=365))
+    response = client.get("/v1/tokens/" + _card_token(client, api_keys), headers=auth(api_keys["payment_gateway"]))
+    _refused(response, components, 0)
+
+
+def test_a_clients_key_hash_copied_onto_a_stronger_client_is_refused(
+        client: FlaskClient, components: Components, api_keys: dict[str, str]) -> None:
+    """Copy: the shipping key's hash onto the gateway's row (the shipping row moved aside)."""
+    shipping, gateway = _client_id(components, "test-shipping"), _client_id(components, "test-payment_gateway")
+    with components.engine.begin() as conn:
+        ship_hash = conn.execute(select(clients.c.key_hash).where(clients.c.id == shipping)).scalar_one()
+        conn.execute(update(clients).where(clients.c.id == shipping).values(key_hash=b"\x00" * 32))
+        conn.execute(update(clients).where(clients.c.id == gateway).values(key_hash=ship_hash))
+    response = client.post("/v1/detokenize", json={"tokens": [_card_token(client, api_keys)], "purpose": "payment"},
+                           headers=auth(api_keys["shipping"]))
+    _refused(response, components, 0)
+
+
+def test_an_untouched_client_still_works(client: FlaskClient, api_keys: dict[str, str]) -> None:
+    token = _card_token(client, api_keys)
+    response = client.post("/v1/detokenize", json={"tokens": [token], "purpose": "payment"},
+                           headers=auth(api_keys["payment_gateway"]))
+    assert response.status_code == 200 and response.get_json()["results"][0]["value"]["pan"] == VICTIM_PAN
+
+
+# -- operators and sessions ---------------------------------------------------------------------------
+
+
+def test_session_pointed_at_a_privacy_officer_is_refused(
+        client: FlaskClient, components: Components, clock: Clock) -> None:
+    """Issue: an auditor's session row pointed at a privacy officer exported a customer's plaintext."""
+    auditor = make_operator(components, "aud.insider", "auditor")
+    officer = make_operator(components, "po.victim", "privacy_officer")
+    session = login(client, auditor, auditor.code(clock()))
+    with components.engine.begin() as conn:
+        conn.execute(update(operator_sessions).where(operator_sessions.c.operator_id == auditor.id)
+                     .values(operator_id=officer.id))
+    response = client.get("/v1/subjects/cust-1/export", headers=auth(session))
+    assert response.status_code == 403 and response.get_json()["error"]["code"] == "integrity_failure"
+    assert len(_integrity_events(components)) == 1
+
+
+def test_session_expiry_extended_is_refused(client: FlaskClient, components: Components, clock: Clock) -> None:
+    auditor = make_operator(components, "aud.late", "auditor")
+    session = login(client, auditor, auditor.code(clock()))
+    clock.advance(3600)
+    with components.engine.begin() as conn:
+        conn.execute(update(operator_sessions).where(operator_sessions.c.operator_id == auditor.id)
+                     .values(expires_at=clock() + timedelta(hours=8)))
+    response = client.get("/v1/audit/events", headers=auth(session))
+    assert response.status_code == 403 and response.get_json()["error"]["code"] == "integrity_failure"
+
+
+@pytest.mark.parametrize("edit", ["role", "password_hash", "lockout", "enabled"])
+def test_operator_row_edits_are_refused_at_login(
+        edit: str, client: FlaskClient, components: Components, clock: Clock) -> None:
+    insider = make_operator(components, "aud.edit", "auditor")
+    admin = make_operator(components, "adm.victim", "admin", password="another long passphrase here")
+    with components.engine.connect() as conn:
+        admin_hash = conn.execute(select(operators.c.password_hash).where(operators.c.id == admin.id)).scalar_one()
+    if edit == "lockout":
+        for _ in range(6):
+            client.post("/v1/auth/login", json={"username": insider.username, "password": "wrong password x",
+                                                "totp": "000000"})
+    values = {"role": {"role": "admin"},
+              "password_hash": {"password_hash": admin_hash},  # the insider's row, the victim's known password
+              "lockout": {"failed_attempts": 0, "locked_until": None},
+              "enabled": {"disabled_at": None}}[edit]
+    if edit == "enabled":  # disabled the legitimate way (as an approved request runs it), then re-enabled by hand
+        with components.engine.begin() as conn:
+            components.operators.run_disable(conn, HOST, {"operator_id": insider.id}, Origin())
+    _edit(components, operators, insider.id, **values)
+    password = admin.password if edit == "password_hash" else insider.password
+    response = client.post("/v1/auth/login", json={"username": insider.username, "password": password,
+                                                   "totp": insider.code(clock())})
+    assert response.status_code == 403, response.get_json()
+    assert response.get_json()["error"]["code"] == "integrity_failure"
+    assert len(_integrity_events(components)) == 1
+
+
+def test_an_untouched_operator_still_logs_in(client: FlaskClient, components: Components, clock: Clock) -> None:
+    auditor = make_operator(components, "aud.ok", "auditor")
+    session = login(client, auditor, auditor.code(clock()))
+    assert client.get("/v1/audit/events", headers=auth(session)).status_code == 200

@@ -2,6 +2,8 @@
 
 Only an HMAC-SHA256 of each key is stored (keyed by the `auth` domain key), so a
 database dump cannot be replayed as credentials. Lookups go by that keyed hash.
+Each row carries a row MAC (vault.keys.row_mac): an edited role, revocation or grace
+period fails authentication with IntegrityFailure, audited as an `integrity` event.
 """
 
 from __future__ import annotations
@@ -13,14 +15,23 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from cachetools import TTLCache
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import insert, or_, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from vault.access.policy import Policy
+from vault.audit.alerts import integrity_event
 from vault.audit.trail import HOST, Actor, AuditEvent, AuditTrail, Origin
-from vault.errors import AuditWriteFailed, NotFound, StorageUnavailable, Unauthenticated, ValidationFailed
+from vault.errors import (
+    AuditWriteFailed,
+    IntegrityFailure,
+    NotFound,
+    StorageUnavailable,
+    Unauthenticated,
+    ValidationFailed,
+)
 from vault.keys.hierarchy import KeyHierarchy
+from vault.keys.row_mac import RowMacs
 from vault.secret import Secret
 from vault.storage.schema import clients
 
@@ -54,6 +65,7 @@ class ClientRegistry:
     ) -> None:
         self._engine = engine
         self._keys = keys
+        self._macs = RowMacs(keys)
         self._policy = policy
         self._trail = trail
         self._clock = clock
@@ -79,15 +91,10 @@ class ClientRegistry:
         client_id = f"cli_{secrets.token_hex(8)}"
         api_key = Secret(API_KEY_PREFIX + secrets.token_urlsafe(32))
         with self._engine.begin() as conn:
-            conn.execute(
-                insert(clients).values(
-                    id=client_id,
-                    name=name,
-                    role=role,
-                    key_hash=self._hash(conn, api_key.expose()),
-                    created_at=self._clock(),
-                )
-            )
+            row = {"id": client_id, "name": name, "role": role, "key_hash": self._hash(conn, api_key.expose()),
+                   "created_at": self._clock(), "revoked_at": None, "previous_key_hash": None,
+                   "previous_key_expires_at": None}
+            conn.execute(insert(clients).values(**row, row_mac=self._macs.seal(conn, clients, row)))
             self._host_event(conn, "create_client", client_id, f"role={role}")
         return client_id, api_key
 
@@ -100,13 +107,11 @@ class ClientRegistry:
 
     def revoke(self, client_id: str) -> None:
         with self._engine.begin() as conn:
-            changed = conn.execute(
-                update(clients).where(clients.c.id == client_id, clients.c.revoked_at.is_(None))
-                .values(revoked_at=self._clock())
-            ).rowcount
-            if changed == 1:
+            changed = self._macs.update(conn, clients, client_id, {"revoked_at": self._clock()},
+                                        clients.c.revoked_at.is_(None))
+            if changed:
                 self._host_event(conn, "revoke_client", client_id)
-        if changed != 1:
+        if not changed:
             raise NotFound("no such active client")
         if self._cache is not None:
             self._cache.clear()
@@ -118,14 +123,15 @@ class ClientRegistry:
         api_key = Secret(API_KEY_PREFIX + secrets.token_urlsafe(32))
         now = self._clock()
         with self._engine.begin() as conn:
-            changed = conn.execute(
-                update(clients).where(clients.c.id == client_id, clients.c.revoked_at.is_(None))
-                .values(previous_key_hash=clients.c.key_hash, key_hash=self._hash(conn, api_key.expose()),
-                        previous_key_expires_at=now + timedelta(seconds=grace_seconds))
-            ).rowcount
-            if changed == 1:
+            new_hash = self._hash(conn, api_key.expose())
+            changed = self._macs.update(
+                conn, clients, client_id,
+                lambda row: {"previous_key_hash": row["key_hash"], "key_hash": new_hash,
+                             "previous_key_expires_at": now + timedelta(seconds=grace_seconds)},
+                clients.c.revoked_at.is_(None))
+            if changed:
                 self._host_event(conn, "rotate_client_key", client_id, f"grace_seconds={grace_seconds}")
-        if changed != 1:
+        if not changed:
             raise NotFound("no such active client")
         if self._cache is not None:
             self._cache.clear()
@@ -137,6 +143,17 @@ class ClientRegistry:
             return self._authenticate(api_key)
         except SQLAlchemyError as exc:
             raise StorageUnavailable("database unavailable") from exc
+        except IntegrityFailure as error:
+            anonymous = Actor(id="anonymous", role="none")
+            events = [AuditEvent(at=self._clock(), actor="anonymous", role="none", action="authenticate",
+                                 outcome="denied", error_code=error.code, origin=origin),
+                      integrity_event(self._clock(), anonymous, origin, error)]
+            try:
+                with self._engine.begin() as conn:
+                    self._trail.record(conn, events)
+            except (SQLAlchemyError, AuditWriteFailed):
+                pass
+            raise
         except Unauthenticated as error:
             event = AuditEvent(at=self._clock(), actor="anonymous", role="none", action="authenticate",
                                outcome="denied", error_code=error.code, origin=origin)
@@ -161,10 +178,10 @@ class ClientRegistry:
             if self._cache is not None and (cached := self._cache.get(digest)) is not None:
                 return cached
             row = conn.execute(
-                select(clients.c.id, clients.c.role, clients.c.name, clients.c.revoked_at, clients.c.key_hash,
-                       clients.c.previous_key_expires_at)
-                .where(or_(clients.c.key_hash == digest, clients.c.previous_key_hash == digest))
+                select(clients).where(or_(clients.c.key_hash == digest, clients.c.previous_key_hash == digest))
             ).first()
+            if row is not None:
+                self._macs.check(conn, clients, row._asdict())
         if row is None or row.revoked_at is not None or not self._policy.has_role(row.role):
             raise Unauthenticated("invalid credentials")
         if bytes(row.key_hash) != digest and not (row.previous_key_expires_at and

@@ -6,7 +6,8 @@ approves `enable_operator`: otherwise one admin could create a second identity a
 their own dual-control requests with it. Sensitive actions ask again for a fresh TOTP code (step-up); every code
 is accepted once. Repeated failures lock the account for a time that doubles with each
 further failure. Every attempt is audited (action `login` / `step_up`), never the
-password or the code.
+password or the code. Operator rows carry a row MAC (vault.keys.row_mac), checked on
+login, step-up and every session use, and kept through every write.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select
 from sqlalchemy.engine import Connection, Engine
 
 from vault.access.operations import AuditedOperations
@@ -28,9 +29,19 @@ from vault.access.policy import Policy
 from vault.access.sessions import Session, Sessions
 from vault.access.totp import claim_step, matching_step, new_seed, provisioning_uri
 from vault.audit.trail import HOST, Actor, AuditTrail, Origin
-from vault.errors import Conflict, Forbidden, NotFound, StepUpRequired, Unauthenticated, ValidationFailed, VaultError
+from vault.errors import (
+    Conflict,
+    Forbidden,
+    IntegrityFailure,
+    NotFound,
+    StepUpRequired,
+    Unauthenticated,
+    ValidationFailed,
+    VaultError,
+)
 from vault.keys.envelope import associated_data
 from vault.keys.hierarchy import KeyHierarchy
+from vault.keys.row_mac import RowMacs
 from vault.secret import Secret
 from vault.storage.schema import data_keys, operators
 
@@ -103,6 +114,7 @@ class OperatorRegistry(AuditedOperations):
     ) -> None:
         super().__init__(engine=engine, policy=policy, trail=trail, clock=clock)
         self._keys = keys
+        self._macs = RowMacs(keys)
         self._passwords = passwords
         self._sessions = sessions
         self._lockout = lockout
@@ -135,11 +147,11 @@ class OperatorRegistry(AuditedOperations):
                 raise Conflict("username already taken")
             data_key = self._keys.new_data_key(conn, "totp", None)
             conn.execute(insert(data_keys), [data_key.row])
-            conn.execute(insert(operators).values(
-                id=operator_id, username=username, role=role, password_hash=password_hash,
-                totp_sealed=data_key.cipher.seal(seed.expose().encode(), _seed_aad(operator_id, data_key.id)),
-                totp_key_id=data_key.id, failed_attempts=0, created_at=self._clock(),
-                disabled_at=None if active else self._clock()))
+            row = {"id": operator_id, "username": username, "role": role, "password_hash": password_hash,
+                   "totp_sealed": data_key.cipher.seal(seed.expose().encode(), _seed_aad(operator_id, data_key.id)),
+                   "totp_key_id": data_key.id, "failed_attempts": 0, "locked_until": None,
+                   "created_at": self._clock(), "disabled_at": None if active else self._clock()}
+            conn.execute(insert(operators).values(**row, row_mac=self._macs.seal(conn, operators, row)))
             self._trail.record(conn, [self._event(actor, "create_operator", "allowed", origin,
                                                   detail=f"operator={operator_id} role={role} active={active}")])
 
@@ -184,6 +196,7 @@ class OperatorRegistry(AuditedOperations):
         ).mappings().first()
         if row is None:
             return None
+        self._macs.check(conn, operators, row)
         key_row = {"id": row["totp_key_id"], "domain_key_id": row["domain_key_id"], "subject_id": row["subject_id"],
                    "purpose": row["purpose"], "wrapped": row["wrapped"]}
         cipher = self._keys.open_data_keys(conn, [key_row], ("totp",))[row["totp_key_id"]]
@@ -195,7 +208,10 @@ class OperatorRegistry(AuditedOperations):
         now = self._clock()
         found = None
         if _USERNAME.match(username):
-            found = self._transaction(lambda conn: self._account(conn, operators.c.username == username))
+            try:
+                found = self._transaction(lambda conn: self._account(conn, operators.c.username == username))
+            except IntegrityFailure as error:
+                raise self._deny(_ANONYMOUS, "login", origin, error) from None
         failure: str | None = None
         step: int | None = None
         if found is None:
@@ -232,7 +248,7 @@ class OperatorRegistry(AuditedOperations):
         values: dict[str, Any] = {"failed_attempts": 0, "locked_until": None}
         if rehash is not None:
             values["password_hash"] = rehash
-        conn.execute(update(operators).where(operators.c.id == actor.id).values(**values))
+        self._macs.update(conn, operators, actor.id, values)
         session = self._sessions.issue(conn, actor.id, now)
         self._trail.record(conn, [self._event(actor, "login", "allowed", origin, detail=f"session={session.id}")])
         return session
@@ -252,20 +268,30 @@ class OperatorRegistry(AuditedOperations):
             self._transaction(work)
 
     def _count_failure(self, conn: Connection, operator_id: str, now: datetime) -> str:
-        failures = int(conn.execute(
-            update(operators).where(operators.c.id == operator_id)
-            .values(failed_attempts=operators.c.failed_attempts + 1).returning(operators.c.failed_attempts)
-        ).scalar_one())
-        lock = self._lockout.duration(failures)
+        counted: list[tuple[int, timedelta | None]] = []
+
+        def bump(row: dict[str, Any]) -> dict[str, Any]:
+            failures = int(row["failed_attempts"]) + 1
+            lock = self._lockout.duration(failures)
+            counted.append((failures, lock))
+            return {"failed_attempts": failures, **({"locked_until": now + lock} if lock is not None else {})}
+
+        # Row locked, MAC checked, counter raised, re-MACed: correct across instances at READ COMMITTED.
+        self._macs.update(conn, operators, operator_id, bump)
+        if not counted:
+            return ""
+        failures, lock = counted[0]
         if lock is None:
             return f" failures={failures}"
-        conn.execute(update(operators).where(operators.c.id == operator_id).values(locked_until=now + lock))
         return f" failures={failures} locked_seconds={int(lock.total_seconds())}"
 
     def authenticate(self, token: Secret[str], origin: Origin) -> Actor:
         """The operator behind a live session token; a failure is audited, then Unauthenticated."""
         now = self._clock()
-        row = self._transaction(lambda conn: self._sessions.find(conn, token, now))
+        try:
+            row = self._transaction(lambda conn: self._sessions.find(conn, token, now))
+        except IntegrityFailure as error:
+            raise self._deny(_ANONYMOUS, "authenticate", origin, error, detail="session") from None
         if row is None or not self._policy.has_role(row.role):
             raise self._deny(_ANONYMOUS, "authenticate", origin, Unauthenticated("invalid credentials"),
                              detail="session")
@@ -296,7 +322,10 @@ class OperatorRegistry(AuditedOperations):
         if operation is not None:
             self._require(actor, operation, "step_up", origin, detail=detail)
         now = self._clock()
-        found = self._transaction(lambda conn: self._account(conn, operators.c.id == actor.id))
+        try:
+            found = self._transaction(lambda conn: self._account(conn, operators.c.id == actor.id))
+        except IntegrityFailure as error:
+            raise self._deny(actor, "step_up", origin, error, detail=detail) from None
         if found is None or found[0]["disabled_at"] is not None:
             raise self._deny(actor, "step_up", origin, Forbidden("step-up needs an operator session"), detail=detail)
         row, seed = found
@@ -352,10 +381,10 @@ class OperatorRegistry(AuditedOperations):
     def run_enable(self, conn: Connection, actor: Actor, params: dict[str, Any], origin: Origin) -> dict[str, Any]:
         """Once approved: the operator may log in (a lockout, if any, is cleared)."""
         operator_id = str(params["operator_id"])
-        changed = conn.execute(update(operators).where(operators.c.id == operator_id,
-                                                       operators.c.disabled_at.is_not(None))
-                               .values(disabled_at=None, failed_attempts=0, locked_until=None)).rowcount
-        if changed != 1:
+        changed = self._macs.update(conn, operators, operator_id,
+                                    {"disabled_at": None, "failed_attempts": 0, "locked_until": None},
+                                    operators.c.disabled_at.is_not(None))
+        if not changed:
             raise Conflict("operator already enabled")
         self._trail.record(conn, [self._event(actor, "enable_operator", "allowed", origin,
                                               detail=f"operator={operator_id}")])
@@ -365,9 +394,9 @@ class OperatorRegistry(AuditedOperations):
         """Once approved: disable the operator and end every session it has."""
         now = self._clock()
         operator_id = str(params["operator_id"])
-        changed = conn.execute(update(operators).where(operators.c.id == operator_id, operators.c.disabled_at.is_(None))
-                               .values(disabled_at=now)).rowcount
-        if changed != 1:
+        changed = self._macs.update(conn, operators, operator_id, {"disabled_at": now},
+                                    operators.c.disabled_at.is_(None))
+        if not changed:
             raise Conflict("operator already disabled")
         revoked = self._sessions.revoke_all(conn, operator_id, now)
         self._trail.record(conn, [self._event(actor, "disable_operator", "allowed", origin,

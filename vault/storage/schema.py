@@ -145,6 +145,8 @@ clients = Table(
     # Key rotation: the replaced key keeps working until `previous_key_expires_at` (grace period).
     Column("previous_key_hash", LargeBinary(32), nullable=True, index=True),
     Column("previous_key_expires_at", UTCDateTime, nullable=True),
+    # HMAC under the `row` domain key over the declared columns (vault.keys.row_mac): an edit never grants.
+    Column("row_mac", String(120), nullable=True),
 )
 
 audit_events = Table(
@@ -290,6 +292,8 @@ operators = Table(
     Column("locked_until", UTCDateTime, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("disabled_at", UTCDateTime, nullable=True),
+    # HMAC under the `row` domain key over the declared columns (vault.keys.row_mac): an edit never grants.
+    Column("row_mac", String(120), nullable=True),
 )
 
 operator_sessions = Table(
@@ -301,6 +305,8 @@ operator_sessions = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("expires_at", UTCDateTime, nullable=False),
     Column("revoked_at", UTCDateTime, nullable=True),
+    # HMAC under the `row` domain key over the declared columns (vault.keys.row_mac): an edit never grants.
+    Column("row_mac", String(120), nullable=True),
 )
 
 # A TOTP code is accepted once: the primary key refuses a second use of the same time

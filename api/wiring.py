@@ -28,6 +28,7 @@ from vault.audit.trail import AuditTrail
 from vault.keys.hierarchy import KeyHierarchy
 from vault.keys.provider import KeyProvider
 from vault.keys.rotation import KeyLifecycle
+from vault.keys.row_mac import RowMacs
 from vault.privacy.disclosures import DisclosureService
 from vault.privacy.retention import RetentionService
 from vault.privacy.rights import PrivacyService
@@ -88,7 +89,7 @@ def build(
     operators = OperatorRegistry(engine=engine, keys=keys, policy=policy, trail=trail,
                                  passwords=Passwords(access.argon2), lockout=access.lockout, clock=now,
                                  sessions=Sessions(keys, lifetime=timedelta(seconds=access.session_seconds)))
-    approvals = Approvals(engine=engine, policy=policy, trail=trail, clock=now)
+    approvals = Approvals(engine=engine, policy=policy, trail=trail, macs=RowMacs(keys), clock=now)
     approvals.register(ApprovalAction(name="disable_operator", operation="manage_operators",
                                       run=operators.run_disable, check=operators.check_disable,
                                       lifetime=timedelta(seconds=access.approval_seconds)))

@@ -6,6 +6,7 @@ no wider access than before, a stable error code, and an `integrity` audit event
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -17,7 +18,8 @@ from api.wiring import Components
 from tests.conftest import Clock, auth
 from tests.support.operators import login, make_operator
 from vault.audit.trail import HOST, Origin
-from vault.storage.schema import audit_events, clients, operator_sessions, operators, tokens
+from vault.errors import IntegrityFailure
+from vault.storage.schema import approvals, audit_events, clients, operator_sessions, operators, tokens
 
 VICTIM_PAN = "4000002500003155"
 INSIDER_PAN = "4000000000000077"
@@ -198,3 +200,37 @@ def test_an_untouched_operator_still_logs_in(client: FlaskClient, components: Co
     auditor = make_operator(components, "aud.ok", "auditor")
     session = login(client, auditor, auditor.code(clock()))
     assert client.get("/v1/audit/events", headers=auth(session)).status_code == 200
+
+
+# -- dual control ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("edit", ["requester", "params", "expiry", "status"])
+def test_an_edited_approval_request_never_runs(edit: str, components: Components, clock: Clock) -> None:
+    """Mallory asks to disable alice; the insider edits the request so that mallory can approve it herself,
+    or so that it targets bob, or outlives its expiry, or is approved already but runs again."""
+    from tests.vault.access.test_approvals import request_disable, step_up
+
+    alice, bob = make_operator(components, "alice", "admin"), make_operator(components, "bob", "admin")
+    mallory = make_operator(components, "mallory", "admin")
+    request_id = request_disable(components, clock, mallory, alice)
+    values = {"requester": {"requested_by": bob.id},
+              "params": {"params": json.dumps({"operator_id": bob.id})},
+              "expiry": {"expires_at": clock() + timedelta(days=30)},
+              "status": {"status": "pending", "approved_by": None, "approved_at": None, "result": None}}[edit]
+    if edit == "expiry":
+        clock.advance(2 * 24 * 3600)
+    expected_disabled = set()
+    if edit == "status":  # approved and run once, legitimately; the insider puts it back to pending
+        components.approvals.approve(step_up(components, clock, bob, 1), request_id, Origin())
+        expected_disabled = {alice.id}
+        bob = make_operator(components, "carol", "admin")
+    approver = bob if edit != "requester" else mallory
+    with components.engine.begin() as conn:
+        conn.execute(update(approvals).where(approvals.c.id == request_id).values(**values))
+    with pytest.raises(IntegrityFailure):
+        components.approvals.approve(step_up(components, clock, approver, 1), request_id, Origin())
+    with components.engine.connect() as conn:
+        disabled = set(conn.execute(select(operators.c.id).where(operators.c.disabled_at.is_not(None))).scalars())
+    assert disabled == expected_disabled
+    assert len(_integrity_events(components)) == 1

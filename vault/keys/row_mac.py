@@ -31,7 +31,7 @@ from sqlalchemy.engine import Connection
 
 from vault.errors import DecryptionFailed, IntegrityFailure
 from vault.keys.hierarchy import KeyHierarchy
-from vault.storage.schema import clients, operator_sessions, operators
+from vault.storage.schema import approvals, clients, operator_sessions, operators
 
 __all__ = ["MACED", "ROW_MAC", "RowMacs"]
 
@@ -44,9 +44,11 @@ MACED: dict[str, tuple[str, ...]] = {
     "operators": ("username", "role", "password_hash", "totp_sealed", "totp_key_id", "failed_attempts",
                   "locked_until", "created_at", "disabled_at"),
     "operator_sessions": ("operator_id", "token_hash", "created_at", "expires_at", "revoked_at"),
+    "approvals": ("action", "params", "requested_by", "requested_at", "expires_at", "status", "approved_by",
+                  "approved_at", "result"),
 }
 
-_TABLES: dict[str, Table] = {table.name: table for table in (clients, operators, operator_sessions)}
+_TABLES: dict[str, Table] = {table.name: table for table in (clients, operators, operator_sessions, approvals)}
 
 
 def _canonical(value: Any) -> Any:

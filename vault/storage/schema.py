@@ -333,6 +333,7 @@ approvals = Table(
     Column("approved_by", String(40), nullable=True),
     Column("approved_at", UTCDateTime, nullable=True),
     Column("result", Text, nullable=True),  # JSON, non-sensitive
+    Column("row_mac", String(120), nullable=True),  # vault.keys.row_mac
 )
 
 

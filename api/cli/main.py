@@ -12,6 +12,7 @@ import click
 from api.access_settings import AccessSettings
 from api.cli import access
 from api.cli.audit import audit
+from api.cli.integrity import integrity
 from api.cli.keys import keys
 from api.cli.subjects import subjects, transfer
 from api.settings import Settings
@@ -166,6 +167,7 @@ main.add_command(audit)
 main.add_command(subjects)
 main.add_command(keys)
 main.add_command(transfer)
+main.add_command(integrity)
 for _group in (access.operators, access.auth, access.approvals, access.policy):
     main.add_command(_group)
 

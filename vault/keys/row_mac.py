@@ -26,12 +26,12 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table, select, update
+from sqlalchemy import Table, insert, select, update
 from sqlalchemy.engine import Connection
 
 from vault.errors import DecryptionFailed, IntegrityFailure
 from vault.keys.hierarchy import KeyHierarchy
-from vault.storage.schema import approvals, clients, operator_sessions, operators
+from vault.storage.schema import approvals, clients, consents, holds, operator_sessions, operators, subjects
 
 __all__ = ["MACED", "ROW_MAC", "RowMacs"]
 
@@ -46,9 +46,13 @@ MACED: dict[str, tuple[str, ...]] = {
     "operator_sessions": ("operator_id", "token_hash", "created_at", "expires_at", "revoked_at"),
     "approvals": ("action", "params", "requested_by", "requested_at", "expires_at", "status", "approved_by",
                   "approved_at", "result"),
+    "subjects": ("restricted", "minor", "created_at", "erased_at"),
+    "consents": ("subject_id", "purpose", "granted", "at", "source"),
+    "holds": ("subject_id", "reason", "until", "created_by", "created_at", "released_at"),
 }
 
-_TABLES: dict[str, Table] = {table.name: table for table in (clients, operators, operator_sessions, approvals)}
+_TABLES: dict[str, Table] = {table.name: table for table in (clients, operators, operator_sessions, approvals,
+                                                             subjects, consents, holds)}
 
 
 def _canonical(value: Any) -> Any:
@@ -79,6 +83,17 @@ class RowMacs:
         """The MAC to store with `row` (a mapping holding the primary key and every declared column)."""
         key_id, key = self._keys.active_hmac_key(conn, "row")
         return f"{key_id}:{hmac.new(key.expose(), _message(table, row), hashlib.sha256).hexdigest()}"
+
+    def insert(self, conn: Connection, table: Table, row: Mapping[str, Any]) -> Any:
+        """Insert `row` with its MAC; returns the primary key (drawn by the database if autoincrement)."""
+        pk = table.primary_key.columns.values()[0]
+        if pk.name in row:
+            conn.execute(insert(table).values(**row, **{ROW_MAC: self.seal(conn, table, row)}))
+            return row[pk.name]
+        key = conn.execute(insert(table).values(**row).returning(pk)).scalar_one()
+        mac = self.seal(conn, table, {**row, pk.name: key})
+        conn.execute(update(table).where(pk == key).values(**{ROW_MAC: mac}))
+        return key
 
     def check(self, conn: Connection, table: Table, row: Mapping[Any, Any]) -> None:
         """IntegrityFailure unless the row's stored MAC is one this vault made for exactly these values."""

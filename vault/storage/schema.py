@@ -205,6 +205,7 @@ subjects = Table(
     Column("minor", Boolean, nullable=False, default=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("erased_at", UTCDateTime, nullable=True),
+    Column("row_mac", String(120), nullable=True),  # vault.keys.row_mac
 )
 
 consents = Table(
@@ -216,6 +217,7 @@ consents = Table(
     Column("granted", Boolean, nullable=False),
     Column("at", UTCDateTime, nullable=False),
     Column("source", String(128), nullable=False),
+    Column("row_mac", String(120), nullable=True),  # vault.keys.row_mac
 )
 
 holds = Table(
@@ -228,6 +230,7 @@ holds = Table(
     Column("created_by", String(128), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("released_at", UTCDateTime, nullable=True),
+    Column("row_mac", String(120), nullable=True),  # vault.keys.row_mac
 )
 
 privacy_requests = Table(

@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from vault.access.operations import AuditedOperations
 from vault.access.policy import PURPOSES, Policy, apply_view
+from vault.audit.alerts import integrity_event
 from vault.audit.trail import Actor, AuditEvent, AuditTrail, Origin
 from vault.errors import (
     Conflict,
@@ -37,6 +38,7 @@ from vault.errors import (
 )
 from vault.keys.envelope import record_aad
 from vault.keys.hierarchy import RECORD_PURPOSES, DataKey, KeyHierarchy
+from vault.keys.row_mac import RowMacs
 from vault.storage.schema import data_keys, drop_deleted_copies, insert_ignoring_conflict, tokens
 from vault.tokens.formats import card_token, kind_of_token, opaque_token
 from vault.tokens.kinds import (
@@ -162,6 +164,7 @@ class TokenService(AuditedOperations):
     ) -> None:
         super().__init__(engine=engine, policy=policy, trail=trail, clock=clock)
         self._keys = keys
+        self._macs = RowMacs(keys)
         self._limits = limits
         self._purge_lock = threading.Lock()
         self._last_purge = 0.0
@@ -429,7 +432,7 @@ class TokenService(AuditedOperations):
 
         def work(conn: Connection) -> list[Detokenized]:
             rows = self._rows(conn, list(kinds), now)
-            states = subject_states(conn, {r["subject_id"] for r in rows.values() if r["subject_id"]})
+            states = subject_states(conn, {r["subject_id"] for r in rows.values() if r["subject_id"]}, self._macs)
             ciphers = self._keys.open_data_keys(conn, [
                 {"id": r["data_key_id"], "domain_key_id": r["dk_domain"], "subject_id": r["dk_subject"],
                  "purpose": r["dk_purpose"], "wrapped": r["dk_wrapped"]} for r in rows.values()
@@ -484,8 +487,11 @@ class TokenService(AuditedOperations):
         try:
             result: list[Detokenized] = self._transaction(work)
         except VaultError as error:
-            self._audit_failure([self._event(actor, "detokenize", "error", origin, token=t if t in kinds else None,
-                                             purpose=purpose, error_code=error.code) for t in token_list])
+            events = [self._event(actor, "detokenize", "error", origin, token=t if t in kinds else None,
+                                  purpose=purpose, error_code=error.code) for t in token_list]
+            if isinstance(error, IntegrityFailure):
+                events.append(integrity_event(self._clock(), actor, origin, error))
+            self._audit_failure(events)
             raise
         if any(item.kind == "cvv" and item.error is None for item in result):
             drop_deleted_copies(self._engine)  # read once: not even its old pages stay behind

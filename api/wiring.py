@@ -128,6 +128,7 @@ def build(
         disclosures=DisclosureService(engine=engine, policy=policy, trail=trail, tokens_service=token_service,
                                       clock=now),
         retention=RetentionService(engine=engine, policy=policy, trail=trail, tokens_service=token_service,
+                                   macs=RowMacs(keys),
                                    clock=now),
         lifecycle=lifecycle,
         access=access,

@@ -234,3 +234,21 @@ def test_an_edited_approval_request_never_runs(edit: str, components: Components
         disabled = set(conn.execute(select(operators.c.id).where(operators.c.disabled_at.is_not(None))).scalars())
     assert disabled == expected_disabled
     assert len(_integrity_events(components)) == 1
+
+
+def test_a_hold_released_in_the_database_still_protects_from_the_purge(components: Components,
+                                                                       clock: Clock) -> None:
+    from vault.audit.trail import Actor
+    from vault.storage.schema import holds
+    from vault.tokens.service import TokenRequest
+
+    checkout, officer = Actor(id="cli_checkout", role="checkout"), Actor(id="op_po", role="privacy_officer")
+    card = {"pan": VICTIM_PAN, "exp_month": 7, "exp_year": 2099}
+    token = components.tokens.tokenize(checkout, [TokenRequest(kind="card", value=card, subject_id="cust-h")],
+                                       Origin())[0]
+    clock.advance(400 * 24 * 3600)  # unused for longer than the card rule's 395 days
+    hold = components.privacy.add_hold(officer, "cust-h", "court order", clock() + timedelta(days=30), Origin())
+    _edit(components, holds, hold["id"], released_at=clock())
+    components.retention.purge(Actor(id="host", role="host"))
+    with components.engine.connect() as conn:
+        assert conn.execute(select(tokens.c.token).where(tokens.c.token == token.token)).scalar() == token.token

@@ -126,7 +126,7 @@ def build(
         privacy=PrivacyService(engine=engine, keys=keys, policy=policy, trail=trail, tokens_service=token_service,
                                clock=now),
         disclosures=DisclosureService(engine=engine, policy=policy, trail=trail, tokens_service=token_service,
-                                      clock=now),
+                                      macs=RowMacs(keys), clock=now),
         retention=RetentionService(engine=engine, policy=policy, trail=trail, tokens_service=token_service,
                                    macs=RowMacs(keys),
                                    clock=now),

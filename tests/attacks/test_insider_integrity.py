@@ -252,3 +252,18 @@ def test_a_hold_released_in_the_database_still_protects_from_the_purge(component
     components.retention.purge(Actor(id="host", role="host"))
     with components.engine.connect() as conn:
         assert conn.execute(select(tokens.c.token).where(tokens.c.token == token.token)).scalar() == token.token
+
+
+def test_a_disclosure_marked_approved_in_the_database_is_not_collected(components: Components,
+                                                                        clock: Clock) -> None:
+    """One officer disclosing alone: the insider approves their own request in the database."""
+    from vault.audit.trail import Actor
+    from vault.storage.schema import disclosures
+
+    officer = Actor(id="op_po_alone", role="privacy_officer")
+    made = components.disclosures.request(officer, subject_id="cust-d", token_list=[], case_reference="case-9",
+                                          authority="court", justification="order", origin=Origin())
+    _edit(components, disclosures, made["id"], status="approved", approved_by="op_po_other", approved_at=clock())
+    with pytest.raises(IntegrityFailure):
+        components.disclosures.collect(officer, made["id"], Origin())
+    assert len(_integrity_events(components)) == 1

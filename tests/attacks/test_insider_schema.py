@@ -40,6 +40,7 @@ from vault.storage.schema import (
     audit_events,
     clients,
     consents,
+    disclosures,
     holds,
     metadata,
     operator_sessions,
@@ -79,10 +80,7 @@ DECISIONS: dict[str, dict[str, str]] = {
                                    "closed_at", "handled_by")},
     "retained_records": {c: "open: not MACed; retention dates can be edited"
                          for c in ("token", "subject_id", "kind", "meta", "reason", "retain_until", "created_at")},
-    "disclosures": {c: "open: disclosure rows are not MACed yet"
-                    for c in ("id", "subject_id", "tokens", "case_reference", "authority", "justification",
-                              "requested_by", "requested_at", "approved_by", "approved_at", "status", "expires_at",
-                              "delivered_at")},
+    "disclosures": {**{c: MAC for c in ("id", *MACED["disclosures"])}, ROW_MAC: MAC},
     "key_jobs": {c: "open: key-job rows are not MACed yet (a job can be marked done early)"
                  for c in ("id", "kind", "status", "params", "phase", "total", "done", "started_at", "updated_at",
                            "finished_at", "error", "requested_by", "lease_owner", "lease_until")},
@@ -203,9 +201,22 @@ def _holds(parts: Components, clock: Clock) -> Scene:
     return Scene(holds, victim, other, lambda: parts.privacy.erase(OFFICER, "cust-a", Origin()))
 
 
+def _disclosures(parts: Components, clock: Clock) -> Scene:
+    first, second = Actor(id="op_po_a", role="privacy_officer"), Actor(id="op_po_b", role="privacy_officer")
+    _email(parts, "cust-a")
+    _email(parts, "cust-b")
+    victim = parts.disclosures.request(first, subject_id="cust-a", token_list=[], case_reference="case-1",
+                                       authority="court", justification="order 1", origin=Origin())["id"]
+    clock.advance(1)
+    other = parts.disclosures.request(second, subject_id="cust-b", token_list=[], case_reference="case-2",
+                                      authority="police", justification="order 2", origin=Origin())["id"]
+    parts.disclosures.approve(first, other, Origin())
+    return Scene(disclosures, victim, other, lambda: parts.disclosures.approve(second, victim, Origin()))
+
+
 SCENES: dict[str, Callable[[Components, Clock], Scene]] = {
     "clients": _clients, "operators": _operators, "operator_sessions": _sessions, "approvals": _approvals,
-    "subjects": _subjects, "consents": _consents, "holds": _holds,
+    "subjects": _subjects, "consents": _consents, "holds": _holds, "disclosures": _disclosures,
 }
 # Columns the vault finds a row by: changed, the row is not found where the vault looks. For clients,
 # operators, sessions and requests that is no access at all; for rows that limit access by existing
@@ -213,7 +224,7 @@ SCENES: dict[str, Callable[[Components, Clock], Scene]] = {
 # as deleting them does. Either way the test demands: denied, or found by the sweep.
 FOUND_BY = {"clients": {"key_hash"}, "operators": {"username"}, "operator_sessions": {"token_hash"},
             "approvals": {"id"}, "subjects": {"id"}, "consents": {"id", "subject_id", "purpose"},
-            "holds": {"id", "subject_id"}}
+            "holds": {"id", "subject_id"}, "disclosures": {"id"}}
 
 
 def test_every_maced_table_has_a_scene() -> None:

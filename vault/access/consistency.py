@@ -10,7 +10,8 @@ chained and anchored outside the database by checkpoints:
 - a client revoked in the trail must be revoked in `clients` (a restored pre-revocation
   copy would authenticate again);
 - an operator whose latest disable/enable event is a disable must be disabled;
-- a dual-control request approved in the trail must not be pending again;
+- a dual-control request approved in the trail must not be pending again, nor a delivered
+  disclosure collectable again;
 - a subject restricted or marked a minor, an opt-out, and a legal hold recorded in the trail must
   still be in the tables (deleting such a row widens access where no MAC can see it).
 
@@ -28,7 +29,16 @@ from sqlalchemy.engine import Connection
 
 from vault.errors import IntegrityFailure
 from vault.keys.row_mac import MACED, RowMacs
-from vault.storage.schema import approvals, audit_events, clients, consents, holds, operators, subjects
+from vault.storage.schema import (
+    approvals,
+    audit_events,
+    clients,
+    consents,
+    disclosures,
+    holds,
+    operators,
+    subjects,
+)
 
 __all__ = ["Finding", "sweep"]
 
@@ -90,6 +100,13 @@ def sweep(conn: Connection, macs: RowMacs) -> list[Finding]:
         if row is not None and row.status == "pending":
             findings.append(Finding("approvals", approval_id, "approved in the audit trail, pending in the table"))
     findings += _subject_decisions(conn)
+    delivered = set(conn.execute(select(audit_events.c.detail).where(
+        audit_events.c.outcome == "allowed", audit_events.c.action == "disclose")).scalars())
+    for disclosure_id in sorted(d for d in delivered if d):
+        row = conn.execute(select(disclosures.c.status).where(disclosures.c.id == disclosure_id)).first()
+        if row is not None and row.status != "delivered":
+            findings.append(Finding("disclosures", disclosure_id, "delivered in the audit trail, "
+                                                                  "collectable again in the table"))
     return findings
 
 

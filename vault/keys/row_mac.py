@@ -31,7 +31,16 @@ from sqlalchemy.engine import Connection
 
 from vault.errors import DecryptionFailed, IntegrityFailure
 from vault.keys.hierarchy import KeyHierarchy
-from vault.storage.schema import approvals, clients, consents, holds, operator_sessions, operators, subjects
+from vault.storage.schema import (
+    approvals,
+    clients,
+    consents,
+    disclosures,
+    holds,
+    operator_sessions,
+    operators,
+    subjects,
+)
 
 __all__ = ["MACED", "ROW_MAC", "RowMacs"]
 
@@ -49,10 +58,12 @@ MACED: dict[str, tuple[str, ...]] = {
     "subjects": ("restricted", "minor", "created_at", "erased_at"),
     "consents": ("subject_id", "purpose", "granted", "at", "source"),
     "holds": ("subject_id", "reason", "until", "created_by", "created_at", "released_at"),
+    "disclosures": ("subject_id", "tokens", "case_reference", "authority", "justification", "requested_by",
+                    "requested_at", "approved_by", "approved_at", "status", "expires_at", "delivered_at"),
 }
 
 _TABLES: dict[str, Table] = {table.name: table for table in (clients, operators, operator_sessions, approvals,
-                                                             subjects, consents, holds)}
+                                                             subjects, consents, holds, disclosures)}
 
 
 def _canonical(value: Any) -> Any:

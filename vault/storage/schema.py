@@ -276,6 +276,7 @@ disclosures = Table(
     Column("status", String(16), nullable=False),
     Column("expires_at", UTCDateTime, nullable=False),
     Column("delivered_at", UTCDateTime, nullable=True),
+    Column("row_mac", String(120), nullable=True),  # vault.keys.row_mac
 )
 
 

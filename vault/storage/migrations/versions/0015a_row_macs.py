@@ -1,6 +1,7 @@
 """row MACs on the rows that decide access (issue #15)
 
-Adds `row_mac` to clients, operators, operator_sessions, approvals, subjects, consents and holds. The column is filled by
+Adds `row_mac` to clients, operators, operator_sessions, approvals, subjects, consents, holds and
+disclosures. The column is filled by
 `tokenvault init` (vault.keys.row_mac.RowMacs.backfill), which needs the key service:
 a migration cannot reach it. Until then those rows fail their check (deny), never grant.
 
@@ -17,7 +18,8 @@ down_revision = "0004"
 branch_labels = None
 depends_on = ("0002",)  # the operators and sessions tables come from the access-control branch
 
-_TABLES = ("clients", "operators", "operator_sessions", "approvals", "subjects", "consents", "holds")
+_TABLES = ("clients", "operators", "operator_sessions", "approvals", "subjects", "consents", "holds",
+           "disclosures")
 
 
 def upgrade() -> None:

@@ -63,13 +63,17 @@ def init() -> None:
         if provider.initialise():
             click.echo(f"created key-encryption key in the {provider.name} provider", err=True)
         parts = build(settings, provider=provider)
-        upgrade(parts.engine)
-        with parts.engine.begin() as conn:
-            rebound = parts.keys.bind_legacy_wrappings(conn)
-            created = parts.keys.ensure_domain_keys(conn)
-            sealed = RowMacs(parts.keys).backfill(conn)
+        try:
+            upgrade(parts.engine)
+            with parts.engine.begin() as conn:
+                rebound = parts.keys.bind_legacy_wrappings(conn)
+                created = parts.keys.ensure_domain_keys(conn)
+                sealed = RowMacs(parts.keys).backfill(conn)
+        finally:
+            parts.trail.close()
+            parts.engine.dispose()  # `init` also runs in-process (tests): no pooled connection outlives it
         if sealed:
-            click.echo(f"sealed {sealed} existing client, operator and session rows with their row MAC", err=True)
+            click.echo(f"sealed {sealed} existing rows with their row MAC", err=True)
         if rebound:
             click.echo(f"bound purpose and id into the wrapping of {rebound} domain keys", err=True)
         if created:

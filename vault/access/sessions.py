@@ -91,7 +91,8 @@ class Sessions:
         if operator is None:
             return None
         self._macs.check(conn, operators, operator)
-        if session["revoked_at"] is not None or session["expires_at"] <= now or operator["disabled_at"] is not None:
+        if (session["revoked_at"] is not None or session["expires_at"] <= now or operator["disabled_at"] is not None
+                or operator["enrolment_hash"] is not None):  # a reset operator's sessions are revoked; belt and braces
             return None
         return _Found(id=session["id"], expires_at=session["expires_at"], revoked_at=session["revoked_at"],
                       operator_id=operator["id"], username=operator["username"], role=operator["role"],

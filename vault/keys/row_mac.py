@@ -51,7 +51,7 @@ MACED: dict[str, tuple[str, ...]] = {
     "clients": ("name", "role", "key_hash", "created_at", "revoked_at", "previous_key_hash",
                 "previous_key_expires_at"),
     "operators": ("username", "role", "password_hash", "totp_sealed", "totp_key_id", "failed_attempts",
-                  "locked_until", "created_at", "disabled_at"),
+                  "locked_until", "created_at", "disabled_at", "enrolment_hash", "enrolment_expires_at"),
     "operator_sessions": ("operator_id", "token_hash", "created_at", "expires_at", "revoked_at"),
     "approvals": ("action", "params", "requested_by", "requested_at", "expires_at", "status", "approved_by",
                   "approved_at", "result"),

@@ -83,9 +83,12 @@ class DisclosureService(AuditedOperations):
                 raise NotFound("no such pending disclosure")
             if row["requested_by"] == actor.id:
                 raise Forbidden("the requester may not approve their own disclosure")
-            self._macs.update(conn, disclosures, disclosure_id,
-                              {"status": "approved", "approved_by": actor.id, "approved_at": self._clock()},
-                              disclosures.c.status == "pending")
+            # Approved once: the checked compare-and-set decides between concurrent approvals.
+            taken = self._macs.update(conn, disclosures, disclosure_id,
+                                      {"status": "approved", "approved_by": actor.id, "approved_at": self._clock()},
+                                      disclosures.c.status == "pending")
+            if not taken:
+                raise NotFound("no such pending disclosure")
             self._trail.record(conn, [self._event(actor, "disclosure_approve", "allowed", origin,
                                                   subject_id=row["subject_id"], detail=disclosure_id)])
             return {"id": disclosure_id, "status": "approved"}
@@ -105,12 +108,16 @@ class DisclosureService(AuditedOperations):
                     or row["expires_at"] <= self._clock():
                 raise NotFound("no such approved disclosure")
             now = self._clock()
+            # Delivered once: claim the disclosure before reading anything. On PostgreSQL a
+            # second collect waits on this row, then finds it no longer `approved` (0 rows).
+            claimed = self._macs.update(conn, disclosures, disclosure_id, {"status": "delivered", "delivered_at": now},
+                                        disclosures.c.status == "approved")
+            if not claimed:
+                raise NotFound("no such approved disclosure")
             listed = json.loads(row["tokens"])
             condition = (tokens.c.subject_id == row["subject_id"]) if row["subject_id"] else tokens.c.token.in_(listed)
             rows = [r for r in self._tokens.rows_where(conn, condition, now).values() if r["kind"] != "cvv"]
             values = self._tokens.open_rows(conn, rows)
-            self._macs.update(conn, disclosures, disclosure_id, {"status": "delivered", "delivered_at": now},
-                              disclosures.c.status == "approved")
             events = [self._event(actor, "disclose", "allowed", origin, token=r["token"], kind=r["kind"],
                                   subject_id=r["subject_id"], purpose="legal", detail=disclosure_id) for r in rows]
             self._trail.record(conn, events or [self._event(actor, "disclose", "allowed", origin,

@@ -6,7 +6,7 @@ disclosures. The column is filled by
 a migration cannot reach it. Until then those rows fail their check (deny), never grant.
 
 Revision ID: 0015a
-Revises: 0004
+Revises: 0015e
 """
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0015a"
-down_revision = "0004"
+down_revision = "0015e"
 branch_labels = None
-depends_on = ("0002",)  # the operators and sessions tables come from the access-control branch
+depends_on = None
 
 _TABLES = ("clients", "operators", "operator_sessions", "approvals", "subjects", "consents", "holds",
            "disclosures")

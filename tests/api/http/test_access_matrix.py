@@ -21,6 +21,7 @@ from tests.conftest import Clock, auth
 from tests.support.operators import login, make_operator
 from vault.access.operators import OPERATOR_ROLES
 from vault.errors import ValidationFailed
+from vault.keys.row_mac import RowMacs
 from vault.storage.schema import audit_events, clients
 
 POLICY: dict[str, Any] = tomllib.loads(resources.files("vault.access").joinpath("policy.toml").read_text())
@@ -179,6 +180,7 @@ def test_an_api_key_of_a_human_role_is_refused(client: FlaskClient, components: 
     client_id, key = components.clients.create(f"legacy-{role}", "support")
     with components.engine.begin() as conn:
         conn.execute(update(clients).where(clients.c.id == client_id).values(role=role))
+        RowMacs(components.keys).backfill(conn, only_missing=False)  # such rows are sealed by `init` (#15)
     token = tokenize_all(client, auth(components.clients.create("checkout", "checkout")[1].expose()))["card"]
     for method, path, body in (("get", "/v1/audit/events", None), ("post", "/v1/detokenize",
                                                                     {"tokens": [token], "purpose": "legal"}),

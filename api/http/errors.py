@@ -30,6 +30,7 @@ STATUS: dict[type[e.VaultError], int] = {
     e.DecryptionFailed: 500,
     e.IntegrityFailure: 403,
     e.ConfigurationError: 500,
+    e.UpstreamFailed: 502,
 }
 
 _MESSAGES = {
@@ -47,6 +48,7 @@ _MESSAGES = {
     "integrity_failure": "a stored record failed its integrity check; refused and reported",
     "internal_error": "internal error",
     "configuration_error": "internal error",
+    "upstream_failed": "the relay's upstream could not be reached or answered beyond its limits",
 }
 
 
@@ -58,6 +60,8 @@ def error_body(error: e.VaultError) -> dict[str, Any]:
 
 
 def status_of(error: e.VaultError) -> int:
+    if isinstance(error, e.UpstreamFailed) and error.timeout:
+        return 504
     for cls in type(error).__mro__:
         if cls in STATUS:
             return STATUS[cls]

@@ -81,6 +81,9 @@ DECISIONS: dict[str, dict[str, str]] = {
     "retained_records": {c: "open: not MACed; retention dates can be edited"
                          for c in ("token", "subject_id", "kind", "meta", "reason", "retain_until", "created_at")},
     "disclosures": {**{c: MAC for c in ("id", *MACED["disclosures"])}, ROW_MAC: MAC},
+    "relay_routes": {"sealed": AEAD, "data_key_id": AEAD,
+                     **{c: "open: relay route rows (issue #20) are not MACed yet; `state`/`approved_by` decide use"
+                        for c in ("name", "version", "state", "proposed_by", "proposed_at", "approved_by")}},
     "key_jobs": {c: "open: key-job rows are not MACed yet (a job can be marked done early)"
                  for c in ("id", "kind", "status", "params", "phase", "total", "done", "started_at", "updated_at",
                            "finished_at", "error", "requested_by", "lease_owner", "lease_until")},

@@ -33,8 +33,9 @@ __all__ = ["KeyHierarchy", "DataKey", "PURPOSES"]
 # data: records; cvv: card security codes (own key, PCI DSS 3.3.2); index: keyed
 # hashes for deterministic tokens; auth: keyed hashes of credentials; audit: the MACs
 # chaining audit events; totp: wraps the data keys that seal operators' TOTP seeds;
+# relay: wraps the data keys that seal relay routes (upstream credentials among them);
 # row: the MACs of rows that decide access (vault.keys.row_mac).
-PURPOSES = ("data", "cvv", "index", "auth", "audit", "totp", "row")
+PURPOSES = ("data", "cvv", "index", "auth", "audit", "totp", "relay", "row")
 RECORD_PURPOSES = ("data", "cvv")
 
 

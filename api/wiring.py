@@ -81,7 +81,8 @@ def build(
     engine = create_engine_for(settings.database_url, pool_size=4)
     provider = InstrumentedProvider(provider or build_provider(settings))
     keys = KeyHierarchy(provider, cache_seconds=settings.key_cache_seconds, clock=now, on_lookup=observe_key_cache)
-    trail = AuditTrail(keys, checkpoint_dir=settings.checkpoint_dir, clock=now, on_write=observe_audit_write)
+    trail = AuditTrail(keys, checkpoint_dir=settings.checkpoint_dir, checkpoint_seconds=settings.checkpoint_seconds,
+                       clock=now, on_write=observe_audit_write)
     token_service = TokenService(engine=engine, keys=keys, policy=policy, trail=trail, clock=now)
     access = AccessSettings.from_env(settings.env, policy)
     clients = ClientRegistry(engine, keys, policy, trail, cache_seconds=settings.auth_cache_seconds, clock=now)

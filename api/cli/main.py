@@ -12,6 +12,7 @@ import click
 from api.access_settings import AccessSettings
 from api.cli import access
 from api.cli.audit import audit
+from api.cli.context import command_components
 from api.cli.keys import keys
 from api.cli.subjects import subjects, transfer
 from api.settings import Settings
@@ -28,9 +29,7 @@ DEMO_ROLES = ("checkout", "payment_gateway", "shipping", "support")
 
 
 def _components() -> Components:
-    parts = build(Settings.from_env())
-    click.get_current_context().call_on_close(parts.engine.dispose)  # no pooled connection outlives the command
-    return parts
+    return command_components()  # events anchored, no pooled connection outlives the command
 
 
 def _fail(error: VaultError) -> None:
@@ -66,6 +65,11 @@ def init() -> None:
             created = parts.keys.ensure_domain_keys(conn)
         if created:
             click.echo(f"created {len(created)} domain keys", err=True)
+        adopted = parts.trail.adopt(parts.engine)  # chains from before the checkpoint sink, anchored once
+        if adopted:
+            click.echo(f"anchored {adopted} existing audit chains in the checkpoint sink", err=True)
+        parts.trail.close()
+        parts.engine.dispose()
     except VaultError as error:
         _fail(error)
     click.echo("initialised", err=True)

@@ -7,7 +7,6 @@ between processes by accident.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import os
 import re
 import secrets
@@ -131,8 +130,7 @@ def _record_lifecycle(parts: Components, action: str) -> None:
         get_logger("tokenvault.lifecycle").error("lifecycle event not audited", action=action,
                                                  error=getattr(error, "code", type(error).__name__))
     if action == "service_stop":
-        with contextlib.suppress(VaultError, SQLAlchemyError, OSError):
-            parts.trail.checkpoint()
+        parts.trail.close()  # graceful stop: anchor this worker's chains, the stop event included
 
 
 def wsgi_app() -> Any:

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -46,6 +47,9 @@ __all__ = [
     "clients",
     "audit_events",
     "audit_archives",
+    "audit_sequence",
+    "audit_signing_keys",
+    "audit_sink_heads",
     "subjects",
     "consents",
     "holds",
@@ -174,6 +178,8 @@ audit_events = Table(
     Column("prev_mac", LargeBinary(32), nullable=False),
     Column("mac", LargeBinary(32), nullable=False),
     Column("mac_key_id", String(40), nullable=False),
+    # 1: events written before 0016a (MAC without `seq`); 2: the MAC covers every column, `seq` included.
+    Column("mac_scheme", SmallInteger, nullable=False, server_default="1"),
     UniqueConstraint("writer", "chain_seq", name="uq_audit_events_writer_chain_seq"),
     Index("ix_audit_events_at", "at"),
     Index("ix_audit_events_token", "token"),
@@ -181,7 +187,9 @@ audit_events = Table(
     Index("ix_audit_events_actor", "actor"),
 )
 
-# Where each writer's chain continues after its older events were archived.
+# Where each writer's chain continues after its older events were archived. `record_mac`
+# (HMAC under the audit key `mac_key_id`) authenticates the row, so an insider cannot
+# forge one to hide a chain prefix; rows from before 0016a are sealed by `tokenvault init`.
 audit_archives = Table(
     "audit_archives",
     metadata,
@@ -190,6 +198,38 @@ audit_archives = Table(
     Column("mac", LargeBinary(32), nullable=False),
     Column("archive", String(255), nullable=False),
     Column("archived_at", UTCDateTime, nullable=False),
+    Column("last_seq", BigInteger, nullable=True),
+    Column("mac_key_id", String(40), nullable=True),
+    Column("record_mac", LargeBinary(32), nullable=True),
+)
+
+# The next global `seq` on SQLite (PostgreSQL uses the column's own sequence): an event's
+# `seq` is chosen before its MAC is computed, and never reused, even after a deleted tail or
+# an archive emptied the table.
+audit_sequence = Table(
+    "audit_sequence",
+    metadata,
+    Column("name", String(16), primary_key=True),
+    Column("next_seq", BigInteger, nullable=False),
+)
+
+# The checkpoint signing key (ed25519 seed wrapped by the key provider) and, per sink, the
+# last checkpoint entry written: a sink deleted, truncated or rolled back no longer reaches it.
+audit_signing_keys = Table(
+    "audit_signing_keys",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("wrapped", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+audit_sink_heads = Table(
+    "audit_sink_heads",
+    metadata,
+    Column("sink", String(255), primary_key=True),
+    Column("n", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
 )
 
 

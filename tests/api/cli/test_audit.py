@@ -90,6 +90,7 @@ def test_archive_then_verify(tmp_path: Path, sqlite_url: str, monkeypatch: pytes
     old = tokenize_one(parts, "card", CARD)
     clock.now = datetime.now(UTC)
     read(parts, GATEWAY, old.token, "payment")
+    parts.trail.close()
     parts.engine.dispose()
     archive_dir = tmp_path / "archive"
     code, out = run("audit", "archive", "--older-than-days", "90", "--out", str(archive_dir))
@@ -101,4 +102,4 @@ def test_archive_then_verify(tmp_path: Path, sqlite_url: str, monkeypatch: pytes
     lines = gzip.decompress(archived.read_bytes()).decode().replace("tokenize", "detokenize")
     archived.write_bytes(gzip.compress(lines.encode()))
     code, out = run("audit", "verify", "--archives", str(archive_dir))
-    assert code == 1 and "archive modified" in json.loads(out)["archives"][0]
+    assert code == 1 and "archive modified" in json.loads(out)["archive_files"][0]

@@ -1,0 +1,249 @@
+"""Checkpoints of the audit chains, outside the database: what makes deletion visible.
+
+A MAC proves an event's content, not its existence. Each writer therefore *announces*
+itself to a checkpoint sink before its first event, and the *head* of its chain
+(chain_seq and MAC) is written to the sink after its events commit. An insider who edits
+the database cannot take back what the sink holds: a chain the sink announced but the
+database lacks, or a head the database no longer reaches, is a deletion.
+
+The checkpoint log itself is an append-only sequence of entries, each holding the SHA-256
+of the previous line (`prev`) and its number (`n`), signed with an ed25519 key whose seed
+is sealed by the key provider (the master key with the local provider, the Transit KEK
+with Vault): the database holds only the sealed seed, so an insider can neither sign an
+entry nor rewrite the log without breaking its chain. The database keeps, per sink, the
+number and hash of the last entry it saw written (`audit_sink_heads`), so a log deleted,
+truncated or restored from an older copy no longer reaches it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from sqlalchemy import select, update
+from sqlalchemy.engine import Connection
+
+from vault.errors import DecryptionFailed
+from vault.keys.provider import KeyProvider
+from vault.storage.schema import audit_signing_keys, audit_sink_heads, insert_ignoring_conflict
+
+__all__ = ["CheckpointSigner", "CheckpointSink", "FileSink", "SinkLog", "Entry", "ZERO_HASH", "line_hash"]
+
+ZERO_HASH = "0" * 64
+SIGNING_KEY_ID = "checkpoint-ed25519-1"
+# The fields of an entry, besides its signature. `kind` is "announce" or "head".
+ENTRY_FIELDS = ("n", "prev", "at", "kind", "writer", "chain_seq", "mac", "key")
+
+
+def line_hash(line: str) -> str:
+    return hashlib.sha256(line.encode("utf-8")).hexdigest()
+
+
+def _payload(entry: dict[str, Any]) -> bytes:
+    return json.dumps([entry.get(name) for name in ENTRY_FIELDS], separators=(",", ":")).encode("utf-8")
+
+
+class CheckpointSigner:
+    """ed25519 over checkpoint entries; the seed is stored only sealed by the key provider."""
+
+    def __init__(self, provider: KeyProvider) -> None:
+        self._provider = provider
+        self._private: Ed25519PrivateKey | None = None
+        self._lock = threading.Lock()
+
+    key_id = SIGNING_KEY_ID
+
+    def _load(self, conn: Connection, create: bool) -> Ed25519PrivateKey | None:
+        if self._private is not None:
+            return self._private
+        wrapped = conn.execute(select(audit_signing_keys.c.wrapped)
+                               .where(audit_signing_keys.c.id == SIGNING_KEY_ID)).scalar()
+        if wrapped is None:
+            if not create:
+                return None
+            _seed, sealed = self._provider.generate()
+            conn.execute(insert_ignoring_conflict(conn, audit_signing_keys),
+                         [{"id": SIGNING_KEY_ID, "wrapped": sealed, "created_at": datetime.now(UTC)}])
+            wrapped = conn.execute(select(audit_signing_keys.c.wrapped)
+                                   .where(audit_signing_keys.c.id == SIGNING_KEY_ID)).scalar()
+        opened = self._provider.unwrap([str(wrapped)])[0]
+        if opened is None:
+            raise DecryptionFailed()
+        with self._lock:
+            self._private = Ed25519PrivateKey.from_private_bytes(opened.expose())
+        return self._private
+
+    def prepare(self, conn: Connection) -> None:
+        """Open (or create) the signing key with the caller's connection, before any file lock is taken."""
+        self._load(conn, create=True)
+
+    def sign(self, entry: dict[str, Any]) -> str:
+        if self._private is None:
+            raise DecryptionFailed()
+        return self._private.sign(_payload(entry)).hex()
+
+    def public_key(self, conn: Connection) -> Ed25519PublicKey | None:
+        private = self._load(conn, create=False)
+        return private.public_key() if private is not None else None
+
+
+def signature_valid(public: Ed25519PublicKey, entry: dict[str, Any]) -> bool:
+    try:
+        public.verify(bytes.fromhex(str(entry.get("sig"))), _payload(entry))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What a writer asks the sink to record; the sink adds n, prev, at, key and sig."""
+
+    kind: str
+    writer: str
+    chain_seq: int = 0
+    mac: str | None = None
+
+
+class CheckpointSink(Protocol):
+    """An append-only, chained log of checkpoint entries outside the database."""
+
+    name: str
+
+    def append(self, entries: Sequence[Entry], sign: Callable[[dict[str, Any]], str]) -> tuple[int, str]:
+        """Append signed, chained entries; returns the number and hash of the last one."""
+        ...
+
+    def logs(self) -> dict[str, list[str]]:
+        """Every log this sink can read (one per host for files), as raw lines."""
+        ...
+
+
+class FileSink:
+    """One append-only JSONL file per host, shared by that host's processes under flock(2).
+
+    The default directory sits beside the data directory, not in it (see README): put it on
+    another filesystem or host the database administrator cannot write.
+    """
+
+    def __init__(self, directory: Path, clock: Callable[[], datetime]) -> None:
+        self._dir = directory
+        self._clock = clock
+        self._host = socket.gethostname()[:30]
+        self.name = f"file:{self._host}"
+
+    def _path(self, host: str) -> Path:
+        return self._dir / f"checkpoints-{host}.jsonl"
+
+    @staticmethod
+    def _last_line(fd: int) -> str | None:
+        size = os.lseek(fd, 0, os.SEEK_END)
+        if size == 0:
+            return None
+        chunk = 4096
+        while True:
+            start = max(0, size - chunk)
+            data = os.pread(fd, size - start, start)
+            lines = data.rstrip(b"\n").split(b"\n")
+            if len(lines) > 1 or start == 0:
+                return lines[-1].decode("utf-8")
+            chunk *= 4
+
+    def append(self, entries: Sequence[Entry], sign: Callable[[dict[str, Any]], str]) -> tuple[int, str]:
+        self._dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self._path(self._host), os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            last = self._last_line(fd)
+            n, prev = (int(json.loads(last)["n"]), line_hash(last)) if last else (0, ZERO_HASH)
+            lines = []
+            for item in entries:
+                n += 1
+                entry: dict[str, Any] = {"n": n, "prev": prev, "at": self._clock().astimezone(UTC).isoformat(),
+                                         "kind": item.kind, "writer": item.writer, "chain_seq": item.chain_seq,
+                                         "mac": item.mac, "key": SIGNING_KEY_ID}
+                entry["sig"] = sign(entry)
+                line = json.dumps(entry, sort_keys=True, separators=(",", ":"))
+                lines.append(line)
+                prev = line_hash(line)
+            os.write(fd, "".join(line + "\n" for line in lines).encode("utf-8"))
+            os.fsync(fd)
+            return n, prev
+        finally:
+            os.close(fd)  # releases the flock
+
+    def logs(self) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        if not self._dir.exists():
+            return found
+        for path in sorted(self._dir.glob("checkpoints-*.jsonl")):
+            host = path.name[len("checkpoints-"):-len(".jsonl")]
+            with path.open(encoding="utf-8") as handle:
+                found[f"file:{host}"] = [line.rstrip("\n") for line in handle if line.strip()]
+        return found
+
+
+def record_sink_head(conn: Connection, sink: str, n: int, digest: str, at: datetime) -> None:
+    """Remember the last entry written to `sink`; only ever forward (several processes race here)."""
+    moved = conn.execute(update(audit_sink_heads)
+                         .where(audit_sink_heads.c.sink == sink, audit_sink_heads.c.n < n)
+                         .values(n=n, hash=digest, at=at)).rowcount
+    if not moved:
+        conn.execute(insert_ignoring_conflict(conn, audit_sink_heads), [{"sink": sink, "n": n, "hash": digest,
+                                                                          "at": at}])
+
+
+@dataclass
+class SinkLog:
+    """A sink's log, checked: its entries if the chain and signatures hold, else the first problem."""
+
+    name: str
+    entries: list[dict[str, Any]]
+    hashes: list[str]
+    problem: str | None = None
+
+
+def read_log(name: str, lines: list[str], public: Ed25519PublicKey | None) -> SinkLog:
+    log = SinkLog(name, [], [])
+    prev = ZERO_HASH
+    for number, line in enumerate(lines, start=1):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            log.problem = f"checkpoint log {name} modified at entry {number}"
+            return log
+        if not isinstance(entry, dict) or entry.get("n") != number or entry.get("prev") != prev:
+            log.problem = f"checkpoint log {name} modified at entry {number}"
+            return log
+        if public is None or not signature_valid(public, entry):
+            log.problem = f"checkpoint log {name}: signature invalid at entry {number}"
+            return log
+        prev = line_hash(line)
+        log.entries.append(entry)
+        log.hashes.append(prev)
+    return log
+
+
+def sink_heads(conn: Connection) -> Iterator[tuple[str, int, str]]:
+    for row in conn.execute(select(audit_sink_heads.c.sink, audit_sink_heads.c.n, audit_sink_heads.c.hash)):
+        yield str(row[0]), int(row[1]), str(row[2])
+
+
+
+def announced_writers(sink: CheckpointSink, public: Ed25519PublicKey | None) -> set[str]:
+    """Writers announced in the sink's authentic entries (a broken log contributes its valid prefix)."""
+    writers: set[str] = set()
+    for name, lines in sink.logs().items():
+        writers |= {str(e["writer"]) for e in read_log(name, lines, public).entries if e.get("kind") == "announce"}
+    return writers

@@ -1,0 +1,287 @@
+"""Verifying the audit trail: chains, archive records, and the checkpoint log outside the database.
+
+What each check catches (the README's audit section lists the outcomes):
+- a chain link or MAC that does not hold: an event modified, inserted, reordered, moved
+  between writers or renumbered (`seq` is under the MAC);
+- an archive record whose own MAC does not hold: forged to hide a chain prefix;
+- a MAC key that is not an audit key, or an audit key that cannot be opened;
+- a chain the checkpoint log never announced (forged), or whose checkpointed head the
+  database no longer reaches (deleted whole, or its tail truncated);
+- a checkpoint log whose chain or signatures break, or that no longer reaches the last entry
+  the database saw written (deleted, truncated, rolled back).
+Events after a chain's last checkpoint are not yet anchored: they are reported as such,
+with their number, not as a break (a writer that crashed before its next checkpoint).
+
+Integrity failures are results, never exceptions: an unreadable key or a malformed row
+yields a `Break` with its reason. Only an unreachable key service or database raises.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import Connection
+
+from vault.audit.archive import record_mac
+from vault.audit.chain import GENESIS, audit_key, iso, mac_of
+from vault.audit.checkpoints import CheckpointSigner, CheckpointSink, SinkLog, read_log, sink_heads
+from vault.errors import AuditKeyRefused, DecryptionFailed, KeyServiceUnavailable, VaultError
+from vault.keys.hierarchy import KeyHierarchy
+from vault.storage.schema import audit_archives, audit_events
+
+__all__ = ["Break", "Unanchored", "Verification", "verify_trail", "ANCHOR_GRACE"]
+
+# A live writer's newest events wait for its next checkpoint (at most 1 s or 1,000 events):
+# a tail younger than this is "pending", older means the writer stopped without anchoring it.
+ANCHOR_GRACE = timedelta(seconds=5)
+_PROGRESS_EVERY = 20_000
+
+
+@dataclass(frozen=True)
+class Break:
+    """The first place verification failed."""
+
+    reason: str
+    writer: str | None = None
+    chain_seq: int | None = None
+    seq: int | None = None
+
+
+@dataclass(frozen=True)
+class Unanchored:
+    """Events after a chain's last checkpoint: deletable without detection until anchored."""
+
+    writer: str
+    events: int
+    last_at: str
+    stale: bool  # older than ANCHOR_GRACE: the writer stopped (crashed) before anchoring them
+
+
+@dataclass
+class Verification:
+    events: int = 0
+    writers: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    checkpoints: int = 0
+    archives: int = 0
+    broken: Break | None = None
+    unanchored: list[Unanchored] = field(default_factory=list)
+
+    @property
+    def intact(self) -> bool:
+        return self.broken is None
+
+    @property
+    def anchored(self) -> bool:
+        """No tail left un-anchored past the checkpoint window."""
+        return not any(tail.stale for tail in self.unanchored)
+
+    def public(self) -> dict[str, Any]:
+        return {"intact": self.intact, "anchored": self.anchored, "events": self.events, "writers": self.writers,
+                "first_seq": self.first_seq, "last_seq": self.last_seq, "checkpoints": self.checkpoints,
+                "archives": self.archives, "broken": asdict(self.broken) if self.broken else None,
+                "unanchored": [asdict(tail) for tail in self.unanchored]}
+
+
+class _Keys:
+    """Audit MAC keys by id, purpose-checked once each; a refusal becomes a Break."""
+
+    def __init__(self, keys: KeyHierarchy, conn: Connection) -> None:
+        self._keys, self._conn = keys, conn
+        self._cache: dict[str, bytes] = {}
+
+    def get(self, key_id: str) -> bytes | str:
+        key = self._cache.get(key_id)
+        if key is not None:
+            return key
+        try:
+            key = audit_key(self._keys, self._conn, key_id)
+        except AuditKeyRefused:
+            return "MAC key is not an audit key"
+        except KeyServiceUnavailable:
+            raise
+        except VaultError:
+            return "audit key unreadable"
+        self._cache[key_id] = key
+        return key
+
+
+@dataclass
+class _Head:
+    chain_seq: int
+    mac: bytes
+    at: datetime | None
+    archived: int = 0  # chain_seq of the archived prefix
+
+
+def _check_archives(conn: Connection, keys: _Keys, report: Verification) -> dict[str, _Head]:
+    starts: dict[str, _Head] = {}
+    for row in conn.execute(select(audit_archives)).mappings():
+        report.archives += 1
+        key = keys.get(str(row["mac_key_id"])) if row["record_mac"] is not None else "archive record not sealed"
+        if isinstance(key, str):
+            report.broken = Break(f"archive record refused: {key}", row["writer"], int(row["chain_seq"]))
+            return starts
+        if not hmac.compare_digest(record_mac(key, row), bytes(row["record_mac"])):
+            report.broken = Break("archive record forged or modified", row["writer"], int(row["chain_seq"]))
+            return starts
+        seq = int(row["chain_seq"])
+        starts[row["writer"]] = _Head(seq, bytes(row["mac"]), None, archived=seq)
+    return starts
+
+
+def _walk_chains(conn: Connection, keys: _Keys, report: Verification, starts: dict[str, _Head],
+                 progress: Callable[[int, int], None] | None) -> dict[str, _Head]:
+    """Every event, writer by writer in chain order; returns each chain's head."""
+    total = int(conn.execute(select(func.count()).select_from(audit_events)).scalar_one())
+    heads: dict[str, _Head] = {}
+    query = select(audit_events).order_by(audit_events.c.writer, audit_events.c.chain_seq)
+    writer = ""
+    expected, prev, last_seq, scheme = 0, GENESIS, 0, 1
+    for row in conn.execution_options(yield_per=5000).execute(query).mappings():
+        if row["writer"] != writer:
+            writer = str(row["writer"])
+            report.writers += 1
+            start = starts.get(writer)
+            expected, prev = (start.chain_seq + 1, start.mac) if start else (1, GENESIS)
+            last_seq, scheme = 0, 1
+        report.events += 1
+        if progress is not None and report.events % _PROGRESS_EVERY == 0:
+            progress(report.events, total)
+        seq, chain_seq = int(row["seq"]), int(row["chain_seq"])
+        report.first_seq = seq if report.first_seq is None else min(report.first_seq, seq)
+        report.last_seq = seq if report.last_seq is None else max(report.last_seq, seq)
+        if chain_seq != expected:
+            reason = "event missing before this one" if chain_seq > expected else "event inserted"
+            report.broken = Break(reason, writer, chain_seq, seq)
+            return heads
+        key = keys.get(str(row["mac_key_id"]))
+        if isinstance(key, str):
+            report.broken = Break(key, writer, chain_seq, seq)
+            return heads
+        if bytes(row["prev_mac"]) != prev:
+            report.broken = Break("link to previous event broken", writer, chain_seq, seq)
+            return heads
+        if (row["mac_scheme"] not in (1, 2) or row["mac_scheme"] < scheme
+                or not hmac.compare_digest(mac_of(key, prev, row), bytes(row["mac"]))):
+            report.broken = Break("event modified", writer, chain_seq, seq)
+            return heads
+        if seq <= last_seq:
+            report.broken = Break("events reordered", writer, chain_seq, seq)
+            return heads
+        prev, expected, last_seq, scheme = bytes(row["mac"]), expected + 1, seq, row["mac_scheme"]
+        start = starts.get(writer)
+        heads[writer] = _Head(chain_seq, prev, row["at"], start.archived if start else 0)
+    if progress is not None:
+        progress(report.events, total)
+    return heads
+
+
+def _read_logs(sink: CheckpointSink, signer: CheckpointSigner, conn: Connection,
+               report: Verification) -> dict[str, SinkLog]:
+    """Read the logs before the database: every head they name was committed before our snapshot."""
+    raw = sink.logs()
+    try:
+        public = signer.public_key(conn)
+    except KeyServiceUnavailable:
+        raise
+    except (VaultError, ValueError):
+        report.broken = Break("checkpoint signing key unreadable")
+        return {}
+    logs = {name: read_log(name, lines, public) for name, lines in raw.items()}
+    for log in logs.values():
+        if log.problem is not None:
+            report.broken = Break(log.problem)
+    return logs
+
+
+def _check_sink_heads(conn: Connection, sink: CheckpointSink, signer: CheckpointSigner,
+                      logs: dict[str, SinkLog], report: Verification) -> None:
+    for name, n, digest in sink_heads(conn):
+        log = logs.get(name)
+        if log is None or len(log.hashes) < n:  # appended after we read it? read once more
+            again = sink.logs().get(name)
+            log = read_log(name, again, signer.public_key(conn)) if again is not None else None
+        if log is None:
+            report.broken = Break(f"checkpoint log {name} deleted")
+            return
+        if len(log.hashes) < n:
+            report.broken = Break(f"checkpoint log {name} truncated or rolled back")
+            return
+        if log.hashes[n - 1] != digest:
+            report.broken = Break(f"checkpoint log {name} rewritten")
+            return
+
+
+def _check_anchors(conn: Connection, logs: dict[str, SinkLog], heads: dict[str, _Head],
+                   now: datetime, report: Verification) -> None:
+    announced: set[str] = set()
+    anchors: dict[str, tuple[int, str]] = {}
+    for log in logs.values():
+        report.checkpoints += len(log.entries)
+        for entry in log.entries:
+            writer = str(entry["writer"])
+            if entry["kind"] == "announce":
+                announced.add(writer)
+            elif int(entry["chain_seq"]) >= anchors.get(writer, (0, ""))[0]:
+                anchors[writer] = (int(entry["chain_seq"]), str(entry["mac"]))
+    for writer in sorted(heads):
+        if writer not in announced:
+            report.broken = Break("chain not announced in the checkpoint log (forged, or the log lost)", writer)
+            return
+    for writer in sorted(announced):
+        anchored, mac = anchors.get(writer, (0, ""))
+        head = heads.get(writer)
+        if anchored and head is None:
+            report.broken = Break("chain deleted: its checkpointed events are missing", writer, anchored)
+            return
+        if head is None:
+            continue
+        if head.chain_seq < anchored:
+            report.broken = Break("events truncated: a checkpointed event is missing", writer, anchored)
+            return
+        if anchored > head.archived or anchored == head.chain_seq:
+            found = head.mac if anchored == head.chain_seq else conn.execute(
+                select(audit_events.c.mac).where(audit_events.c.writer == writer,
+                                                 audit_events.c.chain_seq == anchored)).scalar()
+            if found is None or bytes(found).hex() != mac:
+                report.broken = Break("checkpointed event modified", writer, anchored)
+                return
+        if head.chain_seq > anchored:
+            last_at = head.at or now
+            report.unanchored.append(Unanchored(writer, head.chain_seq - anchored, iso(last_at),
+                                                stale=last_at < now - ANCHOR_GRACE))
+
+
+def verify_trail(keys: KeyHierarchy, conn: Connection, sink: CheckpointSink | None, signer: CheckpointSigner,
+                 now: datetime, *, progress: Callable[[int, int], None] | None = None) -> Verification:
+    """Check everything; the report's `broken` names the first failure."""
+    report = Verification()
+    try:
+        logs = _read_logs(sink, signer, conn, report) if sink is not None else {}
+        if report.broken:
+            return report
+        if sink is not None:
+            _check_sink_heads(conn, sink, signer, logs, report)
+            if report.broken:
+                return report
+        audit_keys = _Keys(keys, conn)
+        starts = _check_archives(conn, audit_keys, report)
+        if report.broken:
+            return report
+        heads = _walk_chains(conn, audit_keys, report, starts, progress)
+        if report.broken:
+            return report
+        for writer, start in starts.items():
+            heads.setdefault(writer, start)
+        if sink is not None:
+            _check_anchors(conn, logs, heads, now, report)
+    except (ValueError, TypeError, KeyError, OverflowError, DecryptionFailed) as exc:
+        report.broken = Break(f"audit data unreadable ({type(exc).__name__})")
+    return report

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -134,3 +137,55 @@ def test_checkpointer_writes_only_committed_heads(tmp_path: Path, sqlite_url: st
     assert parts.trail.checkpoint() == 1  # the writer used by this process
     assert verify(parts) == (True, None)
     assert CHECKOUT.role == "checkout" and HERE.request_id
+
+
+def _heads_in_sink(directory: Path) -> list[int]:
+    lines = [json.loads(line) for path in directory.glob("*.jsonl") for line in path.read_text().splitlines()]
+    return [int(entry["chain_seq"]) for entry in lines if entry["kind"] == "head"]
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def test_api_writers_checkpoint_by_time(tmp_path: Path, database_url: str) -> None:
+    parts = make_components(tmp_path / "data", database_url, TOKENVAULT_AUDIT_CHECKPOINT_DIR=str(tmp_path / "cp"),
+                            TOKENVAULT_AUDIT_CHECKPOINT_SECONDS="0.2")
+    try:
+        tokenize_one(parts, "email", "a@example.com")
+        assert _wait_for(lambda: _heads_in_sink(tmp_path / "cp") == [1])
+    finally:
+        parts.trail.close()
+        parts.engine.dispose()
+
+
+def test_api_writers_checkpoint_every_thousand_events(tmp_path: Path, database_url: str) -> None:
+    parts = make_components(tmp_path / "data", database_url, TOKENVAULT_AUDIT_CHECKPOINT_DIR=str(tmp_path / "cp"),
+                            TOKENVAULT_AUDIT_CHECKPOINT_SECONDS="3600")
+    try:
+        event = AuditEvent(at=datetime.now(UTC), actor="x", role="y", action="probe", outcome="allowed")
+        with parts.engine.begin() as conn:
+            parts.trail.record(conn, [event] * 999)
+        time.sleep(0.3)
+        assert _heads_in_sink(tmp_path / "cp") == []
+        with parts.engine.begin() as conn:
+            parts.trail.record(conn, [event])
+        assert _wait_for(lambda: max(_heads_in_sink(tmp_path / "cp"), default=0) == 1000)
+    finally:
+        parts.trail.close()
+        parts.engine.dispose()
+
+
+def test_graceful_close_anchors_the_last_events(tmp_path: Path, database_url: str) -> None:
+    parts = make_components(tmp_path / "data", database_url, TOKENVAULT_AUDIT_CHECKPOINT_DIR=str(tmp_path / "cp"),
+                            TOKENVAULT_AUDIT_CHECKPOINT_SECONDS="3600")
+    tokenize_one(parts, "email", "a@example.com")
+    assert _heads_in_sink(tmp_path / "cp") == []
+    parts.trail.close()
+    assert _heads_in_sink(tmp_path / "cp") == [1]
+    parts.engine.dispose()

@@ -32,6 +32,10 @@ def upgrade() -> None:
     # Backfill: the next seq follows every seq ever handed out that the table still shows.
     op.execute("INSERT INTO audit_sequence (name, next_seq) SELECT 'audit', COALESCE(MAX(seq), 0) + 1 "
                "FROM audit_events")
+    if op.get_bind().dialect.name == "postgresql":  # never behind a seq the table shows, never backwards
+        op.execute("SELECT setval(pg_get_serial_sequence('audit_events', 'seq'), GREATEST("
+                   "(SELECT COALESCE(MAX(seq), 0) + 1 FROM audit_events), "
+                   "nextval(pg_get_serial_sequence('audit_events', 'seq'))), false)")
     op.create_table(
         "audit_signing_keys",
         sa.Column("id", sa.String(length=40), nullable=False),

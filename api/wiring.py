@@ -32,7 +32,7 @@ from vault.privacy.disclosures import DisclosureService
 from vault.privacy.retention import RetentionService
 from vault.privacy.rights import PrivacyService
 from vault.privacy.transfer import check_transfer_params
-from vault.storage.schema import create_engine_for
+from vault.storage.schema import create_engine_for, create_snapshot_reader
 from vault.tokens.service import TokenService
 
 __all__ = ["Components", "build", "build_provider"]
@@ -120,7 +120,8 @@ def build(
         keys=keys,
         policy=policy,
         trail=trail,
-        audit_log=AuditLog(engine, trail, policy, clock=now),
+        audit_log=AuditLog(engine, trail, policy, clock=now,
+                           reader=lambda: create_snapshot_reader(settings.database_url)),
         clients=clients,
         tokens=token_service,
         privacy=PrivacyService(engine=engine, keys=keys, policy=policy, trail=trail, tokens_service=token_service,

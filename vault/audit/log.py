@@ -2,25 +2,44 @@
 
 Reading the trail is an access like any other (PCI DSS 10.2.1.3): each read and each
 verification writes an event, in the same transaction, before any data is returned.
+Verification never runs inside a request: a request answers from the latest report or
+starts (or joins) a background job, whose progress and report live in `audit_verify_jobs`.
 """
 
 from __future__ import annotations
 
+import json
+import secrets
+import threading
+import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from vault.access.operations import AuditedOperations
 from vault.access.policy import Policy
-from vault.audit.trail import Actor, AuditTrail, EventQuery, Origin, Verification, event_json, select_events
-from vault.errors import StorageUnavailable, ValidationFailed
+from vault.audit.chain import iso
+from vault.audit.trail import Actor, AuditEvent, AuditTrail, EventQuery, Origin, event_json, select_events
+from vault.audit.verification import Break, Verification
+from vault.errors import (
+    AuditWriteFailed,
+    DecryptionFailed,
+    NotFound,
+    StorageUnavailable,
+    ValidationFailed,
+    VaultError,
+)
+from vault.storage.schema import audit_verify_jobs
 
 __all__ = ["AuditLog"]
 
 MAX_PAGE = 1000
+JOB_STALE = timedelta(seconds=60)  # a running job not updated for this long died with its worker
+RESULT_FRESH = timedelta(seconds=60)  # a report younger than this answers GET /v1/audit/verify at once
 
 
 def _now() -> datetime:
@@ -29,8 +48,11 @@ def _now() -> datetime:
 
 class AuditLog(AuditedOperations):
     def __init__(self, engine: Engine, trail: AuditTrail, policy: Policy,
-                 clock: Callable[[], datetime] = _now) -> None:
+                 clock: Callable[[], datetime] = _now, reader: Callable[[], Engine] | None = None) -> None:
         super().__init__(engine=engine, policy=policy, trail=trail, clock=clock)
+        self._make_reader = reader
+        self._reader: Engine | None = None
+        self._reader_lock = threading.Lock()
 
     def _authorise(self, actor: Actor, action: str, origin: Origin) -> None:
         self._require(actor, "read_audit", action, origin)
@@ -52,16 +74,107 @@ class AuditLog(AuditedOperations):
         cursor = events[-1]["seq"] if len(events) == query.limit else None
         return events, cursor
 
-    def verify(self, actor: Actor, origin: Origin) -> Verification:
+    # -- verification as a job -------------------------------------------------------------
+
+    def verify_now(self, progress: Callable[[int, int], None] | None = None) -> Verification:
+        """A full verification in the calling thread, on a snapshot that holds up no writer (CLI, jobs)."""
+        with self._reader_lock:
+            if self._reader is None:
+                self._reader = self._make_reader() if self._make_reader else self._engine
+        with self._reader.connect() as conn:
+            return self._trail.verify(conn, progress=progress)
+
+    def verification(self, actor: Actor, origin: Origin) -> tuple[str, dict[str, Any]]:
+        """At once: ("result", the latest report if fresh), or ("job", a running or new job).
+
+        A new job is marked `"start": True`; the caller runs it in the background (`run_job`).
+        Concurrent callers share one running job instead of each walking the trail.
+        """
         self._authorise(actor, "verify_audit", origin)
+        now = self._clock()
         try:
-            with self._engine.connect() as conn:
-                report = self._trail.verify(conn)
             with self._engine.begin() as conn:
-                outcome = "allowed" if report.intact else "error"
-                self._trail.record(conn, [self._event(actor, "verify_audit", outcome, origin,
-                                                      error_code=None if report.intact else "audit_broken",
-                                                      detail=f"events={report.events}")])
+                running = conn.execute(select(audit_verify_jobs).where(
+                    audit_verify_jobs.c.status == "running", audit_verify_jobs.c.updated_at > now - JOB_STALE,
+                ).order_by(audit_verify_jobs.c.started_at.desc()).limit(1)).mappings().first()
+                latest = conn.execute(select(audit_verify_jobs).where(audit_verify_jobs.c.status == "done")
+                                      .order_by(audit_verify_jobs.c.finished_at.desc()).limit(1)).mappings().first()
+                if running is not None:
+                    kind, found = "job", describe_job(running)
+                elif latest is not None and latest["finished_at"] > now - RESULT_FRESH:
+                    kind, found = "result", describe_job(latest)
+                else:
+                    job_id = f"verify_{secrets.token_hex(8)}"
+                    conn.execute(insert(audit_verify_jobs).values(
+                        id=job_id, status="running", done=0, total=0, started_at=now, updated_at=now,
+                        requested_by=actor.id))
+                    kind, found = "job", {**describe_job(conn.execute(select(audit_verify_jobs).where(
+                        audit_verify_jobs.c.id == job_id)).mappings().one()), "start": True}
+                self._trail.record(conn, [self._event(actor, "verify_audit", "allowed", origin,
+                                                      detail=f"job={found['job_id']} {kind}")])
+        except AuditWriteFailed as exc:
+            if isinstance(exc.__cause__, DecryptionFailed):  # the audit key itself: say so, not 503
+                return "result", {"status": "done", "result": Verification(
+                    broken=Break("audit key unreadable")).public()}
+            raise
         except SQLAlchemyError as exc:
             raise StorageUnavailable("database unavailable") from exc
-        return report
+        return kind, found
+
+    def job(self, actor: Actor, job_id: str, origin: Origin) -> dict[str, Any]:
+        self._authorise(actor, "verify_audit", origin)
+        with self._engine.connect() as conn:
+            row = conn.execute(select(audit_verify_jobs).where(audit_verify_jobs.c.id == job_id)).mappings().first()
+        if row is None:
+            raise NotFound("no such verification job")
+        return describe_job(row)
+
+    def run_job(self, job_id: str) -> None:
+        """Verify, keeping the job's progress current; store the report with its audit event."""
+        last = [time.monotonic()]
+
+        def progress(done: int, total: int) -> None:
+            if time.monotonic() - last[0] < 0.5 and done < total:
+                return
+            last[0] = time.monotonic()
+            with self._engine.begin() as conn:
+                conn.execute(update(audit_verify_jobs).where(audit_verify_jobs.c.id == job_id)
+                             .values(done=done, total=total, updated_at=self._clock()))
+
+        try:
+            report = self.verify_now(progress)
+        except (VaultError, SQLAlchemyError) as exc:
+            code = exc.code if isinstance(exc, VaultError) else "storage_unavailable"
+            with self._engine.begin() as conn:
+                conn.execute(update(audit_verify_jobs).where(audit_verify_jobs.c.id == job_id).values(
+                    status="failed", result=json.dumps({"error": code}), updated_at=self._clock(),
+                    finished_at=self._clock()))
+            return
+        event = AuditEvent(at=self._clock(), actor="system", role="system", action="verify_audit_result",
+                           outcome="allowed" if report.intact else "error",
+                           error_code=None if report.intact else "audit_broken",
+                           detail=f"job={job_id} events={report.events}")
+        done = {"status": "done", "result": json.dumps(report.public()), "done": report.events,
+                "total": report.events, "updated_at": self._clock(), "finished_at": self._clock()}
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(update(audit_verify_jobs).where(audit_verify_jobs.c.id == job_id).values(**done))
+                self._trail.record(conn, [event])
+        except AuditWriteFailed:
+            # The trail cannot take the event (its key is broken, which the report says): the report
+            # is kept anyway, since hiding it would hide the break itself.
+            with self._engine.begin() as conn:
+                conn.execute(update(audit_verify_jobs).where(audit_verify_jobs.c.id == job_id).values(**done))
+
+
+def describe_job(row: Any) -> dict[str, Any]:
+    """A job as the API shows it: progress with rate and ETA, then the report."""
+    elapsed = max((row["updated_at"] - row["started_at"]).total_seconds(), 1e-6)
+    rate = row["done"] / elapsed
+    remaining = max(row["total"] - row["done"], 0)
+    return {"job_id": row["id"], "status": row["status"], "done": row["done"], "total": row["total"],
+            "rate": round(rate, 1),
+            "eta_seconds": round(remaining / rate, 1) if rate > 0 and row["status"] == "running" else None,
+            "started_at": iso(row["started_at"]),
+            "finished_at": iso(row["finished_at"]) if row["finished_at"] else None,
+            "result": json.loads(row["result"]) if row["result"] else None}

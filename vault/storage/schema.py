@@ -50,6 +50,8 @@ __all__ = [
     "audit_sequence",
     "audit_signing_keys",
     "audit_sink_heads",
+    "audit_verify_jobs",
+    "create_snapshot_reader",
     "subjects",
     "consents",
     "holds",
@@ -221,6 +223,22 @@ audit_signing_keys = Table(
     Column("id", String(40), primary_key=True),
     Column("wrapped", Text, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
+)
+
+# Verification runs as a background job (never inside a request): progress, then the report.
+audit_verify_jobs = Table(
+    "audit_verify_jobs",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("status", String(16), nullable=False),  # running | done | failed
+    Column("done", BigInteger, nullable=False),
+    Column("total", BigInteger, nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime, nullable=True),
+    Column("result", Text, nullable=True),
+    Column("requested_by", String(128), nullable=False),
+    Index("ix_audit_verify_jobs_started_at", "started_at"),
 )
 
 audit_sink_heads = Table(
@@ -424,6 +442,32 @@ def _sqlite_setup(engine: Engine) -> None:
             except NestedWriter as exc:  # raised here, SQLAlchemy would not wrap it: callers expect its errors
                 raise OperationalError("BEGIN IMMEDIATE", None, exc) from exc
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_snapshot_reader(url: str) -> Engine:
+    """An engine for long reads of one consistent snapshot that never hold up writers.
+
+    SQLite (WAL): plain connections that skip the writer lock and read with a deferred BEGIN,
+    so a verification of millions of rows does not stop every write meanwhile. PostgreSQL:
+    REPEATABLE READ, one snapshot for the whole transaction, no locks.
+    """
+    url = normalise_url(url)
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_size=1, max_overflow=1, hide_parameters=True,
+                             isolation_level="REPEATABLE READ", connect_args={"connect_timeout": 5})
+    engine = create_engine(url, hide_parameters=True, connect_args={"timeout": 10, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        dbapi_connection.execute("PRAGMA query_only=ON")
+        dbapi_connection.execute("PRAGMA busy_timeout=10000")
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN DEFERRED")
+
+    return engine
 
 
 def drop_deleted_copies(engine: Engine) -> bool:

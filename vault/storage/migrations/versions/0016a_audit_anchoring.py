@@ -44,6 +44,20 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_signing_keys")),
     )
     op.create_table(
+        "audit_verify_jobs",
+        sa.Column("id", sa.String(length=40), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("done", sa.BigInteger(), nullable=False),
+        sa.Column("total", sa.BigInteger(), nullable=False),
+        sa.Column("started_at", vault.storage.schema.UTCDateTime(), nullable=False),
+        sa.Column("updated_at", vault.storage.schema.UTCDateTime(), nullable=False),
+        sa.Column("finished_at", vault.storage.schema.UTCDateTime(), nullable=True),
+        sa.Column("result", sa.Text(), nullable=True),
+        sa.Column("requested_by", sa.String(length=128), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_verify_jobs")),
+    )
+    op.create_index("ix_audit_verify_jobs_started_at", "audit_verify_jobs", ["started_at"])
+    op.create_table(
         "audit_sink_heads",
         sa.Column("sink", sa.String(length=255), nullable=False),
         sa.Column("n", sa.BigInteger(), nullable=False),
@@ -55,6 +69,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("audit_sink_heads")
+    op.drop_index("ix_audit_verify_jobs_started_at", table_name="audit_verify_jobs")
+    op.drop_table("audit_verify_jobs")
     op.drop_table("audit_signing_keys")
     op.drop_table("audit_sequence")
     with op.batch_alter_table("audit_archives") as batch:

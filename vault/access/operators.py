@@ -267,8 +267,9 @@ class OperatorRegistry(AuditedOperations):
         now = self._clock()
         row = self._transaction(lambda conn: self._sessions.find(conn, token, now))
         if row is None or not self._policy.has_role(row.role):
-            raise self._deny(_ANONYMOUS, "authenticate", origin, Unauthenticated("invalid credentials"),
-                             detail="session")
+            error = Unauthenticated("invalid credentials")
+            self._trail.note_failed_authentication(self._engine, origin, error.code, detail="session")
+            raise error
         return Actor(id=row.operator_id, role=row.role, name=row.username)
 
     def logout(self, actor: Actor, token: Secret[str], origin: Origin) -> None:

@@ -61,6 +61,7 @@ _ARCHIVED_HEAD = (
     select(audit_archives.c.chain_seq, audit_archives.c.mac).where(audit_archives.c.writer == bindparam("writer"))
 )
 _WRITER_KEY = "tokenvault_audit_writer"
+MAX_FAILURE_SOURCES = 10_000
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,11 @@ class AuditTrail:
         self._engine: Engine | None = None
         self._stopped = threading.Event()
         self._wake = threading.Event()
+        # Failed authentications, counted per (source, reason, detail) and written as one event each
+        # per window: unauthenticated traffic cannot inflate the trail or queue for its writes.
+        self._failures: dict[tuple[str | None, str, str | None], int] = {}
+        self._failures_since = time.monotonic()
+        self.failure_window_seconds = 60.0
 
     @property
     def keys(self) -> KeyHierarchy:
@@ -242,6 +248,39 @@ class AuditTrail:
                     self._wake.set()
                 self._start_checkpointer()
 
+    # -- failed authentications -------------------------------------------------------------
+
+    def note_failed_authentication(self, engine: Engine, origin: Origin, error_code: str,
+                                   detail: str | None = None) -> None:
+        """Count a failed authentication; `flush_failures` writes one event per source and window."""
+        with self._lock:
+            self._engine = self._engine or engine
+            key = (origin.source, error_code, detail)
+            if key not in self._failures and len(self._failures) >= MAX_FAILURE_SOURCES:
+                key = ("(other sources)", error_code, detail)  # bounded memory, whatever the addresses
+            self._failures[key] = self._failures.get(key, 0) + 1
+            self._start_checkpointer()
+
+    def flush_failures(self, *, force: bool = False) -> int:
+        """Write the counted failures (one event per source, reason and window, with `count=`)."""
+        with self._lock:
+            window = time.monotonic() - self._failures_since
+            if not self._failures or (not force and window < self.failure_window_seconds):
+                return 0
+            counted, self._failures = self._failures, {}
+            self._failures_since = time.monotonic()
+            engine = self._engine
+        if engine is None:
+            return 0
+        now = self._clock()
+        events = [AuditEvent(at=now, actor=ANONYMOUS.id, role=ANONYMOUS.role, action="authenticate",
+                             outcome="denied", error_code=code, origin=Origin(source=source),
+                             detail=f"count={count} window={int(window)}s" + (f" {detail}" if detail else ""))
+                  for (source, code, detail), count in sorted(counted.items(), key=str)]
+        with engine.begin() as conn:
+            self.record(conn, events)
+        return len(events)
+
     # -- checkpoints -------------------------------------------------------------------------
 
     def _start_checkpointer(self) -> None:
@@ -263,6 +302,8 @@ class AuditTrail:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
         with contextlib.suppress(VaultError, SQLAlchemyError, OSError):
+            self.flush_failures(force=True)
+        with contextlib.suppress(VaultError, SQLAlchemyError, OSError):
             self.checkpoint()
 
     def _checkpoint_loop(self) -> None:
@@ -272,6 +313,7 @@ class AuditTrail:
             if self._stopped.is_set():
                 return
             try:
+                self.flush_failures()
                 self.checkpoint()
             except (VaultError, SQLAlchemyError, OSError):
                 continue  # the next round tries again; verification reports the un-anchored tail

@@ -36,6 +36,7 @@ def env(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> d
                                                                 if k != "TOKENVAULT_DATA_DIR"})
     record = tokenize_one(parts, "card", CARD, subject_id="cust-7")
     read(parts, GATEWAY, record.token, "payment")
+    parts.trail.close()
     parts.engine.dispose()
     return values
 

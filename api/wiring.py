@@ -23,8 +23,10 @@ from vault.access.passwords import Passwords
 from vault.access.policy import Policy, load_policy
 from vault.access.sessions import Sessions
 from vault.audit.alerts import Alerts
+from vault.audit.checkpoints import CheckpointSink
 from vault.audit.log import AuditLog
 from vault.audit.trail import AuditTrail
+from vault.errors import ConfigurationError
 from vault.keys.hierarchy import KeyHierarchy
 from vault.keys.provider import KeyProvider
 from vault.keys.rotation import KeyLifecycle
@@ -45,6 +47,28 @@ def build_provider(settings: Settings) -> KeyProvider:
         return VaultTransitProvider(config=VaultConfig.from_env(settings.env))
     master = load_master_key(dict(settings.env), settings.data_dir / "master.key")
     return LocalKeyProvider(keyring_path=settings.data_dir / "keyring.json", master_key=master)
+
+
+def build_checkpoint_sinks(settings: Settings) -> list[CheckpointSink]:
+    """Sinks besides the file: `TOKENVAULT_AUDIT_KV=<mount>/<path>` adds KV v2 (VAULT_ADDR, VAULT_TOKEN)."""
+    where = settings.env.get("TOKENVAULT_AUDIT_KV")
+    if not where:
+        return []
+    import hvac
+
+    from kms.kv_checkpoints import KvCheckpointSink
+    from kms.vault_config import VaultConfig
+
+    mount, _, path = where.strip("/").partition("/")
+    if not mount or not path:
+        raise ConfigurationError("TOKENVAULT_AUDIT_KV must be <kv v2 mount>/<path>")
+    config = VaultConfig.from_env(settings.env)
+    if config.token is None:
+        raise ConfigurationError("TOKENVAULT_AUDIT_KV needs VAULT_TOKEN (a token allowed only that path)")
+    client = hvac.Client(url=config.addr, token=config.token.expose(), namespace=config.namespace,
+                         verify=config.ca_cert or not config.skip_verify,
+                         timeout=(config.connect_timeout, config.read_timeout))
+    return [KvCheckpointSink(client, mount=mount, path=path)]
 
 
 @dataclass(frozen=True)
@@ -82,7 +106,7 @@ def build(
     provider = InstrumentedProvider(provider or build_provider(settings))
     keys = KeyHierarchy(provider, cache_seconds=settings.key_cache_seconds, clock=now, on_lookup=observe_key_cache)
     trail = AuditTrail(keys, checkpoint_dir=settings.checkpoint_dir, checkpoint_seconds=settings.checkpoint_seconds,
-                       clock=now, on_write=observe_audit_write)
+                       sinks=build_checkpoint_sinks(settings), clock=now, on_write=observe_audit_write)
     token_service = TokenService(engine=engine, keys=keys, policy=policy, trail=trail, clock=now)
     access = AccessSettings.from_env(settings.env, policy)
     clients = ClientRegistry(engine, keys, policy, trail, cache_seconds=settings.auth_cache_seconds, clock=now)

@@ -38,7 +38,8 @@ from vault.errors import DecryptionFailed
 from vault.keys.provider import KeyProvider
 from vault.storage.schema import audit_signing_keys, audit_sink_heads, insert_ignoring_conflict
 
-__all__ = ["CheckpointSigner", "CheckpointSink", "FileSink", "SinkLog", "Entry", "ZERO_HASH", "line_hash"]
+__all__ = ["CheckpointSigner", "CheckpointSink", "FileSink", "SinkLog", "Entry", "ZERO_HASH", "line_hash",
+           "entry_lines", "last_of"]
 
 ZERO_HASH = "0" * 64
 SIGNING_KEY_ID = "checkpoint-ed25519-1"
@@ -117,17 +118,41 @@ class Entry:
 
 
 class CheckpointSink(Protocol):
-    """An append-only, chained log of checkpoint entries outside the database."""
+    """An append-only, chained log of checkpoint entries outside the database.
+
+    The sink only stores lines: `append` hands `lines(n, prev)` the number and hash of its last
+    entry (under the sink's own lock or check-and-set), stores what it returns and answers the
+    new last number and hash. The trail builds, signs and chains the lines (`entry_lines`).
+    """
 
     name: str
 
-    def append(self, entries: Sequence[Entry], sign: Callable[[dict[str, Any]], str]) -> tuple[int, str]:
-        """Append signed, chained entries; returns the number and hash of the last one."""
-        ...
+    def append(self, lines: Callable[[int, str], list[str]]) -> tuple[int, str]: ...
 
     def logs(self) -> dict[str, list[str]]:
-        """Every log this sink can read (one per host for files), as raw lines."""
+        """Every log this sink can read (one per host), as raw lines."""
         ...
+
+
+def entry_lines(entries: Sequence[Entry], sign: Callable[[dict[str, Any]], str], at: datetime,
+                n: int, prev: str) -> list[str]:
+    """Signed, numbered, hash-chained lines for `entries`, following entry `n` whose hash is `prev`."""
+    lines = []
+    for item in entries:
+        n += 1
+        entry: dict[str, Any] = {"n": n, "prev": prev, "at": at.astimezone(UTC).isoformat(), "kind": item.kind,
+                                 "writer": item.writer, "chain_seq": item.chain_seq, "mac": item.mac,
+                                 "key": SIGNING_KEY_ID}
+        entry["sig"] = sign(entry)
+        line = json.dumps(entry, sort_keys=True, separators=(",", ":"))
+        lines.append(line)
+        prev = line_hash(line)
+    return lines
+
+
+def last_of(lines: Sequence[str]) -> tuple[int, str]:
+    """The number and hash of the last line (0 and the zero hash for an empty log)."""
+    return (int(json.loads(lines[-1])["n"]), line_hash(lines[-1])) if lines else (0, ZERO_HASH)
 
 
 class FileSink:
@@ -137,9 +162,8 @@ class FileSink:
     another filesystem or host the database administrator cannot write.
     """
 
-    def __init__(self, directory: Path, clock: Callable[[], datetime]) -> None:
+    def __init__(self, directory: Path) -> None:
         self._dir = directory
-        self._clock = clock
         self._host = socket.gethostname()[:30]
         self.name = f"file:{self._host}"
 
@@ -160,26 +184,16 @@ class FileSink:
                 return lines[-1].decode("utf-8")
             chunk *= 4
 
-    def append(self, entries: Sequence[Entry], sign: Callable[[dict[str, Any]], str]) -> tuple[int, str]:
+    def append(self, lines: Callable[[int, str], list[str]]) -> tuple[int, str]:
         self._dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self._path(self._host), os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             last = self._last_line(fd)
-            n, prev = (int(json.loads(last)["n"]), line_hash(last)) if last else (0, ZERO_HASH)
-            lines = []
-            for item in entries:
-                n += 1
-                entry: dict[str, Any] = {"n": n, "prev": prev, "at": self._clock().astimezone(UTC).isoformat(),
-                                         "kind": item.kind, "writer": item.writer, "chain_seq": item.chain_seq,
-                                         "mac": item.mac, "key": SIGNING_KEY_ID}
-                entry["sig"] = sign(entry)
-                line = json.dumps(entry, sort_keys=True, separators=(",", ":"))
-                lines.append(line)
-                prev = line_hash(line)
-            os.write(fd, "".join(line + "\n" for line in lines).encode("utf-8"))
+            new = lines(*last_of([last] if last else []))
+            os.write(fd, "".join(line + "\n" for line in new).encode("utf-8"))
             os.fsync(fd)
-            return n, prev
+            return last_of(new)
         finally:
             os.close(fd)  # releases the flock
 
@@ -241,9 +255,11 @@ def sink_heads(conn: Connection) -> Iterator[tuple[str, int, str]]:
 
 
 
-def announced_writers(sink: CheckpointSink, public: Ed25519PublicKey | None) -> set[str]:
-    """Writers announced in the sink's authentic entries (a broken log contributes its valid prefix)."""
+def announced_writers(sinks: Sequence[CheckpointSink], public: Ed25519PublicKey | None) -> set[str]:
+    """Writers announced in the sinks' authentic entries (a broken log contributes its valid prefix)."""
     writers: set[str] = set()
-    for name, lines in sink.logs().items():
-        writers |= {str(e["writer"]) for e in read_log(name, lines, public).entries if e.get("kind") == "announce"}
+    for sink in sinks:
+        for name, lines in sink.logs().items():
+            writers |= {str(e["writer"]) for e in read_log(name, lines, public).entries
+                        if e.get("kind") == "announce"}
     return writers

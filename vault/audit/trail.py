@@ -40,6 +40,7 @@ from vault.audit.checkpoints import (
     Entry,
     FileSink,
     announced_writers,
+    entry_lines,
     record_sink_head,
 )
 from vault.audit.verification import Break, Verification, verify_trail
@@ -154,6 +155,7 @@ class AuditTrail:
         keys: KeyHierarchy,
         *,
         checkpoint_dir: Path | None = None,
+        sinks: Sequence[CheckpointSink] = (),
         checkpoint_seconds: float = 1.0,
         checkpoint_events: int = 1000,
         clock: Callable[[], datetime] = _now,
@@ -162,14 +164,15 @@ class AuditTrail:
         self._keys = keys
         self._on_write = on_write or (lambda _seconds: None)
         self._clock = clock
-        self._sink: CheckpointSink | None = FileSink(checkpoint_dir, clock) if checkpoint_dir is not None else None
+        self._sinks: list[CheckpointSink] = [*([FileSink(checkpoint_dir)] if checkpoint_dir is not None else []),
+                                             *sinks]
         self.signer = CheckpointSigner(keys.provider)
         self._checkpoint_seconds = checkpoint_seconds
         self._checkpoint_events = checkpoint_events
         self._announced: set[str] = set()
         self._anchored: dict[str, int] = {}  # writer -> chain_seq last written to the sink
         self._pending = 0  # events recorded since the last checkpoint
-        self._sink_head: tuple[int, str] | None = None  # last announce entry not yet recorded in the database
+        self._sink_heads: dict[str, tuple[int, str]] = {}  # announce entries not yet recorded in the database
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._engine: Engine | None = None
@@ -186,8 +189,25 @@ class AuditTrail:
         return self._keys
 
     @property
-    def sink(self) -> CheckpointSink | None:
-        return self._sink
+    def sinks(self) -> list[CheckpointSink]:
+        return list(self._sinks)
+
+    def _append(self, entries: Sequence[Entry], *, every_sink: bool) -> dict[str, tuple[int, str]]:
+        """Append to each sink; `every_sink` (announcements) fails if any sink fails, else best effort."""
+        written: dict[str, tuple[int, str]] = {}
+        failure: Exception | None = None
+        at = self._clock()
+        for sink in self._sinks:
+            try:
+                written[sink.name] = sink.append(
+                    lambda n, prev: entry_lines(entries, self.signer.sign, at, n, prev))
+            except (OSError, VaultError) as exc:
+                if every_sink:
+                    raise
+                failure = exc
+        if failure is not None and not written:
+            raise failure
+        return written
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -202,16 +222,17 @@ class AuditTrail:
 
     def _announce(self, conn: Connection, writer: str) -> None:
         """Tell the sink about a new chain before its first event: deleting it whole is then visible."""
-        if self._sink is None or writer in self._announced:
+        if not self._sinks or writer in self._announced:
             return
         self.signer.prepare(conn)
-        head = self._sink.append([Entry("announce", writer)], self.signer.sign)
+        written = self._append([Entry("announce", writer)], every_sink=True)
         with self._lock:
             self._announced.add(writer)
             self._anchored.setdefault(writer, 0)
             # Recorded in the database by the checkpointer, in its own transaction: updating that
             # one row here would hold its lock for the caller's whole transaction (and deadlock).
-            self._sink_head = max(self._sink_head or head, head)
+            for name, head in written.items():
+                self._sink_heads[name] = max(self._sink_heads.get(name, head), head)
 
     def record(self, conn: Connection, events: Sequence[AuditEvent]) -> None:
         """Append events in the caller's transaction; raises AuditWriteFailed on any failure."""
@@ -240,7 +261,7 @@ class AuditTrail:
             raise  # the audit key is out of reach: say so, the trail itself is fine
         except (VaultError, SQLAlchemyError, OSError) as exc:
             raise AuditWriteFailed("audit event could not be written") from exc
-        if self._sink is not None:
+        if self._sinks:
             with self._lock:
                 self._engine = self._engine or conn.engine
                 self._pending += len(events)
@@ -335,17 +356,18 @@ class AuditTrail:
         job); a chain the sink never announced is never anchored after the fact.
         """
         engine = engine or self._engine
-        if engine is None or self._sink is None:
+        if engine is None or not self._sinks:
             return 0
         with self._lock:
             pending, self._pending = self._pending, 0
-            announced_head, self._sink_head = self._sink_head, None
-        if announced_head is not None:
+            announced_heads, self._sink_heads = self._sink_heads, {}
+        if announced_heads:
             with engine.begin() as conn:
-                record_sink_head(conn, self._sink.name, *announced_head, self._clock())
+                for name, (n, digest) in announced_heads.items():
+                    record_sink_head(conn, name, n, digest, self._clock())
         with engine.connect() as conn:
             if all_writers:
-                writers = sorted(announced_writers(self._sink, self.signer.public_key(conn)))
+                writers = sorted(announced_writers(self._sinks, self.signer.public_key(conn)))
             else:
                 with self._lock:
                     writers = sorted(self._announced)
@@ -356,9 +378,8 @@ class AuditTrail:
         if not heads:
             return 0
         try:
-            n, digest = self._sink.append([Entry("head", w, seq, mac.hex()) for w, seq, mac in heads],
-                                          self.signer.sign)
-        except OSError:
+            written = self._append([Entry("head", w, seq, mac.hex()) for w, seq, mac in heads], every_sink=False)
+        except (OSError, VaultError):
             with self._lock:
                 self._pending += pending
             raise
@@ -366,7 +387,8 @@ class AuditTrail:
             for writer, chain_seq, _mac in heads:
                 self._anchored[writer] = max(self._anchored.get(writer, 0), chain_seq)
         with engine.begin() as conn:
-            record_sink_head(conn, self._sink.name, n, digest, self._clock())
+            for name, (n, digest) in written.items():
+                record_sink_head(conn, name, n, digest, self._clock())
         return len(heads)
 
     def adopt(self, engine: Engine) -> int:
@@ -375,11 +397,11 @@ class AuditTrail:
         This trusts the database as it stands at that moment, once; afterwards a chain the
         sink never announced is reported as forged. Also seals archive records from before 0016a.
         """
-        if self._sink is None:
+        if not self._sinks:
             return 0
         with engine.begin() as conn:
             self.signer.prepare(conn)
-            known = announced_writers(self._sink, self.signer.public_key(conn))
+            known = announced_writers(self._sinks, self.signer.public_key(conn))
             in_db = {str(w) for (w,) in conn.execute(select(audit_events.c.writer).distinct())}
             in_db |= {str(w) for (w,) in conn.execute(select(audit_archives.c.writer))}
             seal_legacy_archives(self._keys, conn)
@@ -390,9 +412,10 @@ class AuditTrail:
             heads = self._heads(conn, new)
             conn.rollback()
         entries = [Entry("announce", w) for w in new] + [Entry("head", w, s, m.hex()) for w, s, m in heads]
-        n, digest = self._sink.append(entries, self.signer.sign)
+        written = self._append(entries, every_sink=True)
         with engine.begin() as conn:
-            record_sink_head(conn, self._sink.name, n, digest, self._clock())
+            for name, (n, digest) in written.items():
+                record_sink_head(conn, name, n, digest, self._clock())
         return len(new)
 
     # -- verification ------------------------------------------------------------------------
@@ -405,7 +428,7 @@ class AuditTrail:
         """
         if conn.dialect.name == "postgresql" and not conn.in_transaction():
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
-        return verify_trail(self._keys, conn, self._sink, self.signer, self._clock(), progress=progress)
+        return verify_trail(self._keys, conn, self._sinks, self.signer, self._clock(), progress=progress)
 
 
 @dataclass(frozen=True)

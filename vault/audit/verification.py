@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -216,10 +216,17 @@ def _walk_chains(conn: Connection, keys: _Keys, report: Verification, starts: di
     return heads
 
 
-def _read_logs(sink: CheckpointSink, signer: CheckpointSigner, conn: Connection,
+def _raw_logs(sinks: Sequence[CheckpointSink]) -> dict[str, list[str]]:
+    raw: dict[str, list[str]] = {}
+    for sink in sinks:
+        raw.update(sink.logs())
+    return raw
+
+
+def _read_logs(sinks: Sequence[CheckpointSink], signer: CheckpointSigner, conn: Connection,
                report: Verification) -> dict[str, SinkLog]:
     """Read the logs before the database: every head they name was committed before our snapshot."""
-    raw = sink.logs()
+    raw = _raw_logs(sinks)
     try:
         public = signer.public_key(conn)
     except KeyServiceUnavailable:
@@ -234,12 +241,12 @@ def _read_logs(sink: CheckpointSink, signer: CheckpointSigner, conn: Connection,
     return logs
 
 
-def _check_sink_heads(conn: Connection, sink: CheckpointSink, signer: CheckpointSigner,
+def _check_sink_heads(conn: Connection, sinks: Sequence[CheckpointSink], signer: CheckpointSigner,
                       logs: dict[str, SinkLog], report: Verification) -> None:
     for name, n, digest in sink_heads(conn):
         log = logs.get(name)
         if log is None or len(log.hashes) < n:  # appended after we read it? read once more
-            again = sink.logs().get(name)
+            again = _raw_logs(sinks).get(name)
             log = read_log(name, again, signer.public_key(conn)) if again is not None else None
         if log is None:
             report.broken = Break(f"checkpoint log {name} deleted")
@@ -292,16 +299,16 @@ def _check_anchors(conn: Connection, logs: dict[str, SinkLog], heads: dict[str, 
                                                 stale=last_at < now - ANCHOR_GRACE))
 
 
-def verify_trail(keys: KeyHierarchy, conn: Connection, sink: CheckpointSink | None, signer: CheckpointSigner,
+def verify_trail(keys: KeyHierarchy, conn: Connection, sinks: Sequence[CheckpointSink], signer: CheckpointSigner,
                  now: datetime, *, progress: Callable[[int, int], None] | None = None) -> Verification:
     """Check everything; the report's `broken` names the first failure."""
     report = Verification()
     try:
-        logs = _read_logs(sink, signer, conn, report) if sink is not None else {}
+        logs = _read_logs(sinks, signer, conn, report) if sinks else {}
         if report.broken:
             return report
-        if sink is not None:
-            _check_sink_heads(conn, sink, signer, logs, report)
+        if sinks:
+            _check_sink_heads(conn, sinks, signer, logs, report)
             if report.broken:
                 return report
         audit_keys = _Keys(keys, conn)
@@ -313,7 +320,7 @@ def verify_trail(keys: KeyHierarchy, conn: Connection, sink: CheckpointSink | No
             return report
         for writer, start in starts.items():
             heads.setdefault(writer, start)
-        if sink is not None:
+        if sinks:
             _check_anchors(conn, logs, heads, now, report)
     except (ValueError, TypeError, KeyError, OverflowError, DecryptionFailed) as exc:
         report.broken = Break(f"audit data unreadable ({type(exc).__name__})")

@@ -23,7 +23,7 @@ from vault.access.passwords import Passwords
 from vault.access.policy import Policy, load_policy
 from vault.access.sessions import Sessions
 from vault.audit.alerts import Alerts
-from vault.audit.checkpoints import CheckpointSink
+from vault.audit.checkpoints import CheckpointSink, SyslogMirror
 from vault.audit.log import AuditLog
 from vault.audit.trail import AuditTrail
 from vault.errors import ConfigurationError
@@ -71,6 +71,17 @@ def build_checkpoint_sinks(settings: Settings) -> list[CheckpointSink]:
     return [KvCheckpointSink(client, mount=mount, path=path)]
 
 
+def build_checkpoint_mirrors(settings: Settings) -> list[SyslogMirror]:
+    """`TOKENVAULT_AUDIT_SYSLOG=host:port`: every checkpoint line also to a syslog collector over TCP."""
+    where = settings.env.get("TOKENVAULT_AUDIT_SYSLOG")
+    if not where:
+        return []
+    host, _, port = where.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigurationError("TOKENVAULT_AUDIT_SYSLOG must be host:port")
+    return [SyslogMirror(host.strip("[]"), int(port))]
+
+
 @dataclass(frozen=True)
 class Components:
     settings: Settings
@@ -106,7 +117,8 @@ def build(
     provider = InstrumentedProvider(provider or build_provider(settings))
     keys = KeyHierarchy(provider, cache_seconds=settings.key_cache_seconds, clock=now, on_lookup=observe_key_cache)
     trail = AuditTrail(keys, checkpoint_dir=settings.checkpoint_dir, checkpoint_seconds=settings.checkpoint_seconds,
-                       sinks=build_checkpoint_sinks(settings), clock=now, on_write=observe_audit_write)
+                       sinks=build_checkpoint_sinks(settings), mirrors=build_checkpoint_mirrors(settings), clock=now,
+                       on_write=observe_audit_write)
     token_service = TokenService(engine=engine, keys=keys, policy=policy, trail=trail, clock=now)
     access = AccessSettings.from_env(settings.env, policy)
     clients = ClientRegistry(engine, keys, policy, trail, cache_seconds=settings.auth_cache_seconds, clock=now)

@@ -263,3 +263,43 @@ def announced_writers(sinks: Sequence[CheckpointSink], public: Ed25519PublicKey 
             writers |= {str(e["writer"]) for e in read_log(name, lines, public).entries
                         if e.get("kind") == "announce"}
     return writers
+
+
+class SyslogMirror:
+    """Copies every checkpoint line to a syslog collector over TCP (RFC 5424, octet-counted framing, RFC 6587).
+
+    A mirror, not a log the verifier reads back: the SIEM keeps its own copy, out of the
+    database administrators' reach, to compare with `tokenvault audit verify` (same `n`,
+    `prev` and signature). A line the collector did not take fails the append like any sink.
+    """
+
+    def __init__(self, host: str, port: int, *, timeout: float = 2.0, app: str = "tokenvault") -> None:
+        self._address = (host, port)
+        self._timeout = timeout
+        self._app = app
+        self._host = socket.gethostname()[:255]
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self.name = f"syslog:{host}:{port}"
+
+    def _frame(self, line: str, at: datetime) -> bytes:
+        # PRI 110 = facility 13 (log audit) * 8 + severity 6 (informational).
+        message = (f"<110>1 {at.astimezone(UTC).isoformat()} {self._host} {self._app} {os.getpid()} "
+                   f"checkpoint - {line}").encode()
+        return str(len(message)).encode() + b" " + message
+
+    def send(self, lines: Sequence[str], at: datetime) -> None:
+        payload = b"".join(self._frame(line, at) for line in lines)
+        with self._lock:
+            for attempt in (1, 2):  # one reconnect: the collector may have closed an idle connection
+                try:
+                    if self._sock is None:
+                        self._sock = socket.create_connection(self._address, timeout=self._timeout)
+                    self._sock.sendall(payload)
+                    return
+                except OSError:
+                    if self._sock is not None:
+                        self._sock.close()
+                    self._sock = None
+                    if attempt == 2:
+                        raise

@@ -39,6 +39,7 @@ from vault.audit.checkpoints import (
     CheckpointSink,
     Entry,
     FileSink,
+    SyslogMirror,
     announced_writers,
     entry_lines,
     record_sink_head,
@@ -156,6 +157,7 @@ class AuditTrail:
         *,
         checkpoint_dir: Path | None = None,
         sinks: Sequence[CheckpointSink] = (),
+        mirrors: Sequence[SyslogMirror] = (),
         checkpoint_seconds: float = 1.0,
         checkpoint_events: int = 1000,
         clock: Callable[[], datetime] = _now,
@@ -166,6 +168,7 @@ class AuditTrail:
         self._clock = clock
         self._sinks: list[CheckpointSink] = [*([FileSink(checkpoint_dir)] if checkpoint_dir is not None else []),
                                              *sinks]
+        self._mirrors = list(mirrors)
         self.signer = CheckpointSigner(keys.provider)
         self._checkpoint_seconds = checkpoint_seconds
         self._checkpoint_events = checkpoint_events
@@ -197,16 +200,29 @@ class AuditTrail:
         written: dict[str, tuple[int, str]] = {}
         failure: Exception | None = None
         at = self._clock()
+        made: list[str] = []
+
+        def lines(n: int, prev: str) -> list[str]:
+            new = entry_lines(entries, self.signer.sign, at, n, prev)
+            if not made:  # the first sink's numbering goes to the mirrors
+                made[:] = new
+            return new
+
         for sink in self._sinks:
             try:
-                written[sink.name] = sink.append(
-                    lambda n, prev: entry_lines(entries, self.signer.sign, at, n, prev))
+                written[sink.name] = sink.append(lines)
             except (OSError, VaultError) as exc:
                 if every_sink:
                     raise
                 failure = exc
         if failure is not None and not written:
             raise failure
+        for mirror in self._mirrors:  # the lines as the first sink numbered them
+            try:
+                mirror.send(made, at)
+            except OSError:
+                if every_sink:
+                    raise
         return written
 
     # -- writing -----------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -189,3 +190,34 @@ def test_graceful_close_anchors_the_last_events(tmp_path: Path, database_url: st
     parts.trail.close()
     assert _heads_in_sink(tmp_path / "cp") == [1]
     parts.engine.dispose()
+
+
+def test_checkpoint_lines_are_mirrored_to_syslog_over_tcp(tmp_path: Path, sqlite_url: str) -> None:
+    """RFC 5424 messages, octet-counted (RFC 6587), carrying the same signed lines as the log."""
+    received = bytearray()
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def collect() -> None:
+        conn, _ = server.accept()
+        with conn:
+            while chunk := conn.recv(65536):
+                received.extend(chunk)
+
+    collector = threading.Thread(target=collect, daemon=True)
+    collector.start()
+    parts = make_components(tmp_path / "data", sqlite_url, TOKENVAULT_AUDIT_CHECKPOINT_DIR=str(tmp_path / "cp"),
+                            TOKENVAULT_AUDIT_SYSLOG=f"127.0.0.1:{port}", TOKENVAULT_AUDIT_CHECKPOINT_SECONDS="3600")
+    tokenize_one(parts, "email", "a@example.com")
+    parts.trail.close()
+    parts.engine.dispose()
+    assert _wait_for(lambda: received.count(b"<110>1 ") == 2)
+    server.close()
+    frames, data = [], bytes(received)
+    while data:
+        size, _, rest = data.partition(b" ")
+        frames.append(rest[: int(size)].decode())
+        data = rest[int(size):]
+    logged = [line for path in (tmp_path / "cp").glob("*.jsonl") for line in path.read_text().splitlines()]
+    assert [frame.split(" checkpoint - ", 1)[1] for frame in frames] == logged
+    assert all(frame.startswith("<110>1 ") and " tokenvault " in frame for frame in frames)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy.engine import Engine
 
@@ -23,7 +24,7 @@ from vault.access.passwords import Passwords
 from vault.access.policy import Policy, load_policy
 from vault.access.sessions import Sessions
 from vault.audit.alerts import Alerts
-from vault.audit.checkpoints import CheckpointSink, SyslogMirror
+from vault.audit.checkpoints import CheckpointSink, Signer, SyslogMirror
 from vault.audit.log import AuditLog
 from vault.audit.trail import AuditTrail
 from vault.errors import ConfigurationError
@@ -54,21 +55,42 @@ def build_checkpoint_sinks(settings: Settings) -> list[CheckpointSink]:
     where = settings.env.get("TOKENVAULT_AUDIT_KV")
     if not where:
         return []
-    import hvac
-
     from kms.kv_checkpoints import KvCheckpointSink
-    from kms.vault_config import VaultConfig
 
     mount, _, path = where.strip("/").partition("/")
     if not mount or not path:
         raise ConfigurationError("TOKENVAULT_AUDIT_KV must be <kv v2 mount>/<path>")
+    return [KvCheckpointSink(_vault_client(settings, "TOKENVAULT_AUDIT_KV"), mount=mount, path=path)]
+
+
+def _vault_client(settings: Settings, what: str) -> Any:
+    import hvac
+
+    from kms.vault_config import VaultConfig
+
     config = VaultConfig.from_env(settings.env)
     if config.token is None:
-        raise ConfigurationError("TOKENVAULT_AUDIT_KV needs VAULT_TOKEN (a token allowed only that path)")
-    client = hvac.Client(url=config.addr, token=config.token.expose(), namespace=config.namespace,
-                         verify=config.ca_cert or not config.skip_verify,
-                         timeout=(config.connect_timeout, config.read_timeout))
-    return [KvCheckpointSink(client, mount=mount, path=path)]
+        raise ConfigurationError(f"{what} needs VAULT_TOKEN (a token allowed only what it needs)")
+    return hvac.Client(url=config.addr, token=config.token.expose(), namespace=config.namespace,
+                       verify=config.ca_cert or not config.skip_verify,
+                       timeout=(config.connect_timeout, config.read_timeout))
+
+
+def build_checkpoint_signer(settings: Settings) -> Signer | None:
+    """`TOKENVAULT_AUDIT_SIGNING=transit`: sign checkpoints with a non-exportable Transit ed25519 key.
+
+    Otherwise (`sealed`, the default) an ed25519 seed sealed by the key provider signs them.
+    """
+    how = settings.env.get("TOKENVAULT_AUDIT_SIGNING") or "sealed"
+    if how == "sealed":
+        return None
+    if how != "transit":
+        raise ConfigurationError("TOKENVAULT_AUDIT_SIGNING must be `sealed` or `transit`")
+    from kms.transit_signing import TransitSigner
+
+    return TransitSigner(_vault_client(settings, "TOKENVAULT_AUDIT_SIGNING"),
+                         mount=settings.env.get("TOKENVAULT_VAULT_MOUNT") or "transit",
+                         name=settings.env.get("TOKENVAULT_AUDIT_SIGNING_KEY") or "tokenvault-audit-checkpoints")
 
 
 def build_checkpoint_mirrors(settings: Settings) -> list[SyslogMirror]:
@@ -117,7 +139,8 @@ def build(
     provider = InstrumentedProvider(provider or build_provider(settings))
     keys = KeyHierarchy(provider, cache_seconds=settings.key_cache_seconds, clock=now, on_lookup=observe_key_cache)
     trail = AuditTrail(keys, checkpoint_dir=settings.checkpoint_dir, checkpoint_seconds=settings.checkpoint_seconds,
-                       sinks=build_checkpoint_sinks(settings), mirrors=build_checkpoint_mirrors(settings), clock=now,
+                       sinks=build_checkpoint_sinks(settings), mirrors=build_checkpoint_mirrors(settings),
+                       signer=build_checkpoint_signer(settings), clock=now,
                        on_write=observe_audit_write)
     token_service = TokenService(engine=engine, keys=keys, policy=policy, trail=trail, clock=now)
     access = AccessSettings.from_env(settings.env, policy)

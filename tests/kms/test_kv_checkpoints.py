@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import delete, select
 
 from api.wiring import Components
@@ -68,9 +70,9 @@ def test_the_trail_anchors_in_kv_and_verify_cross_checks_it(with_kv: tuple[Compo
     tokenize_one(parts, "email", "a@example.com")
     parts.trail.checkpoint()
     with parts.engine.connect() as conn:
-        public = parts.trail.signer.public_key(conn)
+        publics = parts.trail.signer.public_keys(conn)
         assert parts.trail.verify(conn).intact
-    kinds = [entry["kind"] for entry in read_log(sink.name, sink.logs()[sink.name], public).entries]
+    kinds = [entry["kind"] for entry in read_log(sink.name, sink.logs()[sink.name], publics).entries]
     assert kinds == ["announce", "head"]
     # The file log and the database rewritten together: the KV log still holds the chain.
     for path in (tmp_path / "data-audit-checkpoints").glob("*.jsonl"):
@@ -95,3 +97,32 @@ def test_a_rolled_back_kv_log_is_detected(with_kv: tuple[Components, KvCheckpoin
     assert report.broken is not None and report.broken.reason == f"checkpoint log {sink.name} truncated or rolled back"
     with parts.engine.connect() as conn:
         assert conn.execute(select(audit_events.c.seq)).first() is not None
+
+
+def test_transit_signs_checkpoints_with_a_key_that_never_leaves_it(tmp_path: Path, database_url: str,
+                                                                   openbao: OpenBao) -> None:
+    name = f"tv-audit-{secrets.token_hex(4)}"
+    parts = make_components(tmp_path / "data", database_url, TOKENVAULT_AUDIT_SIGNING="transit",
+                            TOKENVAULT_AUDIT_SIGNING_KEY=name, VAULT_ADDR=openbao.addr,
+                            VAULT_TOKEN=openbao.root_token, TOKENVAULT_AUDIT_CHECKPOINT_SECONDS="3600",
+                            TOKENVAULT_AUDIT_CHECKPOINT_DIR=str(tmp_path / "cp"))
+    try:
+        tokenize_one(parts, "email", "a@example.com")
+        parts.trail.checkpoint()
+        key = openbao.client().secrets.transit.read_key(name=name)["data"]
+        assert key["type"] == "ed25519" and key["exportable"] is False
+        with parts.engine.connect() as conn:
+            assert parts.trail.verify(conn).intact
+        path = next((tmp_path / "cp").glob("*.jsonl"))
+        assert all(f'"key":"transit:{name}:v1"' in line for line in path.read_text().splitlines())
+        # An entry re-signed with any other ed25519 key (the database's sealed one included) is refused.
+        forged = path.read_text().splitlines()
+        first = json.loads(forged[0])
+        first["sig"] = Ed25519PrivateKey.generate().sign(b"x").hex()
+        path.write_text("\n".join([json.dumps(first, sort_keys=True, separators=(",", ":")), *forged[1:]]) + "\n")
+        with parts.engine.connect() as conn:
+            report = parts.trail.verify(conn)
+        assert report.broken is not None and "signature invalid at entry 1" in report.broken.reason
+    finally:
+        parts.trail.close()
+        parts.engine.dispose()

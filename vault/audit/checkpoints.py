@@ -23,7 +23,7 @@ import json
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +38,7 @@ from vault.errors import DecryptionFailed
 from vault.keys.provider import KeyProvider
 from vault.storage.schema import audit_signing_keys, audit_sink_heads, insert_ignoring_conflict
 
-__all__ = ["CheckpointSigner", "CheckpointSink", "FileSink", "SinkLog", "Entry", "ZERO_HASH", "line_hash",
+__all__ = ["Signer", "CheckpointSigner", "CheckpointSink", "FileSink", "SinkLog", "Entry", "ZERO_HASH", "line_hash",
            "entry_lines", "last_of"]
 
 ZERO_HASH = "0" * 64
@@ -55,6 +55,28 @@ def _payload(entry: dict[str, Any]) -> bytes:
     return json.dumps([entry.get(name) for name in ENTRY_FIELDS], separators=(",", ":")).encode("utf-8")
 
 
+class Signer(Protocol):
+    """Signs checkpoint entries with ed25519; verifiers need only the public keys.
+
+    `key_id` is written in each entry (`key`), so a verifier picks the right public key even
+    after the signing key was rotated. Implementations: `CheckpointSigner` below (a seed sealed
+    by the key provider) and kms.transit_signing.TransitSigner (a non-exportable Transit key).
+    """
+
+    @property
+    def key_id(self) -> str: ...
+
+    def prepare(self, conn: Connection) -> None:
+        """Make signing possible (open or create the key), before any sink lock is taken."""
+        ...
+
+    def sign(self, payload: bytes) -> str:
+        """The hex ed25519 signature of `payload`."""
+        ...
+
+    def public_keys(self, conn: Connection) -> dict[str, Ed25519PublicKey]: ...
+
+
 class CheckpointSigner:
     """ed25519 over checkpoint entries; the seed is stored only sealed by the key provider."""
 
@@ -63,7 +85,9 @@ class CheckpointSigner:
         self._private: Ed25519PrivateKey | None = None
         self._lock = threading.Lock()
 
-    key_id = SIGNING_KEY_ID
+    @property
+    def key_id(self) -> str:
+        return SIGNING_KEY_ID
 
     def _load(self, conn: Connection, create: bool) -> Ed25519PrivateKey | None:
         if self._private is not None:
@@ -86,20 +110,22 @@ class CheckpointSigner:
         return self._private
 
     def prepare(self, conn: Connection) -> None:
-        """Open (or create) the signing key with the caller's connection, before any file lock is taken."""
         self._load(conn, create=True)
 
-    def sign(self, entry: dict[str, Any]) -> str:
+    def sign(self, payload: bytes) -> str:
         if self._private is None:
             raise DecryptionFailed()
-        return self._private.sign(_payload(entry)).hex()
+        return self._private.sign(payload).hex()
 
-    def public_key(self, conn: Connection) -> Ed25519PublicKey | None:
+    def public_keys(self, conn: Connection) -> dict[str, Ed25519PublicKey]:
         private = self._load(conn, create=False)
-        return private.public_key() if private is not None else None
+        return {SIGNING_KEY_ID: private.public_key()} if private is not None else {}
 
 
-def signature_valid(public: Ed25519PublicKey, entry: dict[str, Any]) -> bool:
+def signature_valid(publics: Mapping[str, Ed25519PublicKey], entry: dict[str, Any]) -> bool:
+    public = publics.get(str(entry.get("key")))
+    if public is None:
+        return False
     try:
         public.verify(bytes.fromhex(str(entry.get("sig"))), _payload(entry))
     except (InvalidSignature, ValueError):
@@ -134,16 +160,15 @@ class CheckpointSink(Protocol):
         ...
 
 
-def entry_lines(entries: Sequence[Entry], sign: Callable[[dict[str, Any]], str], at: datetime,
-                n: int, prev: str) -> list[str]:
+def entry_lines(entries: Sequence[Entry], signer: Signer, at: datetime, n: int, prev: str) -> list[str]:
     """Signed, numbered, hash-chained lines for `entries`, following entry `n` whose hash is `prev`."""
     lines = []
     for item in entries:
         n += 1
         entry: dict[str, Any] = {"n": n, "prev": prev, "at": at.astimezone(UTC).isoformat(), "kind": item.kind,
                                  "writer": item.writer, "chain_seq": item.chain_seq, "mac": item.mac,
-                                 "key": SIGNING_KEY_ID}
-        entry["sig"] = sign(entry)
+                                 "key": signer.key_id}
+        entry["sig"] = signer.sign(_payload(entry))
         line = json.dumps(entry, sort_keys=True, separators=(",", ":"))
         lines.append(line)
         prev = line_hash(line)
@@ -228,7 +253,7 @@ class SinkLog:
     problem: str | None = None
 
 
-def read_log(name: str, lines: list[str], public: Ed25519PublicKey | None) -> SinkLog:
+def read_log(name: str, lines: list[str], publics: Mapping[str, Ed25519PublicKey]) -> SinkLog:
     log = SinkLog(name, [], [])
     prev = ZERO_HASH
     for number, line in enumerate(lines, start=1):
@@ -240,7 +265,7 @@ def read_log(name: str, lines: list[str], public: Ed25519PublicKey | None) -> Si
         if not isinstance(entry, dict) or entry.get("n") != number or entry.get("prev") != prev:
             log.problem = f"checkpoint log {name} modified at entry {number}"
             return log
-        if public is None or not signature_valid(public, entry):
+        if not signature_valid(publics, entry):
             log.problem = f"checkpoint log {name}: signature invalid at entry {number}"
             return log
         prev = line_hash(line)
@@ -255,12 +280,12 @@ def sink_heads(conn: Connection) -> Iterator[tuple[str, int, str]]:
 
 
 
-def announced_writers(sinks: Sequence[CheckpointSink], public: Ed25519PublicKey | None) -> set[str]:
+def announced_writers(sinks: Sequence[CheckpointSink], publics: Mapping[str, Ed25519PublicKey]) -> set[str]:
     """Writers announced in the sinks' authentic entries (a broken log contributes its valid prefix)."""
     writers: set[str] = set()
     for sink in sinks:
         for name, lines in sink.logs().items():
-            writers |= {str(e["writer"]) for e in read_log(name, lines, public).entries
+            writers |= {str(e["writer"]) for e in read_log(name, lines, publics).entries
                         if e.get("kind") == "announce"}
     return writers
 

@@ -39,6 +39,7 @@ from vault.audit.checkpoints import (
     CheckpointSink,
     Entry,
     FileSink,
+    Signer,
     SyslogMirror,
     announced_writers,
     entry_lines,
@@ -158,6 +159,7 @@ class AuditTrail:
         checkpoint_dir: Path | None = None,
         sinks: Sequence[CheckpointSink] = (),
         mirrors: Sequence[SyslogMirror] = (),
+        signer: Signer | None = None,
         checkpoint_seconds: float = 1.0,
         checkpoint_events: int = 1000,
         clock: Callable[[], datetime] = _now,
@@ -169,7 +171,7 @@ class AuditTrail:
         self._sinks: list[CheckpointSink] = [*([FileSink(checkpoint_dir)] if checkpoint_dir is not None else []),
                                              *sinks]
         self._mirrors = list(mirrors)
-        self.signer = CheckpointSigner(keys.provider)
+        self.signer: Signer = signer or CheckpointSigner(keys.provider)
         self._checkpoint_seconds = checkpoint_seconds
         self._checkpoint_events = checkpoint_events
         self._announced: set[str] = set()
@@ -203,7 +205,7 @@ class AuditTrail:
         made: list[str] = []
 
         def lines(n: int, prev: str) -> list[str]:
-            new = entry_lines(entries, self.signer.sign, at, n, prev)
+            new = entry_lines(entries, self.signer, at, n, prev)
             if not made:  # the first sink's numbering goes to the mirrors
                 made[:] = new
             return new
@@ -383,7 +385,7 @@ class AuditTrail:
                     record_sink_head(conn, name, n, digest, self._clock())
         with engine.connect() as conn:
             if all_writers:
-                writers = sorted(announced_writers(self._sinks, self.signer.public_key(conn)))
+                writers = sorted(announced_writers(self._sinks, self.signer.public_keys(conn)))
             else:
                 with self._lock:
                     writers = sorted(self._announced)
@@ -417,7 +419,7 @@ class AuditTrail:
             return 0
         with engine.begin() as conn:
             self.signer.prepare(conn)
-            known = announced_writers(self._sinks, self.signer.public_key(conn))
+            known = announced_writers(self._sinks, self.signer.public_keys(conn))
             in_db = {str(w) for (w,) in conn.execute(select(audit_events.c.writer).distinct())}
             in_db |= {str(w) for (w,) in conn.execute(select(audit_archives.c.writer))}
             seal_legacy_archives(self._keys, conn)

@@ -30,7 +30,7 @@ from sqlalchemy.engine import Connection
 
 from vault.audit.archive import record_mac
 from vault.audit.chain import GENESIS, audit_key, event_fields, iso, mac_of
-from vault.audit.checkpoints import CheckpointSigner, CheckpointSink, SinkLog, read_log, sink_heads
+from vault.audit.checkpoints import CheckpointSink, Signer, SinkLog, read_log, sink_heads
 from vault.errors import AuditKeyRefused, DecryptionFailed, KeyServiceUnavailable, VaultError
 from vault.keys.hierarchy import KeyHierarchy
 from vault.storage.schema import audit_archives, audit_events
@@ -223,31 +223,31 @@ def _raw_logs(sinks: Sequence[CheckpointSink]) -> dict[str, list[str]]:
     return raw
 
 
-def _read_logs(sinks: Sequence[CheckpointSink], signer: CheckpointSigner, conn: Connection,
+def _read_logs(sinks: Sequence[CheckpointSink], signer: Signer, conn: Connection,
                report: Verification) -> dict[str, SinkLog]:
     """Read the logs before the database: every head they name was committed before our snapshot."""
     raw = _raw_logs(sinks)
     try:
-        public = signer.public_key(conn)
+        publics = signer.public_keys(conn)
     except KeyServiceUnavailable:
         raise
     except (VaultError, ValueError):
         report.broken = Break("checkpoint signing key unreadable")
         return {}
-    logs = {name: read_log(name, lines, public) for name, lines in raw.items()}
+    logs = {name: read_log(name, lines, publics) for name, lines in raw.items()}
     for log in logs.values():
         if log.problem is not None:
             report.broken = Break(log.problem)
     return logs
 
 
-def _check_sink_heads(conn: Connection, sinks: Sequence[CheckpointSink], signer: CheckpointSigner,
+def _check_sink_heads(conn: Connection, sinks: Sequence[CheckpointSink], signer: Signer,
                       logs: dict[str, SinkLog], report: Verification) -> None:
     for name, n, digest in sink_heads(conn):
         log = logs.get(name)
         if log is None or len(log.hashes) < n:  # appended after we read it? read once more
             again = _raw_logs(sinks).get(name)
-            log = read_log(name, again, signer.public_key(conn)) if again is not None else None
+            log = read_log(name, again, signer.public_keys(conn)) if again is not None else None
         if log is None:
             report.broken = Break(f"checkpoint log {name} deleted")
             return
@@ -299,7 +299,7 @@ def _check_anchors(conn: Connection, logs: dict[str, SinkLog], heads: dict[str, 
                                                 stale=last_at < now - ANCHOR_GRACE))
 
 
-def verify_trail(keys: KeyHierarchy, conn: Connection, sinks: Sequence[CheckpointSink], signer: CheckpointSigner,
+def verify_trail(keys: KeyHierarchy, conn: Connection, sinks: Sequence[CheckpointSink], signer: Signer,
                  now: datetime, *, progress: Callable[[int, int], None] | None = None) -> Verification:
     """Check everything; the report's `broken` names the first failure."""
     report = Verification()

@@ -57,11 +57,19 @@ EXIT_UNANCHORED = 3  # intact, but a chain's tail was never anchored (a writer c
 @audit.command()
 @click.option("--archives", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="also verify archive files in this directory (archive records are always checked)")
-def verify(archives: Path | None) -> None:
-    """Verify chains, archive records and the checkpoint log; exit 1 on a break, 3 on an un-anchored tail."""
+@click.option("--full", is_flag=True, help="every event, not only those after the last verified anchor")
+def verify(archives: Path | None, full: bool) -> None:
+    """Verify chains, archive records and the checkpoint log; exit 1 on a break, 3 on an un-anchored tail.
+
+    Incremental by default: events up to the last run's verified, anchored checkpoints are not
+    walked again (their anchors are still checked); `--full` walks everything.
+    """
     parts = _components()
     try:
-        report = parts.audit_log.verify_now(_Progress())
+        report = parts.audit_log.run_job(parts.audit_log.start_local_job("host"), _Progress(), full=full)
+        if report is None:
+            click.echo(json.dumps({"error": "verification_failed"}), err=True)
+            sys.exit(2)
         with parts.engine.connect() as conn:
             problems = verify_archive_files(parts.keys, conn, archives) if archives else []
     except VaultError as error:  # the key service or database is out of reach: not a verdict on the trail

@@ -8,6 +8,9 @@ starts (or joins) a background job, whose progress and report live in `audit_ver
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import hmac
 import json
 import secrets
 import threading
@@ -22,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from vault.access.operations import AuditedOperations
 from vault.access.policy import Policy
-from vault.audit.chain import iso
+from vault.audit.chain import audit_key, iso
 from vault.audit.trail import Actor, AuditEvent, AuditTrail, EventQuery, Origin, event_json, select_events
 from vault.audit.verification import Break, Verification
 from vault.errors import (
@@ -76,13 +79,49 @@ class AuditLog(AuditedOperations):
 
     # -- verification as a job -------------------------------------------------------------
 
-    def verify_now(self, progress: Callable[[int, int], None] | None = None) -> Verification:
-        """A full verification in the calling thread, on a snapshot that holds up no writer (CLI, jobs)."""
+    def verify_now(self, progress: Callable[[int, int], None] | None = None, *,
+                   resume: dict[str, tuple[int, str]] | None = None) -> Verification:
+        """Verification in the calling thread, on a snapshot that holds up no writer (CLI, jobs)."""
         with self._reader_lock:
             if self._reader is None:
                 self._reader = self._make_reader() if self._make_reader else self._engine
         with self._reader.connect() as conn:
-            return self._trail.verify(conn, progress=progress)
+            return self._trail.verify(conn, progress=progress, resume=resume)
+
+    def _resume_point(self) -> dict[str, tuple[int, str]] | None:
+        """The latest run's per-chain resume points, if their MAC holds under an audit key; else None (full)."""
+        with self._engine.connect() as conn:
+            raw = conn.execute(select(audit_verify_jobs.c.resume).where(audit_verify_jobs.c.status == "done",
+                                                                        audit_verify_jobs.c.resume.is_not(None))
+                               .order_by(audit_verify_jobs.c.finished_at.desc()).limit(1)).scalar()
+            if raw is None:
+                return None
+            try:
+                sealed = json.loads(raw)
+                key = audit_key(self._trail.keys, conn, str(sealed["key_id"]))
+                expected = hmac.new(key, b"verify-resume|" + sealed["state"].encode(), hashlib.sha256).hexdigest()
+                if not hmac.compare_digest(expected, str(sealed["mac"])):
+                    return None
+                state = json.loads(sealed["state"])
+                return {str(w): (int(point[0]), str(point[1])) for w, point in state.items()}
+            except (ValueError, KeyError, TypeError, VaultError):
+                return None  # unreadable or forged: verify everything
+
+    def _seal_resume(self, state: dict[str, tuple[int, str]]) -> str:
+        with self._engine.connect() as conn:
+            key_id, key = self._trail.keys.active_hmac_key(conn, "audit")
+        body = json.dumps(state, sort_keys=True, separators=(",", ":"))
+        mac = hmac.new(key.expose(), b"verify-resume|" + body.encode(), hashlib.sha256).hexdigest()
+        return json.dumps({"key_id": key_id, "state": body, "mac": mac})
+
+    def start_local_job(self, requested_by: str) -> str:
+        """A job row for a verification this process runs in the foreground (the CLI)."""
+        now = self._clock()
+        job_id = f"verify_{secrets.token_hex(8)}"
+        with self._engine.begin() as conn:
+            conn.execute(insert(audit_verify_jobs).values(id=job_id, status="running", done=0, total=0,
+                                                          started_at=now, updated_at=now, requested_by=requested_by))
+        return job_id
 
     def verification(self, actor: Actor, origin: Origin) -> tuple[str, dict[str, Any]]:
         """At once: ("result", the latest report if fresh), or ("job", a running or new job).
@@ -129,33 +168,40 @@ class AuditLog(AuditedOperations):
             raise NotFound("no such verification job")
         return describe_job(row)
 
-    def run_job(self, job_id: str) -> None:
-        """Verify, keeping the job's progress current; store the report with its audit event."""
+    def run_job(self, job_id: str, on_progress: Callable[[int, int], None] | None = None, *,
+                full: bool = False) -> Verification | None:
+        """Verify (incrementally from the last run, unless `full`), keeping the job's progress current;
+        store the report and the next resume points with its audit event."""
         last = [time.monotonic()]
 
         def progress(done: int, total: int) -> None:
             if time.monotonic() - last[0] < 0.5 and done < total:
                 return
             last[0] = time.monotonic()
+            if on_progress is not None:
+                on_progress(done, total)
             with self._engine.begin() as conn:
                 conn.execute(update(audit_verify_jobs).where(audit_verify_jobs.c.id == job_id)
                              .values(done=done, total=total, updated_at=self._clock()))
 
         try:
-            report = self.verify_now(progress)
+            report = self.verify_now(progress, resume=None if full else self._resume_point())
         except (VaultError, SQLAlchemyError) as exc:
             code = exc.code if isinstance(exc, VaultError) else "storage_unavailable"
             with self._engine.begin() as conn:
                 conn.execute(update(audit_verify_jobs).where(audit_verify_jobs.c.id == job_id).values(
                     status="failed", result=json.dumps({"error": code}), updated_at=self._clock(),
                     finished_at=self._clock()))
-            return
+            return None
         event = AuditEvent(at=self._clock(), actor="system", role="system", action="verify_audit_result",
                            outcome="allowed" if report.intact else "error",
                            error_code=None if report.intact else "audit_broken",
                            detail=f"job={job_id} events={report.events}")
         done = {"status": "done", "result": json.dumps(report.public()), "done": report.events,
                 "total": report.events, "updated_at": self._clock(), "finished_at": self._clock()}
+        if report.intact and report.resume:
+            with contextlib.suppress(VaultError, SQLAlchemyError):
+                done["resume"] = self._seal_resume(report.resume)
         try:
             with self._engine.begin() as conn:
                 conn.execute(update(audit_verify_jobs).where(audit_verify_jobs.c.id == job_id).values(**done))
@@ -165,6 +211,7 @@ class AuditLog(AuditedOperations):
             # is kept anyway, since hiding it would hide the break itself.
             with self._engine.begin() as conn:
                 conn.execute(update(audit_verify_jobs).where(audit_verify_jobs.c.id == job_id).values(**done))
+        return report
 
 
 def describe_job(row: Any) -> dict[str, Any]:

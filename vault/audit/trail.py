@@ -438,7 +438,8 @@ class AuditTrail:
 
     # -- verification ------------------------------------------------------------------------
 
-    def verify(self, conn: Connection, progress: Callable[[int, int], None] | None = None) -> Verification:
+    def verify(self, conn: Connection, progress: Callable[[int, int], None] | None = None,
+               resume: dict[str, tuple[int, str]] | None = None) -> Verification:
         """Check every chain, archive record and checkpoint; stop at the first break (see verification).
 
         On PostgreSQL the whole check reads one snapshot (REPEATABLE READ), so an archive or a
@@ -446,7 +447,8 @@ class AuditTrail:
         """
         if conn.dialect.name == "postgresql" and not conn.in_transaction():
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
-        return verify_trail(self._keys, conn, self._sinks, self.signer, self._clock(), progress=progress)
+        return verify_trail(self._keys, conn, self._sinks, self.signer, self._clock(), progress=progress,
+                            resume=resume)
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.engine import Connection
 
 from vault.audit.archive import record_mac
@@ -73,6 +73,9 @@ class Verification:
     archives: int = 0
     broken: Break | None = None
     unanchored: list[Unanchored] = field(default_factory=list)
+    incremental: bool = False
+    # Per chain, the last anchored event this run verified (chain_seq, MAC hex): where the next run resumes.
+    resume: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     @property
     def intact(self) -> bool:
@@ -86,7 +89,8 @@ class Verification:
     def public(self) -> dict[str, Any]:
         return {"intact": self.intact, "anchored": self.anchored, "events": self.events, "writers": self.writers,
                 "first_seq": self.first_seq, "last_seq": self.last_seq, "checkpoints": self.checkpoints,
-                "archives": self.archives, "broken": asdict(self.broken) if self.broken else None,
+                "archives": self.archives, "incremental": self.incremental,
+                "broken": asdict(self.broken) if self.broken else None,
                 "unanchored": [asdict(tail) for tail in self.unanchored]}
 
 
@@ -144,16 +148,58 @@ _WRITER, _CHAIN_SEQ, _KEY_ID, _SEQ, _SCHEME, _PREV, _MAC = (event_fields.index("
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
+def _resumed_rows(conn: Connection, starts: dict[str, _Head], resume: dict[str, _Head],
+                  report: Verification) -> tuple[Iterator[Any], int]:
+    """Rows after each chain's last verified, anchored event; that event must still be there, unchanged."""
+    tops = dict(conn.execute(select(audit_events.c.writer, func.max(audit_events.c.chain_seq))
+                             .group_by(audit_events.c.writer)).all())
+    begin: dict[str, int] = {}
+    for writer in sorted(set(tops) | set(resume)):
+        point = resume.get(writer)
+        start = starts.get(writer)
+        if point is None or (start is not None and point.chain_seq <= start.chain_seq):
+            begin[writer] = start.chain_seq if start else 0
+            continue
+        mac = conn.execute(select(audit_events.c.mac).where(audit_events.c.writer == writer,
+                                                            audit_events.c.chain_seq == point.chain_seq)).scalar()
+        if mac is None:
+            report.broken = Break("events truncated: a checkpointed event is missing", writer, point.chain_seq)
+            return iter(()), 0
+        if bytes(mac) != point.mac:
+            report.broken = Break("checkpointed event modified", writer, point.chain_seq)
+            return iter(()), 0
+        starts[writer] = _Head(point.chain_seq, point.mac, None, start.archived if start else 0)
+        begin[writer] = point.chain_seq
+    total = sum(max(int(tops.get(w, 0)) - b, 0) for w, b in begin.items())
+    query = (select(*_COLUMNS).where(audit_events.c.writer == bindparam("w"), audit_events.c.chain_seq > bindparam("b"))
+             .order_by(audit_events.c.chain_seq))
+
+    def rows() -> Iterator[Any]:
+        for writer, after in begin.items():
+            if int(tops.get(writer, 0)) > after:
+                yield from conn.execute(query, {"w": writer, "b": after})
+    return rows(), total
+
+
 def _walk_chains(conn: Connection, keys: _Keys, report: Verification, starts: dict[str, _Head],
-                 progress: Callable[[int, int], None] | None) -> dict[str, _Head]:
-    """Every event, writer by writer in chain order; returns each chain's head.
+                 progress: Callable[[int, int], None] | None,
+                 resume: dict[str, _Head] | None = None) -> dict[str, _Head]:
+    """Every event (or, resuming, every event after the last verified anchor), writer by writer in chain order.
 
     The hot loop of verification (the README gives its rate): plain tuples in MAC field order,
-    one JSON encoding and one one-shot HMAC per event.
+    one JSON encoding and one one-shot HMAC per event. Returns each chain's head.
     """
-    total = int(conn.execute(select(func.count()).select_from(audit_events)).scalar_one())
     heads: dict[str, _Head] = {}
-    query = select(*_COLUMNS).order_by(audit_events.c.writer, audit_events.c.chain_seq)
+    found: Iterator[Any]
+    if resume:
+        found, total = _resumed_rows(conn, starts, resume, report)
+        if report.broken:
+            return heads
+        heads.update({w: h for w, h in starts.items() if w in resume})  # chains with no new event
+    else:
+        total = int(conn.execute(select(func.count()).select_from(audit_events)).scalar_one())
+        query = select(*_COLUMNS).order_by(audit_events.c.writer, audit_events.c.chain_seq)
+        found = iter(conn.execution_options(yield_per=5000).execute(query))
     writer: str | None = None
     expected, prev, last_seq, scheme, last_at, archived = 0, GENESIS, 0, 1, None, 0
     key_id: str | None = None
@@ -167,7 +213,7 @@ def _walk_chains(conn: Connection, keys: _Keys, report: Verification, starts: di
         report.broken = Break(reason, writer, int(values[_CHAIN_SEQ]), int(values[_SEQ]))
         return heads
 
-    for values in conn.execution_options(yield_per=5000).execute(query):
+    for values in found:
         if values[_WRITER] != writer:
             if writer is not None:
                 heads[writer] = _Head(expected - 1, prev, last_at, archived)
@@ -188,10 +234,10 @@ def _walk_chains(conn: Connection, keys: _Keys, report: Verification, starts: di
         if chain_seq != expected:
             return fail("event missing before this one" if chain_seq > expected else "event inserted", values)
         if values[_KEY_ID] != key_id:
-            found = keys.get(str(values[_KEY_ID]))
-            if isinstance(found, str):
-                return fail(found, values)
-            key_id, key = values[_KEY_ID], found
+            opened = keys.get(str(values[_KEY_ID]))
+            if isinstance(opened, str):
+                return fail(opened, values)
+            key_id, key = values[_KEY_ID], opened
         if bytes(values[_PREV]) != prev:
             return fail("link to previous event broken", values)
         row_scheme = values[_SCHEME]
@@ -293,6 +339,8 @@ def _check_anchors(conn: Connection, logs: dict[str, SinkLog], heads: dict[str, 
             if found is None or bytes(found).hex() != mac:
                 report.broken = Break("checkpointed event modified", writer, anchored)
                 return
+        if anchored > head.archived:
+            report.resume[writer] = (anchored, mac)
         if head.chain_seq > anchored:
             last_at = head.at or now
             report.unanchored.append(Unanchored(writer, head.chain_seq - anchored, iso(last_at),
@@ -300,9 +348,11 @@ def _check_anchors(conn: Connection, logs: dict[str, SinkLog], heads: dict[str, 
 
 
 def verify_trail(keys: KeyHierarchy, conn: Connection, sinks: Sequence[CheckpointSink], signer: Signer,
-                 now: datetime, *, progress: Callable[[int, int], None] | None = None) -> Verification:
-    """Check everything; the report's `broken` names the first failure."""
-    report = Verification()
+                 now: datetime, *, progress: Callable[[int, int], None] | None = None,
+                 resume: dict[str, tuple[int, str]] | None = None) -> Verification:
+    """Check everything (events only after `resume`'s points if given); `broken` names the first failure."""
+    report = Verification(incremental=bool(resume))
+    points = {w: _Head(seq, bytes.fromhex(mac), None) for w, (seq, mac) in (resume or {}).items()}
     try:
         logs = _read_logs(sinks, signer, conn, report) if sinks else {}
         if report.broken:
@@ -315,7 +365,7 @@ def verify_trail(keys: KeyHierarchy, conn: Connection, sinks: Sequence[Checkpoin
         starts = _check_archives(conn, audit_keys, report)
         if report.broken:
             return report
-        heads = _walk_chains(conn, audit_keys, report, starts, progress)
+        heads = _walk_chains(conn, audit_keys, report, starts, progress, points)
         if report.broken:
             return report
         for writer, start in starts.items():

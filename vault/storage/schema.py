@@ -237,6 +237,8 @@ audit_verify_jobs = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     Column("finished_at", UTCDateTime, nullable=True),
     Column("result", Text, nullable=True),
+    # Where the next run resumes (last verified anchored event per chain), MACed under the audit key.
+    Column("resume", Text, nullable=True),
     Column("requested_by", String(128), nullable=False),
     Index("ix_audit_verify_jobs_started_at", "started_at"),
 )

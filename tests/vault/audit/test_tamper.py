@@ -20,7 +20,7 @@ from tests.vault.tokens.test_service import CARD, GATEWAY, read, tokenize_one
 from vault.audit.chain import mac_of
 from vault.audit.trail import HOST, AuditEvent
 from vault.audit.verification import Verification
-from vault.storage.schema import audit_archives, audit_events, audit_sink_heads, domain_keys
+from vault.storage.schema import audit_archives, audit_events, audit_sink_heads, audit_verify_jobs, domain_keys
 
 
 @pytest.fixture
@@ -236,3 +236,35 @@ def test_seq_is_never_reused_after_a_deleted_tail(audited: Components) -> None:
     edit(audited, delete(audit_events).where(audit_events.c.seq == last["seq"]))
     tokenize_one(audited, "email", "a@example.com")
     assert int(str(rows(audited)[-1]["seq"])) > int(str(last["seq"]))
+
+
+def test_verification_resumes_from_the_last_verified_anchor(audited: Components) -> None:
+    """A second run walks only the new events; the anchors it skips over are still checked."""
+    job = audited.audit_log.start_local_job("host")
+    first = audited.audit_log.run_job(job)
+    assert first is not None and first.intact and not first.incremental and first.events == 6
+    tokenize_one(audited, "email", "a@example.com")
+    audited.trail.checkpoint()
+    second = audited.audit_log.run_job(audited.audit_log.start_local_job("host"))
+    assert second is not None and second.intact and second.incremental
+    assert second.events == 2  # the new event, plus the verification's own `verify_audit_result`
+    # An edit before the resume point escapes an incremental run (by design) but not --full ...
+    edit(audited, update(audit_events).where(audit_events.c.seq == rows(audited)[1]["seq"]).values(actor="x"))
+    full = audited.audit_log.run_job(audited.audit_log.start_local_job("host"), full=True)
+    assert full is not None and full.broken is not None and full.broken.reason == "event modified"
+
+
+def test_deleting_the_event_a_resumed_run_starts_from_is_caught(audited: Components) -> None:
+    audited.audit_log.run_job(audited.audit_log.start_local_job("host"))
+    anchored = rows(audited)[5]  # the checkpointed head; the run's own event came after it
+    edit(audited, delete(audit_events).where(audit_events.c.seq == anchored["seq"]))
+    again = audited.audit_log.run_job(audited.audit_log.start_local_job("host"))
+    assert again is not None and again.incremental and again.broken is not None
+    assert again.broken.reason == "events truncated: a checkpointed event is missing"
+
+
+def test_a_forged_resume_point_is_ignored(audited: Components) -> None:
+    audited.audit_log.run_job(audited.audit_log.start_local_job("host"))
+    edit(audited, update(audit_verify_jobs).values(resume='{"key_id": "x", "state": "{}", "mac": "00"}'))
+    again = audited.audit_log.run_job(audited.audit_log.start_local_job("host"))
+    assert again is not None and again.intact and not again.incremental

@@ -53,6 +53,7 @@ def upgrade() -> None:
         sa.Column("updated_at", vault.storage.schema.UTCDateTime(), nullable=False),
         sa.Column("finished_at", vault.storage.schema.UTCDateTime(), nullable=True),
         sa.Column("result", sa.Text(), nullable=True),
+        sa.Column("resume", sa.Text(), nullable=True),
         sa.Column("requested_by", sa.String(length=128), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_verify_jobs")),
     )

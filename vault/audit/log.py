@@ -51,7 +51,7 @@ def _now() -> datetime:
 
 class AuditLog(AuditedOperations):
     def __init__(self, engine: Engine, trail: AuditTrail, policy: Policy,
-                 clock: Callable[[], datetime] = _now, reader: Callable[[], Engine] | None = None) -> None:
+                 clock: Callable[[], datetime] = _now, reader: Callable[[], Engine | None] | None = None) -> None:
         super().__init__(engine=engine, policy=policy, trail=trail, clock=clock)
         self._make_reader = reader
         self._reader: Engine | None = None
@@ -84,7 +84,7 @@ class AuditLog(AuditedOperations):
         """Verification in the calling thread, on a snapshot that holds up no writer (CLI, jobs)."""
         with self._reader_lock:
             if self._reader is None:
-                self._reader = self._make_reader() if self._make_reader else self._engine
+                self._reader = (self._make_reader() if self._make_reader else None) or self._engine
         with self._reader.connect() as conn:
             return self._trail.verify(conn, progress=progress, resume=resume)
 
@@ -180,6 +180,8 @@ class AuditLog(AuditedOperations):
             last[0] = time.monotonic()
             if on_progress is not None:
                 on_progress(done, total)
+            if self._reader is self._engine:
+                return  # SQLite: the verification holds the writer lock; the job row is updated at the end
             with self._engine.begin() as conn:
                 conn.execute(update(audit_verify_jobs).where(audit_verify_jobs.c.id == job_id)
                              .values(done=done, total=total, updated_at=self._clock()))

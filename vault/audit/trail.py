@@ -48,7 +48,7 @@ from vault.audit.checkpoints import (
 from vault.audit.verification import Break, Verification, verify_trail
 from vault.errors import AuditWriteFailed, KeyServiceUnavailable, VaultError
 from vault.keys.hierarchy import KeyHierarchy
-from vault.storage.schema import audit_archives, audit_events, audit_sequence
+from vault.storage.schema import audit_archives, audit_events, audit_sequence, audit_sink_heads
 
 __all__ = ["AuditEvent", "Origin", "Actor", "AuditTrail", "Verification", "Break", "event_fields", "mac_of",
            "audit_key", "GENESIS", "allocate_seqs"]
@@ -412,17 +412,24 @@ class AuditTrail:
     def adopt(self, engine: Engine) -> int:
         """Announce and anchor chains written before the sink existed (`tokenvault init` after an upgrade).
 
-        This trusts the database as it stands at that moment, once; afterwards a chain the
-        sink never announced is reported as forged. Also seals archive records from before 0016a.
+        This trusts the database as it stands at that moment, once: only while no sink was ever
+        recorded in the database (the upgrade from before 0016a). Afterwards a chain the sink never
+        announced is reported as forged. Also seals archive records from before 0016a.
         """
         if not self._sinks:
+            return 0
+        with engine.begin() as conn:
+            seal_legacy_archives(self._keys, conn)
+            anchored_before = conn.execute(select(func.count()).select_from(audit_sink_heads)).scalar_one()
+        if anchored_before:
+            # Chains were anchored already: one missing from the log now is a finding for `verify`,
+            # never something to anchor after the fact (that would launder a deleted log).
             return 0
         with engine.begin() as conn:
             self.signer.prepare(conn)
             known = announced_writers(self._sinks, self.signer.public_keys(conn))
             in_db = {str(w) for (w,) in conn.execute(select(audit_events.c.writer).distinct())}
             in_db |= {str(w) for (w,) in conn.execute(select(audit_archives.c.writer))}
-            seal_legacy_archives(self._keys, conn)
         new = sorted(in_db - known)
         if not new:
             return 0

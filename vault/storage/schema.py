@@ -446,30 +446,19 @@ def _sqlite_setup(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def create_snapshot_reader(url: str) -> Engine:
-    """An engine for long reads of one consistent snapshot that never hold up writers.
+def create_snapshot_reader(url: str) -> Engine | None:
+    """An engine for long reads of one consistent snapshot that hold up no writer; None on SQLite.
 
-    SQLite (WAL): plain connections that skip the writer lock and read with a deferred BEGIN,
-    so a verification of millions of rows does not stop every write meanwhile. PostgreSQL:
-    REPEATABLE READ, one snapshot for the whole transaction, no locks.
+    PostgreSQL: REPEATABLE READ, one snapshot for the whole transaction, no locks. SQLite gets
+    none on purpose: a WAL reader that skipped the writer lock would keep `drop_deleted_copies`
+    from truncating the WAL for as long as it reads, leaving a read CVV's old page on disk; there
+    long reads take the writer lock like every transaction (writes wait meanwhile).
     """
     url = normalise_url(url)
-    if not url.startswith("sqlite"):
-        return create_engine(url, pool_size=1, max_overflow=1, hide_parameters=True,
-                             isolation_level="REPEATABLE READ", connect_args={"connect_timeout": 5})
-    engine = create_engine(url, hide_parameters=True, connect_args={"timeout": 10, "check_same_thread": False})
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-        dbapi_connection.execute("PRAGMA query_only=ON")
-        dbapi_connection.execute("PRAGMA busy_timeout=10000")
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN DEFERRED")
-
-    return engine
+    if url.startswith("sqlite"):
+        return None
+    return create_engine(url, pool_size=1, max_overflow=1, hide_parameters=True,
+                         isolation_level="REPEATABLE READ", connect_args={"connect_timeout": 5})
 
 
 def drop_deleted_copies(engine: Engine) -> bool:

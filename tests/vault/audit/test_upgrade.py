@@ -50,3 +50,15 @@ def test_an_old_trail_upgrades_and_keeps_verifying(tmp_path: Path, database_url:
                             .where(text("actor = 'old'"))).scalars().all() == [1, 1, 1]
     parts.trail.close()
     parts.engine.dispose()
+
+
+def test_init_never_anchors_chains_after_the_log_was_lost(tmp_path: Path, sqlite_url: str) -> None:
+    """Deleting the log and running `tokenvault init` again must not launder the loss."""
+    parts = make_components(tmp_path / "data", sqlite_url, TOKENVAULT_AUDIT_CHECKPOINT_DIR=str(tmp_path / "cp"))
+    tokenize_one(parts, "card", CARD)
+    parts.trail.checkpoint()
+    for path in (tmp_path / "cp").glob("*.jsonl"):
+        path.unlink()
+    assert parts.trail.adopt(parts.engine) == 0
+    found = report(parts)
+    assert found.broken is not None and "deleted" in found.broken.reason

@@ -140,8 +140,9 @@ class AuditLog(AuditedOperations):
                                       .order_by(audit_verify_jobs.c.finished_at.desc()).limit(1)).mappings().first()
                 if running is not None:
                     kind, found = "job", describe_job(running)
-                elif latest is not None and latest["finished_at"] > now - RESULT_FRESH:
-                    kind, found = "result", describe_job(latest)
+                elif (latest is not None and latest["finished_at"] > now - RESULT_FRESH
+                      and self._opened(conn, latest) is not None):
+                    kind, found = "result", describe_job(latest, self._opened(conn, latest))
                 else:
                     job_id = f"verify_{secrets.token_hex(8)}"
                     conn.execute(insert(audit_verify_jobs).values(
@@ -164,9 +165,38 @@ class AuditLog(AuditedOperations):
         self._authorise(actor, "verify_audit", origin)
         with self._engine.connect() as conn:
             row = conn.execute(select(audit_verify_jobs).where(audit_verify_jobs.c.id == job_id)).mappings().first()
-        if row is None:
-            raise NotFound("no such verification job")
-        return describe_job(row)
+            if row is None:
+                raise NotFound("no such verification job")
+            found = describe_job(row, self._opened(conn, row))
+        if row["status"] == "done" and found["result"] is None:
+            found.update(status="failed", error="report unreadable or not authentic")
+        return found
+
+    def _seal_report(self, job_id: str, finished_at: datetime, report: dict[str, Any]) -> str:
+        """The report as stored: MACed under the audit key with its job and time, so an edited or
+        replayed row cannot answer `intact` (GET /v1/audit/verify serves the latest report)."""
+        body = json.dumps(report, sort_keys=True, separators=(",", ":"))
+        with self._engine.connect() as conn:
+            key_id, key = self._trail.keys.active_hmac_key(conn, "audit")
+        mac = hmac.new(key.expose(), f"verify-report|{job_id}|{iso(finished_at)}|".encode() + body.encode(),
+                       hashlib.sha256).hexdigest()
+        return json.dumps({"key_id": key_id, "report": body, "mac": mac})
+
+    def _opened(self, conn: Any, row: Any) -> dict[str, Any] | None:
+        """A stored report if its MAC holds; None otherwise (then it is not served)."""
+        if row["status"] != "done" or not row["result"] or row["finished_at"] is None:
+            return None
+        try:
+            sealed = json.loads(row["result"])
+            key = audit_key(self._trail.keys, conn, str(sealed["key_id"]))
+            expected = hmac.new(key, f"verify-report|{row['id']}|{iso(row['finished_at'])}|".encode()
+                                + str(sealed["report"]).encode(), hashlib.sha256).hexdigest()
+            if not hmac.compare_digest(expected, str(sealed["mac"])):
+                return None
+            report: dict[str, Any] = json.loads(sealed["report"])
+        except (ValueError, KeyError, TypeError, VaultError):
+            return None
+        return report
 
     def run_job(self, job_id: str, on_progress: Callable[[int, int], None] | None = None, *,
                 full: bool = False) -> Verification | None:
@@ -199,8 +229,13 @@ class AuditLog(AuditedOperations):
                            outcome="allowed" if report.intact else "error",
                            error_code=None if report.intact else "audit_broken",
                            detail=f"job={job_id} events={report.events}")
-        done = {"status": "done", "result": json.dumps(report.public()), "done": report.events,
-                "total": report.events, "updated_at": self._clock(), "finished_at": self._clock()}
+        finished = self._clock()
+        try:
+            sealed = self._seal_report(job_id, finished, report.public())
+        except (VaultError, SQLAlchemyError):
+            sealed = json.dumps({"report": json.dumps(report.public())})  # unsealed: never served as a report
+        done = {"status": "done", "result": sealed, "done": report.events, "total": report.events,
+                "updated_at": finished, "finished_at": finished}
         if report.intact and report.resume:
             with contextlib.suppress(VaultError, SQLAlchemyError):
                 done["resume"] = self._seal_resume(report.resume)
@@ -216,8 +251,8 @@ class AuditLog(AuditedOperations):
         return report
 
 
-def describe_job(row: Any) -> dict[str, Any]:
-    """A job as the API shows it: progress with rate and ETA, then the report."""
+def describe_job(row: Any, report: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A job as the API shows it: progress with rate and ETA, then the (authenticated) report."""
     elapsed = max((row["updated_at"] - row["started_at"]).total_seconds(), 1e-6)
     rate = row["done"] / elapsed
     remaining = max(row["total"] - row["done"], 0)
@@ -226,4 +261,4 @@ def describe_job(row: Any) -> dict[str, Any]:
             "eta_seconds": round(remaining / rate, 1) if rate > 0 and row["status"] == "running" else None,
             "started_at": iso(row["started_at"]),
             "finished_at": iso(row["finished_at"]) if row["finished_at"] else None,
-            "result": json.loads(row["result"]) if row["result"] else None}
+            "result": report if row["status"] == "done" else (json.loads(row["result"]) if row["result"] else None)}

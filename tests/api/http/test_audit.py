@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -148,3 +149,18 @@ def test_every_endpoint_emits_all_fields(client: FlaskClient, components: Compon
                 assert row["token"] and row["kind"]
             if action == "detokenize" and row["outcome"] == "allowed":
                 assert row["purpose"] == "payment"  # a role refused outright is refused before the body is read
+
+
+def test_a_forged_stored_report_is_never_served(client: FlaskClient, components: Components) -> None:
+    """The insider rewrites the latest report to `intact` and keeps it fresh: it is not served."""
+    key = auditor_key(components)
+    assert verified(client, key).status_code == 200
+    with components.engine.begin() as conn:
+        conn.execute(update(audit_events).where(audit_events.c.action == "create_client").values(actor="x"))
+        forged = {"intact": True, "anchored": True, "events": 1, "broken": None}
+        conn.execute(update(audit_verify_jobs).values(  # no resume point either: the next run is a full one
+            resume=None, result=json.dumps({"key_id": "k", "report": json.dumps(forged), "mac": "00"})))
+    first = client.get("/v1/audit/verify", headers=auth(key))
+    assert first.status_code == 202  # not the forged report: a new job
+    answer = verified(client, key)
+    assert answer.status_code == 409

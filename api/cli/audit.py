@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 from api.cli.context import command_components
 from api.wiring import Components
@@ -74,6 +75,9 @@ def verify(archives: Path | None, full: bool) -> None:
             problems = verify_archive_files(parts.keys, conn, archives) if archives else []
     except VaultError as error:  # the key service or database is out of reach: not a verdict on the trail
         click.echo(json.dumps({"error": error.code, "message": str(error)}), err=True)
+        sys.exit(2)
+    except SQLAlchemyError:
+        click.echo(json.dumps({"error": "storage_unavailable", "message": "database unavailable"}), err=True)
         sys.exit(2)
     result = report.public()
     if problems:

@@ -65,6 +65,9 @@ _ARCHIVED_HEAD = (
 )
 _WRITER_KEY = "tokenvault_audit_writer"
 MAX_FAILURE_SOURCES = 10_000
+# After this long without a new event, and once a checkpoint found nothing new, the checkpointer
+# stops reading the database (a transaction still open this long after its events is not expected).
+QUIET_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,8 @@ class AuditTrail:
         self._announced: set[str] = set()
         self._anchored: dict[str, int] = {}  # writer -> chain_seq last written to the sink
         self._pending = 0  # events recorded since the last checkpoint
+        self._last_record = time.monotonic()  # when record() last ran (its transaction may commit later)
+        self._caught_up = False  # the last checkpoint found nothing new, after the last record()
         self._sink_heads: dict[str, tuple[int, str]] = {}  # announce entries not yet recorded in the database
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -283,6 +288,8 @@ class AuditTrail:
             with self._lock:
                 self._engine = self._engine or conn.engine
                 self._pending += len(events)
+                self._last_record = time.monotonic()
+                self._caught_up = False
                 if self._pending >= self._checkpoint_events:
                     self._wake.set()
                 self._start_checkpointer()
@@ -377,8 +384,24 @@ class AuditTrail:
         if engine is None or not self._sinks:
             return 0
         with self._lock:
+            quiet = (not all_writers and not self._sink_heads and self._caught_up
+                     and time.monotonic() - self._last_record > QUIET_SECONDS)
+            if quiet:  # an idle worker does not touch the database every second
+                return 0
             pending, self._pending = self._pending, 0
             announced_heads, self._sink_heads = self._sink_heads, {}
+            started = time.monotonic()
+        try:
+            return self._checkpoint(engine, all_writers, announced_heads, started)
+        except BaseException:
+            with self._lock:
+                self._pending += pending
+                for name, head in announced_heads.items():
+                    self._sink_heads[name] = max(self._sink_heads.get(name, head), head)
+            raise
+
+    def _checkpoint(self, engine: Engine, all_writers: bool, announced_heads: dict[str, tuple[int, str]],
+                    started: float) -> int:
         if announced_heads:
             with engine.begin() as conn:
                 for name, (n, digest) in announced_heads.items():
@@ -394,13 +417,10 @@ class AuditTrail:
                 self.signer.prepare(conn)
             conn.rollback()
         if not heads:
+            with self._lock:  # caught up with every event recorded before this read began
+                self._caught_up = self._last_record < started
             return 0
-        try:
-            written = self._append([Entry("head", w, seq, mac.hex()) for w, seq, mac in heads], every_sink=False)
-        except (OSError, VaultError):
-            with self._lock:
-                self._pending += pending
-            raise
+        written = self._append([Entry("head", w, seq, mac.hex()) for w, seq, mac in heads], every_sink=False)
         with self._lock:
             for writer, chain_seq, _mac in heads:
                 self._anchored[writer] = max(self._anchored.get(writer, 0), chain_seq)

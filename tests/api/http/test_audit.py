@@ -158,7 +158,7 @@ def test_a_forged_stored_report_is_never_served(client: FlaskClient, components:
     key = auditor_key(components)
     assert verified(client, key).status_code == 200
     with components.engine.begin() as conn:
-        conn.execute(update(audit_events).where(audit_events.c.action == "create_client").values(actor="x"))
+        conn.execute(update(audit_events).values(detail="rewritten"))
         forged = {"intact": True, "anchored": True, "events": 1, "broken": None}
         conn.execute(update(audit_verify_jobs).values(  # no resume point either: the next run is a full one
             resume=None, result=json.dumps({"key_id": "k", "report": json.dumps(forged), "mac": "00"})))

@@ -13,8 +13,9 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from api.access_settings import AccessSettings
-from api.http.metrics import InstrumentedProvider, observe_audit_write, observe_key_cache
+from api.http.metrics import InstrumentedProvider, observe_audit_write, observe_key_cache, observe_relay_call
 from api.settings import Settings
+from api.upstream import HttpsTransport
 from kms.local import LocalKeyProvider, load_master_key
 from vault.access.approvals import ApprovalAction, Approvals
 from vault.access.clients import ClientRegistry
@@ -36,6 +37,12 @@ from vault.privacy.disclosures import DisclosureService
 from vault.privacy.retention import RetentionService
 from vault.privacy.rights import PrivacyService
 from vault.privacy.transfer import check_transfer_params
+from vault.relay.changes import ACTION as RELAY_ACTION
+from vault.relay.changes import OPERATION as RELAY_OPERATION
+from vault.relay.changes import RouteChanges
+from vault.relay.routes import RouteBook
+from vault.relay.service import RelayService
+from vault.relay.upstream import Transport
 from vault.storage.schema import create_engine_for, create_snapshot_reader
 from vault.tokens.service import TokenService
 
@@ -126,6 +133,8 @@ class Components:
     approvals: Approvals
     authenticator: Authenticator
     alerts: Alerts
+    relay: RelayService
+    relay_routes: RouteChanges
 
 
 def build(
@@ -133,6 +142,7 @@ def build(
     *,
     provider: KeyProvider | None = None,
     clock: Callable[[], datetime] | None = None,
+    transport: Transport | None = None,
 ) -> Components:
     """Build every component; `clock` is injectable so tests never sleep."""
     now = clock or (lambda: datetime.now(UTC))
@@ -181,6 +191,14 @@ def build(
         name="transfer_export", operation="export", check=check_transfer_params,
         run=lambda conn, actor, params, origin: {"approved": True},
         lifetime=timedelta(seconds=access.approval_seconds)))
+    # Relay routes change under dual control too: a second admin approves each version.
+    book = RouteBook(keys, clock=now)
+    relay_routes = RouteChanges(engine=engine, policy=policy, trail=trail, book=book, clock=now)
+    approvals.register(ApprovalAction(
+        name=RELAY_ACTION, operation=RELAY_OPERATION, check=relay_routes.check_approval,
+        run=relay_routes.run_approval, lifetime=timedelta(seconds=access.approval_seconds)))
+    relay = RelayService(engine=engine, policy=policy, trail=trail, tokens=token_service, book=book,
+                         transport=transport or HttpsTransport(), clock=now, on_call=observe_relay_call)
     return Components(
         settings=settings,
         engine=engine,
@@ -205,4 +223,6 @@ def build(
         approvals=approvals,
         authenticator=Authenticator(clients, operators),
         alerts=Alerts(engine, trail, clock=now),
+        relay=relay,
+        relay_routes=relay_routes,
     )

@@ -22,6 +22,7 @@ __all__ = [
     "StorageUnavailable",
     "AuditWriteFailed",
     "ConfigurationError",
+    "UpstreamFailed",
 ]
 
 
@@ -126,3 +127,14 @@ class ConfigurationError(VaultError):
     """Refuse to start: a setting, key file or policy is missing or unsafe."""
 
     code = "configuration_error"
+
+
+class UpstreamFailed(VaultError):
+    """A relay's upstream could not be reached, refused TLS, timed out, or answered beyond the limits."""
+
+    code = "upstream_failed"
+
+    def __init__(self, reason: str, *, timeout: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.timeout = timeout

@@ -14,6 +14,7 @@ from api.cli import access
 from api.cli.audit import audit
 from api.cli.context import command_components
 from api.cli.keys import keys
+from api.cli.relay import relay
 from api.cli.subjects import subjects, transfer
 from api.settings import Settings
 from api.wiring import Components, build, build_provider
@@ -178,6 +179,7 @@ main.add_command(audit)
 main.add_command(subjects)
 main.add_command(keys)
 main.add_command(transfer)
+main.add_command(relay)
 for _group in (access.operators, access.auth, access.approvals, access.policy):
     main.add_command(_group)
 

@@ -18,7 +18,7 @@ from flask import Flask, Response, g, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api.http import audit, auth_flood, enrolment, errors, keys, login, metrics, operators, privacy, ratelimits
+from api.http import audit, auth_flood, enrolment, errors, keys, login, metrics, operators, privacy, ratelimits, relay
 from api.http.auth import bearer_credentials
 from api.http.logs import configure, get_logger
 from api.http.openapi import document
@@ -66,7 +66,9 @@ def create_app(settings: Settings | None = None, *, parts: Components | None = N
         g.started = time.perf_counter()
         supplied = request.headers.get("X-Request-ID", "")
         g.request_id = supplied if _REQUEST_ID.match(supplied) else secrets.token_hex(16)
-        if request.path.startswith("/v1/") and request.path not in _WITHOUT_CREDENTIALS:
+        # The inbound relay authenticates its own way (a publishable key good for nothing else).
+        if (request.path.startswith("/v1/") and request.path not in _WITHOUT_CREDENTIALS
+                and not request.path.startswith(relay.INBOUND_PREFIX)):
             if (too_many := auth_flood.refused(failures)) is not None:
                 return too_many
             try:
@@ -123,6 +125,7 @@ def create_app(settings: Settings | None = None, *, parts: Components | None = N
     app.register_blueprint(login.blueprint)
     app.register_blueprint(enrolment.blueprint)
     app.register_blueprint(operators.blueprint)
+    app.register_blueprint(relay.blueprint)
     ratelimits.init_app(app, parts)
     return app
 

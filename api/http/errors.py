@@ -29,6 +29,7 @@ STATUS: dict[type[e.VaultError], int] = {
     e.AuditWriteFailed: 503,
     e.DecryptionFailed: 500,
     e.ConfigurationError: 500,
+    e.UpstreamFailed: 502,
 }
 
 _MESSAGES = {
@@ -45,6 +46,7 @@ _MESSAGES = {
     "decryption_failed": "the stored value failed its integrity check",
     "internal_error": "internal error",
     "configuration_error": "internal error",
+    "upstream_failed": "the relay's upstream could not be reached or answered beyond its limits",
 }
 
 
@@ -56,6 +58,8 @@ def error_body(error: e.VaultError) -> dict[str, Any]:
 
 
 def status_of(error: e.VaultError) -> int:
+    if isinstance(error, e.UpstreamFailed) and error.timeout:
+        return 504
     for cls in type(error).__mro__:
         if cls in STATUS:
             return STATUS[cls]

@@ -38,6 +38,8 @@ __all__ = ["RateLimits", "init_app"]
 
 _DETOKENIZE = "v1.detokenize"
 _LOGIN = "auth.login"
+_RELAY = "relay.forward"  # detokenizes: counted like /v1/detokenize
+_INBOUND = "relay.inbound"  # no caller identity (a publishable key): counted per address
 # Redeeming an enrolment code is as unauthenticated as logging in: one counter per address for both steps.
 _ENROLMENT = ("enrolment.begin", "enrolment.confirm")
 _PREFIX = "tokenvault"
@@ -126,7 +128,7 @@ def init_app(app: Flask, parts: Components) -> RateLimits:
             who = f"actor:{actor.id}"
             if refused := counters.refused(who, "all", access.rate_limit_for(actor.role)):
                 return refuse(*refused, "all")
-            if endpoint == _DETOKENIZE and (
+            if endpoint in (_DETOKENIZE, _RELAY) and (
                     refused := counters.refused(who, endpoint, access.detokenize_rate_limit_for(actor.role))):
                 return refuse(*refused, endpoint)
         elif endpoint == _LOGIN or endpoint in _ENROLMENT:
@@ -134,6 +136,10 @@ def init_app(app: Flask, parts: Components) -> RateLimits:
             scope = _LOGIN if endpoint == _LOGIN else "enrolment"
             if refused := counters.refused(who, scope, access.login_rate_limit):
                 return refuse(*refused, scope)
+        elif endpoint == _INBOUND:
+            who = f"addr:{request.remote_addr or 'unknown'}"
+            if refused := counters.refused(who, endpoint, access.rate_limit):
+                return refuse(*refused, endpoint)
         return None
 
     return counters

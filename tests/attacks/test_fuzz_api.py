@@ -59,7 +59,9 @@ STEPS_UP = {(path, method.upper()) for path, item in document()["paths"].items()
 # The API clients' endpoints, fuzzed with every client role (and none), as they always were.
 TOKEN_OPERATIONS = {("/v1/tokens", "POST"), ("/v1/tokens/batch", "POST"), ("/v1/detokenize", "POST"),
                     ("/v1/tokens/{token}", "GET"), ("/v1/tokens/{token}", "DELETE"), ("/healthz", "GET"),
-                    ("/readyz", "GET")}
+                    ("/readyz", "GET"),
+                    # The relay forwards for API clients: no route exists here, so every role gets 404 or 422.
+                    *(("/v1/relay/{route}/{path}", m) for m in ("GET", "POST", "PUT", "PATCH", "DELETE"))}
 # Who may use each operators' endpoint (default policy), by path prefix; the first match wins.
 OWNERS = (
     ("/v1/audit/", ("auditor",)),
@@ -69,6 +71,8 @@ OWNERS = (
     ("/v1/tokens/{token}", ("privacy_officer",)),  # PATCH: rectification
     ("/v1/keys", ("admin",)), ("/v1/operators", ("admin",)), ("/v1/approvals", ("admin",)),
     ("/v1/auth/logout", ("admin",)), ("/v1/auth/password", ("admin",)), ("/v1/auth/reenrol", ("admin",)),
+    ("/v1/relay-routes", ("admin",)),
+    ("/v1/inbound/", ()),  # a publishable key, not a bearer: fuzzed anonymously (no route: 401)
     ("/v1/auth/login", ()),  # no credentials: fuzzed anonymously, positive and negative
     ("/v1/enrolment/", ()),
 )

@@ -28,11 +28,11 @@ __all__ = ["Policy", "Rule", "Decision", "OPERATIONS", "PURPOSES", "HUMAN_ONLY_O
 # Data operations act on tokens of the listed kinds; the others act on the vault itself.
 DataOperation = Literal["tokenize", "detokenize", "read_metadata", "delete", "correct", "export"]
 AdminOperation = Literal["read_audit", "manage_keys", "manage_operators", "manage_clients", "manage_subjects",
-                         "manage_consents", "disclose"]
+                         "manage_consents", "disclose", "manage_relay"]
 Operation = DataOperation | AdminOperation
 DATA_OPERATIONS: tuple[str, ...] = ("tokenize", "detokenize", "read_metadata", "delete", "correct", "export")
 OPERATIONS: tuple[str, ...] = (*DATA_OPERATIONS, "read_audit", "manage_keys", "manage_operators",
-                               "manage_clients", "manage_subjects", "manage_consents", "disclose")
+                               "manage_clients", "manage_subjects", "manage_consents", "disclose", "manage_relay")
 Purpose = Literal["payment", "fulfillment", "support", "marketing", "legal"]
 PURPOSES: tuple[str, ...] = ("payment", "fulfillment", "support", "marketing", "legal")
 KindName = Literal["card", "cvv", "address", "email", "phone", "name", "text"]

@@ -42,6 +42,7 @@ from vault.storage.writer_lock import GatedConnection, NestedWriter
 __all__ = [
     "metadata",
     "domain_keys",
+    "relay_routes",
     "data_keys",
     "tokens",
     "clients",
@@ -393,6 +394,26 @@ approvals = Table(
     Column("approved_by", String(40), nullable=True),
     Column("approved_at", UTCDateTime, nullable=True),
     Column("result", Text, nullable=True),  # JSON, non-sensitive
+)
+
+
+# -- relay: routes to partners' APIs -----------------------------------------------------------
+
+# One row per version of a route. The whole configuration (upstream, rules, upstream credentials)
+# is sealed under a `relay` data key, bound to (name, version, state, key id): an edited clear
+# column, a draft marked approved, or a blob moved to another route fails to open, and the route
+# answers as absent. The current route is its highest approved version.
+relay_routes = Table(
+    "relay_routes",
+    metadata,
+    Column("name", String(40), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("state", String(16), nullable=False),  # proposed | approved
+    Column("sealed", LargeBinary, nullable=False),
+    Column("data_key_id", String(40), ForeignKey("data_keys.id"), nullable=False),
+    Column("proposed_by", String(40), nullable=False),
+    Column("proposed_at", UTCDateTime, nullable=False),
+    Column("approved_by", String(40), nullable=True),
 )
 
 

@@ -1,7 +1,7 @@
 """audit: seq under the MAC, authenticated archive records, checkpoint signing key and sink heads
 
 Revision ID: 0016a
-Revises: 0015e
+Revises: 0020a
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from alembic import op
 import vault.storage.schema
 
 revision = "0016a"
-down_revision = "0015e"
+down_revision = "0020a"
 branch_labels = None
 depends_on = None
 

@@ -66,6 +66,8 @@ class AccessSettings:
     detokenize_rate_limit: str = "500/second"
     # Per source address, before anyone is authenticated.
     login_rate_limit: str = "10/minute"
+    # Failed authentications per source address (api/http/auth_flood.py): past it, 429 before the database.
+    auth_failure_rate_limit: str = "20/minute"
     role_rate_limits: dict[str, str] = field(default_factory=dict)
     role_detokenize_rate_limits: dict[str, str] = field(default_factory=dict)
 
@@ -93,6 +95,9 @@ class AccessSettings:
                                          or default.detokenize_rate_limit),
             login_rate_limit=_limit("TOKENVAULT_LOGIN_RATE_LIMIT",
                                     env.get("TOKENVAULT_LOGIN_RATE_LIMIT") or default.login_rate_limit),
+            auth_failure_rate_limit=_limit("TOKENVAULT_AUTH_FAILURE_RATE_LIMIT",
+                                           env.get("TOKENVAULT_AUTH_FAILURE_RATE_LIMIT")
+                                           or default.auth_failure_rate_limit),
             role_rate_limits=_per_role(env, _RATE_PREFIX, policy),
             role_detokenize_rate_limits=_per_role(env, _DETOKENIZE_PREFIX, policy),
         )

@@ -133,6 +133,12 @@ class AuditWriteFailed(VaultError):
     code = "audit_unavailable"
 
 
+class AuditKeyRefused(VaultError):
+    """A MAC key named by an audit event, archive or checkpoint is not an audit key."""
+
+    code = "audit_key_refused"
+
+
 class ConfigurationError(VaultError):
     """Refuse to start: a setting, key file or policy is missing or unsafe."""
 

@@ -22,8 +22,9 @@ from typing import Any, NoReturn
 import click
 import qrcode
 
+from api.cli.context import command_components
 from api.settings import Settings
-from api.wiring import Components, build
+from api.wiring import Components
 from vault.access.enrolment import EnrolmentCode
 from vault.access.operators import OPERATOR_ROLES, StepUp
 from vault.access.policy import Policy, load_policy
@@ -35,10 +36,8 @@ __all__ = ["operators", "auth", "approvals", "policy", "qr_text"]
 
 
 def _components() -> Components:
-    """Built once per command; its database connections close when the command ends."""
-    parts = build(Settings.from_env())
-    click.get_current_context().call_on_close(parts.engine.dispose)
-    return parts
+    """Built once per command; its audit events are anchored and connections closed when it ends."""
+    return command_components()
 
 
 def _origin() -> Origin:

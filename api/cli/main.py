@@ -12,6 +12,7 @@ import click
 from api.access_settings import AccessSettings
 from api.cli import access
 from api.cli.audit import audit
+from api.cli.context import command_components
 from api.cli.integrity import integrity
 from api.cli.keys import keys
 from api.cli.relay import relay
@@ -29,9 +30,7 @@ __all__ = ["main"]
 
 
 def _components() -> Components:
-    parts = build(Settings.from_env())
-    click.get_current_context().call_on_close(parts.engine.dispose)  # no pooled connection outlives the command
-    return parts
+    return command_components()  # events anchored, no pooled connection outlives the command
 
 
 def _fail(error: VaultError) -> None:
@@ -78,6 +77,11 @@ def init() -> None:
         if created:
             click.echo(f"created {len(created)} domain keys", err=True)
         refused = parts.clients.human_role_clients()
+        adopted = parts.trail.adopt(parts.engine)  # chains from before the checkpoint sink, anchored once
+        if adopted:
+            click.echo(f"anchored {adopted} existing audit chains in the checkpoint sink", err=True)
+        parts.trail.close()
+        parts.engine.dispose()
     except VaultError as error:
         _fail(error)
     for line in human_role_warning(refused):

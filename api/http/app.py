@@ -7,7 +7,6 @@ between processes by accident.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import os
 import re
 import secrets
@@ -19,7 +18,7 @@ from flask import Flask, Response, g, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api.http import audit, enrolment, errors, keys, login, metrics, operators, privacy, ratelimits, relay
+from api.http import audit, auth_flood, enrolment, errors, keys, login, metrics, operators, privacy, ratelimits, relay
 from api.http.auth import bearer_credentials
 from api.http.logs import configure, get_logger
 from api.http.openapi import document
@@ -60,17 +59,25 @@ def create_app(settings: Settings | None = None, *, parts: Components | None = N
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops)  # type: ignore[method-assign]
     errors.register(app)
     openapi = document()
+    failures = auth_flood.FailedAuthentications(parts.access.auth_failure_rate_limit, parts.access.redis_url)
 
     @app.before_request
-    def _start() -> None:
+    def _start() -> tuple[Response, int] | None:
         g.started = time.perf_counter()
         supplied = request.headers.get("X-Request-ID", "")
         g.request_id = supplied if _REQUEST_ID.match(supplied) else secrets.token_hex(16)
         # The inbound relay authenticates its own way (a publishable key good for nothing else).
         if (request.path.startswith("/v1/") and request.path not in _WITHOUT_CREDENTIALS
                 and not request.path.startswith(relay.INBOUND_PREFIX)):
-            g.actor = components().authenticator.authenticate(bearer_credentials(), origin())
+            if (too_many := auth_flood.refused(failures)) is not None:
+                return too_many
+            try:
+                g.actor = components().authenticator.authenticate(bearer_credentials(), origin())
+            except Unauthenticated:
+                auth_flood.failed(failures)
+                raise
             components().tokens.maybe_purge()
+        return None
 
     @app.after_request
     def _finish(response: Response) -> Response:
@@ -137,8 +144,7 @@ def _record_lifecycle(parts: Components, action: str) -> None:
         get_logger("tokenvault.lifecycle").error("lifecycle event not audited", action=action,
                                                  error=getattr(error, "code", type(error).__name__))
     if action == "service_stop":
-        with contextlib.suppress(VaultError, SQLAlchemyError, OSError):
-            parts.trail.checkpoint()
+        parts.trail.close()  # graceful stop: anchor this worker's chains, the stop event included
 
 
 def _warn_human_role_clients(parts: Components) -> None:

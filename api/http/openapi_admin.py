@@ -100,10 +100,17 @@ def _audit_paths() -> dict[str, Any]:
         _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}),
         _query("cursor", {"type": "integer", "minimum": 0, "maximum": 10**18 - 1}, "`next` of the previous page"),
     ]
-    verify = _op("verifyAuditTrail", "Verify every writer's chain and checkpoints", "200", OBJECT)
-    verify["responses"]["409"] = {"description": "A chain is broken (`intact` false, with where)",
-                                  **json_content(OBJECT)}
+    verify = _op("verifyAuditTrail", "The latest verification report if fresh, else a job (202); never waits",
+                 "200", OBJECT)
+    job = _op("auditVerificationJob", "A verification job: progress (202), then its report", "200", OBJECT,
+              params=[_path("job_id", {"type": "string", "pattern": r"^verify_[0-9a-f]{16}$"})], extra=("404",))
+    for operation in (verify, job):
+        operation["responses"]["409"] = {"description": "The trail is broken (`intact` false, with the reason)",
+                                         **json_content(OBJECT)}
+        operation["responses"]["202"] = {"description": "Verification running: progress, rate and ETA; "
+                                                        "Location names the job", **json_content(OBJECT)}
     return {
+        "/v1/audit/verify/jobs/{job_id}": {"get": job},
         "/v1/audit/events": {"get": _op("listAuditEvents", "A page of audit events (reading is audited)", "200",
                                         OBJECT, params=filters)},
         "/v1/audit/verify": {"get": verify},

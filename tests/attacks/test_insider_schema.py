@@ -68,8 +68,15 @@ DECISIONS: dict[str, dict[str, str]] = {
     "operator_sessions": {**{c: MAC for c in ("id", *MACED["operator_sessions"])}, ROW_MAC: MAC},
     "approvals": {**{c: MAC for c in ("id", *MACED["approvals"])}, ROW_MAC: MAC},
     "audit_events": {c.name: CHAIN for c in audit_events.columns},
-    "audit_archives": {"writer": CHAIN, "chain_seq": CHAIN, "mac": CHAIN, "archive": CHAIN,
-                       "archived_at": "harmless: informational only"},
+    "audit_archives": {"writer": CHAIN, "chain_seq": CHAIN, "mac": CHAIN, "archive": CHAIN, "last_seq": CHAIN,
+                       "mac_key_id": CHAIN, "record_mac": CHAIN, "archived_at": "harmless: informational only"},
+    # Issue #16's audit anchoring: decided by that issue's design (chain, anchors outside the database).
+    "audit_sequence": {c: CHAIN for c in ("name", "next_seq")},
+    "audit_signing_keys": {"id": AEAD, "wrapped": AEAD, "created_at": "harmless: informational only"},
+    "audit_sink_heads": {c: CHAIN for c in ("sink", "n", "hash", "at")},
+    "audit_verify_jobs": {c: "open: a verification job's record (issue #16), not an access decision"
+                          for c in ("id", "status", "total", "done", "resume", "result", "requested_by",
+                                    "started_at", "updated_at", "finished_at")},
     "totp_uses": {"operator_id": "open: deleting a used step lets that one code be replayed within its 90 s",
                   "step": "open: as operator_id", "used_at": "harmless: informational only"},
     "subjects": {**{c: MAC for c in ("id", *MACED["subjects"])}, ROW_MAC: MAC},

@@ -155,7 +155,7 @@ class ClientRegistry:
         return api_key
 
     def authenticate(self, api_key: Secret[str] | None, origin: Origin) -> Actor:
-        """The actor behind an API key; a failure is audited, then Unauthenticated."""
+        """The actor behind an API key; a failure is counted for the audit trail, then Unauthenticated."""
         try:
             return self._authenticate(api_key)
         except SQLAlchemyError as exc:
@@ -171,11 +171,13 @@ class ClientRegistry:
             except (SQLAlchemyError, AuditWriteFailed):
                 pass
             raise
-        except HumanRoleKeyRefused as error:
+        except HumanRoleKeyRefused as error:  # a known client: its own event, naming it
             self._refused(error, origin, actor=error.client_id, role=error.role)
             raise
         except Unauthenticated as error:
-            self._refused(error, origin)
+            # Counted, then audited as one event per source and window (vault/audit/trail.py): a flood
+            # of bad keys neither inflates the trail nor queues for its writes.
+            self._trail.note_failed_authentication(self._engine, origin, error.code)
             raise
 
     def _refused(self, error: Unauthenticated, origin: Origin, actor: str = "anonymous", role: str = "none") -> None:

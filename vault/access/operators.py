@@ -295,11 +295,12 @@ class OperatorRegistry(AuditedOperations):
         now = self._clock()
         try:
             row = self._transaction(lambda conn: self._sessions.find(conn, token, now))
-        except IntegrityFailure as error:
-            raise self._deny(_ANONYMOUS, "authenticate", origin, error, detail="session") from None
+        except IntegrityFailure as failure:
+            raise self._deny(_ANONYMOUS, "authenticate", origin, failure, detail="session") from None
         if row is None or not self._policy.has_role(row.role):
-            raise self._deny(_ANONYMOUS, "authenticate", origin, Unauthenticated("invalid credentials"),
-                             detail="session")
+            refused = Unauthenticated("invalid credentials")
+            self._trail.note_failed_authentication(self._engine, origin, refused.code, detail="session")
+            raise refused
         return Actor(id=row.operator_id, role=row.role, name=row.username)
 
     def logout(self, actor: Actor, token: Secret[str], origin: Origin) -> None:

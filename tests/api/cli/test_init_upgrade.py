@@ -1,6 +1,6 @@
 """Upgrade (issue #15 item 7): a vault from before row MACs and bound key wrappings keeps serving.
 
-The database is taken back to revision 0020a (no `row_mac` columns) with its domain keys
+The database is taken back to revision 0016a (no `row_mac` columns) with its domain keys
 in the old wrapping (bare key under the KEK); `tokenvault init` then migrates, rebinds
 the wrappings and backfills the MACs, and the same clients, operators and tokens work.
 """
@@ -29,7 +29,7 @@ from vault.storage.migrate import alembic_config
 from vault.storage.schema import domain_keys
 
 
-def _back_to_0020a(parts: Components) -> None:
+def _back_to_0016a(parts: Components) -> None:
     """What a vault of the previous release holds: no row_mac, format-1 wrapped domain keys."""
     with parts.engine.begin() as conn:
         for row in conn.execute(select(domain_keys.c.id, domain_keys.c.purpose, domain_keys.c.wrapped)).all():
@@ -41,7 +41,7 @@ def _back_to_0020a(parts: Components) -> None:
     config = alembic_config()
     with parts.engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.downgrade(config, "0020a")
+        command.downgrade(config, "0016a")
 
 
 def test_init_upgrades_an_existing_vault_and_it_keeps_serving(
@@ -56,7 +56,7 @@ def test_init_upgrades_an_existing_vault_and_it_keeps_serving(
     _, gateway_key = old.clients.create("gateway", "payment_gateway")
     operator = make_operator(old, "aud.upgrade", "auditor", password=PASSWORD)
     card = tokenize_one(old, "card", CARD)
-    _back_to_0020a(old)
+    _back_to_0016a(old)
     with old.engine.connect() as conn:
         assert "row_mac" not in {c["name"] for c in inspect(conn).get_columns("clients")}
     old.trail.close()

@@ -82,7 +82,8 @@ def test_audit_verify_rejects_an_event_signed_with_a_copied_auth_key(components:
     verifier = AuditTrail(KeyHierarchy(components.provider))
     with components.engine.connect() as conn:
         report = verifier.verify(conn)
-    assert report.broken is not None and "not an audit key" in report.broken.reason
+    # Refused either way: the copy's wrapping names `auth` (unreadable as an audit key), or its row is not `audit`.
+    assert report.broken is not None and report.broken.reason in ("audit key unreadable", "MAC key is not an audit key")
 
 
 def test_data_keys_open_only_for_the_purposes_asked(components: Components) -> None:

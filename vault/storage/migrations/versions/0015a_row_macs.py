@@ -6,7 +6,7 @@ disclosures. The column is filled by
 a migration cannot reach it. Until then those rows fail their check (deny), never grant.
 
 Revision ID: 0015a
-Revises: 0020a
+Revises: 0016a
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0015a"
-down_revision = "0020a"
+down_revision = "0016a"
 branch_labels = None
 depends_on = None
 

@@ -73,9 +73,10 @@ def init() -> None:
 
 @main.command()
 @click.option("--bind", default=None, help="host:port (default TOKENVAULT_BIND or 127.0.0.1:8080)")
-@click.option("--workers", type=int, default=None, help="gunicorn worker processes")
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="worker processes (default TOKENVAULT_WORKERS or 2)")
 def serve(bind: str | None, workers: int | None) -> None:
-    """Serve the HTTP API under gunicorn."""
+    """Serve the HTTP API (granian, WSGI) until SIGTERM, which drains requests in flight."""
     settings = Settings.from_env()
     try:  # a bad policy or rate limit refuses to start here, with its reason, not in every worker
         AccessSettings.from_env(settings.env, load_policy(settings.policy_path))
@@ -84,9 +85,8 @@ def serve(bind: str | None, workers: int | None) -> None:
     env = dict(os.environ)
     env["TOKENVAULT_BIND"] = bind or settings.bind
     env["TOKENVAULT_WORKERS"] = str(workers or settings.workers)
-    conf = Path(__file__).resolve().parents[1] / "gunicorn_conf.py"
-    args = [sys.executable, "-m", "gunicorn", "-c", str(conf), "api.http.app:wsgi_app()"]
-    os.execve(sys.executable, args, env)  # noqa: S606 - fixed argv, no shell
+    # api/http/server.py runs granian; this process becomes its master (the CLI does not import the HTTP face).
+    os.execve(sys.executable, [sys.executable, "-m", "api.http.server"], env)  # noqa: S606 - fixed argv, no shell
 
 
 @main.group()

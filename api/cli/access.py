@@ -19,8 +19,9 @@ from typing import Any, NoReturn
 import click
 import qrcode
 
+from api.cli.context import components
 from api.settings import Settings
-from api.wiring import Components, build
+from api.wiring import Components
 from vault.access.operators import OPERATOR_ROLES, StepUp
 from vault.access.policy import Policy, load_policy
 from vault.audit.trail import HOST, Actor, Origin
@@ -31,10 +32,7 @@ __all__ = ["operators", "auth", "approvals", "policy", "qr_text"]
 
 
 def _components() -> Components:
-    """Built once per command; its database connections close when the command ends."""
-    parts = build(Settings.from_env())
-    click.get_current_context().call_on_close(parts.engine.dispose)
-    return parts
+    return components()
 
 
 def _origin() -> Origin:
@@ -112,8 +110,12 @@ def operators_create(username: str, role: str, password_stdin: bool) -> None:
 
 @operators.command("list")
 def operators_list() -> None:
-    for row in _components().operators.list(HOST, _origin()):
+    """List operators, one JSON object a line (times in ISO 8601 UTC); never passwords or TOTP seeds."""
+    found = _components().operators.list(HOST, _origin())
+    for row in found:
         click.echo(json.dumps({name: _iso(value) for name, value in row.items()}))
+    if not found:
+        click.echo("no operators", err=True)
 
 
 def _request_change(action: str, operator: str, session: str | None, totp: str | None) -> None:
@@ -172,6 +174,7 @@ def auth_login(username: str, password_stdin: bool, totp: str | None) -> None:
 @auth.command("logout")
 @_session_option
 def auth_logout(session: str | None) -> None:
+    """End the operator session (TOKENVAULT_SESSION or --session) at once."""
     parts = _components()
     try:
         actor = _as_operator(parts, session)
@@ -192,6 +195,7 @@ def approvals() -> None:
 @click.option("--all", "everything", is_flag=True, help="also executed and expired requests")
 @_session_option
 def approvals_list(everything: bool, session: str | None) -> None:
+    """Dual-control requests waiting for a second admin (with --all, also executed and expired ones)."""
     parts = _components()
     try:
         found = parts.approvals.list(_as_operator(parts, session), _origin(), pending_only=not everything)
@@ -199,6 +203,8 @@ def approvals_list(everything: bool, session: str | None) -> None:
         _fail(error)
     for item in found:
         click.echo(json.dumps(item.public()))
+    if not found:
+        click.echo("no pending approvals" if not everything else "no approvals", err=True)
 
 
 @approvals.command("approve")

@@ -17,8 +17,8 @@ from typing import Any
 import click
 from sqlalchemy import and_, delete, func, or_, select
 
-from api.settings import Settings
-from api.wiring import Components, build
+from api.cli.context import IsoTime, components
+from api.wiring import Components
 from vault.audit.trail import EventQuery, event_json, select_events
 from vault.storage.schema import audit_archives, audit_events, insert_ignoring_conflict
 
@@ -26,7 +26,7 @@ __all__ = ["audit"]
 
 
 def _components() -> Components:
-    return build(Settings.from_env())
+    return components()
 
 
 @click.group()
@@ -83,15 +83,13 @@ def cef_line(event: dict[str, Any]) -> str:
 
 
 @audit.command()
-@click.option("--since", default=None, help="ISO 8601 time (default: everything)")
+@click.option("--since", type=IsoTime(), default=None, help="ISO 8601 time (default: everything)")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "cef"]), default="jsonl")
 @click.option("--syslog", default=None, help="HOST:PORT to forward each line to over UDP syslog")
-def export(since: str | None, fmt: str, syslog: str | None) -> None:
+def export(since: datetime | None, fmt: str, syslog: str | None) -> None:
     """Stream events for a SIEM, to stdout or to syslog."""
     parts = _components()
-    start = datetime.fromisoformat(since.replace("Z", "+00:00")) if since else None
-    if start is not None and start.tzinfo is None:
-        start = start.replace(tzinfo=UTC)
+    start = since
     forward = None
     if syslog:
         host, _, port = syslog.rpartition(":")

@@ -6,39 +6,65 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any, NoReturn
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 from api.access_settings import AccessSettings
 from api.cli import access
 from api.cli.audit import audit
+from api.cli.context import EXIT_INTERNAL, EXIT_REFUSED, EXIT_UNREACHABLE, components, iso
 from api.cli.keys import keys
 from api.cli.subjects import subjects, transfer
 from api.settings import Settings
-from api.wiring import Components, build, build_provider
+from api.wiring import build, build_provider
 from kms.local import create_master_key_file
+from vault.access.operators import OPERATOR_ROLES
 from vault.access.policy import load_policy
 from vault.audit.trail import Actor
-from vault.errors import VaultError
+from vault.errors import AuditWriteFailed, KeyServiceUnavailable, StorageUnavailable, VaultError
 from vault.storage.migrate import upgrade
 
 __all__ = ["main"]
 
-DEMO_ROLES = ("checkout", "payment_gateway", "shipping", "support")
+_UNREACHABLE = (StorageUnavailable, KeyServiceUnavailable, AuditWriteFailed)
+_components, _iso = components, iso
 
 
-def _components() -> Components:
-    parts = build(Settings.from_env())
-    click.get_current_context().call_on_close(parts.engine.dispose)  # no pooled connection outlives the command
-    return parts
-
-
-def _fail(error: VaultError) -> None:
+def _fail(error: VaultError) -> NoReturn:
     click.echo(f"error: {error}", err=True)
-    sys.exit(2)
+    sys.exit(EXIT_UNREACHABLE if isinstance(error, _UNREACHABLE) else EXIT_REFUSED)
 
 
-@click.group()
+class _Cli(click.Group):
+    """Every command under one handler: a user error is one line and a documented exit code, never a
+    traceback (TOKENVAULT_DEBUG=1 lets an unexpected one through, for a bug report)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except VaultError as error:
+            _fail(error)
+        except SQLAlchemyError as error:
+            click.echo(f"error: the database cannot be used ({type(error).__name__}); check TOKENVAULT_DATABASE_URL "
+                       "or TOKENVAULT_DATA_DIR", err=True)
+            sys.exit(EXIT_UNREACHABLE)
+        except OSError as error:
+            where = f": {error.filename}" if error.filename else ""
+            click.echo(f"error: {error.strerror or type(error).__name__}{where}", err=True)
+            sys.exit(EXIT_UNREACHABLE)
+        except Exception as error:
+            if os.environ.get("TOKENVAULT_DEBUG") == "1":
+                raise
+            click.echo(f"error: internal error ({type(error).__name__}); TOKENVAULT_DEBUG=1 shows the traceback",
+                       err=True)
+            sys.exit(EXIT_INTERNAL)
+
+
+@click.group(cls=_Cli)
 def main() -> None:
     """TokenVault: tokenize card and personal data under envelope encryption."""
     os.umask(0o077)  # database, keyring and key files are readable by the service user only
@@ -108,13 +134,18 @@ def clients_create(name: str, role: str) -> None:
 
 @clients.command("list")
 def clients_list() -> None:
-    for row in _components().clients.list():
-        click.echo(json.dumps(row, default=str))
+    """List API clients, one JSON object a line (times in ISO 8601 UTC); never their keys."""
+    rows = _components().clients.list()
+    for row in rows:
+        click.echo(json.dumps({name: _iso(value) for name, value in row.items()}))
+    if not rows:
+        click.echo("no clients", err=True)
 
 
 @clients.command("revoke")
 @click.argument("client_id")
 def clients_revoke(client_id: str) -> None:
+    """Revoke a client's API keys at once (within TOKENVAULT_AUTH_CACHE_SECONDS on every worker)."""
     try:
         _components().clients.revoke(client_id)
     except VaultError as error:
@@ -138,13 +169,13 @@ def clients_rotate(client_id: str, grace: int) -> None:
 @clients.command("demo")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="env file for the demo keys")
 def clients_demo(out: Path) -> None:
-    """Create one demo client per role unless clients exist; writes their keys to OUT (mode 0600)."""
+    """Create one demo client per API role of the policy unless clients exist; writes their keys to OUT (0600)."""
     parts = _components()
     if parts.clients.list():
         click.echo("clients exist; no demo clients created", err=True)
         return
     lines = []
-    for role in DEMO_ROLES:
+    for role in (name for name in parts.policy.roles if name not in OPERATOR_ROLES):
         _, api_key = parts.clients.create(f"demo-{role}", role)
         lines.append(f"{role.upper()}_KEY={api_key.expose()}")
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -109,6 +109,7 @@ def test_http11_keeps_the_connection_alive(server: Server) -> None:
         response.read()
         assert response.status == 200
         assert response.getheader("Connection", "").lower() != "close"
+        assert response.getheader("Server", "") == "", "a server banner"
         assert conn.sock is first, "the server closed the connection"
     conn.close()
 

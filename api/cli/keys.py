@@ -42,7 +42,9 @@ def _follow(parts: Components, job_id: str, batch: int) -> dict[str, Any]:
             bar.length = max(state["total"], 1)
             bar.update(state["done"] - bar.pos)
             eta = f"{state['eta_seconds']:.0f}s" if state["eta_seconds"] is not None else "-"
-            bar.label = f"{job_id} {state['phase']} {state['rate']:.0f}/s eta {eta}"
+            waiting = state.get("waiting_for")
+            bar.label = (f"{job_id} waiting for {waiting}" if waiting
+                         else f"{job_id} {state['phase']} {state['rate']:.0f}/s eta {eta}")
 
         return parts.lifecycle.run(job_id, batch=batch, on_progress=progress)
 

@@ -17,6 +17,7 @@ from api.settings import Settings
 from kms.local import LocalKeyProvider, load_master_key
 from vault.access.approvals import ApprovalAction, Approvals
 from vault.access.clients import ClientRegistry
+from vault.access.enrolment import Enrolments
 from vault.access.identity import Authenticator
 from vault.access.operators import OperatorRegistry
 from vault.access.passwords import Passwords
@@ -64,6 +65,7 @@ class Components:
     lifecycle: KeyLifecycle
     access: AccessSettings
     operators: OperatorRegistry
+    enrolments: Enrolments
     approvals: Approvals
     authenticator: Authenticator
     alerts: Alerts
@@ -85,15 +87,22 @@ def build(
     token_service = TokenService(engine=engine, keys=keys, policy=policy, trail=trail, clock=now)
     access = AccessSettings.from_env(settings.env, policy)
     clients = ClientRegistry(engine, keys, policy, trail, cache_seconds=settings.auth_cache_seconds, clock=now)
-    operators = OperatorRegistry(engine=engine, keys=keys, policy=policy, trail=trail,
-                                 passwords=Passwords(access.argon2), lockout=access.lockout, clock=now,
-                                 sessions=Sessions(keys, lifetime=timedelta(seconds=access.session_seconds)))
+    passwords = Passwords(access.argon2)
+    sessions = Sessions(keys, lifetime=timedelta(seconds=access.session_seconds))
+    enrolments = Enrolments(engine=engine, keys=keys, policy=policy, trail=trail, passwords=passwords,
+                            sessions=sessions, lifetime=timedelta(seconds=access.enrolment_seconds), clock=now)
+    operators = OperatorRegistry(engine=engine, keys=keys, policy=policy, trail=trail, passwords=passwords,
+                                 lockout=access.lockout, clock=now, sessions=sessions, enrolments=enrolments)
     approvals = Approvals(engine=engine, policy=policy, trail=trail, clock=now)
     approvals.register(ApprovalAction(name="disable_operator", operation="manage_operators",
                                       run=operators.run_disable, check=operators.check_disable,
                                       lifetime=timedelta(seconds=access.approval_seconds)))
     approvals.register(ApprovalAction(name="enable_operator", operation="manage_operators",
                                       run=operators.run_enable, check=operators.check_enable,
+                                      lifetime=timedelta(seconds=access.approval_seconds)))
+    # Resetting another operator's password and TOTP: the code goes half to each admin (split knowledge).
+    approvals.register(ApprovalAction(name="reenrol_operator", operation="manage_operators",
+                                      run=operators.run_reenrol, check=operators.check_reenrol,
                                       lifetime=timedelta(seconds=access.approval_seconds)))
     lifecycle = KeyLifecycle(engine=engine, keys=keys, provider=provider, policy=policy, trail=trail,
                              cache_seconds=settings.key_cache_seconds, clock=now)
@@ -131,6 +140,7 @@ def build(
         lifecycle=lifecycle,
         access=access,
         operators=operators,
+        enrolments=enrolments,
         approvals=approvals,
         authenticator=Authenticator(clients, operators),
         alerts=Alerts(engine, trail, clock=now),

@@ -7,7 +7,8 @@ SQLite with local keys, SQLite with the Vault provider on that OpenBao, PostgreS
 runs in alternating rounds (forward, reverse, ...): hello; single-item tokenize and detokenize on
 each vault; batch tokenize and detokenize of 1,000 items per request (SQLite, local); OpenBao
 transit/encrypt and KV v2 write of one PAN per request (the peer); the raw limit (bench/raw_limit.py).
-After the rounds: the audit chain cost (bench/audit_chain_cost.py, short), a top-up of the SQLite-local
+After the rounds: the audit chain cost (bench/audit_chain_cost.py, short), the erasure epoch's rewrap
+rate and the subject-key locks' cost (bench/epoch_and_locks.py, issue #17), a top-up of the SQLite-local
 vault to 100,000 tokens, and each server worker's resident memory.
 
 Writes bench/results/<UTC date-time>.json, .md and .png (git-ignored); --publish also copies the
@@ -35,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import chart, report
 from bench.harness.cases import build_cases, run_rounds, summarise, warm_up
-from bench.harness.extras import audit_chain_cost, top_up, worker_memory
+from bench.harness.extras import audit_chain_cost, epoch_and_locks, top_up, worker_memory
 from bench.harness.procs import (
     RESULTS,
     ROOT,
@@ -125,6 +126,20 @@ def measure_audit(stack: Stack, args: argparse.Namespace, notes: list[str]) -> d
     return out
 
 
+def measure_epochs(stack: Stack, args: argparse.Namespace, notes: list[str]) -> dict[str, Any]:
+    urls: dict[str, str | None] = {"sqlite": None}
+    if "postgres" in stack.vaults:
+        urls["postgresql"] = args.postgres_url
+    out: dict[str, Any] = {}
+    for engine, url in urls.items():
+        try:
+            out[engine] = epoch_and_locks(stack.python, url, 2000 if args.quick else 50_000)
+        except BenchError as error:
+            out[engine] = {"engine": engine, "error": "failed"}
+            notes.append(f"epoch and lock cost on {engine} failed: {error}")
+    return out
+
+
 def save(record: dict[str, Any], args: argparse.Namespace, work: Path) -> None:
     stamp = datetime.fromisoformat(record["started_at"]).strftime("%Y%m%dT%H%M%SZ")
     folder = work if args.no_save else RESULTS
@@ -171,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = run_rounds(cases, args.rounds)
         summary = summarise(cases, runs)
         audit = {} if args.no_extras else measure_audit(stack, args, notes)
+        epochs = {} if args.no_extras else measure_epochs(stack, args, notes)
         memory = measure_memory(stack, 0 if args.no_extras else args.min_tokens)
         record: dict[str, Any] = {
             "started_at": started_at.isoformat(),
@@ -190,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             "targets": report.evaluate(summary, memory, stack.skipped, args.connections),
             "memory": memory,
             "audit_chain": audit,
+            "epochs": epochs,
             "notes": notes,
             "runs": runs,
             "wall_seconds": time.monotonic() - clock,

@@ -253,10 +253,24 @@ class LocalKeyProvider:
         with self._lock, self._file_lock():
             self._calls += 1
             data = self._read()
+            present = [int(v) for v in data["versions"]]
+            if not min(present, default=1) <= version <= max(present, default=0):
+                raise ConfigurationError("minimum decryption version must be between the oldest kept and the latest")
+            data["min_decryption_version"] = version
+            self._write(data)
+            self._load()
+
+    def destroy_versions_below(self, version: int) -> None:
+        """Remove the sealed versions below `version` from the keyring file (a copy of the old file,
+        with the master key, still holds them: keep the keyring out of database backups)."""
+        with self._lock, self._file_lock():
+            self._calls += 1
+            data = self._read()
             latest = max((int(v) for v in data["versions"]), default=0)
             if not 1 <= version <= latest:
-                raise ConfigurationError("minimum decryption version must be between 1 and the latest version")
-            data["min_decryption_version"] = version
+                raise ConfigurationError("versions can be destroyed only below the latest version")
+            data["versions"] = {v: entry for v, entry in data["versions"].items() if int(v) >= version}
+            data["min_decryption_version"] = max(int(data["min_decryption_version"]), version)
             self._write(data)
             self._load()
 

@@ -552,6 +552,24 @@ class VaultTransitProvider:
         if self._call("configure key", configure, idempotent=False) is False:
             raise ConfigurationError("minimum decryption version must be between 1 and the latest version")
 
+    def destroy_versions_below(self, version: int) -> None:
+        """Raise min decryption and encryption versions (separate calls: hvac refuses some pairs), then trim.
+
+        `trim` deletes the versions below `min_available_version` from the keyring for good;
+        Transit allows it only up to the lesser of both minimums. Needs the admin token's
+        `transit/keys/<name>/trim` and `config` capabilities.
+        """
+        info = self.info()
+        if not 1 <= version <= info.latest_version:
+            raise ConfigurationError("versions can be destroyed only below the latest version")
+        if info.min_decryption_version < version:
+            self.set_min_decryption_version(version)
+        name, mount = self._config.key_name, self._config.mount
+        self._call("configure key", lambda: self._transit.update_key_configuration(
+            name=name, min_encryption_version=version, mount_point=mount), idempotent=True)
+        self._call("trim key", lambda: self._transit.trim_key(name=name, min_version=version, mount_point=mount),
+                   idempotent=True)
+
     def check(self) -> None:
         """Raise KeyServiceUnavailable unless Vault is unsealed and our key is readable."""
 

@@ -12,6 +12,7 @@ __all__ = [
     "NotFound",
     "Unauthenticated",
     "StepUpRequired",
+    "HumanRoleKeyRefused",
     "Forbidden",
     "Conflict",
     "PayloadTooLarge",
@@ -55,6 +56,21 @@ class StepUpRequired(Unauthenticated):
     """A sensitive action needs a fresh, unused TOTP code even within a valid session."""
 
     code = "step_up_required"
+
+
+class HumanRoleKeyRefused(Unauthenticated):
+    """An API key whose client carries a human role (admin, privacy officer, auditor...).
+
+    Such keys were possible before roles were split into machines' and humans'; they stop
+    working at upgrade. The code is stable so callers and alerts can tell why.
+    """
+
+    code = "api_key_role_not_allowed"
+
+    def __init__(self, client_id: str, role: str) -> None:
+        super().__init__("API keys may carry only machine roles")
+        self.client_id = client_id
+        self.role = role
 
 
 class Forbidden(VaultError):

@@ -1,4 +1,4 @@
-"""`tokenvault keys ...`: list, rotate (with a progress bar), resume, retire, re-encrypt, due."""
+"""`tokenvault keys ...`: list, rotate (with a progress bar), resume, retire, re-encrypt, epoch, due."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import getpass
 import json
 import os
 import sys
+from datetime import timedelta
 from typing import Any
 
 import click
@@ -13,7 +14,7 @@ import click
 from api.cli.context import components
 from api.wiring import Components
 from vault.audit.trail import Actor, Origin
-from vault.errors import VaultError
+from vault.errors import ValidationFailed, VaultError
 
 __all__ = ["keys"]
 
@@ -122,6 +123,39 @@ def reencrypt(domain_key: str, batch: int) -> None:
     parts = _parts()
     try:
         job_id = parts.lifecycle.start_reencrypt(_actor(), domain_key, _origin())
+        click.echo(json.dumps(_follow(parts, job_id, batch)))
+    except VaultError as error:
+        _fail(error)
+
+
+EPOCH_DAYS_DEFAULT = 30  # the documented backup retention (README, Keys): a backup outlives no more than one epoch
+
+
+@keys.command()
+@click.option("--due-only", is_flag=True, help="open an epoch only if the last one is older than --every-days")
+@click.option("--every-days", type=int, default=None,
+              help=f"epoch length (default: TOKENVAULT_ERASURE_EPOCH_DAYS or {EPOCH_DAYS_DEFAULT})")
+@click.option("--batch", type=int, default=1000, show_default=True)
+def epoch(due_only: bool, every_days: int | None, batch: int) -> None:
+    """Erasure epoch: rewrap every live key under a new KEK version, then destroy the older versions.
+
+    Afterwards, copies made before the epoch (dead tuples, WAL, backups) no longer open,
+    including what was erased or corrected since the previous epoch. Resumable; for a scheduler.
+    """
+    parts = _parts()
+    days = every_days if every_days is not None else int(os.environ.get(
+        "TOKENVAULT_ERASURE_EPOCH_DAYS", EPOCH_DAYS_DEFAULT))
+    if days < 1:
+        _fail(ValidationFailed("every-days", "must be at least 1"))
+    try:
+        unfinished = [job for job in parts.lifecycle.unfinished() if parts.lifecycle.job_kind(job) == "epoch"]
+        if unfinished:
+            click.echo(json.dumps(_follow(parts, unfinished[0], batch)))
+            return
+        if due_only and not parts.lifecycle.epoch_due(timedelta(days=days)):
+            click.echo(json.dumps({"epoch": False, "reason": f"last epoch less than {days} days ago"}))
+            return
+        job_id = parts.lifecycle.start_epoch(_actor(), _origin())
         click.echo(json.dumps(_follow(parts, job_id, batch)))
     except VaultError as error:
         _fail(error)

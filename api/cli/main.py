@@ -20,7 +20,6 @@ from api.cli.subjects import subjects, transfer
 from api.settings import Settings
 from api.wiring import build, build_provider
 from kms.local import create_master_key_file
-from vault.access.operators import OPERATOR_ROLES
 from vault.access.policy import load_policy
 from vault.audit.trail import Actor
 from vault.errors import AuditWriteFailed, KeyServiceUnavailable, StorageUnavailable, VaultError
@@ -92,9 +91,26 @@ def init() -> None:
             created = parts.keys.ensure_domain_keys(conn)
         if created:
             click.echo(f"created {len(created)} domain keys", err=True)
+        refused = parts.clients.human_role_clients()
     except VaultError as error:
         _fail(error)
+    for line in human_role_warning(refused):
+        click.echo(line, err=True)
     click.echo("initialised", err=True)
+
+
+def human_role_warning(refused: list[dict[str, object]]) -> list[str]:
+    """What `init` and the service's start log say about API keys of human roles (refused since issue 15)."""
+    if not refused:
+        return []
+    lines = [f"WARNING: {len(refused)} API client(s) carry a human role; their keys are now refused "
+             "(API keys may carry only machine roles; admin, privacy_officer and auditor need an operator "
+             "with password + TOTP):"]
+    lines += [f"  {row['id']} name={row['name']} role={row['role']}" for row in refused]
+    lines.append("  what to do: `tokenvault clients revoke <id>` each one, then give the person an operator account "
+                 "(`tokenvault operators create`), or a machine-role client for a service "
+                 "(e.g. audit_export for a SIEM)")
+    return lines
 
 
 @main.command()
@@ -169,13 +185,13 @@ def clients_rotate(client_id: str, grace: int) -> None:
 @clients.command("demo")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="env file for the demo keys")
 def clients_demo(out: Path) -> None:
-    """Create one demo client per API role of the policy unless clients exist; writes their keys to OUT (0600)."""
+    """Create one demo client per machine role unless clients exist; writes their keys to OUT (mode 0600)."""
     parts = _components()
     if parts.clients.list():
         click.echo("clients exist; no demo clients created", err=True)
         return
     lines = []
-    for role in (name for name in parts.policy.roles if name not in OPERATOR_ROLES):
+    for role in parts.policy.machine_roles:
         _, api_key = parts.clients.create(f"demo-{role}", role)
         lines.append(f"{role.upper()}_KEY={api_key.expose()}")
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

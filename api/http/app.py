@@ -20,7 +20,7 @@ from flask import Flask, Response, g, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api.http import audit, errors, keys, login, metrics, operators, privacy, ratelimits
+from api.http import audit, enrolment, errors, keys, login, metrics, operators, privacy, ratelimits
 from api.http.auth import bearer_credentials
 from api.http.logs import configure, get_logger
 from api.http.openapi import document
@@ -34,6 +34,7 @@ from vault.secret import Secret
 __all__ = ["create_app"]
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_WITHOUT_CREDENTIALS = frozenset((login.LOGIN_PATH, *enrolment.PATHS))
 _SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None, *, parts: Components | None = N
     log = get_logger("tokenvault.http")
     parts = parts or build(settings)
     _record_lifecycle(parts, "service_start")
+    _warn_human_role_clients(parts)
 
     app = Flask("tokenvault")
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
@@ -67,7 +69,7 @@ def create_app(settings: Settings | None = None, *, parts: Components | None = N
         g.started = time.perf_counter()
         supplied = request.headers.get("X-Request-ID", "")
         g.request_id = supplied if _REQUEST_ID.match(supplied) else secrets.token_hex(16)
-        if request.path.startswith("/v1/") and request.path != login.LOGIN_PATH:
+        if request.path.startswith("/v1/") and request.path not in _WITHOUT_CREDENTIALS:
             g.actor = components().authenticator.authenticate(bearer_credentials(), origin())
             components().tokens.maybe_purge()
 
@@ -116,6 +118,7 @@ def create_app(settings: Settings | None = None, *, parts: Components | None = N
     app.register_blueprint(privacy.blueprint)
     app.register_blueprint(keys.blueprint)
     app.register_blueprint(login.blueprint)
+    app.register_blueprint(enrolment.blueprint)
     app.register_blueprint(operators.blueprint)
     ratelimits.init_app(app, parts)
     return app
@@ -137,6 +140,18 @@ def _record_lifecycle(parts: Components, action: str) -> None:
     if action == "service_stop":
         with contextlib.suppress(VaultError, SQLAlchemyError, OSError):
             parts.trail.checkpoint()
+
+
+def _warn_human_role_clients(parts: Components) -> None:
+    """API keys of human roles are refused (issue 15): say at start which clients that is and what to do."""
+    try:
+        refused = parts.clients.human_role_clients()
+    except (VaultError, SQLAlchemyError):
+        return  # the database is down: every request fails closed anyway
+    for row in refused:
+        get_logger("tokenvault.lifecycle").warning(
+            "api key refused: client carries a human role", client_id=row["id"], role=row["role"],
+            action="revoke it (`tokenvault clients revoke`) and give the person an operator account")
 
 
 def wsgi_app() -> Any:

@@ -35,6 +35,8 @@ _MESSAGES = {
     "not_found": "token not found",
     "unauthenticated": "missing or invalid credentials",
     "step_up_required": "this action needs a fresh, unused TOTP code in the X-TOTP header",
+    "api_key_role_not_allowed": ("this API key carries a human role; API keys may carry only machine roles: "
+                                 "log in as an operator (password + TOTP) instead"),
     "rate_limited": "too many requests",
     "forbidden": "this role may not use this operation",
     "key_service_unavailable": "key service unavailable",

@@ -67,7 +67,7 @@ def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mutab
 
 
 def configure(level: str = "info") -> None:
-    """JSON lines on stderr, for our own logs and for stdlib loggers (gunicorn, Flask)."""
+    """JSON lines on stderr, for our own logs and for stdlib loggers (the server, Flask)."""
     numeric = getattr(logging, level.upper(), logging.INFO)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,

@@ -120,5 +120,8 @@ class InstrumentedProvider:
     def set_min_decryption_version(self, version: int) -> None:
         self._timed("set_min_decryption_version", version)
 
+    def destroy_versions_below(self, version: int) -> None:
+        self._timed("destroy_versions_below", version)
+
     def check(self) -> None:
         self._timed("check")

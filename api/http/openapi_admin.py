@@ -26,6 +26,7 @@ MODELS: list[type[BaseModel]] = [
     s.CorrectBody, s.CorrectedOut, s.ConsentsBody, s.RestrictionBody, s.HoldBody, s.RequestBody,
     s.CloseRequestBody, s.DisclosureBody, s.TransferBody, s.RotateBody, s.RetireBody, s.ReencryptBody,
     s.LoginBody, s.LoginOut, s.OperatorBody, s.JobStarted, s.ApprovalOut, s.ApprovalFiled,
+    s.EnrolBeginBody, s.EnrolConfirmBody, s.PasswordChangeBody, s.ReenrolBody,
 ]
 _ERRORS = {
     "401": "Missing or invalid credentials (`unauthenticated`), or `step_up_required`",
@@ -184,6 +185,14 @@ def _key_paths() -> dict[str, Any]:
     }
 
 
+def _unauthenticated(operation_id: str, summary: str, body: type[BaseModel]) -> dict[str, Any]:
+    """Like login: no credentials, rate-limited per source address, the same 401 whatever failed."""
+    return {"summary": summary, "operationId": operation_id, "security": [],
+            "requestBody": {"required": True, **json_content(ref(body))},
+            "responses": {"200": {"description": summary, **json_content(OBJECT)},
+                          **error_responses("401", "413", "422", "429", "503")}}
+
+
 def _operator_paths() -> dict[str, Any]:
     operator = [_path("operator_id", _OPERATOR)]
     login_responses = {"200": {"description": "A session", **json_content(ref(s.LoginOut))},
@@ -198,6 +207,17 @@ def _operator_paths() -> dict[str, Any]:
             "responses": login_responses,
         }},
         "/v1/auth/logout": {"post": logout},
+        "/v1/auth/password": {"post": _op(
+            "changePassword", "Change one's own password (current password + step-up); every session ends",
+            "200", OBJECT, body=s.PasswordChangeBody, step_up=True)},
+        "/v1/auth/reenrol": {"post": _op(
+            "reenrolSelf", "Reset one's own password and TOTP (password + step-up): a new enrolment code",
+            "200", OBJECT, body=s.ReenrolBody, step_up=True)},
+        "/v1/enrolment/begin": {"post": _unauthenticated(
+            "beginEnrolment", "Redeem an enrolment code: set one's password; answers the otpauth URI",
+            s.EnrolBeginBody)},
+        "/v1/enrolment/confirm": {"post": _unauthenticated(
+            "confirmEnrolment", "Complete enrolment with a first TOTP code (the code is spent)", s.EnrolConfirmBody)},
         "/v1/operators": {
             "get": _op("listOperators", "Operators and their state", "200", OBJECT),
             "post": _op("createOperator", "Create an operator (disabled until a second admin approves)", "201",
@@ -206,6 +226,9 @@ def _operator_paths() -> dict[str, Any]:
         "/v1/operators/{operator_id}/enable": {"post": _op(
             "requestEnableOperator", "Ask to enable an operator (dual control)", "202", ref(s.ApprovalOut),
             params=operator, step_up=True, extra=("404", "409"))},
+        "/v1/operators/{operator_id}/reenrol": {"post": _op(
+            "requestReenrolOperator", "Ask to reset an operator's password and TOTP (dual control); the first "
+            "half of the new enrolment code", "202", OBJECT, params=operator, step_up=True, extra=("404",))},
         "/v1/operators/{operator_id}/disable": {"post": _op(
             "requestDisableOperator", "Ask to disable an operator (dual control)", "202", ref(s.ApprovalOut),
             params=operator, step_up=True, extra=("404", "409"))},

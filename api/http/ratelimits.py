@@ -1,4 +1,4 @@
-"""Rate limits: per client over every /v1 endpoint, stricter for detokenize, per address for login.
+"""Rate limits: per client over every /v1 endpoint, stricter for detokenize, per address for login and enrolment.
 
 Limits are counted per API client or operator (its id), with the value chosen by its
 role (`TOKENVAULT_RATE_LIMIT[_<ROLE>]`, `TOKENVAULT_DETOKENIZE_RATE_LIMIT[_<ROLE>]`).
@@ -38,6 +38,8 @@ __all__ = ["RateLimits", "init_app"]
 
 _DETOKENIZE = "v1.detokenize"
 _LOGIN = "auth.login"
+# Redeeming an enrolment code is as unauthenticated as logging in: one counter per address for both steps.
+_ENROLMENT = ("enrolment.begin", "enrolment.confirm")
 _PREFIX = "tokenvault"
 _RETRY_REDIS_AFTER = 5.0
 
@@ -127,10 +129,11 @@ def init_app(app: Flask, parts: Components) -> RateLimits:
             if endpoint == _DETOKENIZE and (
                     refused := counters.refused(who, endpoint, access.detokenize_rate_limit_for(actor.role))):
                 return refuse(*refused, endpoint)
-        elif endpoint == _LOGIN:
+        elif endpoint == _LOGIN or endpoint in _ENROLMENT:
             who = f"addr:{request.remote_addr or 'unknown'}"
-            if refused := counters.refused(who, endpoint, access.login_rate_limit):
-                return refuse(*refused, endpoint)
+            scope = _LOGIN if endpoint == _LOGIN else "enrolment"
+            if refused := counters.refused(who, scope, access.login_rate_limit):
+                return refuse(*refused, scope)
         return None
 
     return counters

@@ -41,6 +41,14 @@ def audit_chain_cost(python: Path, rounds: int, ops: int, database_url: str | No
     return _json_script(python, "audit_chain_cost.py", *args)
 
 
+def epoch_and_locks(python: Path, database_url: str | None, keys: int) -> dict[str, Any]:
+    """bench/epoch_and_locks.py (issue #17): erasure-epoch rewrap rate and the cost of the subject-key locks."""
+    args = ["--keys", str(keys)]
+    if database_url:
+        args += ["--database-url", database_url]
+    return _json_script(python, "epoch_and_locks.py", *args, timeout=600)
+
+
 def top_up(service: Service, checkout_key: str, minimum: int) -> dict[str, Any]:
     """Batch-tokenize until the server has created at least `minimum` tokens; returns what it took."""
     before = tokens_created(service.url)

@@ -147,6 +147,18 @@ def audit_table(audit: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def epoch_table(epochs: dict[str, Any]) -> str:
+    lines = ["| engine | epoch: data keys/s (goal ≥ 5,000) | single tokenize: lock cost | batch tokenize: lock cost "
+             "(goal < 5 %) |", "|---|---:|---:|---:|"]
+    for e in epochs.values():
+        if "error" in e:
+            lines.append(f"| {e.get('engine', '?')} | {DASH} | {DASH} | {e['error']} |")
+            continue
+        lines.append(f"| {e['engine']} | {e['epoch']['keys_per_sec']:,} ({e['epoch']['moved']:,} keys) "
+                     f"| {e['locks']['single']['cost']:.1%} | {e['locks']['batch']['cost']:.1%} |")
+    return "\n".join(lines)
+
+
 def machine_line(record: dict[str, Any]) -> str:
     m = record["machine"]
     before, after = m["loadavg_before"], m["loadavg_after"]
@@ -184,6 +196,11 @@ def markdown(record: dict[str, Any], image: str | None) -> str:
         parts += ["## Audit chain cost", "", audit_table(record["audit_chain"]), "",
                   "In-process tokenize with the chained audit trail against plain audit rows "
                   "(bench/audit_chain_cost.py, short run).", ""]
+    if record.get("epochs"):
+        parts += ["## Erasure epochs and subject-key locks (issue #17)", "", epoch_table(record["epochs"]), "",
+                  "Epoch: `start_epoch` + `run` over one data key per subject; lock cost: tokenize for existing "
+                  "subjects with the FOR KEY SHARE read against the pre-#17 unlocked reads, alternating rounds, "
+                  "median of paired ratios (bench/epoch_and_locks.py).", ""]
     if record["notes"]:
         parts += ["## Notes", "", *[f"- {note}" for note in record["notes"]], ""]
     parts += [machine_line(record), ""]
@@ -193,6 +210,7 @@ def markdown(record: dict[str, Any], image: str | None) -> str:
 def console_summary(record: dict[str, Any]) -> str:
     """What run.py prints on stdout: the two tables and the machine line."""
     audit = [audit_table(record["audit_chain"])] if record["audit_chain"] else []
+    audit += [epoch_table(record["epochs"])] if record.get("epochs") else []
     return "\n\n".join([cases_table(record["summary"]), targets_table(record["targets"]),
                         memory_table(record["memory"]), *audit, *[f"note: {n}" for n in record["notes"]],
                         machine_line(record)])

@@ -29,12 +29,20 @@ path "transit/keys/tokenvault-kek/rotate" {
   capabilities = ["update"]
 }
 
-# min_decryption_version (retire old KEK versions) and deletion_allowed=false only:
-# exportable/allow_plaintext_backup are one-way switches this policy must not flip.
+# min_decryption_version (retire old KEK versions), min_encryption_version (erasure
+# epochs, before a trim) and deletion_allowed=false only: exportable/allow_plaintext_backup
+# are one-way switches this policy must not flip.
 path "transit/keys/tokenvault-kek/config" {
   capabilities = ["update"]
   allowed_parameters = {
     "min_decryption_version" = []
+    "min_encryption_version" = []
     "deletion_allowed"       = [false]
   }
+}
+
+# Erasure epochs (`tokenvault keys epoch`): destroy KEK versions below the minimum for
+# good, so copies of keys wrapped under them (backups, WAL, dead tuples) never open again.
+path "transit/keys/tokenvault-kek/trim" {
+  capabilities = ["update"]
 }

@@ -116,6 +116,23 @@ def test_min_decryption_version_retires_older_versions(provider: KeyProvider) ->
     assert provider.unwrap([old_wrapped]) == [old_key]
 
 
+def test_destroyed_versions_never_come_back(provider: KeyProvider) -> None:
+    """Erasure epochs: unlike retirement, destruction cannot be undone by lowering the minimum."""
+    _old_key, old_wrapped = provider.generate()
+    provider.rotate()
+    new_key, new_wrapped = provider.generate()
+    provider.destroy_versions_below(2)
+    provider.destroy_versions_below(2)  # idempotent: a resumed epoch repeats it
+    info = provider.info()
+    assert info.min_decryption_version == 2 and sorted(info.versions) == [2]
+    assert provider.unwrap([old_wrapped, new_wrapped]) == [None, new_key]
+    with pytest.raises(ConfigurationError):
+        provider.set_min_decryption_version(1)
+    assert provider.unwrap([old_wrapped]) == [None]
+    assert provider.rewrap([old_wrapped]) == [None]
+    assert wrapped_version(provider.generate()[1]) == 2
+
+
 @pytest.mark.parametrize("version", [0, 5])
 def test_min_decryption_version_out_of_range(provider: KeyProvider, version: int) -> None:
     with pytest.raises(ConfigurationError):

@@ -203,20 +203,62 @@ class KeyHierarchy:
         return DataKey(key_id, Cipher(material), row)
 
     def subject_data_key(self, conn: Connection, subject_id: str, purpose: str) -> DataKey:
-        """The subject's data key for `purpose`, created once even under concurrent requests."""
-        row = conn.execute(
-            select(data_keys).where(data_keys.c.subject_id == subject_id, data_keys.c.purpose == purpose)
-        ).mappings().first()
+        """The subject's data key for `purpose`, created once even under concurrent requests.
+
+        Lock rule (PostgreSQL, READ COMMITTED): whoever seals under a data key holds its row
+        FOR KEY SHARE until commit (the lock the foreign key takes anyway, only earlier);
+        whoever changes a data key's material or deletes it holds the row FOR UPDATE
+        (`lock_data_key`), which waits for every KEY SHARE holder. So a re-key or an erasure waits for every in-flight
+        record sealed under the old material, and then sees it; a tokenize that waited reads
+        the new material (or finds the key gone and makes a new one). Order everywhere:
+        subject row, then data-key rows, then token rows. SQLite's one writer serialises anyway.
+        """
+        found = select(data_keys).where(data_keys.c.subject_id == subject_id, data_keys.c.purpose == purpose)
+        row = conn.execute(found.with_for_update(read=True, key_share=True)).mappings().first()
         if row is None:
             key = self.new_data_key(conn, purpose, subject_id)
             inserted = conn.execute(insert_ignoring_conflict(conn, data_keys), [key.row]).rowcount
             if inserted == 1:
                 self._data[(key.id, bytes(key.row["wrapped"]))] = key.cipher
                 return key
-            row = conn.execute(
-                select(data_keys).where(data_keys.c.subject_id == subject_id, data_keys.c.purpose == purpose)
-            ).mappings().one()
+            row = conn.execute(found.with_for_update(read=True, key_share=True)).mappings().one()
         return DataKey(row["id"], self.open_data_keys(conn, [dict(row)])[row["id"]], dict(row))
+
+    def subject_data_keys(self, conn: Connection, slots: Iterable[tuple[str, str]]) -> dict[tuple[str, str], DataKey]:
+        """`subject_data_key` for many (subject, purpose) slots: one locking read, one insert of the missing.
+
+        The rows are locked FOR KEY SHARE in id order, as `subject_data_key` locks one.
+        """
+        wanted = sorted(set(slots))
+        if not wanted:
+            return {}
+        subjects = sorted({subject for subject, _ in wanted})
+        query = (select(data_keys).where(data_keys.c.subject_id.in_(subjects), data_keys.c.subject_id.is_not(None))
+                 .order_by(data_keys.c.id).with_for_update(read=True, key_share=True))
+        rows = {(r["subject_id"], r["purpose"]): dict(r) for r in conn.execute(query).mappings()}
+        out: dict[tuple[str, str], DataKey] = {}
+        missing = [slot for slot in wanted if slot not in rows]
+        if missing:
+            fresh = {slot: self.new_data_key(conn, slot[1], slot[0]) for slot in missing}
+            inserted = conn.execute(insert_ignoring_conflict(conn, data_keys).returning(data_keys.c.id),
+                                    [key.row for key in fresh.values()]).scalars().all()
+            for slot, key in fresh.items():
+                if key.id in set(inserted):
+                    self._data[(key.id, bytes(key.row["wrapped"]))] = key.cipher
+                    out[slot] = key
+                else:  # another request created it first: use (and lock) theirs
+                    out[slot] = self.subject_data_key(conn, slot[0], slot[1])
+        present = [rows[slot] for slot in wanted if slot in rows]
+        ciphers = self.open_data_keys(conn, present)
+        for row in present:
+            out[(row["subject_id"], row["purpose"])] = DataKey(row["id"], ciphers[row["id"]], row)
+        return out
+
+    @staticmethod
+    def lock_data_key(conn: Connection, key_id: str) -> dict[str, Any] | None:
+        """The data-key row, locked FOR UPDATE until commit (see `subject_data_key`); None if gone."""
+        row = conn.execute(select(data_keys).where(data_keys.c.id == key_id).with_for_update()).mappings().first()
+        return None if row is None else dict(row)
 
     def open_data_keys(self, conn: Connection, rows: Iterable[dict[str, Any]]) -> dict[str, Cipher]:
         """Unwrap data-key rows (id, domain_key_id, subject_id, purpose, wrapped) into ciphers."""
@@ -246,6 +288,27 @@ class KeyHierarchy:
         domain = self.domain_cipher(conn, domain_key_id)
         return domain.seal(material.expose(), self._wrap_aad(row["id"], domain_key_id, row["subject_id"],
                                                              row["purpose"]))
+
+    def rewrap_under_active(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> list[tuple[str, bytes]]:
+        """For each data-key row: (active domain key id of its purpose, its material wrapped under it).
+
+        Same material, so no record changes; DecryptionFailed if a row was tampered with. Each
+        domain cipher is looked up once per call, not once per key (epochs move every key).
+        """
+        ciphers: dict[str, Cipher] = {}
+        targets: dict[str, str] = {}
+        out = []
+        for row in rows:
+            source = ciphers.get(row["domain_key_id"]) or ciphers.setdefault(
+                row["domain_key_id"], self.domain_cipher(conn, row["domain_key_id"]))
+            target_id = targets.get(row["purpose"]) or targets.setdefault(row["purpose"],
+                                                                          self._active_id(conn, row["purpose"]))
+            target = ciphers.get(target_id) or ciphers.setdefault(target_id, self.domain_cipher(conn, target_id))
+            material = source.open(row["wrapped"], self._wrap_aad(row["id"], row["domain_key_id"], row["subject_id"],
+                                                                  row["purpose"]))
+            out.append((target_id, target.seal(material, self._wrap_aad(row["id"], target_id, row["subject_id"],
+                                                                        row["purpose"]))))
+        return out
 
     def unwrap_data_key(self, conn: Connection, row: dict[str, Any]) -> Secret[bytes]:
         """The material of a data-key row; DecryptionFailed if it was tampered with."""

@@ -89,6 +89,13 @@ class KeyProvider(Protocol):
         """Make versions below `version` unusable for unwrapping."""
         ...
 
+    def destroy_versions_below(self, version: int) -> None:
+        """Destroy KEK versions below `version` for good (erasure epochs): no setting brings them back.
+
+        Also raises the minimum decryption (and encryption) version to `version`. Idempotent.
+        """
+        ...
+
     def check(self) -> None:
         """Raise KeyServiceUnavailable unless the provider can serve requests now."""
         ...

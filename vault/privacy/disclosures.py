@@ -77,9 +77,12 @@ class DisclosureService(AuditedOperations):
                 raise NotFound("no such pending disclosure")
             if row["requested_by"] == actor.id:
                 raise Forbidden("the requester may not approve their own disclosure")
-            conn.execute(update(disclosures)
-                         .where(disclosures.c.id == disclosure_id, disclosures.c.status == "pending")
-                         .values(status="approved", approved_by=actor.id, approved_at=self._clock()))
+            # Approved once: the conditional update decides between concurrent approvals.
+            taken = conn.execute(update(disclosures)
+                                 .where(disclosures.c.id == disclosure_id, disclosures.c.status == "pending")
+                                 .values(status="approved", approved_by=actor.id, approved_at=self._clock())).rowcount
+            if taken != 1:
+                raise NotFound("no such pending disclosure")
             self._trail.record(conn, [self._event(actor, "disclosure_approve", "allowed", origin,
                                                   subject_id=row["subject_id"], detail=disclosure_id)])
             return {"id": disclosure_id, "status": "approved"}
@@ -97,13 +100,17 @@ class DisclosureService(AuditedOperations):
                     or row["expires_at"] <= self._clock():
                 raise NotFound("no such approved disclosure")
             now = self._clock()
+            # Delivered once: claim the disclosure before reading anything. On PostgreSQL a
+            # second collect waits on this row, then finds it no longer `approved` (0 rows).
+            claimed = conn.execute(update(disclosures)
+                                   .where(disclosures.c.id == disclosure_id, disclosures.c.status == "approved")
+                                   .values(status="delivered", delivered_at=now)).rowcount
+            if claimed != 1:
+                raise NotFound("no such approved disclosure")
             listed = json.loads(row["tokens"])
             condition = (tokens.c.subject_id == row["subject_id"]) if row["subject_id"] else tokens.c.token.in_(listed)
             rows = [r for r in self._tokens.rows_where(conn, condition, now).values() if r["kind"] != "cvv"]
             values = self._tokens.open_rows(conn, rows)
-            conn.execute(update(disclosures)
-                         .where(disclosures.c.id == disclosure_id, disclosures.c.status == "approved")
-                         .values(status="delivered", delivered_at=now))
             events = [self._event(actor, "disclose", "allowed", origin, token=r["token"], kind=r["kind"],
                                   subject_id=r["subject_id"], purpose="legal", detail=disclosure_id) for r in rows]
             self._trail.record(conn, events or [self._event(actor, "disclose", "allowed", origin,

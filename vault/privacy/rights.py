@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, exists, insert, select, update
+from sqlalchemy import and_, delete, exists, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from vault.access.operations import AuditedOperations
@@ -32,6 +32,7 @@ from vault.storage.schema import (
     disclosures,
     drop_deleted_copies,
     holds,
+    insert_ignoring_conflict,
     privacy_requests,
     retained_records,
     subjects,
@@ -67,11 +68,15 @@ class PrivacyService(AuditedOperations):
     # -- helpers ----------------------------------------------------------------------------
 
     def _ensure_subject(self, conn: Connection, subject_id: str) -> dict[str, Any]:
-        row = conn.execute(select(subjects).where(subjects.c.id == subject_id)).mappings().first()
-        if row is None:
-            conn.execute(insert(subjects).values(id=subject_id, restricted=False, minor=False,
-                                                 created_at=self._clock()))
-            row = conn.execute(select(subjects).where(subjects.c.id == subject_id)).mappings().one()
+        """The subject's row, created if need be and locked FOR UPDATE until commit.
+
+        Lock rule: every read-modify-write of a subject's state (erasure, minor, holds,
+        consents) takes this row lock first, then data-key rows, then token rows, so two
+        of them on different hosts run one after the other and see each other's result.
+        """
+        conn.execute(insert_ignoring_conflict(conn, subjects), [{
+            "id": subject_id, "restricted": False, "minor": False, "created_at": self._clock()}])
+        row = conn.execute(select(subjects).where(subjects.c.id == subject_id).with_for_update()).mappings().one()
         return dict(row)
 
     def _known(self, conn: Connection, subject_id: str) -> None:
@@ -210,8 +215,13 @@ class PrivacyService(AuditedOperations):
     # -- erasure (Art. 17), minors --------------------------------------------------------------
 
     def _erase(self, conn: Connection, actor: Actor, subject_id: str, reason: str) -> dict[str, Any]:
+        self._ensure_subject(conn, subject_id)  # locked: a hold added meanwhile waits for us, or we see it
         if self._active_holds(conn, subject_id):
             raise Conflict("subject is under legal hold")
+        # The subject's keys locked before its tokens are read: every tokenize sealing under
+        # them (FOR KEY SHARE) has committed, and its token is erased with the rest.
+        conn.execute(select(data_keys.c.id).where(data_keys.c.subject_id == subject_id)
+                     .order_by(data_keys.c.id).with_for_update()).all()
         now = self._clock()
         rows = list(conn.execute(select(tokens.c.token, tokens.c.kind, tokens.c.meta)
                                  .where(tokens.c.subject_id == subject_id)).mappings())
@@ -229,12 +239,17 @@ class PrivacyService(AuditedOperations):
                     reason=rule.legal_basis[:200], retain_until=until, created_at=now))
                 retained.append({"token": row["token"], "kind": row["kind"], "kept": kept,
                                  "why": rule.legal_basis, "until": _iso(until)})
-        self._tokens.delete_rows(conn, tokens.c.subject_id == subject_id)
+        # Exactly the tokens counted and retained above: a token of a key created after our locks
+        # (a tokenize that overlapped the erasure) is ordered after it and stays, with its key.
+        listed = [row["token"] for row in rows]
+        if listed:
+            self._tokens.delete_rows(conn, and_(tokens.c.subject_id == subject_id, tokens.c.token.in_(listed)))
         # Crypto-shredding: the subject's data keys go, so any copy of its ciphertext is unreadable.
-        key_ids = [r[0] for r in conn.execute(select(data_keys.c.id).where(data_keys.c.subject_id == subject_id))]
-        conn.execute(delete(data_keys).where(data_keys.c.subject_id == subject_id))
+        key_ids = list(conn.execute(delete(data_keys).where(
+            data_keys.c.subject_id == subject_id,
+            ~select(tokens.c.token).where(tokens.c.data_key_id == data_keys.c.id).exists())
+            .returning(data_keys.c.id)).scalars())
         self._keys.forget(key_ids)
-        self._ensure_subject(conn, subject_id)
         conn.execute(update(subjects).where(subjects.c.id == subject_id).values(erased_at=now))
         receipt: dict[str, Any] = {
                    "receipt_id": f"rcpt_{secrets.token_hex(8)}", "subject_id": subject_id, "at": _iso(now),
@@ -402,6 +417,25 @@ class PrivacyService(AuditedOperations):
 
     # -- correction (GDPR Art. 16) -----------------------------------------------------------
 
+    def _locked_token(self, conn: Connection, token: str, now: datetime) -> Any | None:
+        """The token's live row, read after locking its data key, then the token row (that order).
+
+        Locking the key first keeps the order every writer uses (key, then token), so a
+        concurrent tokenize, re-key job or correction never deadlocks with this one; reading
+        again under both locks gives the state no one else can change before commit.
+        """
+        row = self._tokens.rows_where(conn, tokens.c.token == token, now).get(token)
+        for _attempt in range(3):
+            if row is None:
+                return None
+            self._keys.lock_data_key(conn, row["data_key_id"])
+            conn.execute(select(tokens.c.token).where(tokens.c.token == token).with_for_update()).all()
+            fresh = self._tokens.rows_where(conn, tokens.c.token == token, now).get(token)
+            if fresh is None or fresh["data_key_id"] == row["data_key_id"]:
+                return fresh
+            row = fresh  # corrected meanwhile: now under another key
+        raise Conflict("the token is being changed; try again")
+
     def correct(self, actor: Actor, token: str, value: Any, origin: Origin) -> tuple[TokenRecord, list[str]]:
         """Replace the value behind a token, keeping the token; returns who had read the old value.
 
@@ -414,7 +448,7 @@ class PrivacyService(AuditedOperations):
         now = self._clock()
 
         def work(conn: Connection) -> tuple[TokenRecord, list[str]]:
-            row = self._tokens.rows_where(conn, tokens.c.token == token, now).get(token)
+            row = self._locked_token(conn, token, now)
             if row is None or row["kind"] == "cvv" or self._policy.decide(actor.role, "correct", row["kind"]) is None:
                 raise NotFound("not found")
             parsed = self._tokens.validate(TokenRequest(kind=row["kind"], value=value), now.date())
@@ -443,9 +477,7 @@ class PrivacyService(AuditedOperations):
             else:
                 # The old value was sealed under the subject's shared key: new material for that key
                 # (its other records re-sealed) so a restored copy of the old row can never open.
-                rekey_data_key(conn, self._keys, {
-                    "id": row["data_key_id"], "domain_key_id": row["dk_domain"], "subject_id": row["dk_subject"],
-                    "purpose": row["dk_purpose"], "wrapped": row["dk_wrapped"]})
+                rekey_data_key(conn, self._keys, row["data_key_id"])
             recipients = sorted({f"{r.role}:{r.actor}" for r in conn.execute(
                 select(audit_events.c.actor, audit_events.c.role).where(
                     audit_events.c.token == token, audit_events.c.action == "detokenize",

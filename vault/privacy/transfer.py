@@ -119,7 +119,10 @@ class TransferService(AuditedOperations):
     def _check_approval(self, conn: Connection, approval_id: str, subject_ids: Sequence[str],
                         recipient: str) -> None:
         """Dual control: an executed `transfer_export` approval for exactly these subjects and this key, unused."""
-        row = conn.execute(select(approvals).where(approvals.c.id == approval_id)).mappings().first()
+        # Used once: the approval row stays locked until commit, so a second export with it
+        # waits here and then finds the first one's audit event.
+        row = conn.execute(select(approvals).where(approvals.c.id == approval_id).with_for_update()
+                           ).mappings().first()
         params = json.loads(row["params"]) if row else {}
         if (row is None or row["action"] != "transfer_export" or row["status"] != "executed"
                 or params.get("subjects") != ",".join(subject_ids) or params.get("recipient") != recipient):

@@ -282,10 +282,16 @@ operators = Table(
     Column("id", String(40), primary_key=True),
     Column("username", String(64), nullable=False, unique=True),
     Column("role", String(40), nullable=False),
-    Column("password_hash", String(255), nullable=False),  # argon2id, PHC string (parameters, salt, hash)
-    # The TOTP seed, sealed under its own data key: never plaintext at rest.
+    # argon2id, PHC string (parameters, salt, hash); "!" (matches nothing) until the operator enrols.
+    Column("password_hash", String(255), nullable=False),
+    # The TOTP seed, sealed under its own data key: never plaintext at rest. Until the operator enrols,
+    # a random seed nobody was shown.
     Column("totp_sealed", LargeBinary, nullable=False),
     Column("totp_key_id", String(40), ForeignKey("data_keys.id"), nullable=False),
+    # An outstanding one-time enrolment code (vault/access/enrolment.py): a keyed hash, never the code.
+    # While set, the operator cannot log in or step up; completing enrolment clears both.
+    Column("enrolment_hash", LargeBinary(32), nullable=True, index=True, unique=True),
+    Column("enrolment_expires_at", UTCDateTime, nullable=True),
     Column("failed_attempts", Integer, nullable=False),
     Column("locked_until", UTCDateTime, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
@@ -403,6 +409,21 @@ def drop_deleted_copies(engine: Engine) -> bool:
         return False  # the rows are deleted; the next truncation removes these copies too
     finally:
         raw.close()
+
+
+def vacuum_deleted(engine: Engine) -> None:
+    """Reclaim what the vault deleted: PostgreSQL VACUUM of the tables that hold keys and records.
+
+    SQLite already zeroes deleted rows (secure_delete); its WAL copies go with the checkpoint.
+    Hygiene, not the guarantee: WAL archives and backups keep their copies, which only the
+    destroyed KEK versions of an erasure epoch make unreadable.
+    """
+    if engine.dialect.name != "postgresql":
+        drop_deleted_copies(engine)
+        return
+    names = ("tokens", "data_keys", "domain_keys", "retained_records", "subjects")
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql("VACUUM " + ", ".join(names))
 
 
 def create_engine_for(url: str, *, pool_size: int = 5, statement_timeout_ms: int = 5000) -> Engine:

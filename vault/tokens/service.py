@@ -288,7 +288,10 @@ class TokenService(AuditedOperations):
         presealed: dict[int, _Pending],
     ) -> None:
         pending: list[_Pending] = []
-        subject_keys: dict[tuple[str, str], DataKey] = {}
+        # All the batch's subject keys in one locking read (FOR KEY SHARE until commit: see subject_data_key).
+        subject_keys = self._keys.subject_data_keys(conn, [
+            (request.subject_id, purpose_of_kind(request.kind)) for index, request, _parsed in valid
+            if request.subject_id is not None and index not in presealed])
         lookups: dict[bytes, int] = {}
         for index, request, parsed in valid:
             if (ready := presealed.get(index)) is not None:
@@ -301,10 +304,7 @@ class TokenService(AuditedOperations):
                 continue
             purpose = purpose_of_kind(request.kind)
             if request.subject_id is not None:
-                slot = (request.subject_id, purpose)
-                if slot not in subject_keys:
-                    subject_keys[slot] = self._keys.subject_data_key(conn, request.subject_id, purpose)
-                data_key, new_key = subject_keys[slot], False
+                data_key, new_key = subject_keys[(request.subject_id, purpose)], False
             else:
                 data_key, new_key = self._keys.new_data_key(conn, purpose, None), True
             if lookup is not None:
@@ -448,10 +448,13 @@ class TokenService(AuditedOperations):
             if read_cvvs:
                 # Read once (PCI DSS 3.3.1): the CVV is deleted in this same transaction.
                 # If another reader deleted it first, ours is not returned.
+                # Its audit event then says so too: one "allowed" read per CVV, ever.
                 gone = set(read_cvvs) - self.delete_rows(conn, tokens.c.token.in_(read_cvvs))
                 for position, item in enumerate(out):
                     if item.token in gone and item.error is None:
                         out[position] = Detokenized(token=item.token, error=NotFound("not found"))
+                        events[position] = self._event(actor, "detokenize", "denied", origin, token=item.token,
+                                                       kind="cvv", purpose=purpose, error_code="not_found")
             self._trail.record(conn, events)
             return out
 
@@ -515,7 +518,11 @@ class TokenService(AuditedOperations):
             if row is None or self._policy.decide(actor.role, operation, row["kind"]) is None:
                 return None
             if operation == "delete":
-                self.delete_rows(conn, tokens.c.token == token)
+                if row["dk_subject"] is None:
+                    # Its own key goes too: lock it first (key before token, as every writer does).
+                    self._keys.lock_data_key(conn, row["data_key_id"])
+                if not self.delete_rows(conn, tokens.c.token == token):
+                    return None  # another request deleted it first: one delete is acknowledged
             self._trail.record(conn, [self._event(actor, operation, "allowed", origin, token=token, kind=row["kind"],
                                             subject_id=row["subject_id"], key_id=row["data_key_id"])])
             return self._record(row)

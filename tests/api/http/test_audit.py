@@ -7,6 +7,7 @@ from sqlalchemy import select, update
 
 from api.wiring import Components
 from tests.conftest import auth
+from tests.support.operators import bearer
 from vault.storage.schema import audit_events
 
 CARD = {"pan": "4111111111111111", "exp_month": 12, "exp_year": 2099}
@@ -15,7 +16,8 @@ HEADERS = {"User-Agent": "audit-test/1.0", "X-Request-ID": "req-audit-1"}
 
 
 def auditor_key(components: Components) -> str:
-    return components.clients.create("auditor-1", "auditor")[1].expose()
+    """An auditor's session (a person, with TOTP): API keys may not carry the auditor role."""
+    return bearer(components, "auditor", "auditor-1")
 
 
 def test_events_filters_and_cursor(client: FlaskClient, components: Components, api_keys: dict[str, str]) -> None:
@@ -35,7 +37,7 @@ def test_reading_the_trail_is_audited(client: FlaskClient, components: Component
     key = auditor_key(components)
     client.get("/v1/audit/events", headers=auth(key))
     page = client.get("/v1/audit/events?action=read_audit", headers=auth(key)).get_json()
-    assert page["events"][0]["actor"].startswith("cli_") and page["events"][0]["role"] == "auditor"
+    assert page["events"][0]["actor"].startswith("op_") and page["events"][0]["role"] == "auditor"
 
 
 def test_only_auditors_read_the_trail(client: FlaskClient, api_keys: dict[str, str]) -> None:

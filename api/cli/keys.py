@@ -135,7 +135,7 @@ EPOCH_DAYS_DEFAULT = 30  # the documented backup retention (README, Keys): a bac
 @click.option("--due-only", is_flag=True, help="open an epoch only if the last one is older than --every-days")
 @click.option("--every-days", type=int, default=None,
               help=f"epoch length (default: TOKENVAULT_ERASURE_EPOCH_DAYS or {EPOCH_DAYS_DEFAULT})")
-@click.option("--batch", type=int, default=1000, show_default=True)
+@click.option("--batch", type=click.IntRange(1, 10_000), default=1000, show_default=True, help="rows per step")
 def epoch(due_only: bool, every_days: int | None, batch: int) -> None:
     """Erasure epoch: rewrap every live key under a new KEK version, then destroy the older versions.
 

@@ -190,7 +190,7 @@ def _unauthenticated(operation_id: str, summary: str, body: type[BaseModel]) -> 
     return {"summary": summary, "operationId": operation_id, "security": [],
             "requestBody": {"required": True, **json_content(ref(body))},
             "responses": {"200": {"description": summary, **json_content(OBJECT)},
-                          **error_responses("401", "413", "422", "429", "503")}}
+                          **error_responses("401", *BODY_ERRORS, "422", "429", "503")}}
 
 
 def _operator_paths() -> dict[str, Any]:

@@ -14,13 +14,13 @@ from hypothesis import strategies as st
 
 from api.wiring import Components
 from tests.conftest import auth
+from tests.support.operators import bearer
 
 
 @pytest.fixture
 def staff(components: Components) -> dict[str, dict[str, str]]:
-    """Authorization headers for the operator roles, as API clients (as tests/api/http/test_audit.py does)."""
-    return {role: auth(components.clients.create(f"std-{role}", role)[1].expose())
-            for role in ("auditor", "privacy_officer", "admin")}
+    """Authorization headers for the operator roles: operator sessions (API keys carry machine roles only)."""
+    return {role: auth(bearer(components, role, f"std-{role}")) for role in ("auditor", "privacy_officer", "admin")}
 
 
 BODY = json.dumps({"kind": "text", "value": "standard answers"}).encode()

@@ -7,7 +7,6 @@ between processes by accident.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import multiprocessing.util
 import os
 import re

@@ -169,8 +169,12 @@ def _confirm(parts: Components, code: Secret[str], totp: Secret[str]) -> None:
 
 @operators.command("list")
 def operators_list() -> None:
-    for row in _components().operators.list(HOST, _origin()):
+    """List operators, one JSON object a line (times in ISO 8601 UTC); never passwords or TOTP seeds."""
+    found = _components().operators.list(HOST, _origin())
+    for row in found:
         click.echo(json.dumps({name: _iso(value) for name, value in row.items()}))
+    if not found:
+        click.echo("no operators", err=True)
 
 
 def _request_change(action: str, operator: str, session: str | None, totp: str | None) -> None:
@@ -247,6 +251,7 @@ def auth_login(username: str, password_stdin: bool, totp: str | None) -> None:
 @auth.command("logout")
 @_session_option
 def auth_logout(session: str | None) -> None:
+    """End the operator session (TOKENVAULT_SESSION or --session) at once."""
     parts = _components()
     try:
         actor = _as_operator(parts, session)
@@ -297,6 +302,7 @@ def approvals() -> None:
 @click.option("--all", "everything", is_flag=True, help="also executed and expired requests")
 @_session_option
 def approvals_list(everything: bool, session: str | None) -> None:
+    """Dual-control requests waiting for a second admin (with --all, also executed and expired ones)."""
     parts = _components()
     try:
         found = parts.approvals.list(_as_operator(parts, session), _origin(), pending_only=not everything)
@@ -304,6 +310,8 @@ def approvals_list(everything: bool, session: str | None) -> None:
         _fail(error)
     for item in found:
         click.echo(json.dumps(item.public()))
+    if not found:
+        click.echo("no pending approvals" if not everything else "no approvals", err=True)
 
 
 @approvals.command("approve")

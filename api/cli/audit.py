@@ -14,7 +14,7 @@ from typing import Any
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from api.cli.context import command_components
+from api.cli.context import IsoTime, command_components
 from api.wiring import Components
 from vault.audit.archive import archive_events, verify_archive_files
 from vault.audit.trail import EventQuery, event_json, select_events
@@ -121,15 +121,13 @@ def cef_line(event: dict[str, Any]) -> str:
 
 
 @audit.command()
-@click.option("--since", default=None, help="ISO 8601 time (default: everything)")
+@click.option("--since", type=IsoTime(), default=None, help="ISO 8601 time (default: everything)")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "cef"]), default="jsonl")
 @click.option("--syslog", default=None, help="HOST:PORT to forward each line to over UDP syslog")
-def export(since: str | None, fmt: str, syslog: str | None) -> None:
+def export(since: datetime | None, fmt: str, syslog: str | None) -> None:
     """Stream events for a SIEM, to stdout or to syslog."""
     parts = _components()
-    start = datetime.fromisoformat(since.replace("Z", "+00:00")) if since else None
-    if start is not None and start.tzinfo is None:
-        start = start.replace(tzinfo=UTC)
+    start = since
     forward = None
     if syslog:
         host, _, port = syslog.rpartition(":")

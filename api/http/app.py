@@ -1,12 +1,13 @@
 """Flask app factory: wires components, authentication, errors and request logging.
 
-Each gunicorn worker builds its own app (no preload), so no key material is shared
+Each server worker builds its own app (no preload), so no key material is shared
 between processes by accident.
 """
 
 from __future__ import annotations
 
 import atexit
+import multiprocessing.util
 import os
 import re
 import secrets
@@ -40,6 +41,8 @@ _SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
     "Strict-Transport-Security": "max-age=63072000; includeSubDomains",
+    # granian names itself unless the app sends a Server field: an empty one discloses no software or version.
+    "Server": "",
 }
 
 
@@ -105,11 +108,12 @@ def create_app(settings: Settings | None = None, *, parts: Components | None = N
         return jsonify({"status": "ready"}), 200
 
     metrics_token = settings.env.get("TOKENVAULT_METRICS_TOKEN")
+    metrics_public = settings.env.get("TOKENVAULT_METRICS_PUBLIC") == "1"
 
     @app.get("/metrics")
     def metrics_endpoint() -> Response:
         if not metrics.authorised(request.headers.get("Authorization", ""),
-                                  Secret(metrics_token) if metrics_token else None):
+                                  Secret(metrics_token) if metrics_token else None, public=metrics_public):
             raise Unauthenticated("metrics need the metrics token")
         body, content_type = metrics.render()
         return Response(body, content_type=content_type)
@@ -140,7 +144,7 @@ def _record_lifecycle(parts: Components, action: str) -> None:
     except (VaultError, SQLAlchemyError) as error:
         # A worker that boots during a key-service or database outage must still come up: it
         # answers 503 (fail closed per request) and recovers by itself. Refusing to boot would
-        # make gunicorn give up on the whole service.
+        # make the server give up on the whole service.
         get_logger("tokenvault.lifecycle").error("lifecycle event not audited", action=action,
                                                  error=getattr(error, "code", type(error).__name__))
     if action == "service_stop":
@@ -160,7 +164,19 @@ def _warn_human_role_clients(parts: Components) -> None:
 
 
 def wsgi_app() -> Any:
-    """Entry point for gunicorn (`api.http.app:wsgi_app()`): one app per worker, stop recorded at exit."""
+    """Entry point for the server (`api.http.app:wsgi_app`, a factory): one app per worker, stop recorded at exit.
+
+    granian's workers are multiprocessing children, which leave through `os._exit` and skip `atexit`;
+    multiprocessing runs its own finalizers on the way out. The stop is registered with both, and runs once."""
     app = create_app()
-    atexit.register(_record_lifecycle, app.extensions["tokenvault"], "service_stop")
+    parts = app.extensions["tokenvault"]
+    stopped: list[bool] = []
+
+    def stop() -> None:
+        if not stopped:
+            stopped.append(True)
+            _record_lifecycle(parts, "service_stop")
+
+    atexit.register(stop)
+    multiprocessing.util.Finalize(None, stop, exitpriority=10)
     return app

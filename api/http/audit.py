@@ -30,16 +30,18 @@ def _time(name: str) -> datetime | None:
         return None
     try:
         moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
+        # In UTC here, so a time that exists only in its own offset (0001-01-01T00:00+14:00) is refused
+        # now rather than overflowing in the query (a 503 before).
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):
         raise ValidationFailed(name, "must be an ISO 8601 time") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _int(name: str, default: int) -> int:
     raw = request.args.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # "²".isdigit() is True, int("²") fails
         raise ValidationFailed(name, "must be a non-negative integer")
     return int(raw)
 

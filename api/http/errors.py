@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from vault import errors as e
 
@@ -68,6 +68,14 @@ def status_of(error: e.VaultError) -> int:
     return 500
 
 
+def _challenge(error: e.VaultError) -> str:
+    """RFC 6750 section 3: every 401 names the Bearer scheme; `invalid_token` only when credentials were sent
+    and refused (a request without any, or a valid session missing its X-TOTP step-up, gets the bare one)."""
+    if request.headers.get("Authorization") and not isinstance(error, e.StepUpRequired):
+        return 'Bearer realm="tokenvault", error="invalid_token"'
+    return 'Bearer realm="tokenvault"'
+
+
 def _respond(status: int, body: dict[str, Any]) -> tuple[Response, int]:
     response = jsonify({"error": body})
     if status == 429:
@@ -78,7 +86,10 @@ def _respond(status: int, body: dict[str, Any]) -> tuple[Response, int]:
 def register(app: Flask) -> None:
     @app.errorhandler(e.VaultError)
     def _vault_error(error: e.VaultError) -> tuple[Response, int]:
-        return _respond(status_of(error), error_body(error))
+        response, status = _respond(status_of(error), error_body(error))
+        if status == 401:
+            response.headers["WWW-Authenticate"] = _challenge(error)
+        return response, status
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException) -> tuple[Response, int]:
@@ -86,7 +97,11 @@ def register(app: Flask) -> None:
         codes = {400: "malformed_request", 404: "no_such_endpoint", 405: "method_not_allowed",
                  413: "payload_too_large", 415: "unsupported_media_type"}
         code = codes.get(status, "http_error")
-        return _respond(status, {"code": code, "message": code.replace("_", " ")})
+        response, status = _respond(status, {"code": code,
+                                             "message": getattr(error, "public_message", code.replace("_", " "))})
+        if status == 405 and isinstance(error, MethodNotAllowed) and error.valid_methods:
+            response.headers["Allow"] = ", ".join(sorted(error.valid_methods))  # RFC 9110 15.5.6
+        return response, status
 
     @app.errorhandler(SQLAlchemyError)
     def _database(error: SQLAlchemyError) -> tuple[Response, int]:

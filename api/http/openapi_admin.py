@@ -16,9 +16,10 @@ from api.http import schemas as s
 from api.http.stepup import HEADER as STEP_UP_HEADER
 from vault.audit.log import MAX_PAGE
 
-__all__ = ["MODELS", "SECURED", "ref", "json_content", "error_responses", "admin_paths"]
+__all__ = ["MODELS", "SECURED", "BODY_ERRORS", "ref", "json_content", "error_responses", "admin_paths"]
 
 SECURED: list[dict[str, list[str]]] = [{"bearerAuth": []}]
+BODY_ERRORS = ("413", "415")  # what every operation with a JSON body can also answer (api/http/bodies.py)
 OBJECT: dict[str, Any] = {"type": "object"}
 # Models of the operators' endpoints, added to components/schemas by api.openapi.
 MODELS: list[type[BaseModel]] = [
@@ -32,7 +33,9 @@ _ERRORS = {
     "403": "The role may not use this endpoint (`forbidden`)",
     "404": "Not found (`not_found`), or not visible to this role: the two are indistinguishable",
     "409": "Conflicts with the current state (`conflict`)",
-    "413": "Body too large (`payload_too_large`)",
+    "400": "Malformed request (`malformed_request`)",
+    "413": "Body too large (`payload_too_large`), whatever its transfer encoding",
+    "415": "Not UTF-8 JSON with Content-Type application/json, or a Content-Encoding (`unsupported_media_type`)",
     "422": "Invalid input (`invalid_input`: names the field and rule, never echoes the value)",
     "429": "Rate limited (`rate_limited`, with Retry-After)",
     "503": "Key service, database or audit trail unavailable; nothing was done",
@@ -77,7 +80,7 @@ def _op(operation_id: str, summary: str, ok: str, out: dict[str, Any] | None, *,
         extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """One authenticated operation: bearer security, the errors every /v1 call can answer, plus `extra`."""
     parameters = [*(params or []), *([_STEP_UP] if step_up else [])]
-    codes = ("401", "403", "422", "429", "503", *(("413",) if body else ()), *extra)
+    codes = ("401", "403", "422", "429", "503", *(BODY_ERRORS if body else ()), *extra)
     found: dict[str, Any] = {
         "summary": summary, "operationId": operation_id, "security": SECURED,
         **({"parameters": parameters} if parameters else {}),
@@ -194,13 +197,13 @@ def _unauthenticated(operation_id: str, summary: str, body: type[BaseModel]) -> 
     return {"summary": summary, "operationId": operation_id, "security": [],
             "requestBody": {"required": True, **json_content(ref(body))},
             "responses": {"200": {"description": summary, **json_content(OBJECT)},
-                          **error_responses("401", "413", "422", "429", "503")}}
+                          **error_responses("401", *BODY_ERRORS, "422", "429", "503")}}
 
 
 def _operator_paths() -> dict[str, Any]:
     operator = [_path("operator_id", _OPERATOR)]
     login_responses = {"200": {"description": "A session", **json_content(ref(s.LoginOut))},
-                       **error_responses("401", "413", "422", "429", "503")}
+                       **error_responses("401", "413", "415", "422", "429", "503")}
     logout = _op("logout", "End this session (an API key cannot: 403)", "204", None)
     logout["responses"].pop("422")
     return {

@@ -46,6 +46,7 @@ from vault.storage.schema import (
 __all__ = ["KeyLifecycle", "CryptoPeriods"]
 
 LEASE = timedelta(seconds=60)
+WAITING = "wait_key_caches"  # the job phase while nothing is left to move but time (see `describe`)
 
 
 @dataclass(frozen=True)
@@ -291,11 +292,20 @@ class KeyLifecycle(AuditedOperations):
         elapsed = max((row["updated_at"] - row["started_at"]).total_seconds(), 1e-6)
         rate = row["done"] / elapsed
         remaining = max(row["total"] - row["done"], 0)
-        return {"job_id": row["id"], "kind": row["kind"], "status": row["status"], "phase": row["phase"],
-                "done": row["done"], "total": row["total"], "rate": round(rate, 1),
-                "eta_seconds": round(remaining / rate, 1) if rate > 0 and row["status"] == "running" else None,
-                "started_at": _iso(row["started_at"]), "finished_at": _iso(row["finished_at"]),
-                "error": row["error"]}
+        out = {"job_id": row["id"], "kind": row["kind"], "status": row["status"], "phase": row["phase"],
+               "done": row["done"], "total": row["total"], "rate": round(rate, 1),
+               "eta_seconds": round(remaining / rate, 1) if rate > 0 and row["status"] == "running" else None,
+               "started_at": _iso(row["started_at"]), "finished_at": _iso(row["finished_at"]),
+               "error": row["error"]}
+        if row["phase"] == WAITING and row["status"] == "running":
+            # Every record is done; what is left is time: another process may still hold the old domain
+            # key in its cache and write under it, so the old key is destroyed only once all caches have
+            # let it go (TOKENVAULT_KEY_CACHE_SECONDS after the rotation).
+            until = self._caches_expire_at(json.loads(row["params"]))
+            out["waiting_for"] = (f"other workers' key caches to let the old key go "
+                                  f"(TOKENVAULT_KEY_CACHE_SECONDS={self._cache_seconds:g}) until {_iso(until)}")
+            out["eta_seconds"] = round(max((until - self._clock()).total_seconds(), 0.0), 1)
+        return out
 
     def job_kind(self, job_id: str) -> str | None:
         with self._engine.connect() as conn:
@@ -365,8 +375,11 @@ class KeyLifecycle(AuditedOperations):
 
     def _caches_expired(self, params: dict[str, Any]) -> bool:
         """Other processes may still hold the old active domain key until their cache expires."""
+        return self._clock() >= self._caches_expire_at(params)
+
+    def _caches_expire_at(self, params: dict[str, Any]) -> datetime:
         rotated = datetime.fromisoformat(str(params["rotated_at"]).replace("Z", "+00:00"))
-        return self._clock() >= rotated + timedelta(seconds=self._cache_seconds)
+        return rotated + timedelta(seconds=self._cache_seconds)
 
     def _step(self, conn: Connection, kind: str, params: dict[str, Any], batch: int) -> tuple[int, str]:
         """One batch in the caller's transaction; returns (items moved, phase)."""
@@ -376,16 +389,20 @@ class KeyLifecycle(AuditedOperations):
                 return moved, "rewrap_domain_keys"
             old = list(params["old_domain_keys"])
             moved = self._move_data_keys(conn, old, batch) if old else 0
-            if moved or (old and not self._caches_expired(params)):
+            if moved:
                 return moved, "rewrap_data_keys"
+            if old and not self._caches_expired(params):
+                return 0, WAITING
             for domain_key_id in old:
                 self._destroy_if_empty(conn, domain_key_id)
             if kind == "epoch":
                 self._close_epoch(conn, int(params["kek_version"]))
             return 0, "done"
         moved = self._rekey_data_keys(conn, str(params["domain_key"]), batch)
-        if moved or not self._caches_expired(params):
+        if moved:
             return moved, "reencrypt_records"
+        if not self._caches_expired(params):
+            return 0, WAITING
         self._destroy_if_empty(conn, str(params["domain_key"]))
         return 0, "done"
 

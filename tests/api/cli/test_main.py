@@ -41,7 +41,7 @@ def test_clients_create_refuses_a_human_role(env: dict[str, str], role: str) -> 
     assert run("init")[0] == 0
     code, out = run("clients", "create", "--name", "someone", "--role", role)
     assert code == 2 and "human role" in out and "tokenvault operators create" in out and "tvk_" not in out
-    assert run("clients", "list")[1] == ""
+    assert run("clients", "list")[1].strip() == "no clients"  # said on stderr (issue 18)
 
 
 def test_init_names_the_clients_whose_keys_stop_working(env: dict[str, str]) -> None:

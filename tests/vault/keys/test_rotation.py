@@ -153,3 +153,18 @@ def test_the_audit_signing_key_is_rewrapped_with_the_domain_keys(vault: Componen
     finally:
         fresh.trail.close()
         fresh.engine.dispose()
+
+
+def test_a_job_says_what_it_waits_for(vault: Components) -> None:
+    """Issue #18: after its last record the job waited out the key-cache window silently ("eta 0s")."""
+    fill(vault, 50)
+    slow = type(vault.lifecycle)(engine=vault.engine, keys=vault.keys, provider=vault.provider,
+                                 policy=vault.policy, trail=vault.trail, cache_seconds=1.5)
+    job = slow.start_rotation(ADMIN, HERE, domain_keys_too=True)
+    states: list[dict[str, object]] = []
+    final = slow.run(job, batch=500, on_progress=states.append)
+    waiting = [state for state in states if state["phase"] == "wait_key_caches"]
+    assert waiting, [state["phase"] for state in states]
+    assert "TOKENVAULT_KEY_CACHE_SECONDS=1.5" in str(waiting[0]["waiting_for"])
+    assert 0 < float(waiting[0]["eta_seconds"]) <= 1.5  # type: ignore[arg-type]
+    assert final["status"] == "done" and "waiting_for" not in final

@@ -48,19 +48,21 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     TOKENVAULT_DATA_DIR=/data \
+    TOKENVAULT_AUDIT_CHECKPOINT_DIR=/audit-checkpoints \
     TOKENVAULT_BIND=0.0.0.0:8080 \
     HOME=/home/tokenvault \
     TMPDIR=/tmp \
     GUNICORN_CMD_ARGS="--no-control-socket"
 
-# A fixed, unprivileged uid/gid with no login shell; /data belongs to it (a named volume mounted
-# there inherits this ownership the first time).
+# A fixed, unprivileged uid/gid with no login shell; /data and /audit-checkpoints belong to it (a
+# named volume mounted there inherits this ownership the first time). The checkpoint log sits on its
+# own volume, apart from the data: mount one the database administrators cannot write (README, Audit).
 RUN groupadd --system --gid 10001 tokenvault \
  && useradd --system --uid 10001 --gid tokenvault --home-dir /home/tokenvault --create-home \
         --shell /usr/sbin/nologin tokenvault \
- && mkdir -p /data \
- && chown tokenvault:tokenvault /data \
- && chmod 0700 /data
+ && mkdir -p /data /audit-checkpoints \
+ && chown tokenvault:tokenvault /data /audit-checkpoints \
+ && chmod 0700 /data /audit-checkpoints
 
 # Install from the builder's wheels without copying them into a layer (BuildKit bind mount), then
 # remove the installers: nothing in the running image can fetch or build code.
@@ -74,10 +76,10 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
 USER 10001:10001
 WORKDIR /home/tokenvault
 
-# Everything the service writes: /data (SQLite, local keyring, audit checkpoints) and /tmp
-# (gunicorn worker heartbeats, Prometheus multiprocess files). With these two as volumes the
-# root filesystem can be mounted read-only.
-VOLUME ["/data", "/tmp"]
+# Everything the service writes: /data (SQLite, local keyring), /audit-checkpoints (the audit
+# checkpoint log) and /tmp (gunicorn worker heartbeats, Prometheus multiprocess files). With these
+# as volumes the root filesystem can be mounted read-only.
+VOLUME ["/data", "/audit-checkpoints", "/tmp"]
 
 EXPOSE 8080
 

@@ -58,6 +58,7 @@ class AccessSettings:
     argon2: Argon2Params = field(default_factory=Argon2Params)
     lockout: Lockout = field(default_factory=Lockout)
     approval_seconds: int = 24 * 3600
+    enrolment_seconds: int = 24 * 3600
     redis_url: str | None = None
     # Per client (API key or operator), over all /v1 endpoints, and for detokenize alone. High enough for
     # machine traffic at this service's capacity (~2,000 requests/s); tighten per role where humans call.
@@ -65,6 +66,8 @@ class AccessSettings:
     detokenize_rate_limit: str = "500/second"
     # Per source address, before anyone is authenticated.
     login_rate_limit: str = "10/minute"
+    # Failed authentications per source address (api/http/auth_flood.py): past it, 429 before the database.
+    auth_failure_rate_limit: str = "20/minute"
     role_rate_limits: dict[str, str] = field(default_factory=dict)
     role_detokenize_rate_limits: dict[str, str] = field(default_factory=dict)
 
@@ -84,6 +87,7 @@ class AccessSettings:
                 max_seconds=_int(env, "TOKENVAULT_LOCKOUT_MAX_SECONDS", default.lockout.max_seconds, 1, 7 * 86400),
             ),
             approval_seconds=_int(env, "TOKENVAULT_APPROVAL_SECONDS", default.approval_seconds, 60, 30 * 86400),
+            enrolment_seconds=_int(env, "TOKENVAULT_ENROLMENT_SECONDS", default.enrolment_seconds, 300, 30 * 86400),
             redis_url=env.get("TOKENVAULT_REDIS_URL") or None,
             rate_limit=_limit("TOKENVAULT_RATE_LIMIT", env.get("TOKENVAULT_RATE_LIMIT") or default.rate_limit),
             detokenize_rate_limit=_limit("TOKENVAULT_DETOKENIZE_RATE_LIMIT",
@@ -91,6 +95,9 @@ class AccessSettings:
                                          or default.detokenize_rate_limit),
             login_rate_limit=_limit("TOKENVAULT_LOGIN_RATE_LIMIT",
                                     env.get("TOKENVAULT_LOGIN_RATE_LIMIT") or default.login_rate_limit),
+            auth_failure_rate_limit=_limit("TOKENVAULT_AUTH_FAILURE_RATE_LIMIT",
+                                           env.get("TOKENVAULT_AUTH_FAILURE_RATE_LIMIT")
+                                           or default.auth_failure_rate_limit),
             role_rate_limits=_per_role(env, _RATE_PREFIX, policy),
             role_detokenize_rate_limits=_per_role(env, _DETOKENIZE_PREFIX, policy),
         )

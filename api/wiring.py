@@ -8,23 +8,28 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy.engine import Engine
 
 from api.access_settings import AccessSettings
-from api.http.metrics import InstrumentedProvider, observe_audit_write, observe_key_cache
+from api.http.metrics import InstrumentedProvider, observe_audit_write, observe_key_cache, observe_relay_call
 from api.settings import Settings
+from api.upstream import HttpsTransport
 from kms.local import LocalKeyProvider, load_master_key
 from vault.access.approvals import ApprovalAction, Approvals
 from vault.access.clients import ClientRegistry
+from vault.access.enrolment import Enrolments
 from vault.access.identity import Authenticator
 from vault.access.operators import OperatorRegistry
 from vault.access.passwords import Passwords
 from vault.access.policy import Policy, load_policy
 from vault.access.sessions import Sessions
 from vault.audit.alerts import Alerts
+from vault.audit.checkpoints import CheckpointSink, Signer, SyslogMirror
 from vault.audit.log import AuditLog
 from vault.audit.trail import AuditTrail
+from vault.errors import ConfigurationError
 from vault.keys.hierarchy import KeyHierarchy
 from vault.keys.provider import KeyProvider
 from vault.keys.rotation import KeyLifecycle
@@ -32,7 +37,13 @@ from vault.privacy.disclosures import DisclosureService
 from vault.privacy.retention import RetentionService
 from vault.privacy.rights import PrivacyService
 from vault.privacy.transfer import check_transfer_params
-from vault.storage.schema import create_engine_for
+from vault.relay.changes import ACTION as RELAY_ACTION
+from vault.relay.changes import OPERATION as RELAY_OPERATION
+from vault.relay.changes import RouteChanges
+from vault.relay.routes import RouteBook
+from vault.relay.service import RelayService
+from vault.relay.upstream import Transport
+from vault.storage.schema import create_engine_for, create_snapshot_reader
 from vault.tokens.service import TokenService
 
 __all__ = ["Components", "build", "build_provider"]
@@ -45,6 +56,60 @@ def build_provider(settings: Settings) -> KeyProvider:
         return VaultTransitProvider(config=VaultConfig.from_env(settings.env))
     master = load_master_key(dict(settings.env), settings.data_dir / "master.key")
     return LocalKeyProvider(keyring_path=settings.data_dir / "keyring.json", master_key=master)
+
+
+def build_checkpoint_sinks(settings: Settings) -> list[CheckpointSink]:
+    """Sinks besides the file: `TOKENVAULT_AUDIT_KV=<mount>/<path>` adds KV v2 (VAULT_ADDR, VAULT_TOKEN)."""
+    where = settings.env.get("TOKENVAULT_AUDIT_KV")
+    if not where:
+        return []
+    from kms.kv_checkpoints import KvCheckpointSink
+
+    mount, _, path = where.strip("/").partition("/")
+    if not mount or not path:
+        raise ConfigurationError("TOKENVAULT_AUDIT_KV must be <kv v2 mount>/<path>")
+    return [KvCheckpointSink(_vault_client(settings, "TOKENVAULT_AUDIT_KV"), mount=mount, path=path)]
+
+
+def _vault_client(settings: Settings, what: str) -> Any:
+    import hvac
+
+    from kms.vault_config import VaultConfig
+
+    config = VaultConfig.from_env(settings.env)
+    if config.token is None:
+        raise ConfigurationError(f"{what} needs VAULT_TOKEN (a token allowed only what it needs)")
+    return hvac.Client(url=config.addr, token=config.token.expose(), namespace=config.namespace,
+                       verify=config.ca_cert or not config.skip_verify,
+                       timeout=(config.connect_timeout, config.read_timeout))
+
+
+def build_checkpoint_signer(settings: Settings) -> Signer | None:
+    """`TOKENVAULT_AUDIT_SIGNING=transit`: sign checkpoints with a non-exportable Transit ed25519 key.
+
+    Otherwise (`sealed`, the default) an ed25519 seed sealed by the key provider signs them.
+    """
+    how = settings.env.get("TOKENVAULT_AUDIT_SIGNING") or "sealed"
+    if how == "sealed":
+        return None
+    if how != "transit":
+        raise ConfigurationError("TOKENVAULT_AUDIT_SIGNING must be `sealed` or `transit`")
+    from kms.transit_signing import TransitSigner
+
+    return TransitSigner(_vault_client(settings, "TOKENVAULT_AUDIT_SIGNING"),
+                         mount=settings.env.get("TOKENVAULT_VAULT_MOUNT") or "transit",
+                         name=settings.env.get("TOKENVAULT_AUDIT_SIGNING_KEY") or "tokenvault-audit-checkpoints")
+
+
+def build_checkpoint_mirrors(settings: Settings) -> list[SyslogMirror]:
+    """`TOKENVAULT_AUDIT_SYSLOG=host:port`: every checkpoint line also to a syslog collector over TCP."""
+    where = settings.env.get("TOKENVAULT_AUDIT_SYSLOG")
+    if not where:
+        return []
+    host, _, port = where.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigurationError("TOKENVAULT_AUDIT_SYSLOG must be host:port")
+    return [SyslogMirror(host.strip("[]"), int(port))]
 
 
 @dataclass(frozen=True)
@@ -64,9 +129,12 @@ class Components:
     lifecycle: KeyLifecycle
     access: AccessSettings
     operators: OperatorRegistry
+    enrolments: Enrolments
     approvals: Approvals
     authenticator: Authenticator
     alerts: Alerts
+    relay: RelayService
+    relay_routes: RouteChanges
 
 
 def build(
@@ -74,6 +142,7 @@ def build(
     *,
     provider: KeyProvider | None = None,
     clock: Callable[[], datetime] | None = None,
+    transport: Transport | None = None,
 ) -> Components:
     """Build every component; `clock` is injectable so tests never sleep."""
     now = clock or (lambda: datetime.now(UTC))
@@ -81,19 +150,29 @@ def build(
     engine = create_engine_for(settings.database_url, pool_size=4)
     provider = InstrumentedProvider(provider or build_provider(settings))
     keys = KeyHierarchy(provider, cache_seconds=settings.key_cache_seconds, clock=now, on_lookup=observe_key_cache)
-    trail = AuditTrail(keys, checkpoint_dir=settings.checkpoint_dir, clock=now, on_write=observe_audit_write)
+    trail = AuditTrail(keys, checkpoint_dir=settings.checkpoint_dir, checkpoint_seconds=settings.checkpoint_seconds,
+                       sinks=build_checkpoint_sinks(settings), mirrors=build_checkpoint_mirrors(settings),
+                       signer=build_checkpoint_signer(settings), clock=now,
+                       on_write=observe_audit_write)
     token_service = TokenService(engine=engine, keys=keys, policy=policy, trail=trail, clock=now)
     access = AccessSettings.from_env(settings.env, policy)
     clients = ClientRegistry(engine, keys, policy, trail, cache_seconds=settings.auth_cache_seconds, clock=now)
-    operators = OperatorRegistry(engine=engine, keys=keys, policy=policy, trail=trail,
-                                 passwords=Passwords(access.argon2), lockout=access.lockout, clock=now,
-                                 sessions=Sessions(keys, lifetime=timedelta(seconds=access.session_seconds)))
+    passwords = Passwords(access.argon2)
+    sessions = Sessions(keys, lifetime=timedelta(seconds=access.session_seconds))
+    enrolments = Enrolments(engine=engine, keys=keys, policy=policy, trail=trail, passwords=passwords,
+                            sessions=sessions, lifetime=timedelta(seconds=access.enrolment_seconds), clock=now)
+    operators = OperatorRegistry(engine=engine, keys=keys, policy=policy, trail=trail, passwords=passwords,
+                                 lockout=access.lockout, clock=now, sessions=sessions, enrolments=enrolments)
     approvals = Approvals(engine=engine, policy=policy, trail=trail, clock=now)
     approvals.register(ApprovalAction(name="disable_operator", operation="manage_operators",
                                       run=operators.run_disable, check=operators.check_disable,
                                       lifetime=timedelta(seconds=access.approval_seconds)))
     approvals.register(ApprovalAction(name="enable_operator", operation="manage_operators",
                                       run=operators.run_enable, check=operators.check_enable,
+                                      lifetime=timedelta(seconds=access.approval_seconds)))
+    # Resetting another operator's password and TOTP: the code goes half to each admin (split knowledge).
+    approvals.register(ApprovalAction(name="reenrol_operator", operation="manage_operators",
+                                      run=operators.run_reenrol, check=operators.check_reenrol,
                                       lifetime=timedelta(seconds=access.approval_seconds)))
     lifecycle = KeyLifecycle(engine=engine, keys=keys, provider=provider, policy=policy, trail=trail,
                              cache_seconds=settings.key_cache_seconds, clock=now)
@@ -112,6 +191,14 @@ def build(
         name="transfer_export", operation="export", check=check_transfer_params,
         run=lambda conn, actor, params, origin: {"approved": True},
         lifetime=timedelta(seconds=access.approval_seconds)))
+    # Relay routes change under dual control too: a second admin approves each version.
+    book = RouteBook(keys, clock=now)
+    relay_routes = RouteChanges(engine=engine, policy=policy, trail=trail, book=book, clock=now)
+    approvals.register(ApprovalAction(
+        name=RELAY_ACTION, operation=RELAY_OPERATION, check=relay_routes.check_approval,
+        run=relay_routes.run_approval, lifetime=timedelta(seconds=access.approval_seconds)))
+    relay = RelayService(engine=engine, policy=policy, trail=trail, tokens=token_service, book=book,
+                         transport=transport or HttpsTransport(), clock=now, on_call=observe_relay_call)
     return Components(
         settings=settings,
         engine=engine,
@@ -119,7 +206,8 @@ def build(
         keys=keys,
         policy=policy,
         trail=trail,
-        audit_log=AuditLog(engine, trail, policy, clock=now),
+        audit_log=AuditLog(engine, trail, policy, clock=now,
+                           reader=lambda: create_snapshot_reader(settings.database_url)),
         clients=clients,
         tokens=token_service,
         privacy=PrivacyService(engine=engine, keys=keys, policy=policy, trail=trail, tokens_service=token_service,
@@ -131,7 +219,10 @@ def build(
         lifecycle=lifecycle,
         access=access,
         operators=operators,
+        enrolments=enrolments,
         approvals=approvals,
         authenticator=Authenticator(clients, operators),
         alerts=Alerts(engine, trail, clock=now),
+        relay=relay,
+        relay_routes=relay_routes,
     )

@@ -12,6 +12,7 @@ __all__ = [
     "NotFound",
     "Unauthenticated",
     "StepUpRequired",
+    "HumanRoleKeyRefused",
     "Forbidden",
     "Conflict",
     "PayloadTooLarge",
@@ -21,6 +22,7 @@ __all__ = [
     "StorageUnavailable",
     "AuditWriteFailed",
     "ConfigurationError",
+    "UpstreamFailed",
 ]
 
 
@@ -55,6 +57,21 @@ class StepUpRequired(Unauthenticated):
     """A sensitive action needs a fresh, unused TOTP code even within a valid session."""
 
     code = "step_up_required"
+
+
+class HumanRoleKeyRefused(Unauthenticated):
+    """An API key whose client carries a human role (admin, privacy officer, auditor...).
+
+    Such keys were possible before roles were split into machines' and humans'; they stop
+    working at upgrade. The code is stable so callers and alerts can tell why.
+    """
+
+    code = "api_key_role_not_allowed"
+
+    def __init__(self, client_id: str, role: str) -> None:
+        super().__init__("API keys may carry only machine roles")
+        self.client_id = client_id
+        self.role = role
 
 
 class Forbidden(VaultError):
@@ -100,7 +117,24 @@ class AuditWriteFailed(VaultError):
     code = "audit_unavailable"
 
 
+class AuditKeyRefused(VaultError):
+    """A MAC key named by an audit event, archive or checkpoint is not an audit key."""
+
+    code = "audit_key_refused"
+
+
 class ConfigurationError(VaultError):
     """Refuse to start: a setting, key file or policy is missing or unsafe."""
 
     code = "configuration_error"
+
+
+class UpstreamFailed(VaultError):
+    """A relay's upstream could not be reached, refused TLS, timed out, or answered beyond the limits."""
+
+    code = "upstream_failed"
+
+    def __init__(self, reason: str, *, timeout: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.timeout = timeout

@@ -1,7 +1,10 @@
 """`tokenvault operators|auth|approvals|policy ...`: human operators, their sessions, dual control, the policy.
 
 Creating an operator is a host command, like creating a client: whoever runs it holds
-the database and the master key anyway, so it is how the first admin comes to be.
+the database and the master key anyway, so it is how the first admin comes to be. It prints
+a one-time enrolment code (to the host's terminal) and no credentials: the new operator runs
+`operators enrol` (password of their choosing, TOTP shown as a QR code on a terminal) and
+`operators confirm` (first TOTP code), or the same over HTTP (/v1/enrolment/...).
 Everything else an operator does from the CLI runs as that operator: log in with
 `auth login` (password + TOTP), export the printed token as TOKENVAULT_SESSION, and
 give a fresh TOTP code (`--totp`, or a prompt) for each sensitive action.
@@ -19,8 +22,10 @@ from typing import Any, NoReturn
 import click
 import qrcode
 
+from api.cli.context import command_components
 from api.settings import Settings
-from api.wiring import Components, build
+from api.wiring import Components
+from vault.access.enrolment import EnrolmentCode
 from vault.access.operators import OPERATOR_ROLES, StepUp
 from vault.access.policy import Policy, load_policy
 from vault.audit.trail import HOST, Actor, Origin
@@ -31,10 +36,8 @@ __all__ = ["operators", "auth", "approvals", "policy", "qr_text"]
 
 
 def _components() -> Components:
-    """Built once per command; its database connections close when the command ends."""
-    parts = build(Settings.from_env())
-    click.get_current_context().call_on_close(parts.engine.dispose)
-    return parts
+    """Built once per command; its audit events are anchored and connections closed when it ends."""
+    return command_components()
 
 
 def _origin() -> Origin:
@@ -92,22 +95,76 @@ def operators() -> None:
     """Human operators (admin, privacy_officer, auditor): password + TOTP."""
 
 
+def _print_code(issued: EnrolmentCode, username: str) -> None:
+    click.echo(json.dumps({"operator_id": issued.operator_id, "username": username,
+                           "enrolment_code": issued.code.expose(), "expires_at": _iso(issued.expires_at)}))
+    click.echo(f"give the code to {username} in person; they run `tokenvault operators enrol` "
+               "(or POST /v1/enrolment/begin) before it expires", err=True)
+
+
 @operators.command("create")
 @click.option("--name", "username", required=True, help="username (a-z, 0-9, '.', '_', '-')")
 @click.option("--role", required=True, type=click.Choice(OPERATOR_ROLES))
-@click.option("--password-stdin", is_flag=True, help="read the password from stdin instead of generating one")
-def operators_create(username: str, role: str, password_stdin: bool) -> None:
-    """Create an operator; prints {"username", "password", "totp_uri"} once (and a QR code on a terminal)."""
-    password = Secret(sys.stdin.readline().rstrip("\n")) if password_stdin else None
+def operators_create(username: str, role: str) -> None:
+    """Create an operator (host only); prints its one-time enrolment code, never a password."""
     try:
-        new = _components().operators.create(HOST, username, role, _origin(), password=password)
+        new = _components().operators.create(HOST, username, role, _origin())
     except VaultError as error:
         _fail(error)
-    click.echo(json.dumps({"id": new.id, "username": new.username, "role": new.role,
-                           "password": new.password.expose(), "totp_uri": new.totp_uri.expose()}))
-    if sys.stdout.isatty():
-        click.echo("Scan with an authenticator app (shown once):", err=True)
-        click.echo(qr_text(new.totp_uri.expose()), err=True)
+    if new.enrolment is not None:
+        _print_code(new.enrolment, new.username)
+
+
+@operators.command("reissue")
+@click.argument("operator")
+def operators_reissue(operator: str) -> None:
+    """Host only (break glass): void OPERATOR's password, TOTP and sessions; print a new enrolment code."""
+    try:
+        issued = _components().operators.reissue(operator, _origin())
+    except VaultError as error:
+        _fail(error)
+    _print_code(issued, operator)
+
+
+@operators.command("enrol")
+def operators_enrol() -> None:
+    """Redeem an enrolment code: choose a password, get a TOTP seed (QR code on a terminal), confirm it.
+
+    On a terminal everything is prompted for; otherwise stdin holds the code, then the password, and
+    the first TOTP code goes to `tokenvault operators confirm`.
+    """
+    code = _secret_input(None, "enrolment code")
+    if sys.stdin.isatty():
+        password = Secret(click.prompt("new password", hide_input=True, confirmation_prompt=True, err=True))
+    else:
+        password = Secret(sys.stdin.readline().rstrip("\n"))
+    parts = _components()
+    try:
+        started = parts.enrolments.begin(code, password, _origin())
+    except VaultError as error:
+        _fail(error)
+    click.echo(json.dumps({"username": started.username, "totp_uri": started.totp_uri.expose()}))
+    if not sys.stdin.isatty():
+        click.echo("add the URI to an authenticator app, then run `tokenvault operators confirm`", err=True)
+        return
+    click.echo("Scan with an authenticator app (shown once):", err=True)
+    click.echo(qr_text(started.totp_uri.expose()), err=True)
+    _confirm(parts, code, _secret_input(None, "first TOTP code from the app"))
+
+
+@operators.command("confirm")
+def operators_confirm() -> None:
+    """Complete enrolment: the code, then a first TOTP code (prompted for, or two lines of stdin)."""
+    code = _secret_input(None, "enrolment code")
+    _confirm(_components(), code, _secret_input(None, "TOTP code"))
+
+
+def _confirm(parts: Components, code: Secret[str], totp: Secret[str]) -> None:
+    try:
+        actor = parts.enrolments.confirm(code, totp, _origin())
+    except VaultError as error:
+        _fail(error)
+    click.echo(json.dumps({"id": actor.id, "username": actor.name, "enrolled": True}))
 
 
 @operators.command("list")
@@ -135,6 +192,24 @@ def _request_change(action: str, operator: str, session: str | None, totp: str |
 def operators_disable(operator: str, session: str | None, totp: str | None) -> None:
     """Ask to disable OPERATOR (username or id): a second admin must approve (dual control)."""
     _request_change("disable_operator", operator, session, totp)
+
+
+@operators.command("reenrol")
+@click.argument("operator")
+@_session_option
+@_totp_option
+def operators_reenrol(operator: str, session: str | None, totp: str | None) -> None:
+    """Ask to reset OPERATOR's password and TOTP (dual control); prints your half of the new code."""
+    parts = _components()
+    try:
+        step_up = _step_up(parts, session, totp, "manage_operators")
+        first, half_hash = parts.enrolments.first_half()
+        params = {"operator_id": parts.operators.id_of(operator), "enrolment_half": half_hash}
+        found = parts.approvals.request(step_up, "reenrol_operator", params, _origin())
+    except VaultError as error:
+        _fail(error)
+    click.echo(json.dumps({"enrolment_code_first_half": first.expose(), "approval": found.public()}))
+    click.echo("give your half to the operator; the approving admin gives the other half", err=True)
 
 
 @operators.command("enable")
@@ -181,6 +256,36 @@ def auth_logout(session: str | None) -> None:
     click.echo("logged out", err=True)
 
 
+@auth.command("password")
+@_session_option
+@_totp_option
+def auth_password(session: str | None, totp: str | None) -> None:
+    """Change your password: current, then new (prompted, or two lines of stdin); every session ends."""
+    parts = _components()
+    try:
+        step_up = _step_up(parts, session, totp, None)
+        current = _secret_input(None, "current password")
+        new = _secret_input(None, "new password")
+        revoked = parts.operators.change_password(step_up, current, new, _origin())
+    except VaultError as error:
+        _fail(error)
+    click.echo(json.dumps({"changed": True, "sessions_revoked": revoked}))
+
+
+@auth.command("reenrol")
+@_session_option
+@_totp_option
+def auth_reenrol(session: str | None, totp: str | None) -> None:
+    """A new authenticator: your password (prompted or stdin) resets your TOTP; prints your enrolment code."""
+    parts = _components()
+    try:
+        step_up = _step_up(parts, session, totp, None)
+        issued = parts.operators.reenrol_self(step_up, _secret_input(None, "password"), _origin())
+    except VaultError as error:
+        _fail(error)
+    _print_code(issued, step_up.actor.name or step_up.actor.id)
+
+
 # -- approvals ---------------------------------------------------------------------------------
 
 @click.group()
@@ -212,7 +317,9 @@ def approvals_approve(approval_id: str, session: str | None, totp: str | None) -
         done = parts.approvals.approve(_step_up(parts, session, totp, None), approval_id, _origin())
     except VaultError as error:
         _fail(error)
-    click.echo(json.dumps(done.public()))
+    click.echo(json.dumps({**done.public(), "shown_once": {k: v.expose() for k, v in done.shown_once.items()}}))
+    if done.shown_once:
+        click.echo("shown once: give the second half of the enrolment code to the operator yourself", err=True)
 
 
 # -- policy ------------------------------------------------------------------------------------

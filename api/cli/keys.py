@@ -11,8 +11,8 @@ from typing import Any
 
 import click
 
-from api.settings import Settings
-from api.wiring import Components, build
+from api.cli.context import command_components
+from api.wiring import Components
 from vault.audit.trail import Actor, Origin
 from vault.errors import ValidationFailed, VaultError
 
@@ -20,7 +20,7 @@ __all__ = ["keys"]
 
 
 def _parts() -> Components:
-    return build(Settings.from_env())
+    return command_components()
 
 
 def _actor() -> Actor:

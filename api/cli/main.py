@@ -12,7 +12,9 @@ import click
 from api.access_settings import AccessSettings
 from api.cli import access
 from api.cli.audit import audit
+from api.cli.context import command_components
 from api.cli.keys import keys
+from api.cli.relay import relay
 from api.cli.subjects import subjects, transfer
 from api.settings import Settings
 from api.wiring import Components, build, build_provider
@@ -24,13 +26,9 @@ from vault.storage.migrate import upgrade
 
 __all__ = ["main"]
 
-DEMO_ROLES = ("checkout", "payment_gateway", "shipping", "support")
-
 
 def _components() -> Components:
-    parts = build(Settings.from_env())
-    click.get_current_context().call_on_close(parts.engine.dispose)  # no pooled connection outlives the command
-    return parts
+    return command_components()  # events anchored, no pooled connection outlives the command
 
 
 def _fail(error: VaultError) -> None:
@@ -66,9 +64,31 @@ def init() -> None:
             created = parts.keys.ensure_domain_keys(conn)
         if created:
             click.echo(f"created {len(created)} domain keys", err=True)
+        refused = parts.clients.human_role_clients()
+        adopted = parts.trail.adopt(parts.engine)  # chains from before the checkpoint sink, anchored once
+        if adopted:
+            click.echo(f"anchored {adopted} existing audit chains in the checkpoint sink", err=True)
+        parts.trail.close()
+        parts.engine.dispose()
     except VaultError as error:
         _fail(error)
+    for line in human_role_warning(refused):
+        click.echo(line, err=True)
     click.echo("initialised", err=True)
+
+
+def human_role_warning(refused: list[dict[str, object]]) -> list[str]:
+    """What `init` and the service's start log say about API keys of human roles (refused since issue 15)."""
+    if not refused:
+        return []
+    lines = [f"WARNING: {len(refused)} API client(s) carry a human role; their keys are now refused "
+             "(API keys may carry only machine roles; admin, privacy_officer and auditor need an operator "
+             "with password + TOTP):"]
+    lines += [f"  {row['id']} name={row['name']} role={row['role']}" for row in refused]
+    lines.append("  what to do: `tokenvault clients revoke <id>` each one, then give the person an operator account "
+                 "(`tokenvault operators create`), or a machine-role client for a service "
+                 "(e.g. audit_export for a SIEM)")
+    return lines
 
 
 @main.command()
@@ -138,13 +158,13 @@ def clients_rotate(client_id: str, grace: int) -> None:
 @clients.command("demo")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="env file for the demo keys")
 def clients_demo(out: Path) -> None:
-    """Create one demo client per role unless clients exist; writes their keys to OUT (mode 0600)."""
+    """Create one demo client per machine role unless clients exist; writes their keys to OUT (mode 0600)."""
     parts = _components()
     if parts.clients.list():
         click.echo("clients exist; no demo clients created", err=True)
         return
     lines = []
-    for role in DEMO_ROLES:
+    for role in parts.policy.machine_roles:
         _, api_key = parts.clients.create(f"demo-{role}", role)
         lines.append(f"{role.upper()}_KEY={api_key.expose()}")
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -159,6 +179,7 @@ main.add_command(audit)
 main.add_command(subjects)
 main.add_command(keys)
 main.add_command(transfer)
+main.add_command(relay)
 for _group in (access.operators, access.auth, access.approvals, access.policy):
     main.add_command(_group)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import click
 
-from api.settings import Settings
-from api.wiring import Components, build
+from api.cli.context import command_components
+from api.wiring import Components
 from vault.audit.trail import Actor, Origin
 from vault.errors import VaultError
 from vault.privacy.transfer import TransferService
@@ -24,7 +24,7 @@ __all__ = ["subjects", "transfer"]
 
 
 def _parts() -> Components:
-    return build(Settings.from_env())
+    return command_components()
 
 
 def _actor() -> Actor:

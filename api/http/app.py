@@ -7,7 +7,6 @@ between processes by accident.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import os
 import re
 import secrets
@@ -19,7 +18,7 @@ from flask import Flask, Response, g, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api.http import audit, errors, keys, login, metrics, operators, privacy, ratelimits
+from api.http import audit, auth_flood, enrolment, errors, keys, login, metrics, operators, privacy, ratelimits, relay
 from api.http.auth import bearer_credentials
 from api.http.logs import configure, get_logger
 from api.http.openapi import document
@@ -33,6 +32,7 @@ from vault.secret import Secret
 __all__ = ["create_app"]
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_WITHOUT_CREDENTIALS = frozenset((login.LOGIN_PATH, *enrolment.PATHS))
 _SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None, *, parts: Components | None = N
     log = get_logger("tokenvault.http")
     parts = parts or build(settings)
     _record_lifecycle(parts, "service_start")
+    _warn_human_role_clients(parts)
 
     app = Flask("tokenvault")
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
@@ -58,15 +59,25 @@ def create_app(settings: Settings | None = None, *, parts: Components | None = N
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops)  # type: ignore[method-assign]
     errors.register(app)
     openapi = document()
+    failures = auth_flood.FailedAuthentications(parts.access.auth_failure_rate_limit, parts.access.redis_url)
 
     @app.before_request
-    def _start() -> None:
+    def _start() -> tuple[Response, int] | None:
         g.started = time.perf_counter()
         supplied = request.headers.get("X-Request-ID", "")
         g.request_id = supplied if _REQUEST_ID.match(supplied) else secrets.token_hex(16)
-        if request.path.startswith("/v1/") and request.path != login.LOGIN_PATH:
-            g.actor = components().authenticator.authenticate(bearer_credentials(), origin())
+        # The inbound relay authenticates its own way (a publishable key good for nothing else).
+        if (request.path.startswith("/v1/") and request.path not in _WITHOUT_CREDENTIALS
+                and not request.path.startswith(relay.INBOUND_PREFIX)):
+            if (too_many := auth_flood.refused(failures)) is not None:
+                return too_many
+            try:
+                g.actor = components().authenticator.authenticate(bearer_credentials(), origin())
+            except Unauthenticated:
+                auth_flood.failed(failures)
+                raise
             components().tokens.maybe_purge()
+        return None
 
     @app.after_request
     def _finish(response: Response) -> Response:
@@ -112,7 +123,9 @@ def create_app(settings: Settings | None = None, *, parts: Components | None = N
     app.register_blueprint(privacy.blueprint)
     app.register_blueprint(keys.blueprint)
     app.register_blueprint(login.blueprint)
+    app.register_blueprint(enrolment.blueprint)
     app.register_blueprint(operators.blueprint)
+    app.register_blueprint(relay.blueprint)
     ratelimits.init_app(app, parts)
     return app
 
@@ -131,8 +144,19 @@ def _record_lifecycle(parts: Components, action: str) -> None:
         get_logger("tokenvault.lifecycle").error("lifecycle event not audited", action=action,
                                                  error=getattr(error, "code", type(error).__name__))
     if action == "service_stop":
-        with contextlib.suppress(VaultError, SQLAlchemyError, OSError):
-            parts.trail.checkpoint()
+        parts.trail.close()  # graceful stop: anchor this worker's chains, the stop event included
+
+
+def _warn_human_role_clients(parts: Components) -> None:
+    """API keys of human roles are refused (issue 15): say at start which clients that is and what to do."""
+    try:
+        refused = parts.clients.human_role_clients()
+    except (VaultError, SQLAlchemyError):
+        return  # the database is down: every request fails closed anyway
+    for row in refused:
+        get_logger("tokenvault.lifecycle").warning(
+            "api key refused: client carries a human role", client_id=row["id"], role=row["role"],
+            action="revoke it (`tokenvault clients revoke`) and give the person an operator account")
 
 
 def wsgi_app() -> Any:

@@ -29,12 +29,15 @@ STATUS: dict[type[e.VaultError], int] = {
     e.AuditWriteFailed: 503,
     e.DecryptionFailed: 500,
     e.ConfigurationError: 500,
+    e.UpstreamFailed: 502,
 }
 
 _MESSAGES = {
     "not_found": "token not found",
     "unauthenticated": "missing or invalid credentials",
     "step_up_required": "this action needs a fresh, unused TOTP code in the X-TOTP header",
+    "api_key_role_not_allowed": ("this API key carries a human role; API keys may carry only machine roles: "
+                                 "log in as an operator (password + TOTP) instead"),
     "rate_limited": "too many requests",
     "forbidden": "this role may not use this operation",
     "key_service_unavailable": "key service unavailable",
@@ -43,6 +46,7 @@ _MESSAGES = {
     "decryption_failed": "the stored value failed its integrity check",
     "internal_error": "internal error",
     "configuration_error": "internal error",
+    "upstream_failed": "the relay's upstream could not be reached or answered beyond its limits",
 }
 
 
@@ -54,6 +58,8 @@ def error_body(error: e.VaultError) -> dict[str, Any]:
 
 
 def status_of(error: e.VaultError) -> int:
+    if isinstance(error, e.UpstreamFailed) and error.timeout:
+        return 504
     for cls in type(error).__mro__:
         if cls in STATUS:
             return STATUS[cls]

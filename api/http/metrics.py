@@ -27,7 +27,7 @@ from vault.keys.provider import KekInfo, KeyProvider
 from vault.secret import Secret
 
 __all__ = ["InstrumentedProvider", "render", "REQUESTS", "LATENCY", "OPERATIONS", "observe_key_cache",
-           "observe_audit_write", "authorised"]
+           "observe_audit_write", "authorised", "observe_relay_call"]
 
 REQUESTS = Counter("tokenvault_http_requests_total", "HTTP requests", ["route", "method", "status"])
 LATENCY = Histogram("tokenvault_http_request_seconds", "HTTP request latency", ["route", "method"],
@@ -40,6 +40,17 @@ KMS_LATENCY = Histogram("tokenvault_kms_call_seconds", "Key provider call latenc
 KEY_CACHE = Counter("tokenvault_key_cache_lookups_total", "Unwrapped-key cache lookups", ["cache", "result"])
 AUDIT_WRITE = Histogram("tokenvault_audit_write_seconds", "Time to append audit events in a transaction",
                         buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05))
+
+RELAY_CALLS = Counter("tokenvault_relay_calls_total", "Relay calls per route and upstream status (or error code)",
+                      ["route", "outcome"])
+RELAY_LATENCY = Histogram("tokenvault_relay_upstream_seconds", "Time the route's upstream took to answer", ["route"],
+                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+
+
+def observe_relay_call(route: str, outcome: str, seconds: float) -> None:
+    """Route names are admin-approved (at most a few dozen), so the label stays bounded."""
+    RELAY_CALLS.labels(route, outcome).inc()
+    RELAY_LATENCY.labels(route).observe(seconds)
 
 
 def observe_key_cache(cache: str, hit: bool) -> None:

@@ -9,6 +9,8 @@ from pydantic.json_schema import models_json_schema
 
 from api.http import schemas as s
 from api.http.openapi_admin import MODELS, SECURED, admin_paths, error_responses, json_content, ref
+from api.http.openapi_relay import MODELS as RELAY_MODELS
+from api.http.openapi_relay import relay_paths
 
 __all__ = ["document"]
 
@@ -23,7 +25,7 @@ def _responses(ok: str, model: type[BaseModel] | None, description: str, *extra:
 def document() -> dict[str, Any]:
     models: list[type[BaseModel]] = [
         s.BatchBody, s.DetokenizeBody, s.ErrorBody, s.TokenOut, s.BatchOut, s.DetokenizeOut, s.HealthOut,
-        *s.DOCUMENTED_ITEMS, *MODELS,
+        *s.DOCUMENTED_ITEMS, *MODELS, *RELAY_MODELS,
     ]
     _, defs = models_json_schema([(m, "validation") for m in models], ref_template="#/components/schemas/{model}")
     schemas = defs.get("$defs", {})
@@ -78,6 +80,7 @@ def document() -> dict[str, Any]:
                                 "responses": {"200": {"description": "Ready", **_json(_ref(s.HealthOut))},
                                               "503": {"description": "Not ready", **_json(_ref(s.ErrorBody))}}}},
             **admin_paths(),
+            **relay_paths(),
         },
     }
 

@@ -25,6 +25,7 @@ MODELS: list[type[BaseModel]] = [
     s.CorrectBody, s.CorrectedOut, s.ConsentsBody, s.RestrictionBody, s.HoldBody, s.RequestBody,
     s.CloseRequestBody, s.DisclosureBody, s.TransferBody, s.RotateBody, s.RetireBody, s.ReencryptBody,
     s.LoginBody, s.LoginOut, s.OperatorBody, s.JobStarted, s.ApprovalOut, s.ApprovalFiled,
+    s.EnrolBeginBody, s.EnrolConfirmBody, s.PasswordChangeBody, s.ReenrolBody,
 ]
 _ERRORS = {
     "401": "Missing or invalid credentials (`unauthenticated`), or `step_up_required`",
@@ -99,10 +100,17 @@ def _audit_paths() -> dict[str, Any]:
         _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}),
         _query("cursor", {"type": "integer", "minimum": 0, "maximum": 10**18 - 1}, "`next` of the previous page"),
     ]
-    verify = _op("verifyAuditTrail", "Verify every writer's chain and checkpoints", "200", OBJECT)
-    verify["responses"]["409"] = {"description": "A chain is broken (`intact` false, with where)",
-                                  **json_content(OBJECT)}
+    verify = _op("verifyAuditTrail", "The latest verification report if fresh, else a job (202); never waits",
+                 "200", OBJECT)
+    job = _op("auditVerificationJob", "A verification job: progress (202), then its report", "200", OBJECT,
+              params=[_path("job_id", {"type": "string", "pattern": r"^verify_[0-9a-f]{16}$"})], extra=("404",))
+    for operation in (verify, job):
+        operation["responses"]["409"] = {"description": "The trail is broken (`intact` false, with the reason)",
+                                         **json_content(OBJECT)}
+        operation["responses"]["202"] = {"description": "Verification running: progress, rate and ETA; "
+                                                        "Location names the job", **json_content(OBJECT)}
     return {
+        "/v1/audit/verify/jobs/{job_id}": {"get": job},
         "/v1/audit/events": {"get": _op("listAuditEvents", "A page of audit events (reading is audited)", "200",
                                         OBJECT, params=filters)},
         "/v1/audit/verify": {"get": verify},
@@ -181,6 +189,14 @@ def _key_paths() -> dict[str, Any]:
     }
 
 
+def _unauthenticated(operation_id: str, summary: str, body: type[BaseModel]) -> dict[str, Any]:
+    """Like login: no credentials, rate-limited per source address, the same 401 whatever failed."""
+    return {"summary": summary, "operationId": operation_id, "security": [],
+            "requestBody": {"required": True, **json_content(ref(body))},
+            "responses": {"200": {"description": summary, **json_content(OBJECT)},
+                          **error_responses("401", "413", "422", "429", "503")}}
+
+
 def _operator_paths() -> dict[str, Any]:
     operator = [_path("operator_id", _OPERATOR)]
     login_responses = {"200": {"description": "A session", **json_content(ref(s.LoginOut))},
@@ -195,6 +211,17 @@ def _operator_paths() -> dict[str, Any]:
             "responses": login_responses,
         }},
         "/v1/auth/logout": {"post": logout},
+        "/v1/auth/password": {"post": _op(
+            "changePassword", "Change one's own password (current password + step-up); every session ends",
+            "200", OBJECT, body=s.PasswordChangeBody, step_up=True)},
+        "/v1/auth/reenrol": {"post": _op(
+            "reenrolSelf", "Reset one's own password and TOTP (password + step-up): a new enrolment code",
+            "200", OBJECT, body=s.ReenrolBody, step_up=True)},
+        "/v1/enrolment/begin": {"post": _unauthenticated(
+            "beginEnrolment", "Redeem an enrolment code: set one's password; answers the otpauth URI",
+            s.EnrolBeginBody)},
+        "/v1/enrolment/confirm": {"post": _unauthenticated(
+            "confirmEnrolment", "Complete enrolment with a first TOTP code (the code is spent)", s.EnrolConfirmBody)},
         "/v1/operators": {
             "get": _op("listOperators", "Operators and their state", "200", OBJECT),
             "post": _op("createOperator", "Create an operator (disabled until a second admin approves)", "201",
@@ -203,6 +230,9 @@ def _operator_paths() -> dict[str, Any]:
         "/v1/operators/{operator_id}/enable": {"post": _op(
             "requestEnableOperator", "Ask to enable an operator (dual control)", "202", ref(s.ApprovalOut),
             params=operator, step_up=True, extra=("404", "409"))},
+        "/v1/operators/{operator_id}/reenrol": {"post": _op(
+            "requestReenrolOperator", "Ask to reset an operator's password and TOTP (dual control); the first "
+            "half of the new enrolment code", "202", OBJECT, params=operator, step_up=True, extra=("404",))},
         "/v1/operators/{operator_id}/disable": {"post": _op(
             "requestDisableOperator", "Ask to disable an operator (dual control)", "202", ref(s.ApprovalOut),
             params=operator, step_up=True, extra=("404", "409"))},

@@ -3,6 +3,11 @@
 Every change needs a step-up and a second admin's approval (`POST /v1/approvals/<id>/approve`,
 with a step-up of their own): an operator created here starts disabled, with an
 `enable_operator` request filed for it; disabling or re-enabling one files a request too.
+
+No credentials pass through here. Creating an operator, or asking to reset one
+(`reenrol`), answers the first half of a one-time enrolment code; approving answers the
+second half, once. The new operator needs both halves (vault/access/enrolment.py), so neither
+admin alone can enrol in their place.
 """
 
 from __future__ import annotations
@@ -44,13 +49,25 @@ def list_operators() -> tuple[Response, int]:
 @blueprint.post("/operators")
 @require_step_up("manage_operators")
 def create_operator() -> tuple[Response, int]:
-    """The credentials, shown once, and the pending request that must enable the account."""
+    """The first half of the enrolment code, shown once, and the pending request that must enable the account."""
     body = parse(OperatorBody, json_body())
     step_up = current_step_up()
+    first, half_hash = components().enrolments.first_half()
     new = components().operators.create(step_up.actor, body.username, body.role, origin())
-    pending = components().approvals.request(step_up, "enable_operator", {"operator_id": new.id}, origin())
-    return jsonify({"id": new.id, "username": new.username, "role": new.role, "password": new.password.expose(),
-                    "totp_uri": new.totp_uri.expose(), "active": new.active, "approval": pending.public()}), 201
+    pending = components().approvals.request(step_up, "enable_operator",
+                                             {"operator_id": new.id, "enrolment_half": half_hash}, origin())
+    return jsonify({"id": new.id, "username": new.username, "role": new.role, "active": new.active,
+                    "enrolment_code_first_half": first.expose(), "approval": pending.public()}), 201
+
+
+@blueprint.post("/operators/<operator_id>/reenrol")
+@require_step_up("manage_operators")
+def reenrol_operator(operator_id: str) -> tuple[Response, int]:
+    """Dual control: once approved, the operator's password, TOTP and sessions are void; halves as on create."""
+    first, half_hash = components().enrolments.first_half()
+    params = {"operator_id": _checked(_OPERATOR_ID, "operator_id", operator_id), "enrolment_half": half_hash}
+    found = components().approvals.request(current_step_up(), "reenrol_operator", params, origin())
+    return jsonify({"enrolment_code_first_half": first.expose(), "approval": found.public()}), 202
 
 
 @blueprint.post("/operators/<operator_id>/enable")
@@ -85,4 +102,5 @@ def list_approvals() -> tuple[Response, int]:
 def approve(approval_id: str) -> tuple[Response, int]:
     done = components().approvals.approve(current_step_up(), _checked(_APPROVAL_ID, "approval_id", approval_id),
                                           origin())
-    return jsonify(done.public()), 200
+    return jsonify({**done.public(), "shown_once": {name: value.expose() for name, value in done.shown_once.items()}}
+                   ), 200

@@ -1,4 +1,4 @@
-"""Rate limits: per client over every /v1 endpoint, stricter for detokenize, per address for login.
+"""Rate limits: per client over every /v1 endpoint, stricter for detokenize, per address for login and enrolment.
 
 Limits are counted per API client or operator (its id), with the value chosen by its
 role (`TOKENVAULT_RATE_LIMIT[_<ROLE>]`, `TOKENVAULT_DETOKENIZE_RATE_LIMIT[_<ROLE>]`).
@@ -38,6 +38,10 @@ __all__ = ["RateLimits", "init_app"]
 
 _DETOKENIZE = "v1.detokenize"
 _LOGIN = "auth.login"
+_RELAY = "relay.forward"  # detokenizes: counted like /v1/detokenize
+_INBOUND = "relay.inbound"  # no caller identity (a publishable key): counted per address
+# Redeeming an enrolment code is as unauthenticated as logging in: one counter per address for both steps.
+_ENROLMENT = ("enrolment.begin", "enrolment.confirm")
 _PREFIX = "tokenvault"
 _RETRY_REDIS_AFTER = 5.0
 
@@ -124,12 +128,17 @@ def init_app(app: Flask, parts: Components) -> RateLimits:
             who = f"actor:{actor.id}"
             if refused := counters.refused(who, "all", access.rate_limit_for(actor.role)):
                 return refuse(*refused, "all")
-            if endpoint == _DETOKENIZE and (
+            if endpoint in (_DETOKENIZE, _RELAY) and (
                     refused := counters.refused(who, endpoint, access.detokenize_rate_limit_for(actor.role))):
                 return refuse(*refused, endpoint)
-        elif endpoint == _LOGIN:
+        elif endpoint == _LOGIN or endpoint in _ENROLMENT:
             who = f"addr:{request.remote_addr or 'unknown'}"
-            if refused := counters.refused(who, endpoint, access.login_rate_limit):
+            scope = _LOGIN if endpoint == _LOGIN else "enrolment"
+            if refused := counters.refused(who, scope, access.login_rate_limit):
+                return refuse(*refused, scope)
+        elif endpoint == _INBOUND:
+            who = f"addr:{request.remote_addr or 'unknown'}"
+            if refused := counters.refused(who, endpoint, access.rate_limit):
                 return refuse(*refused, endpoint)
         return None
 

@@ -190,6 +190,25 @@ class LoginBody(Strict):
     totp: Annotated[StrictStr, Field(min_length=1, max_length=16)]
 
 
+class EnrolBeginBody(Strict):
+    code: Annotated[StrictStr, Field(min_length=1, max_length=128)]
+    password: Annotated[StrictStr, Field(min_length=1, max_length=256)]
+
+
+class EnrolConfirmBody(Strict):
+    code: Annotated[StrictStr, Field(min_length=1, max_length=128)]
+    totp: Annotated[StrictStr, Field(min_length=1, max_length=16)]
+
+
+class PasswordChangeBody(Strict):
+    current_password: Annotated[StrictStr, Field(min_length=1, max_length=256)]
+    new_password: Annotated[StrictStr, Field(min_length=1, max_length=256)]
+
+
+class ReenrolBody(Strict):
+    password: Annotated[StrictStr, Field(min_length=1, max_length=256)]
+
+
 class OperatorBody(Strict):
     # The shapes vault.operators checks (its messages), documented so a fuzzer can get past them.
     username: Annotated[StrictStr, Field(min_length=2, max_length=64,

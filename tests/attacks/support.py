@@ -24,9 +24,11 @@ CVV = "7391"
 CARD = {"pan": PAN, "exp_month": 12, "exp_year": 2099}
 ADDRESS = {"name": HOLDER, "line1": "12 St James's Square", "city": "London", "country": "GB", "use": "shipping"}
 
-ALL_ROLES = ("checkout", "payment_gateway", "shipping", "support", "auditor")
+ALL_ROLES = ("checkout", "payment_gateway", "shipping", "support", "audit_export")  # API keys: machine roles
 # Per-client rate limits (where this tree has them) high enough never to interfere with request counts.
-UNLIMITED = {"TOKENVAULT_RATE_LIMIT": "100000/second", "TOKENVAULT_DETOKENIZE_RATE_LIMIT": "100000/second"}
+# The fuzzers send thousands of requests from one address, many on purpose without credentials.
+UNLIMITED = {"TOKENVAULT_RATE_LIMIT": "100000/second", "TOKENVAULT_DETOKENIZE_RATE_LIMIT": "100000/second",
+             "TOKENVAULT_AUTH_FAILURE_RATE_LIMIT": "100000/second"}
 
 
 def strings_in(value: Any) -> Iterator[str]:

@@ -88,11 +88,21 @@ def test_detokenize_quota_is_shared_by_both_workers_through_redis(tmp_path: Path
 
 def test_an_operator_is_created_logs_in_and_steps_up(tmp_path: Path) -> None:
     with running_server(tmp_path / "var") as server:
-        created = json.loads(server.cli("operators", "create", "--name", "alice", "--role", "admin"))
-        totp = pyotp.TOTP(seed_of(created["totp_uri"]))
+        created = json.loads(server.cli("operators", "create", "--name", "alice", "--role", "admin").splitlines()[0])
+        assert set(created) == {"operator_id", "username", "enrolment_code", "expires_at"}  # no credentials
+        code, password = created["enrolment_code"], "alice's own passphrase"
+        refused = requests.post(server.url + "/v1/auth/login", timeout=30, json={
+            "username": "alice", "password": password, "totp": "123456"})
+        assert refused.status_code == 401  # not before enrolling
+        began = requests.post(server.url + "/v1/enrolment/begin", timeout=30, json={"code": code, "password": password})
+        assert began.status_code == 200
+        totp = pyotp.TOTP(seed_of(began.json()["totp_uri"]))
         now = int(time.time())
+        confirmed = requests.post(server.url + "/v1/enrolment/confirm", timeout=30,
+                                  json={"code": code, "totp": totp.at(now - STEP_SECONDS)})
+        assert confirmed.status_code == 200
         login = requests.post(server.url + "/v1/auth/login", timeout=30, json={
-            "username": "alice", "password": created["password"], "totp": totp.at(now)})
+            "username": "alice", "password": password, "totp": totp.at(now)})
         assert login.status_code == 200
         session = bearer(login.json()["session_token"])
         body = {"username": "bob", "role": "auditor"}
@@ -100,3 +110,4 @@ def test_an_operator_is_created_logs_in_and_steps_up(tmp_path: Path) -> None:
         stepped = requests.post(server.url + "/v1/operators", json=body, timeout=30,
                                 headers={**session, "X-TOTP": totp.at(now + STEP_SECONDS)})
         assert stepped.status_code == 201 and stepped.json()["username"] == "bob"
+        assert "password" not in stepped.json() and len(stepped.json()["enrolment_code_first_half"]) == 32

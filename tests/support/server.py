@@ -14,7 +14,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyotp
 import requests
+
+from tests.support.operators import PASSWORD, seed_of
+from vault.access.totp import STEP_SECONDS
 
 BIN = Path(sys.executable).with_name("tokenvault")
 
@@ -43,6 +47,18 @@ class Server:
     def client_key(self, role: str) -> str:
         key: str = json.loads(self.cli("clients", "create", "--name", f"e2e-{role}", "--role", role))["api_key"]
         return key
+
+    def operator_session(self, role: str, username: str) -> str:
+        """A human role's credential: created on the host, enrolled (CLI), logged in; a session token."""
+        created = json.loads(self.cli("operators", "create", "--name", username, "--role", role).splitlines()[0])
+        code = created["enrolment_code"]
+        started = json.loads(self.cli("operators", "enrol", stdin=f"{code}\n{PASSWORD}\n").splitlines()[0])
+        totp, now = pyotp.TOTP(seed_of(started["totp_uri"])), int(time.time())
+        self.cli("operators", "confirm", stdin=f"{code}\n{totp.at(now)}\n")
+        done = self.cli("auth", "login", "--username", username, "--password-stdin",
+                        "--totp", totp.at(now + STEP_SECONDS), stdin=PASSWORD + "\n")
+        token: str = json.loads(done)["session_token"]
+        return token
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:

@@ -9,6 +9,10 @@ approved before `expires_at` can no longer be approved.
 
 Actions plug in with `register(ApprovalAction(...))` (see api/wiring.py); the first is
 `disable_operator`. Later: retiring and destroying keys, legal disclosures.
+
+An action's result is stored with the request, except its `Secret` values (an enrolment
+code's second half): those are returned once, to the approver, in `Approval.shown_once`,
+and stored as "[shown once to the approver]".
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import json
 import re
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,6 +33,7 @@ from vault.access.operators import StepUp
 from vault.access.policy import Policy
 from vault.audit.trail import Actor, AuditTrail, Origin
 from vault.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from vault.secret import Secret
 from vault.storage.schema import approvals
 
 __all__ = ["ApprovalAction", "Approval", "Approvals"]
@@ -75,6 +80,7 @@ class Approval:
     approved_by: str | None = None
     approved_at: datetime | None = None
     result: dict[str, Any] | None = None
+    shown_once: dict[str, Secret[str]] = field(default_factory=dict)
 
     def public(self) -> dict[str, Any]:
         def iso(moment: datetime | None) -> str | None:
@@ -176,14 +182,18 @@ class Approvals(AuditedOperations):
             if taken != 1:
                 raise Conflict("request already decided")
             params = json.loads(row["params"])
-            result = action.run(conn, actor, params, origin)
+            ran = action.run(conn, actor, params, origin)
+            shown_once = {name: value for name, value in ran.items() if isinstance(value, Secret)}
+            result = {name: "[shown once to the approver]" if name in shown_once else value
+                      for name, value in ran.items()}
             conn.execute(update(approvals).where(approvals.c.id == approval_id)
                          .values(result=json.dumps(result, sort_keys=True)))
             self._trail.record(conn, [self._event(
                 actor, "approve", "allowed", origin,
                 detail=f"{detail} action={row['action']} requested_by={row['requested_by']}")])
-            return self._approval({**row, "status": "executed", "approved_by": actor.id, "approved_at": now,
+            done = self._approval({**row, "status": "executed", "approved_by": actor.id, "approved_at": now,
                                    "result": json.dumps(result)}, now)
+            return replace(done, shown_once=shown_once)
 
         approved: Approval = self._audited(actor, "approve", origin, work, detail=detail)
         return approved

@@ -2,10 +2,17 @@
 
 Only an HMAC-SHA256 of each key is stored (keyed by the `auth` domain key), so a
 database dump cannot be replayed as credentials. Lookups go by that keyed hash.
+
+An API key carries only a role the policy marks as a machine's: a key has no second
+factor, so a human's role (admin, privacy officer, auditor) behind one would skip MFA.
+Keys of human roles made before that rule are refused at authentication (audited, code
+`api_key_role_not_allowed`); `human_role_clients` lists them for `tokenvault init` and the
+service's start log.
 """
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import hmac
 import secrets
@@ -19,7 +26,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from vault.access.policy import Policy
 from vault.audit.trail import HOST, Actor, AuditEvent, AuditTrail, Origin
-from vault.errors import AuditWriteFailed, NotFound, StorageUnavailable, Unauthenticated, ValidationFailed
+from vault.errors import (
+    AuditWriteFailed,
+    HumanRoleKeyRefused,
+    NotFound,
+    StorageUnavailable,
+    Unauthenticated,
+    ValidationFailed,
+)
 from vault.keys.hierarchy import KeyHierarchy
 from vault.secret import Secret
 from vault.storage.schema import clients
@@ -74,6 +88,10 @@ class ClientRegistry:
     def create(self, name: str, role: str) -> tuple[str, Secret[str]]:
         if not self._policy.has_role(role):
             raise ValidationFailed("role", "is not a role in the policy")
+        if not self._policy.is_machine_role(role):
+            raise ValidationFailed("role", "is a human role: API keys may carry only machine roles ("
+                                   + ", ".join(self._policy.machine_roles)
+                                   + "); create an operator instead (`tokenvault operators create`)")
         if not name or len(name) > 200:
             raise ValidationFailed("name", "must be 1 to 200 characters")
         client_id = f"cli_{secrets.token_hex(8)}"
@@ -97,6 +115,11 @@ class ClientRegistry:
                                        clients.c.revoked_at, clients.c.previous_key_expires_at)
                                 .order_by(clients.c.created_at)).mappings()
             return [dict(row) for row in rows]
+
+    def human_role_clients(self) -> builtins.list[dict[str, object]]:
+        """Active clients whose role is not a machine role: their keys are refused (see module docstring)."""
+        return [row for row in self.list()
+                if row["revoked_at"] is None and not self._policy.is_machine_role(str(row["role"]))]
 
     def revoke(self, client_id: str) -> None:
         with self._engine.begin() as conn:
@@ -132,20 +155,29 @@ class ClientRegistry:
         return api_key
 
     def authenticate(self, api_key: Secret[str] | None, origin: Origin) -> Actor:
-        """The actor behind an API key; a failure is audited, then Unauthenticated."""
+        """The actor behind an API key; a failure is counted for the audit trail, then Unauthenticated."""
         try:
             return self._authenticate(api_key)
         except SQLAlchemyError as exc:
             raise StorageUnavailable("database unavailable") from exc
-        except Unauthenticated as error:
-            event = AuditEvent(at=self._clock(), actor="anonymous", role="none", action="authenticate",
-                               outcome="denied", error_code=error.code, origin=origin)
-            try:
-                with self._engine.begin() as conn:
-                    self._trail.record(conn, [event])
-            except (SQLAlchemyError, AuditWriteFailed):
-                pass
+        except HumanRoleKeyRefused as error:  # a known client: its own event, naming it
+            self._refused(error, origin, actor=error.client_id, role=error.role)
             raise
+        except Unauthenticated as error:
+            # Counted, then audited as one event per source and window (vault/audit/trail.py): a flood
+            # of bad keys neither inflates the trail nor queues for its writes.
+            self._trail.note_failed_authentication(self._engine, origin, error.code)
+            raise
+
+    def _refused(self, error: Unauthenticated, origin: Origin, actor: str = "anonymous", role: str = "none") -> None:
+        """Audit a refused key (best effort: the request is refused whatever happens here)."""
+        event = AuditEvent(at=self._clock(), actor=actor, role=role, action="authenticate", outcome="denied",
+                           error_code=error.code, origin=origin)
+        try:
+            with self._engine.begin() as conn:
+                self._trail.record(conn, [event])
+        except (SQLAlchemyError, AuditWriteFailed):
+            pass
 
     def _authenticate(self, api_key: Secret[str] | None) -> Actor:
         raw = api_key.expose() if api_key is not None else ""
@@ -170,6 +202,8 @@ class ClientRegistry:
         if bytes(row.key_hash) != digest and not (row.previous_key_expires_at and
                                                   row.previous_key_expires_at > self._clock()):
             raise Unauthenticated("invalid credentials")  # a rotated key past its grace period
+        if not self._policy.is_machine_role(row.role):
+            raise HumanRoleKeyRefused(row.id, row.role)
         actor = Actor(id=row.id, role=row.role, name=row.name)
         if self._cache is not None:
             self._cache[digest] = actor

@@ -1,5 +1,10 @@
 """Human operators (admins, privacy officers, auditors): accounts, login with TOTP, step-up.
 
+Nobody hands an operator their credentials: a new account gets a one-time enrolment code
+(vault/access/enrolment.py) with which the operator sets their own password and TOTP, and it
+cannot log in before. An operator changes their password, or re-enrols their TOTP, after a
+step-up; an admin resets another operator only under dual control (`reenrol_operator`).
+
 An operator logs in with a password (argon2id) and a TOTP code and gets a 15-minute
 session token. An operator created by another operator starts disabled until a second one
 approves `enable_operator`: otherwise one admin could create a second identity and approve
@@ -22,14 +27,14 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
+from vault.access.enrolment import UNSET_PASSWORD, EnrolmentCode, Enrolments, seal_new_seed, seed_aad
 from vault.access.operations import AuditedOperations
 from vault.access.passwords import Passwords
 from vault.access.policy import Policy
 from vault.access.sessions import Session, Sessions
-from vault.access.totp import claim_step, matching_step, new_seed, provisioning_uri
+from vault.access.totp import claim_step, matching_step
 from vault.audit.trail import HOST, Actor, AuditTrail, Origin
 from vault.errors import Conflict, Forbidden, NotFound, StepUpRequired, Unauthenticated, ValidationFailed, VaultError
-from vault.keys.envelope import associated_data
 from vault.keys.hierarchy import KeyHierarchy
 from vault.secret import Secret
 from vault.storage.schema import data_keys, operators
@@ -62,14 +67,13 @@ class Lockout:
 
 @dataclass(frozen=True)
 class NewOperator:
-    """What `create` hands back once: the only time the password and TOTP URI are visible."""
+    """What `create` hands back: no credentials. Created on the host, the enrolment code (shown once)."""
 
     id: str
     username: str
     role: str
-    password: Secret[str]
-    totp_uri: Secret[str]
     active: bool
+    enrolment: EnrolmentCode | None
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,7 @@ class OperatorRegistry(AuditedOperations):
         trail: AuditTrail,
         passwords: Passwords,
         sessions: Sessions,
+        enrolments: Enrolments,
         lockout: Lockout = Lockout(),
         clock: Callable[[], datetime] = _now,
     ) -> None:
@@ -105,16 +110,18 @@ class OperatorRegistry(AuditedOperations):
         self._keys = keys
         self._passwords = passwords
         self._sessions = sessions
+        self._enrolments = enrolments
         self._lockout = lockout
 
     # -- accounts ------------------------------------------------------------------------------
 
-    def create(self, actor: Actor, username: str, role: str, origin: Origin,
-               password: Secret[str] | None = None) -> NewOperator:
-        """A new operator with a TOTP seed.
+    def create(self, actor: Actor, username: str, role: str, origin: Origin) -> NewOperator:
+        """A new operator with no usable credentials.
 
-        Created by HOST (the CLI, how the first admin comes to be) it is active at once; created by an
-        operator it stays disabled until another operator approves `enable_operator` (dual control).
+        Created by HOST (the CLI, how the first admin comes to be) it is active at once and its enrolment code
+        is returned, for the host's terminal. Created by an operator it stays disabled, with no code, until
+        another operator approves `enable_operator` (dual control), which issues the code in two halves
+        (see vault/access/enrolment.py): the creator never holds the whole code.
         """
         if actor != HOST:
             self._require(actor, "manage_operators", "create_operator", origin)
@@ -122,30 +129,23 @@ class OperatorRegistry(AuditedOperations):
             raise ValidationFailed("username", "must be 2 to 64 of a-z, 0-9, '.', '_', '-', starting with a letter")
         if role not in OPERATOR_ROLES or not self._policy.has_role(role):
             raise ValidationFailed("role", f"must be one of {', '.join(OPERATOR_ROLES)} and defined in the policy")
-        if password is None:
-            password = self._passwords.generate()
-        self._passwords.check_rules(password)
-        password_hash = self._passwords.hash(password)  # slow on purpose: outside the transaction
-        seed = new_seed()
         operator_id = f"op_{secrets.token_hex(8)}"
         active = actor == HOST
 
-        def work(conn: Connection) -> None:
+        def work(conn: Connection) -> EnrolmentCode | None:
             if conn.execute(select(operators.c.id).where(operators.c.username == username)).first() is not None:
                 raise Conflict("username already taken")
-            data_key = self._keys.new_data_key(conn, "totp", None)
-            conn.execute(insert(data_keys), [data_key.row])
+            _, sealed = seal_new_seed(conn, self._keys, operator_id)  # a placeholder nobody is shown
             conn.execute(insert(operators).values(
-                id=operator_id, username=username, role=role, password_hash=password_hash,
-                totp_sealed=data_key.cipher.seal(seed.expose().encode(), _seed_aad(operator_id, data_key.id)),
-                totp_key_id=data_key.id, failed_attempts=0, created_at=self._clock(),
-                disabled_at=None if active else self._clock()))
+                id=operator_id, username=username, role=role, password_hash=UNSET_PASSWORD, failed_attempts=0,
+                created_at=self._clock(), disabled_at=None if active else self._clock(), **sealed))
+            enrolment = self._enrolments.issue(conn, operator_id) if active else None
             self._trail.record(conn, [self._event(actor, "create_operator", "allowed", origin,
                                                   detail=f"operator={operator_id} role={role} active={active}")])
+            return enrolment
 
-        self._audited(actor, "create_operator", origin, work)
-        return NewOperator(id=operator_id, username=username, role=role, password=password,
-                           totp_uri=provisioning_uri(seed, username), active=active)
+        enrolment: EnrolmentCode | None = self._audited(actor, "create_operator", origin, work)
+        return NewOperator(id=operator_id, username=username, role=role, active=active, enrolment=enrolment)
 
     def list(self, actor: Actor, origin: Origin) -> list[dict[str, Any]]:
         if actor != HOST:
@@ -153,7 +153,8 @@ class OperatorRegistry(AuditedOperations):
 
         def work(conn: Connection) -> list[dict[str, Any]]:
             rows = conn.execute(select(operators.c.id, operators.c.username, operators.c.role, operators.c.created_at,
-                                       operators.c.disabled_at, operators.c.locked_until)
+                                       operators.c.disabled_at, operators.c.locked_until,
+                                       operators.c.enrolment_expires_at)
                                 .order_by(operators.c.created_at, operators.c.username)).mappings()
             found = [dict(row) for row in rows]
             self._trail.record(conn, [self._event(actor, "list_operators", "allowed", origin,
@@ -187,7 +188,7 @@ class OperatorRegistry(AuditedOperations):
         key_row = {"id": row["totp_key_id"], "domain_key_id": row["domain_key_id"], "subject_id": row["subject_id"],
                    "purpose": row["purpose"], "wrapped": row["wrapped"]}
         cipher = self._keys.open_data_keys(conn, [key_row])[row["totp_key_id"]]
-        seed = cipher.open(row["totp_sealed"], _seed_aad(row["id"], row["totp_key_id"]))
+        seed = cipher.open(row["totp_sealed"], seed_aad(row["id"], row["totp_key_id"]))
         return row, Secret(seed.decode())
 
     def login(self, username: str, password: Secret[str], code: Secret[str], origin: Origin) -> Login:
@@ -206,6 +207,9 @@ class OperatorRegistry(AuditedOperations):
             if row["disabled_at"] is not None:
                 self._passwords.verify(None, password)
                 failure = "disabled"
+            elif row["enrolment_hash"] is not None:
+                self._passwords.verify(None, password)
+                failure = "not_enrolled"
             elif row["locked_until"] is not None and row["locked_until"] > now:
                 self._passwords.verify(None, password)  # same time as any other answer
                 failure = "locked"
@@ -267,8 +271,9 @@ class OperatorRegistry(AuditedOperations):
         now = self._clock()
         row = self._transaction(lambda conn: self._sessions.find(conn, token, now))
         if row is None or not self._policy.has_role(row.role):
-            raise self._deny(_ANONYMOUS, "authenticate", origin, Unauthenticated("invalid credentials"),
-                             detail="session")
+            error = Unauthenticated("invalid credentials")
+            self._trail.note_failed_authentication(self._engine, origin, error.code, detail="session")
+            raise error
         return Actor(id=row.operator_id, role=row.role, name=row.username)
 
     def logout(self, actor: Actor, token: Secret[str], origin: Origin) -> None:
@@ -297,7 +302,7 @@ class OperatorRegistry(AuditedOperations):
             self._require(actor, operation, "step_up", origin, detail=detail)
         now = self._clock()
         found = self._transaction(lambda conn: self._account(conn, operators.c.id == actor.id))
-        if found is None or found[0]["disabled_at"] is not None:
+        if found is None or found[0]["disabled_at"] is not None or found[0]["enrolment_hash"] is not None:
             raise self._deny(actor, "step_up", origin, Forbidden("step-up needs an operator session"), detail=detail)
         row, seed = found
         failure: str | None = None
@@ -350,16 +355,96 @@ class OperatorRegistry(AuditedOperations):
             raise NotFound("no such disabled operator")
 
     def run_enable(self, conn: Connection, actor: Actor, params: dict[str, Any], origin: Origin) -> dict[str, Any]:
-        """Once approved: the operator may log in (a lockout, if any, is cleared)."""
+        """Once approved: the operator may log in (a lockout, if any, is cleared).
+
+        For an operator created over HTTP the request carries the hash of the creator's half of the
+        enrolment code; the approver gets the second half (shown once, never stored).
+        """
         operator_id = str(params["operator_id"])
         changed = conn.execute(update(operators).where(operators.c.id == operator_id,
                                                        operators.c.disabled_at.is_not(None))
                                .values(disabled_at=None, failed_attempts=0, locked_until=None)).rowcount
         if changed != 1:
             raise Conflict("operator already enabled")
+        result: dict[str, Any] = {"operator_id": operator_id}
+        if "enrolment_half" in params:
+            result.update(self._second_half(conn, operator_id, str(params["enrolment_half"])))
         self._trail.record(conn, [self._event(actor, "enable_operator", "allowed", origin,
+                                              detail=f"operator={operator_id} enrolment={'enrolment_half' in params}")])
+        return result
+
+    def _second_half(self, conn: Connection, operator_id: str, first_half_hash: str) -> dict[str, Any]:
+        issued = self._enrolments.issue(conn, operator_id, first_half_hash=first_half_hash)
+        return {"enrolment_code_second_half": issued.code, "enrolment_expires_at": issued.expires_at.isoformat()}
+
+    # -- credentials: enrolment codes, password changes, re-enrolment -----------------------------
+
+    def check_reenrol(self, conn: Connection, params: dict[str, Any]) -> None:
+        """At request time: the operator exists and the request carries the requester's half of the code."""
+        found = conn.execute(select(operators.c.id).where(operators.c.id == params.get("operator_id"))).first()
+        if found is None:
+            raise NotFound("no such operator")
+        if not isinstance(params.get("enrolment_half"), str):
+            raise ValidationFailed("params", "a re-enrolment needs the requester's half of the code")
+
+    def run_reenrol(self, conn: Connection, actor: Actor, params: dict[str, Any], origin: Origin) -> dict[str, Any]:
+        """Once approved: password, TOTP and sessions are void; the approver gets the code's second half."""
+        operator_id = str(params["operator_id"])
+        result = {"operator_id": operator_id, **self._second_half(conn, operator_id, str(params["enrolment_half"]))}
+        self._trail.record(conn, [self._event(actor, "reenrol_operator", "allowed", origin,
                                               detail=f"operator={operator_id}")])
-        return {"operator_id": operator_id}
+        return result
+
+    def reissue(self, operator: str, origin: Origin) -> EnrolmentCode:
+        """On the host only (break glass, e.g. the last admin lost their authenticator): reset, whole code."""
+        operator_id = self.id_of(operator)
+
+        def work(conn: Connection) -> EnrolmentCode:
+            issued = self._enrolments.issue(conn, operator_id)
+            self._trail.record(conn, [self._event(HOST, "reenrol_operator", "allowed", origin,
+                                                  detail=f"operator={operator_id} by=host")])
+            return issued
+
+        issued: EnrolmentCode = self._audited(HOST, "reenrol_operator", origin, work)
+        return issued
+
+    def _check_password(self, step_up: StepUp, password: Secret[str], action: str, origin: Origin) -> None:
+        """The current password too: a stolen session plus one shoulder-surfed code must not be enough."""
+        actor = step_up.actor
+        found = self._transaction(lambda conn: conn.execute(
+            select(operators.c.password_hash).where(operators.c.id == actor.id)).scalar())
+        if not self._passwords.verify(found, password):
+            raise self._deny(actor, action, origin, Unauthenticated("invalid credentials"), detail="reason=password")
+
+    def change_password(self, step_up: StepUp, current: Secret[str], new: Secret[str], origin: Origin) -> int:
+        """The operator's own password (after a step-up); every session ends. Returns how many did."""
+        actor = step_up.actor
+        self._check_password(step_up, current, "change_password", origin)
+        self._passwords.check_rules(new)
+        password_hash = self._passwords.hash(new)
+
+        def work(conn: Connection) -> int:
+            conn.execute(update(operators).where(operators.c.id == actor.id).values(password_hash=password_hash))
+            revoked = self._sessions.revoke_all(conn, actor.id, self._clock())
+            self._trail.record(conn, [self._event(actor, "change_password", "allowed", origin,
+                                                  detail=f"sessions_revoked={revoked}")])
+            return revoked
+
+        revoked: int = self._audited(actor, "change_password", origin, work)
+        return revoked
+
+    def reenrol_self(self, step_up: StepUp, password: Secret[str], origin: Origin) -> EnrolmentCode:
+        """A new authenticator: the operator's own credentials reset and a whole code for them (after a step-up)."""
+        actor = step_up.actor
+        self._check_password(step_up, password, "reenrol_self", origin)
+
+        def work(conn: Connection) -> EnrolmentCode:
+            issued = self._enrolments.issue(conn, actor.id)
+            self._trail.record(conn, [self._event(actor, "reenrol_self", "allowed", origin)])
+            return issued
+
+        issued: EnrolmentCode = self._audited(actor, "reenrol_self", origin, work)
+        return issued
 
     def run_disable(self, conn: Connection, actor: Actor, params: dict[str, Any], origin: Origin) -> dict[str, Any]:
         """Once approved: disable the operator and end every session it has."""
@@ -373,8 +458,4 @@ class OperatorRegistry(AuditedOperations):
         self._trail.record(conn, [self._event(actor, "disable_operator", "allowed", origin,
                                               detail=f"operator={operator_id} sessions_revoked={revoked}")])
         return {"operator_id": operator_id, "sessions_revoked": revoked}
-
-
-def _seed_aad(operator_id: str, key_id: str) -> bytes:
-    return associated_data("totp", operator=operator_id, key=key_id)
 

@@ -3,6 +3,12 @@
 A policy that names an unknown role, kind, operation, field, purpose or view refuses
 to load, so a typo can never widen access. Admins and auditors may never be granted
 detokenize (separation of duties).
+
+Roles are either a machine's (`machine = true`: called with an API key) or a human's
+(everything else: an operator with password, TOTP and a session). Human is the default, so a
+role nobody thought about needs MFA. A machine role may not be granted what only a person
+answerable for it should do (HUMAN_ONLY_OPERATIONS), so marking privacy_officer as a machine
+in a custom policy cannot bring back a key that exports plaintext without MFA.
 """
 
 from __future__ import annotations
@@ -17,16 +23,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from vault.errors import ConfigurationError
 
-__all__ = ["Policy", "Rule", "Decision", "OPERATIONS", "PURPOSES", "load_policy", "mask"]
+__all__ = ["Policy", "Rule", "Decision", "OPERATIONS", "PURPOSES", "HUMAN_ONLY_OPERATIONS", "load_policy", "mask"]
 
 # Data operations act on tokens of the listed kinds; the others act on the vault itself.
 DataOperation = Literal["tokenize", "detokenize", "read_metadata", "delete", "correct", "export"]
 AdminOperation = Literal["read_audit", "manage_keys", "manage_operators", "manage_clients", "manage_subjects",
-                         "manage_consents", "disclose"]
+                         "manage_consents", "disclose", "manage_relay"]
 Operation = DataOperation | AdminOperation
 DATA_OPERATIONS: tuple[str, ...] = ("tokenize", "detokenize", "read_metadata", "delete", "correct", "export")
 OPERATIONS: tuple[str, ...] = (*DATA_OPERATIONS, "read_audit", "manage_keys", "manage_operators",
-                               "manage_clients", "manage_subjects", "manage_consents", "disclose")
+                               "manage_clients", "manage_subjects", "manage_consents", "disclose", "manage_relay")
 Purpose = Literal["payment", "fulfillment", "support", "marketing", "legal"]
 PURPOSES: tuple[str, ...] = ("payment", "fulfillment", "support", "marketing", "legal")
 KindName = Literal["card", "cvv", "address", "email", "phone", "name", "text"]
@@ -34,6 +40,9 @@ View = Literal["plain", "masked", "redacted"]
 AddressField = Literal["name", "line1", "line2", "city", "region", "postal_code", "country", "phone", "use"]
 CardField = Literal["pan", "exp_month", "exp_year", "holder"]
 NO_PLAINTEXT_ROLES = ("admin", "auditor")
+# Granted to human roles only: each needs an operator's session, TOTP and (for changes) a step-up.
+HUMAN_ONLY_OPERATIONS = ("manage_keys", "manage_operators", "manage_clients", "export", "correct", "disclose",
+                         "manage_subjects")
 
 
 class Rule(BaseModel):
@@ -71,7 +80,19 @@ class Role(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     description: str = ""
+    machine: bool = False
     rules: tuple[Rule, ...] = ()
+
+    @model_validator(mode="after")
+    def _machines_are_not_people(self) -> Role:
+        if self.machine:
+            for rule in self.rules:
+                for operation in rule.operations:
+                    if operation in HUMAN_ONLY_OPERATIONS:
+                        raise ValueError(f"a machine role may not be granted {operation} (it needs a person with MFA)")
+                if "detokenize" in rule.operations and "legal" in rule.purposes:
+                    raise ValueError("a machine role may not detokenize for purpose legal")
+        return self
 
 
 class Settings(BaseModel):
@@ -148,6 +169,15 @@ class Policy:
 
     def has_role(self, role: str) -> bool:
         return role in self._doc.roles
+
+    def is_machine_role(self, role: str) -> bool:
+        """Whether an API key may carry `role`; False for human roles and for unknown ones."""
+        found = self._doc.roles.get(role)
+        return found is not None and found.machine
+
+    @property
+    def machine_roles(self) -> tuple[str, ...]:
+        return tuple(name for name, role in self._doc.roles.items() if role.machine)
 
     def rules_of(self, role: str) -> tuple[Rule, ...]:
         found = self._doc.roles.get(role)

@@ -68,11 +68,12 @@ class Sessions:
         row = conn.execute(
             select(operator_sessions.c.id, operator_sessions.c.expires_at, operator_sessions.c.revoked_at,
                    operators.c.id.label("operator_id"), operators.c.username, operators.c.role,
-                   operators.c.disabled_at)
+                   operators.c.disabled_at, operators.c.enrolment_hash)
             .join(operators, operators.c.id == operator_sessions.c.operator_id)
             .where(operator_sessions.c.token_hash == self._hash(conn, raw))
         ).first()
-        if row is None or row.revoked_at is not None or row.expires_at <= now or row.disabled_at is not None:
+        if (row is None or row.revoked_at is not None or row.expires_at <= now or row.disabled_at is not None
+                or row.enrolment_hash is not None):  # a reset operator's sessions are revoked; this is belt and braces
             return None
         return row
 

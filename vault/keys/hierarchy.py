@@ -33,7 +33,8 @@ __all__ = ["KeyHierarchy", "DataKey", "PURPOSES"]
 # data: records; cvv: card security codes (own key, PCI DSS 3.3.2); index: keyed
 # hashes for deterministic tokens; auth: keyed hashes of credentials; audit: the MACs
 # chaining audit events; totp: wraps the data keys that seal operators' TOTP seeds.
-PURPOSES = ("data", "cvv", "index", "auth", "audit", "totp")
+# relay: wraps the data keys that seal relay routes (upstream credentials among them).
+PURPOSES = ("data", "cvv", "index", "auth", "audit", "totp", "relay")
 RECORD_PURPOSES = ("data", "cvv")
 
 

@@ -33,7 +33,15 @@ from vault.keys.envelope import Cipher, record_aad
 from vault.keys.hierarchy import RECORD_PURPOSES, KeyHierarchy
 from vault.keys.provider import KeyProvider, wrapped_version
 from vault.secret import Secret
-from vault.storage.schema import data_keys, domain_keys, drop_deleted_copies, key_jobs, tokens, vacuum_deleted
+from vault.storage.schema import (
+    audit_signing_keys,
+    data_keys,
+    domain_keys,
+    drop_deleted_copies,
+    key_jobs,
+    tokens,
+    vacuum_deleted,
+)
 
 __all__ = ["KeyLifecycle", "CryptoPeriods"]
 
@@ -382,6 +390,7 @@ class KeyLifecycle(AuditedOperations):
         return 0, "done"
 
     def _rewrap_domain_keys(self, conn: Connection, version: int, batch: int) -> int:
+        self._rewrap_signing_keys(conn, version)
         rows = conn.execute(select(domain_keys.c.id, domain_keys.c.wrapped)
                             .where(domain_keys.c.kek_version < version).limit(batch)).all()
         if not rows:
@@ -393,6 +402,17 @@ class KeyLifecycle(AuditedOperations):
             conn.execute(update(domain_keys).where(domain_keys.c.id == row.id)
                          .values(wrapped=wrapped, kek_version=wrapped_version(wrapped)))
         return len(rows)
+
+    def _rewrap_signing_keys(self, conn: Connection, version: int) -> None:
+        """The audit checkpoint signing seed is sealed by the KEK too: rewrap it with the domain keys."""
+        rows = [r for r in conn.execute(select(audit_signing_keys.c.id, audit_signing_keys.c.wrapped)).all()
+                if wrapped_version(r.wrapped) < version]
+        if not rows:
+            return
+        for row, wrapped in zip(rows, self._provider.rewrap([r.wrapped for r in rows]), strict=True):
+            if wrapped is None:
+                raise VaultError("the audit signing key could not be rewrapped")
+            conn.execute(update(audit_signing_keys).where(audit_signing_keys.c.id == row.id).values(wrapped=wrapped))
 
     def _locked(self, conn: Connection, condition: Any, batch: int) -> list[dict[str, Any]]:
         query = select(data_keys).where(condition).order_by(data_keys.c.id).limit(batch)
@@ -442,6 +462,8 @@ class KeyLifecycle(AuditedOperations):
             raise ValidationFailed("below", f"must be 2 to {info.latest_version}")
         remaining = conn.execute(select(func.count()).select_from(domain_keys)
                                  .where(domain_keys.c.kek_version < below)).scalar_one()
+        remaining += sum(1 for (wrapped,) in conn.execute(select(audit_signing_keys.c.wrapped))
+                         if wrapped_version(wrapped) < below)
         if remaining:
             raise Conflict(f"{remaining} domain keys still wrapped under a version below {below}")
 

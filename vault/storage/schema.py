@@ -22,6 +22,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -41,11 +42,17 @@ from vault.storage.writer_lock import GatedConnection, NestedWriter
 __all__ = [
     "metadata",
     "domain_keys",
+    "relay_routes",
     "data_keys",
     "tokens",
     "clients",
     "audit_events",
     "audit_archives",
+    "audit_sequence",
+    "audit_signing_keys",
+    "audit_sink_heads",
+    "audit_verify_jobs",
+    "create_snapshot_reader",
     "subjects",
     "consents",
     "holds",
@@ -174,6 +181,8 @@ audit_events = Table(
     Column("prev_mac", LargeBinary(32), nullable=False),
     Column("mac", LargeBinary(32), nullable=False),
     Column("mac_key_id", String(40), nullable=False),
+    # 1: events written before 0016a (MAC without `seq`); 2: the MAC covers every column, `seq` included.
+    Column("mac_scheme", SmallInteger, nullable=False, server_default="1"),
     UniqueConstraint("writer", "chain_seq", name="uq_audit_events_writer_chain_seq"),
     Index("ix_audit_events_at", "at"),
     Index("ix_audit_events_token", "token"),
@@ -181,7 +190,9 @@ audit_events = Table(
     Index("ix_audit_events_actor", "actor"),
 )
 
-# Where each writer's chain continues after its older events were archived.
+# Where each writer's chain continues after its older events were archived. `record_mac`
+# (HMAC under the audit key `mac_key_id`) authenticates the row, so an insider cannot
+# forge one to hide a chain prefix; rows from before 0016a are sealed by `tokenvault init`.
 audit_archives = Table(
     "audit_archives",
     metadata,
@@ -190,6 +201,56 @@ audit_archives = Table(
     Column("mac", LargeBinary(32), nullable=False),
     Column("archive", String(255), nullable=False),
     Column("archived_at", UTCDateTime, nullable=False),
+    Column("last_seq", BigInteger, nullable=True),
+    Column("mac_key_id", String(40), nullable=True),
+    Column("record_mac", LargeBinary(32), nullable=True),
+)
+
+# The next global `seq` on SQLite (PostgreSQL uses the column's own sequence): an event's
+# `seq` is chosen before its MAC is computed, and never reused, even after a deleted tail or
+# an archive emptied the table.
+audit_sequence = Table(
+    "audit_sequence",
+    metadata,
+    Column("name", String(16), primary_key=True),
+    Column("next_seq", BigInteger, nullable=False),
+)
+
+# The checkpoint signing key (ed25519 seed wrapped by the key provider) and, per sink, the
+# last checkpoint entry written: a sink deleted, truncated or rolled back no longer reaches it.
+audit_signing_keys = Table(
+    "audit_signing_keys",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("wrapped", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+# Verification runs as a background job (never inside a request): progress, then the report.
+audit_verify_jobs = Table(
+    "audit_verify_jobs",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("status", String(16), nullable=False),  # running | done | failed
+    Column("done", BigInteger, nullable=False),
+    Column("total", BigInteger, nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime, nullable=True),
+    Column("result", Text, nullable=True),
+    # Where the next run resumes (last verified anchored event per chain), MACed under the audit key.
+    Column("resume", Text, nullable=True),
+    Column("requested_by", String(128), nullable=False),
+    Index("ix_audit_verify_jobs_started_at", "started_at"),
+)
+
+audit_sink_heads = Table(
+    "audit_sink_heads",
+    metadata,
+    Column("sink", String(255), primary_key=True),
+    Column("n", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
 )
 
 
@@ -282,10 +343,16 @@ operators = Table(
     Column("id", String(40), primary_key=True),
     Column("username", String(64), nullable=False, unique=True),
     Column("role", String(40), nullable=False),
-    Column("password_hash", String(255), nullable=False),  # argon2id, PHC string (parameters, salt, hash)
-    # The TOTP seed, sealed under its own data key: never plaintext at rest.
+    # argon2id, PHC string (parameters, salt, hash); "!" (matches nothing) until the operator enrols.
+    Column("password_hash", String(255), nullable=False),
+    # The TOTP seed, sealed under its own data key: never plaintext at rest. Until the operator enrols,
+    # a random seed nobody was shown.
     Column("totp_sealed", LargeBinary, nullable=False),
     Column("totp_key_id", String(40), ForeignKey("data_keys.id"), nullable=False),
+    # An outstanding one-time enrolment code (vault/access/enrolment.py): a keyed hash, never the code.
+    # While set, the operator cannot log in or step up; completing enrolment clears both.
+    Column("enrolment_hash", LargeBinary(32), nullable=True, index=True, unique=True),
+    Column("enrolment_expires_at", UTCDateTime, nullable=True),
     Column("failed_attempts", Integer, nullable=False),
     Column("locked_until", UTCDateTime, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
@@ -327,6 +394,26 @@ approvals = Table(
     Column("approved_by", String(40), nullable=True),
     Column("approved_at", UTCDateTime, nullable=True),
     Column("result", Text, nullable=True),  # JSON, non-sensitive
+)
+
+
+# -- relay: routes to partners' APIs -----------------------------------------------------------
+
+# One row per version of a route. The whole configuration (upstream, rules, upstream credentials)
+# is sealed under a `relay` data key, bound to (name, version, state, key id): an edited clear
+# column, a draft marked approved, or a blob moved to another route fails to open, and the route
+# answers as absent. The current route is its highest approved version.
+relay_routes = Table(
+    "relay_routes",
+    metadata,
+    Column("name", String(40), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("state", String(16), nullable=False),  # proposed | approved
+    Column("sealed", LargeBinary, nullable=False),
+    Column("data_key_id", String(40), ForeignKey("data_keys.id"), nullable=False),
+    Column("proposed_by", String(40), nullable=False),
+    Column("proposed_at", UTCDateTime, nullable=False),
+    Column("approved_by", String(40), nullable=True),
 )
 
 
@@ -384,6 +471,21 @@ def _sqlite_setup(engine: Engine) -> None:
             except NestedWriter as exc:  # raised here, SQLAlchemy would not wrap it: callers expect its errors
                 raise OperationalError("BEGIN IMMEDIATE", None, exc) from exc
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_snapshot_reader(url: str) -> Engine | None:
+    """An engine for long reads of one consistent snapshot that hold up no writer; None on SQLite.
+
+    PostgreSQL: REPEATABLE READ, one snapshot for the whole transaction, no locks. SQLite gets
+    none on purpose: a WAL reader that skipped the writer lock would keep `drop_deleted_copies`
+    from truncating the WAL for as long as it reads, leaving a read CVV's old page on disk; there
+    long reads take the writer lock like every transaction (writes wait meanwhile).
+    """
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        return None
+    return create_engine(url, pool_size=1, max_overflow=1, hide_parameters=True,
+                         isolation_level="REPEATABLE READ", connect_args={"connect_timeout": 5})
 
 
 def drop_deleted_copies(engine: Engine) -> bool:

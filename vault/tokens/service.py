@@ -387,8 +387,14 @@ class TokenService(AuditedOperations):
 
     # -- detokenize ------------------------------------------------------------------------
 
-    def detokenize(self, actor: Actor, token_list: Sequence[str], purpose: str, origin: Origin) -> list[Detokenized]:
-        """Values for the tokens this role may read for `purpose`; others answer not found."""
+    def detokenize(self, actor: Actor, token_list: Sequence[str], purpose: str, origin: Origin, *,
+                   require_all: bool = False, also: Sequence[AuditEvent] = ()) -> list[Detokenized]:
+        """Values for the tokens this role may read for `purpose`; others answer not found.
+
+        `require_all` (the relay) turns any refused token into NotFound for the whole call, rolled
+        back, so no CVV is spent on a request that will not be sent; `also` are events of the
+        caller's own (the relay's "sending" event) committed with these, or not at all.
+        """
         if not self._policy.may_use(actor.role, "detokenize"):
             raise self._deny(actor, "detokenize", origin, Forbidden("role may not detokenize"), purpose=purpose)
         if purpose not in PURPOSES:
@@ -455,7 +461,9 @@ class TokenService(AuditedOperations):
                         out[position] = Detokenized(token=item.token, error=NotFound("not found"))
                         events[position] = self._event(actor, "detokenize", "denied", origin, token=item.token,
                                                        kind="cvv", purpose=purpose, error_code="not_found")
-            self._trail.record(conn, events)
+            if require_all and any(item.error is not None for item in out):
+                raise NotFound("not found")
+            self._trail.record(conn, [*events, *also])
             return out
 
         try:

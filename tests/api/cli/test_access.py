@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import secrets
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import pyotp
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import delete
 
 from api.cli.access import qr_text
 from api.cli.main import main
@@ -23,6 +25,7 @@ from tests.support.operators import PASSWORD, seed_of
 from vault.access.totp import STEP_SECONDS
 from vault.audit.trail import Origin
 from vault.secret import Secret
+from vault.storage.schema import create_engine_for, totp_uses
 
 
 @pytest.fixture
@@ -62,11 +65,32 @@ class Codes:
         return pyotp.TOTP(seed).at(step * STEP_SECONDS)
 
 
-def create(name: str, role: str) -> dict[str, str]:
-    code, out = run("operators", "create", "--name", name, "--role", role, "--password-stdin", stdin=PASSWORD + "\n")
+def enrol(codes: Codes, enrolment_code: str, password: str = PASSWORD) -> str:
+    """`operators enrol` then `operators confirm`, as the new operator; the enrolled otpauth URI.
+
+    Confirming claims a time step; the claim is dropped again (as tests/support/operators.py does) so
+    that `codes` still has three steps to hand out for this operator.
+    """
+    code, out = run("operators", "enrol", stdin=f"{enrolment_code}\n{password}\n")
     assert code == 0, out
-    created: dict[str, str] = json.loads(out)
-    return created
+    uri: str = json.loads(out.splitlines()[0])["totp_uri"]
+    code, out = run("operators", "confirm", stdin=f"{enrolment_code}\n{pyotp.TOTP(seed_of(uri)).now()}\n")
+    assert code == 0 and json.loads(out.splitlines()[0])["enrolled"] is True, out
+    engine = create_engine_for(os.environ["TOKENVAULT_DATABASE_URL"])
+    with engine.begin() as conn:
+        conn.execute(delete(totp_uses).where(totp_uses.c.operator_id == json.loads(out.splitlines()[0])["id"]))
+    engine.dispose()
+    codes.used.pop(seed_of(uri), None)
+    return uri
+
+
+def create(name: str, role: str, codes: Codes) -> dict[str, str]:
+    """Created on the host and enrolled by the operator: {id, username, totp_uri}."""
+    code, out = run("operators", "create", "--name", name, "--role", role)
+    assert code == 0, out
+    created: dict[str, str] = json.loads(out.splitlines()[0])
+    return {"id": created["operator_id"], "username": name,
+            "totp_uri": enrol(codes, created["enrolment_code"])}
 
 
 def session(codes: Codes, created: dict[str, str]) -> str:
@@ -77,22 +101,67 @@ def session(codes: Codes, created: dict[str, str]) -> str:
     return token
 
 
-def test_operators_create_prints_the_credentials_once(env: dict[str, str]) -> None:
+def test_operators_create_prints_an_enrolment_code_and_no_credentials(env: dict[str, str]) -> None:
     code, out = run("operators", "create", "--name", "alice", "--role", "admin")
     assert code == 0
-    created = json.loads(out)
-    assert set(created) == {"id", "username", "role", "password", "totp_uri"}
-    assert created["username"] == "alice" and len(created["password"]) >= 20
-    assert created["totp_uri"].startswith("otpauth://totp/TokenVault:alice?")
+    created = json.loads(out.splitlines()[0])
+    assert set(created) == {"operator_id", "username", "enrolment_code", "expires_at"}
+    assert len(created["enrolment_code"]) == 64 and "operators enrol" in out
     listed = run("operators", "list")[1]
-    assert "alice" in listed and created["password"] not in listed and seed_of(created["totp_uri"]) not in listed
+    assert "alice" in listed and created["enrolment_code"] not in listed
     assert run("operators", "create", "--name", "alice", "--role", "admin")[0] == 2
     assert run("operators", "create", "--name", "eve", "--role", "checkout")[0] == 2
+    assert run("auth", "login", "--username", "alice", "--password-stdin", "--totp", "123456",
+               stdin=PASSWORD + "\n")[0] == 2  # not before enrolling
+    codes = Codes()
+    uri = enrol(codes, created["enrolment_code"])
+    assert uri.startswith("otpauth://totp/TokenVault:alice?")
+    again = run("operators", "enrol", stdin=f"{created['enrolment_code']}\nanother password!\n")
+    assert again[0] == 2 and "invalid or expired enrolment code" in again[1]  # single use
+    assert session(codes, {"username": "alice", "totp_uri": uri})
+
+
+def test_forced_reenrolment_and_own_password_change(env: dict[str, str]) -> None:
+    codes = Codes()
+    alice, bob, dave = create("alice", "admin", codes), create("bob", "admin", codes), create("dave", "auditor", codes)
+    alice_session, bob_session = session(codes, alice), session(codes, bob)
+    code, out = run("operators", "reenrol", "dave", "--session", alice_session,
+                    "--totp", codes.next(seed_of(alice["totp_uri"])))
+    assert code == 0, out
+    filed = json.loads(out.splitlines()[0])
+    first = filed["enrolment_code_first_half"]
+    code, out = run("approvals", "approve", filed["approval"]["id"], "--session", bob_session,
+                    "--totp", codes.next(seed_of(bob["totp_uri"])))
+    assert code == 0, out
+    second = json.loads(out.splitlines()[0])["shown_once"]["enrolment_code_second_half"]
+    assert run("operators", "enrol", stdin=f"{first}{first}\n{PASSWORD}\n")[0] == 2
+    assert run("auth", "login", "--username", "dave", "--password-stdin", "--totp",
+               codes.next(seed_of(dave["totp_uri"])), stdin=PASSWORD + "\n")[0] == 2
+    dave["totp_uri"] = enrol(codes, first + second)
+    dave_session = session(codes, dave)
+    code, out = run("auth", "password", "--session", dave_session, "--totp", codes.next(seed_of(dave["totp_uri"])),
+                    stdin=f"{PASSWORD}\na brand new passphrase\n")
+    assert code == 0 and json.loads(out)["sessions_revoked"] == 1, out
+    assert run("auth", "login", "--username", "dave", "--password-stdin", "--totp",
+               codes.next(seed_of(dave["totp_uri"])), stdin="a brand new passphrase\n")[0] == 0
+
+
+def test_host_reissue_is_a_break_glass_reset(env: dict[str, str]) -> None:
+    codes = Codes()
+    alice = create("alice", "admin", codes)
+    code, out = run("operators", "reissue", "alice")
+    assert code == 0
+    fresh = json.loads(out.splitlines()[0])["enrolment_code"]
+    assert run("auth", "login", "--username", "alice", "--password-stdin", "--totp",
+               codes.next(seed_of(alice["totp_uri"])), stdin=PASSWORD + "\n")[0] == 2
+    alice["totp_uri"] = enrol(codes, fresh)
+    assert session(codes, alice)
 
 
 def test_login_and_a_step_up_action_with_dual_control(env: dict[str, str]) -> None:
     codes = Codes()
-    alice, bob, mallory = create("alice", "admin"), create("bob", "admin"), create("mallory", "admin")
+    alice, bob = create("alice", "admin", codes), create("bob", "admin", codes)
+    mallory = create("mallory", "admin", codes)
     alice_session, bob_session = session(codes, alice), session(codes, bob)
     mallory_session = session(codes, mallory)
 
@@ -124,14 +193,15 @@ def test_login_and_a_step_up_action_with_dual_control(env: dict[str, str]) -> No
 
 
 def test_a_wrong_code_fails_login(env: dict[str, str]) -> None:
-    create("alice", "admin")
+    create("alice", "admin", Codes())
     code, out = run("auth", "login", "--username", "alice", "--password-stdin", "--totp", "000000",
                     stdin=PASSWORD + "\n")
     assert code == 2 and "invalid credentials" in out and PASSWORD not in out
 
 
 def test_logout(env: dict[str, str]) -> None:
-    token = session(Codes(), create("alice", "admin"))
+    codes = Codes()
+    token = session(codes, create("alice", "admin", codes))
     assert run("auth", "logout", "--session", token)[0] == 0
     assert run("approvals", "list", "--session", token)[0] == 2
     assert run("approvals", "list")[0] == 2  # no session at all
@@ -153,7 +223,7 @@ def test_clients_rotate_with_a_grace_period(env: dict[str, str]) -> None:
 
 def test_policy_check_and_explain(env: dict[str, str], tmp_path: Path) -> None:
     code, out = run("policy", "check")
-    assert code == 0 and "valid, 8 roles" in out
+    assert code == 0 and "valid, 9 roles" in out
     bad = tmp_path / "bad.toml"
     bad.write_text('[roles.x]\nrules = [{ operations = ["detokenize"], kinds = ["card"], purposes = ["curiosity"] }]\n')
     code, out = run("policy", "check", "--file", str(bad))

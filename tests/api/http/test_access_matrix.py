@@ -14,11 +14,14 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+from sqlalchemy import select, update
 
 from api.wiring import Components
 from tests.conftest import Clock, auth
 from tests.support.operators import login, make_operator
 from vault.access.operators import OPERATOR_ROLES
+from vault.errors import ValidationFailed
+from vault.storage.schema import audit_events, clients
 
 POLICY: dict[str, Any] = tomllib.loads(resources.files("vault.access").joinpath("policy.toml").read_text())
 ROLES = tuple(POLICY["roles"])
@@ -76,8 +79,12 @@ def tokenize_all(client: FlaskClient, checkout: dict[str, str]) -> dict[str, str
 
 
 def test_the_matrix_covers_every_default_role() -> None:
-    assert set(ROLES) == {"checkout", "payment_gateway", "shipping", "support", "marketing", "privacy_officer",
-                          "admin", "auditor"}
+    assert set(ROLES) == {"checkout", "payment_gateway", "shipping", "support", "marketing", "audit_export",
+                          "privacy_officer", "admin", "auditor"}
+    # Every role is either a machine's (API key) or a human's (operator session with TOTP), never both.
+    machines = {role for role in ROLES if POLICY["roles"][role].get("machine")}
+    assert machines == {"checkout", "payment_gateway", "shipping", "support", "marketing", "audit_export"}
+    assert set(ROLES) - machines == set(OPERATOR_ROLES)
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -161,6 +168,41 @@ def test_named_cases(client: FlaskClient, components: Components, clock: Clock) 
     auditor_session = auth(login(client, auditor, auditor.code(clock.now)))
     assert client.post("/v1/detokenize", json=detokenize, headers=auditor_session).status_code == 403
     assert client.get("/v1/audit/events", headers=auditor_session).status_code == 200
+
+
+@pytest.mark.parametrize("role", OPERATOR_ROLES)
+def test_an_api_key_of_a_human_role_is_refused(client: FlaskClient, components: Components, role: str) -> None:
+    """The issue's attack: a privacy_officer (or admin, auditor) API key skipped MFA. None can be made, and one
+    made by an older version stops working: 401 with a stable code, audited under the client's id."""
+    with pytest.raises(ValidationFailed):
+        components.clients.create(f"{role}-key", role)
+    client_id, key = components.clients.create(f"legacy-{role}", "support")
+    with components.engine.begin() as conn:
+        conn.execute(update(clients).where(clients.c.id == client_id).values(role=role))
+    token = tokenize_all(client, auth(components.clients.create("checkout", "checkout")[1].expose()))["card"]
+    for method, path, body in (("get", "/v1/audit/events", None), ("post", "/v1/detokenize",
+                                                                    {"tokens": [token], "purpose": "legal"}),
+                               ("get", "/v1/subjects/s1/export", None), ("get", "/v1/operators", None)):
+        response = getattr(client, method)(path, json=body, headers=auth(key.expose()))
+        assert response.status_code == 401, path
+        assert response.get_json()["error"]["code"] == "api_key_role_not_allowed"
+        assert "4111" not in response.get_data(as_text=True)
+    with components.engine.connect() as conn:
+        refused = conn.execute(select(audit_events.c.actor).where(
+            audit_events.c.action == "authenticate", audit_events.c.error_code == "api_key_role_not_allowed")).all()
+    assert [row.actor for row in refused] == [client_id] * 4
+
+
+def test_the_siem_export_key_reads_the_audit_trail_and_nothing_else(client: FlaskClient,
+                                                                    components: Components) -> None:
+    siem = auth(components.clients.create("siem", "audit_export")[1].expose())
+    assert client.get("/v1/audit/events", headers=siem).status_code == 200
+    assert client.get("/v1/audit/verify", headers=siem).status_code == 202  # allowed: a verification job starts
+    token = tokenize_all(client, auth(components.clients.create("checkout", "checkout")[1].expose()))["card"]
+    assert client.get(f"/v1/tokens/{token}", headers=siem).status_code == 403
+    assert client.post("/v1/detokenize", json={"tokens": [token], "purpose": "payment"}, headers=siem
+                       ).status_code == 403
+    assert client.get("/v1/operators", headers=siem).status_code == 403
 
 
 def test_expired_and_revoked_credentials(client: FlaskClient, components: Components, clock: Clock) -> None:

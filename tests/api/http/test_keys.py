@@ -12,7 +12,7 @@ from api.http.app import create_app
 from api.wiring import Components
 from tests.conftest import Clock, auth, make_components
 from tests.support.cards import fill
-from tests.support.operators import Operator, login, make_operator
+from tests.support.operators import Operator, bearer, login, make_operator
 from vault.audit.trail import Actor, Origin
 
 
@@ -69,6 +69,6 @@ def test_rotate_follow_and_retire_with_two_admins(setup: tuple[FlaskClient, Comp
 def test_key_endpoints_refuse_other_roles(setup: tuple[FlaskClient, Components]) -> None:
     client, parts = setup
     for role in ("checkout", "payment_gateway", "support", "auditor"):
-        key = parts.clients.create(f"k-{role}", role)[1].expose()
+        key = bearer(parts, role, f"k-{role}")
         assert client.get("/v1/keys", headers=auth(key)).status_code == 403
         assert client.post("/v1/keys/rotate", json={}, headers=auth(key)).status_code == 403

@@ -11,7 +11,7 @@ from sqlalchemy import select, text
 
 from api.wiring import Components
 from tests.conftest import Clock, auth
-from tests.support.operators import login, make_operator
+from tests.support.operators import bearer, login, make_operator
 from vault.storage.schema import data_keys, tokens
 
 PAN = "5555555555554444"
@@ -43,9 +43,9 @@ def officers(client: FlaskClient, components: Components, clock: Clock) -> tuple
 
 @pytest.fixture
 def keys(components: Components, api_keys: dict[str, str]) -> dict[str, str]:
-    extra = {role: components.clients.create(f"t-{role}", role)[1].expose()
-             for role in ("privacy_officer", "marketing")}
-    extra["officer2"] = components.clients.create("t-officer-2", "privacy_officer")[1].expose()
+    # Privacy officers are people: operator sessions (password + TOTP), never API keys.
+    extra = {role: bearer(components, role) for role in ("privacy_officer", "marketing")}
+    extra["officer2"] = bearer(components, "privacy_officer", "t-officer-2")
     return {**api_keys, **extra}
 
 
@@ -176,6 +176,7 @@ def test_held_subject_survives_deletion_and_purge(client: FlaskClient, component
     counts = components.retention.purge(Actor(id="cron", role="system"))
     assert counts["unused_card"] == 0
     assert detok(client, keys["payment_gateway"], customer["card"], "payment")["value"]["pan"] == PAN
+    officer = auth(bearer(components, "privacy_officer", "po-later"))  # the first session ended long ago
     released = client.delete(f"/v1/subjects/cust-1/holds/{hold.get_json()['id']}", headers=officer)
     assert released.status_code == 204
     clock.advance(400 * 86400)
@@ -237,12 +238,14 @@ def test_disclosure_needs_two_distinct_officers(client: FlaskClient, keys: dict[
     assert keys["officer2"]
 
 
-def test_requests_register(client: FlaskClient, keys: dict[str, str], clock: Clock) -> None:
+def test_requests_register(client: FlaskClient, components: Components, keys: dict[str, str],
+                           clock: Clock) -> None:
     officer = auth(keys["privacy_officer"])
     made = client.post("/v1/subjects/cust-9/requests", json={"right": "erasure"}, headers=officer).get_json()
     assert made["status"] == "open"
     assert client.get("/v1/privacy/requests?due_within_days=7", headers=officer).get_json() == {"requests": []}
     clock.advance(25 * 86400)
+    officer = auth(bearer(components, "privacy_officer", "po-later"))  # a session lasts 15 minutes
     due = client.get("/v1/privacy/requests?due_within_days=7", headers=officer).get_json()["requests"]
     assert [r["id"] for r in due] == [made["id"]]
     assert client.post(f"/v1/privacy/requests/{made['id']}/close", json={"outcome": "erased"},

@@ -50,9 +50,11 @@ def test_unauthenticated_request_is_refused_and_audited(client: FlaskClient, com
         response = client.post("/v1/tokens", json={"kind": "card", "value": CARD}, headers=headers)
         assert response.status_code == 401
         assert response.get_json()["error"]["code"] == "unauthenticated"
+    components.trail.flush_failures(force=True)  # counted per source, then one event per window
     with components.engine.connect() as conn:
-        denied = conn.execute(select(audit_events.c.action).where(audit_events.c.outcome == "denied")).all()
-    assert len(denied) == 3
+        denied = conn.execute(select(audit_events.c.action, audit_events.c.detail)
+                              .where(audit_events.c.outcome == "denied")).all()
+    assert [(row.action, row.detail.split()[0]) for row in denied] == [("authenticate", "count=3")]
 
 
 def test_revoked_client_is_refused(components: Components, client: FlaskClient) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from tests.conftest import Clock, make_components
 from vault.audit.trail import Origin
-from vault.errors import NotFound, Unauthenticated, ValidationFailed
+from vault.errors import HumanRoleKeyRefused, NotFound, Unauthenticated, ValidationFailed
 from vault.secret import Secret
 from vault.storage.schema import audit_events, clients
 
@@ -55,4 +55,34 @@ def test_unknown_key_prefixes_are_refused(tmp_path: Path, sqlite_url: str) -> No
             parts.authenticator.authenticate(Secret(raw), Origin())
     with pytest.raises(Unauthenticated):
         parts.authenticator.authenticate(None, Origin())
+    parts.engine.dispose()
+
+
+@pytest.mark.parametrize("role", ["admin", "privacy_officer", "auditor", "intern"])
+def test_api_keys_may_carry_machine_roles_only(tmp_path: Path, sqlite_url: str, role: str) -> None:
+    parts = make_components(tmp_path / "data", sqlite_url)
+    with pytest.raises(ValidationFailed) as refused:
+        parts.clients.create("a person's key", role)
+    assert refused.value.field == "role"
+    assert parts.clients.list() == []
+    assert parts.clients.create("siem", "audit_export")[0].startswith("cli_")
+    parts.engine.dispose()
+
+
+def test_an_existing_key_of_a_human_role_stops_working(tmp_path: Path, database_url: str, clock: Clock) -> None:
+    """A key made before the rule (the row says privacy_officer) is refused, audited with a stable code."""
+    parts = make_components(tmp_path / "data", database_url, clock, TOKENVAULT_AUTH_CACHE_SECONDS="0")
+    client_id, key = parts.clients.create("legacy officer key", "support")
+    with parts.engine.begin() as conn:  # what an older version allowed: `clients create --role privacy_officer`
+        conn.execute(update(clients).where(clients.c.id == client_id).values(role="privacy_officer"))
+    with pytest.raises(HumanRoleKeyRefused) as refused:
+        parts.authenticator.authenticate(key, Origin(source="10.0.0.9"))
+    assert refused.value.code == "api_key_role_not_allowed" and isinstance(refused.value, Unauthenticated)
+    assert [row["id"] for row in parts.clients.human_role_clients()] == [client_id]
+    with parts.engine.connect() as conn:
+        event = conn.execute(select(audit_events).where(audit_events.c.action == "authenticate")).mappings().one()
+    assert (event["actor"], event["role"], event["outcome"], event["error_code"], event["source"]) == (
+        client_id, "privacy_officer", "denied", "api_key_role_not_allowed", "10.0.0.9")
+    parts.clients.revoke(client_id)
+    assert parts.clients.human_role_clients() == []
     parts.engine.dispose()

@@ -259,3 +259,27 @@ def test_apply_view_plain_without_fields_returns_the_value(policy: Policy) -> No
     decision = policy.decide("payment_gateway", "detokenize", "card", purpose="payment")
     assert decision is not None
     assert apply_view("card", CARD, decision, keep_bin=False) == CARD
+
+
+def test_machine_roles_are_marked_and_humans_are_the_default(policy: Policy) -> None:
+    assert set(policy.machine_roles) == {"checkout", "payment_gateway", "shipping", "support", "marketing",
+                                         "audit_export"}
+    for role in ("admin", "privacy_officer", "auditor", "nobody"):
+        assert policy.is_machine_role(role) is False
+    assert [rule.operations for rule in policy.rules_of("audit_export")] == [("read_audit",)]
+
+
+@pytest.mark.parametrize("rule", [
+    '{ operations = ["export"], kinds = ["card"] }',
+    '{ operations = ["manage_operators"] }',
+    '{ operations = ["manage_clients"] }',
+    '{ operations = ["disclose"] }',
+    '{ operations = ["detokenize"], kinds = ["card"], purposes = ["legal"] }',
+])
+def test_a_machine_role_cannot_be_granted_what_needs_a_person(tmp_path: Path, rule: str) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text(f"[roles.bot]\nmachine = true\nrules = [{rule}]\n")
+    with pytest.raises(ConfigurationError, match="machine role"):
+        load_policy(path)
+    path.write_text(f"[roles.person]\nrules = [{rule}]\n")
+    assert load_policy(path).is_machine_role("person") is False

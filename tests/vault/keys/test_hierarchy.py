@@ -29,7 +29,7 @@ def test_kms_calls_per_thousand_operations(components: Components) -> None:
 def test_domain_keys_are_stored_wrapped(components: Components) -> None:
     with components.engine.connect() as conn:
         rows = conn.execute(select(domain_keys.c.purpose, domain_keys.c.wrapped, domain_keys.c.active_for)).all()
-    assert {row.purpose for row in rows} == {"data", "cvv", "index", "auth", "audit", "totp"}
+    assert {row.purpose for row in rows} == {"data", "cvv", "index", "auth", "audit", "totp", "relay"}
     assert all(row.wrapped.startswith("local:v1:") for row in rows)
 
 

@@ -117,7 +117,7 @@ def wait_until_working(vault: Vault, process: subprocess.Popen[str], timeout: fl
 
 
 def kill_at_random(vault: Vault, process: subprocess.Popen[str], rng: random.Random) -> bool:
-    """SIGKILL the runner a random 0.1-0.8 s into its work (in batches of 25 keys, one transaction each); False if it finished first."""
+    """SIGKILL the runner a random 0.1-0.8 s into its work (25 keys per transaction); False if it finished first."""
     if not wait_until_working(vault, process):
         return False
     time.sleep(rng.uniform(0.1, 0.8))

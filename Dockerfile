@@ -41,26 +41,25 @@ FROM ${PYTHON_IMAGE} AS final
 LABEL org.opencontainers.image.title="TokenVault" \
       org.opencontainers.image.description="Tokenization vault for card data and personal data"
 
-# GUNICORN_CMD_ARGS: gunicorn >= 25 opens a control socket (worker count, reload, shutdown) under
-# $HOME or $XDG_RUNTIME_DIR; this container is restarted, never reconfigured in place, so it is off.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     TOKENVAULT_DATA_DIR=/data \
+    TOKENVAULT_AUDIT_CHECKPOINT_DIR=/audit-checkpoints \
     TOKENVAULT_BIND=0.0.0.0:8080 \
     HOME=/home/tokenvault \
-    TMPDIR=/tmp \
-    GUNICORN_CMD_ARGS="--no-control-socket"
+    TMPDIR=/tmp
 
-# A fixed, unprivileged uid/gid with no login shell; /data belongs to it (a named volume mounted
-# there inherits this ownership the first time).
+# A fixed, unprivileged uid/gid with no login shell; /data and /audit-checkpoints belong to it (a
+# named volume mounted there inherits this ownership the first time). The checkpoint log sits on its
+# own volume, apart from the data: mount one the database administrators cannot write (README, Audit).
 RUN groupadd --system --gid 10001 tokenvault \
  && useradd --system --uid 10001 --gid tokenvault --home-dir /home/tokenvault --create-home \
         --shell /usr/sbin/nologin tokenvault \
- && mkdir -p /data \
- && chown tokenvault:tokenvault /data \
- && chmod 0700 /data
+ && mkdir -p /data /audit-checkpoints \
+ && chown tokenvault:tokenvault /data /audit-checkpoints \
+ && chmod 0700 /data /audit-checkpoints
 
 # Install from the builder's wheels without copying them into a layer (BuildKit bind mount), then
 # remove the installers: nothing in the running image can fetch or build code.
@@ -74,10 +73,10 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
 USER 10001:10001
 WORKDIR /home/tokenvault
 
-# Everything the service writes: /data (SQLite, local keyring, audit checkpoints) and /tmp
-# (gunicorn worker heartbeats, Prometheus multiprocess files). With these two as volumes the
-# root filesystem can be mounted read-only.
-VOLUME ["/data", "/tmp"]
+# Everything the service writes: /data (SQLite, local keyring), /audit-checkpoints (the audit
+# checkpoint log) and /tmp (Prometheus multiprocess files). With these as volumes the root
+# filesystem can be mounted read-only.
+VOLUME ["/data", "/audit-checkpoints", "/tmp"]
 
 EXPOSE 8080
 
@@ -86,8 +85,10 @@ EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; r = urllib.request.urlopen('http://127.0.0.1:8080/readyz', timeout=4); sys.exit(0 if r.status == 200 else 1)"]
 
-# `tokenvault serve` execs gunicorn, so gunicorn's master is PID 1 and receives SIGTERM directly
-# (graceful shutdown within 30 s). Run with `--init` / compose `init: true` to reap strays.
+# `tokenvault serve` execs the server (granian, api/http/server.py), so its master is PID 1 and receives
+# SIGTERM directly (requests in flight finish, workers end within 30 s). granian reads every connection in
+# its Rust event loop, so slow or idle clients hold sockets, not workers: the port can be published
+# without a buffering proxy (docs/scaling.md). Run with `--init` / compose `init: true` to reap strays.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["tokenvault"]
 CMD ["serve", "--bind", "0.0.0.0:8080"]

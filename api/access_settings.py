@@ -77,6 +77,8 @@ class AccessSettings:
     detokenize_rate_limit: str = "5000/second"  # values: a full batch of 1,000 fits
     # Per source address, before anyone is authenticated.
     login_rate_limit: str = "10/minute"
+    # Failed authentications per source address (api/http/auth_flood.py): past it, 429 before the database.
+    auth_failure_rate_limit: str = "20/minute"
     role_rate_limits: dict[str, str] = field(default_factory=dict)
     role_detokenize_rate_limits: dict[str, str] = field(default_factory=dict)
 
@@ -104,6 +106,9 @@ class AccessSettings:
                                          or default.detokenize_rate_limit),
             login_rate_limit=_limit("TOKENVAULT_LOGIN_RATE_LIMIT",
                                     env.get("TOKENVAULT_LOGIN_RATE_LIMIT") or default.login_rate_limit),
+            auth_failure_rate_limit=_limit("TOKENVAULT_AUTH_FAILURE_RATE_LIMIT",
+                                           env.get("TOKENVAULT_AUTH_FAILURE_RATE_LIMIT")
+                                           or default.auth_failure_rate_limit),
             role_rate_limits=_per_role(env, _RATE_PREFIX, policy),
             role_detokenize_rate_limits={
                 **{role: limit for role, limit in DEFAULT_ROLE_ITEM_LIMITS.items() if policy.has_role(role)},

@@ -49,6 +49,7 @@ class Settings:
     proxy_hops: int
     log_level: str
     checkpoint_dir: Path
+    checkpoint_seconds: float
     env: Mapping[str, str] = field(repr=False)
 
     @classmethod
@@ -71,6 +72,11 @@ class Settings:
             max_body_bytes=_int(env, "TOKENVAULT_MAX_BODY_BYTES", 5 * 1024 * 1024, 1024, 64 * 1024 * 1024),
             proxy_hops=_int(env, "TOKENVAULT_PROXY_HOPS", 0, 0, 5),
             log_level=(env.get("TOKENVAULT_LOG_LEVEL") or "info").lower(),
-            checkpoint_dir=Path(env.get("TOKENVAULT_AUDIT_CHECKPOINT_DIR") or data_dir / "audit-checkpoints"),
+            # Beside the data directory, not inside it: a copy or restore of the data directory must not
+            # carry the anchors along. Production: another filesystem or host (README, Audit).
+            checkpoint_dir=Path(env.get("TOKENVAULT_AUDIT_CHECKPOINT_DIR")
+                                or data_dir.parent / f"{data_dir.name}-audit-checkpoints"),
+            # The window in which a worker's newest events are not anchored yet (also every 1,000 events).
+            checkpoint_seconds=_float(env, "TOKENVAULT_AUDIT_CHECKPOINT_SECONDS", 1.0),
             env=env,
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy.engine import Engine
 
@@ -26,11 +27,14 @@ from vault.access.passwords import Passwords
 from vault.access.policy import Policy, load_policy
 from vault.access.sessions import Sessions
 from vault.audit.alerts import Alerts
+from vault.audit.checkpoints import CheckpointSink, Signer, SyslogMirror
 from vault.audit.log import AuditLog
 from vault.audit.trail import AuditTrail
+from vault.errors import ConfigurationError
 from vault.keys.hierarchy import KeyHierarchy
 from vault.keys.provider import KeyProvider
 from vault.keys.rotation import KeyLifecycle
+from vault.keys.row_mac import RowMacs
 from vault.privacy.disclosures import DisclosureService
 from vault.privacy.retention import RetentionService
 from vault.privacy.rights import PrivacyService
@@ -41,7 +45,7 @@ from vault.relay.changes import RouteChanges
 from vault.relay.routes import RouteBook
 from vault.relay.service import RelayService
 from vault.relay.upstream import Transport
-from vault.storage.schema import create_engine_for
+from vault.storage.schema import create_engine_for, create_snapshot_reader
 from vault.tokens.service import TokenService
 
 __all__ = ["Components", "build", "build_provider"]
@@ -54,6 +58,60 @@ def build_provider(settings: Settings) -> KeyProvider:
         return VaultTransitProvider(config=VaultConfig.from_env(settings.env))
     master = load_master_key(dict(settings.env), settings.data_dir / "master.key")
     return LocalKeyProvider(keyring_path=settings.data_dir / "keyring.json", master_key=master)
+
+
+def build_checkpoint_sinks(settings: Settings) -> list[CheckpointSink]:
+    """Sinks besides the file: `TOKENVAULT_AUDIT_KV=<mount>/<path>` adds KV v2 (VAULT_ADDR, VAULT_TOKEN)."""
+    where = settings.env.get("TOKENVAULT_AUDIT_KV")
+    if not where:
+        return []
+    from kms.kv_checkpoints import KvCheckpointSink
+
+    mount, _, path = where.strip("/").partition("/")
+    if not mount or not path:
+        raise ConfigurationError("TOKENVAULT_AUDIT_KV must be <kv v2 mount>/<path>")
+    return [KvCheckpointSink(_vault_client(settings, "TOKENVAULT_AUDIT_KV"), mount=mount, path=path)]
+
+
+def _vault_client(settings: Settings, what: str) -> Any:
+    import hvac
+
+    from kms.vault_config import VaultConfig
+
+    config = VaultConfig.from_env(settings.env)
+    if config.token is None:
+        raise ConfigurationError(f"{what} needs VAULT_TOKEN (a token allowed only what it needs)")
+    return hvac.Client(url=config.addr, token=config.token.expose(), namespace=config.namespace,
+                       verify=config.ca_cert or not config.skip_verify,
+                       timeout=(config.connect_timeout, config.read_timeout))
+
+
+def build_checkpoint_signer(settings: Settings) -> Signer | None:
+    """`TOKENVAULT_AUDIT_SIGNING=transit`: sign checkpoints with a non-exportable Transit ed25519 key.
+
+    Otherwise (`sealed`, the default) an ed25519 seed sealed by the key provider signs them.
+    """
+    how = settings.env.get("TOKENVAULT_AUDIT_SIGNING") or "sealed"
+    if how == "sealed":
+        return None
+    if how != "transit":
+        raise ConfigurationError("TOKENVAULT_AUDIT_SIGNING must be `sealed` or `transit`")
+    from kms.transit_signing import TransitSigner
+
+    return TransitSigner(_vault_client(settings, "TOKENVAULT_AUDIT_SIGNING"),
+                         mount=settings.env.get("TOKENVAULT_VAULT_MOUNT") or "transit",
+                         name=settings.env.get("TOKENVAULT_AUDIT_SIGNING_KEY") or "tokenvault-audit-checkpoints")
+
+
+def build_checkpoint_mirrors(settings: Settings) -> list[SyslogMirror]:
+    """`TOKENVAULT_AUDIT_SYSLOG=host:port`: every checkpoint line also to a syslog collector over TCP."""
+    where = settings.env.get("TOKENVAULT_AUDIT_SYSLOG")
+    if not where:
+        return []
+    host, _, port = where.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigurationError("TOKENVAULT_AUDIT_SYSLOG must be host:port")
+    return [SyslogMirror(host.strip("[]"), int(port))]
 
 
 @dataclass(frozen=True)
@@ -94,8 +152,11 @@ def build(
     engine = create_engine_for(settings.database_url, pool_size=4)
     provider = InstrumentedProvider(provider or build_provider(settings))
     keys = KeyHierarchy(provider, cache_seconds=settings.key_cache_seconds, clock=now, on_lookup=observe_key_cache)
-    trail = AuditTrail(keys, checkpoint_dir=settings.checkpoint_dir, clock=now, on_write=observe_audit_write)
-    guessing = GuessingGuard(trail, clock=now)
+    trail = AuditTrail(keys, checkpoint_dir=settings.checkpoint_dir, checkpoint_seconds=settings.checkpoint_seconds,
+                       sinks=build_checkpoint_sinks(settings), mirrors=build_checkpoint_mirrors(settings),
+                       signer=build_checkpoint_signer(settings), clock=now,
+                       on_write=observe_audit_write)
+    guessing = GuessingGuard(trail, RowMacs(keys), clock=now)
     token_service = TokenService(engine=engine, keys=keys, policy=policy, trail=trail, clock=now, guessing=guessing)
     access = AccessSettings.from_env(settings.env, policy)
     clients = ClientRegistry(engine, keys, policy, trail, cache_seconds=settings.auth_cache_seconds, clock=now)
@@ -105,7 +166,7 @@ def build(
                             sessions=sessions, lifetime=timedelta(seconds=access.enrolment_seconds), clock=now)
     operators = OperatorRegistry(engine=engine, keys=keys, policy=policy, trail=trail, passwords=passwords,
                                  lockout=access.lockout, clock=now, sessions=sessions, enrolments=enrolments)
-    approvals = Approvals(engine=engine, policy=policy, trail=trail, clock=now)
+    approvals = Approvals(engine=engine, policy=policy, trail=trail, macs=RowMacs(keys), clock=now)
     approvals.register(ApprovalAction(name="disable_operator", operation="manage_operators",
                                       run=operators.run_disable, check=operators.check_disable,
                                       lifetime=timedelta(seconds=access.approval_seconds)))
@@ -158,13 +219,15 @@ def build(
         keys=keys,
         policy=policy,
         trail=trail,
-        audit_log=AuditLog(engine, trail, policy, clock=now),
+        audit_log=AuditLog(engine, trail, policy, clock=now,
+                           reader=lambda: create_snapshot_reader(settings.database_url)),
         clients=clients,
         tokens=token_service,
         privacy=privacy,
         disclosures=DisclosureService(engine=engine, policy=policy, trail=trail, tokens_service=token_service,
-                                      clock=now),
+                                      macs=RowMacs(keys), clock=now),
         retention=RetentionService(engine=engine, policy=policy, trail=trail, tokens_service=token_service,
+                                   macs=RowMacs(keys),
                                    clock=now),
         lifecycle=lifecycle,
         access=access,

@@ -1,8 +1,8 @@
-"""The ceiling for bench/run_http.py: the least a Flask JSON POST can cost under our gunicorn settings.
+"""The ceiling for bench/run_http.py: the least a Flask JSON POST can cost under our server settings.
 
 `POST /echo` parses a small JSON body and sends it back; `GET /healthz` answers readiness.
-run_http.py serves it with api/gunicorn_conf.py (same worker class, worker count, keepalive and
-logger as `tokenvault serve`), so the only difference from the vault is the vault's own work.
+run_http.py serves it with `python -m api.http.server` (the same server, worker count, threads,
+keep-alive and limits as `tokenvault serve`), so the only difference from the vault is the vault's own work.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Every benchmark of issue #9 in one invocation: `make bench` (= `.venv/bin/python bench/run.py --publish`).
 
 Starts, all at once and each on its own free loopback port: the hello-world Flask ceiling, an OpenBao
-dev server, and three vaults (`tokenvault init` + `tokenvault serve`, the same gunicorn settings):
+dev server, and three vaults (`tokenvault init` + `tokenvault serve`, the same server settings):
 SQLite with local keys, SQLite with the Vault provider on that OpenBao, PostgreSQL with local keys
 (skipped with a note when PostgreSQL does not answer). Then, after an unrecorded warm-up per case,
 runs in alternating rounds (forward, reverse, ...): hello; single-item tokenize and detokenize on
@@ -9,7 +9,7 @@ each vault; batch tokenize and detokenize of 1,000 items per request (SQLite, lo
 transit/encrypt and KV v2 write of one PAN per request (the peer); the raw limit (bench/raw_limit.py).
 After the rounds: the audit chain cost (bench/audit_chain_cost.py, short), the erasure epoch's rewrap
 rate and the subject-key locks' cost (bench/epoch_and_locks.py, issue #17), a top-up of the SQLite-local
-vault to 100,000 tokens, and each gunicorn worker's resident memory.
+vault to 100,000 tokens, and each server worker's resident memory.
 
 Writes bench/results/<UTC date-time>.json, .md and .png (git-ignored); --publish also copies the
 Markdown and the chart to docs/bench/latest.md and latest.png. Exit 0, 1 if any HTTP or item error
@@ -66,7 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--connections", type=int, default=32, help="wrk -c for single-item and peer cases (default 32)")
     add("--threads", type=int, default=2, help="wrk -t (default 2)")
     add("--batch-connections", type=int, default=4, help="wrk -c for the batch cases (default 4)")
-    add("--workers", type=int, default=2, help="gunicorn workers of every server (default 2)")
+    add("--workers", type=int, default=2, help="worker processes of every server (default 2)")
     add("--tokens", type=int, default=5000, help="card tokens made per vault before measuring, read by "
                                                 "the detokenize cases (default 5000, at least 1000)")
     add("--raw-items", type=int, default=50_000, help="items per raw-limit run, one run per round (default 50000)")
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             "settings": {"duration": args.duration, "batch_duration": args.batch_duration, "rounds": args.rounds,
                          "warmup": args.warmup, "connections": args.connections, "threads": args.threads,
                          "batch_connections": args.batch_connections, "batch_items": BATCH, "workers": args.workers,
-                         "worker_class": "sync (api/gunicorn_conf.py)", "tokens_per_vault": args.tokens,
+                         "worker_class": "granian WSGI (api/http/server.py)", "tokens_per_vault": args.tokens,
                          "raw_items": args.raw_items, "audit_rounds": args.audit_rounds, "audit_ops": args.audit_ops,
                          "min_tokens": 0 if args.no_extras else args.min_tokens, "cases": args.cases,
                          "quick": args.quick, "extras": not args.no_extras,

@@ -80,9 +80,23 @@ def make_settings(data_dir: Path, database_url: str, **extra: str) -> Settings:
     return Settings.from_env(env)
 
 
+_BUILT: list[Components] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_audit_trails() -> Iterator[None]:
+    """Stop every trail a test built: a checkpoint thread left running would write into the next test's database."""
+    yield
+    while _BUILT:
+        parts = _BUILT.pop()
+        parts.trail.close()
+        parts.engine.dispose()
+
+
 def make_components(data_dir: Path, database_url: str, clock: Clock | None = None, **extra: str) -> Components:
     settings = make_settings(data_dir, database_url, **extra)
     parts = build(settings, clock=clock)
+    _BUILT.append(parts)
     assert hasattr(parts.provider, "initialise")
     parts.provider.initialise()
     with parts.engine.begin() as conn:

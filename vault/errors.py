@@ -20,6 +20,7 @@ __all__ = [
     "PayloadTooLarge",
     "RateLimited",
     "DecryptionFailed",
+    "IntegrityFailure",
     "KeyServiceUnavailable",
     "StorageUnavailable",
     "AuditWriteFailed",
@@ -119,6 +120,21 @@ class DecryptionFailed(VaultError):
         super().__init__("decryption failed")
 
 
+class IntegrityFailure(VaultError):
+    """A row that decides access failed its MAC, or a deterministic index entry points at another value.
+
+    Someone changed the database behind the vault's back. Never grants: the request is
+    denied, and the failure is audited as an integrity event for the SIEM to alert on.
+    The message names the table only, never a value.
+    """
+
+    code = "integrity_failure"
+
+    def __init__(self, table: str) -> None:
+        super().__init__(f"integrity check failed on {table}")
+        self.table = table
+
+
 class KeyServiceUnavailable(VaultError):
     """The key provider cannot be reached, is sealed, or refused us."""
 
@@ -133,6 +149,12 @@ class AuditWriteFailed(VaultError):
     """The audit event could not be written, so the operation did not happen."""
 
     code = "audit_unavailable"
+
+
+class AuditKeyRefused(VaultError):
+    """A MAC key named by an audit event, archive or checkpoint is not an audit key."""
+
+    code = "audit_key_refused"
 
 
 class ConfigurationError(VaultError):

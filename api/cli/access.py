@@ -22,8 +22,9 @@ from typing import Any, NoReturn
 import click
 import qrcode
 
+from api.cli.context import command_components
 from api.settings import Settings
-from api.wiring import Components, build
+from api.wiring import Components
 from vault.access.enrolment import EnrolmentCode
 from vault.access.operators import OPERATOR_ROLES, StepUp
 from vault.access.policy import Policy, load_policy
@@ -35,10 +36,8 @@ __all__ = ["operators", "auth", "approvals", "policy", "qr_text"]
 
 
 def _components() -> Components:
-    """Built once per command; its database connections close when the command ends."""
-    parts = build(Settings.from_env())
-    click.get_current_context().call_on_close(parts.engine.dispose)
-    return parts
+    """Built once per command; its audit events are anchored and connections closed when it ends."""
+    return command_components()
 
 
 def _origin() -> Origin:
@@ -170,8 +169,12 @@ def _confirm(parts: Components, code: Secret[str], totp: Secret[str]) -> None:
 
 @operators.command("list")
 def operators_list() -> None:
-    for row in _components().operators.list(HOST, _origin()):
+    """List operators, one JSON object a line (times in ISO 8601 UTC); never passwords or TOTP seeds."""
+    found = _components().operators.list(HOST, _origin())
+    for row in found:
         click.echo(json.dumps({name: _iso(value) for name, value in row.items()}))
+    if not found:
+        click.echo("no operators", err=True)
 
 
 def _request_change(action: str, operator: str, session: str | None, totp: str | None) -> None:
@@ -248,6 +251,7 @@ def auth_login(username: str, password_stdin: bool, totp: str | None) -> None:
 @auth.command("logout")
 @_session_option
 def auth_logout(session: str | None) -> None:
+    """End the operator session (TOKENVAULT_SESSION or --session) at once."""
     parts = _components()
     try:
         actor = _as_operator(parts, session)
@@ -298,6 +302,7 @@ def approvals() -> None:
 @click.option("--all", "everything", is_flag=True, help="also executed and expired requests")
 @_session_option
 def approvals_list(everything: bool, session: str | None) -> None:
+    """Dual-control requests waiting for a second admin (with --all, also executed and expired ones)."""
     parts = _components()
     try:
         found = parts.approvals.list(_as_operator(parts, session), _origin(), pending_only=not everything)
@@ -305,6 +310,8 @@ def approvals_list(everything: bool, session: str | None) -> None:
         _fail(error)
     for item in found:
         click.echo(json.dumps(item.public()))
+    if not found:
+        click.echo("no pending approvals" if not everything else "no approvals", err=True)
 
 
 @approvals.command("approve")

@@ -2,31 +2,29 @@
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import hmac
 import json
 import logging
 import logging.handlers
-import secrets
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import click
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy.exc import SQLAlchemyError
 
-from api.settings import Settings
-from api.wiring import Components, build
+from api.cli.context import IsoTime, command_components
+from api.wiring import Components
+from vault.audit.archive import archive_events, verify_archive_files
 from vault.audit.trail import EventQuery, event_json, select_events
-from vault.storage.schema import audit_archives, audit_events, insert_ignoring_conflict
+from vault.errors import VaultError
 
 __all__ = ["audit"]
 
 
 def _components() -> Components:
-    return build(Settings.from_env())
+    return command_components()
 
 
 @click.group()
@@ -34,26 +32,66 @@ def audit() -> None:
     """Verify, export and archive the audit trail."""
 
 
+class _Progress:
+    """A progress line on stderr (a terminal only): events verified, rate and time left."""
+
+    def __init__(self) -> None:
+        self._started = time.monotonic()
+        self._shown = sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self._shown or total == 0:
+            return
+        elapsed = max(time.monotonic() - self._started, 1e-6)
+        rate = done / elapsed
+        eta = (total - done) / rate if rate > 0 else 0.0
+        width = 30
+        filled = int(width * done / total)
+        click.echo(f"\r[{'#' * filled}{'.' * (width - filled)}] {done:,}/{total:,} events  {rate:,.0f}/s  "
+                   f"ETA {eta:,.0f} s ", nl=done >= total, err=True)
+
+
+EXIT_BROKEN = 1
+EXIT_UNANCHORED = 3  # intact, but a chain's tail was never anchored (a writer crashed): see README
+
+
 @audit.command()
 @click.option("--archives", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="also verify archive files in this directory")
-def verify(archives: Path | None) -> None:
-    """Verify every chain link, MAC and checkpoint; exit 1 on any break."""
+              help="also verify archive files in this directory (archive records are always checked)")
+@click.option("--full", is_flag=True, help="every event, not only those after the last verified anchor")
+def verify(archives: Path | None, full: bool) -> None:
+    """Verify chains, archive records and the checkpoint log; exit 1 on a break, 3 on an un-anchored tail.
+
+    Incremental by default: events up to the last run's verified, anchored checkpoints are not
+    walked again (their anchors are still checked); `--full` walks everything.
+    """
     parts = _components()
-    with parts.engine.connect() as conn:
-        report = parts.trail.verify(conn)
-        problems = _verify_archives(parts, conn, archives) if archives else []
+    try:
+        report = parts.audit_log.run_job(parts.audit_log.start_local_job("host"), _Progress(), full=full)
+        if report is None:
+            click.echo(json.dumps({"error": "verification_failed"}), err=True)
+            sys.exit(2)
+        with parts.engine.connect() as conn:
+            problems = verify_archive_files(parts.keys, conn, archives) if archives else []
+    except VaultError as error:  # the key service or database is out of reach: not a verdict on the trail
+        click.echo(json.dumps({"error": error.code, "message": str(error)}), err=True)
+        sys.exit(2)
+    except SQLAlchemyError:
+        click.echo(json.dumps({"error": "storage_unavailable", "message": "database unavailable"}), err=True)
+        sys.exit(2)
     result = report.public()
     if problems:
         result["intact"] = False
-        result["archives"] = problems
+        result["archive_files"] = problems
     click.echo(json.dumps(result, indent=1))
-    sys.exit(0 if result["intact"] else 1)
+    if not result["intact"]:
+        sys.exit(EXIT_BROKEN)
+    sys.exit(0 if report.anchored else EXIT_UNANCHORED)
 
 
 @audit.command()
 def checkpoint() -> None:
-    """Write signed checkpoints of every chain head to the sink (run from cron, e.g. every minute)."""
+    """Anchor the head of every announced chain in the checkpoint sink (e.g. from cron)."""
     parts = _components()
     click.echo(json.dumps({"checkpoints": parts.trail.checkpoint(parts.engine, all_writers=True)}))
 
@@ -83,15 +121,13 @@ def cef_line(event: dict[str, Any]) -> str:
 
 
 @audit.command()
-@click.option("--since", default=None, help="ISO 8601 time (default: everything)")
+@click.option("--since", type=IsoTime(), default=None, help="ISO 8601 time (default: everything)")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "cef"]), default="jsonl")
 @click.option("--syslog", default=None, help="HOST:PORT to forward each line to over UDP syslog")
-def export(since: str | None, fmt: str, syslog: str | None) -> None:
+def export(since: datetime | None, fmt: str, syslog: str | None) -> None:
     """Stream events for a SIEM, to stdout or to syslog."""
     parts = _components()
-    start = datetime.fromisoformat(since.replace("Z", "+00:00")) if since else None
-    if start is not None and start.tzinfo is None:
-        start = start.replace(tzinfo=UTC)
+    start = since
     forward = None
     if syslog:
         host, _, port = syslog.rpartition(":")
@@ -114,75 +150,14 @@ def export(since: str | None, fmt: str, syslog: str | None) -> None:
         forward.close()
 
 
-def _row_json(row: Any) -> dict[str, Any]:
-    return {k: (bytes(v).hex() if isinstance(v, bytes | memoryview) else v.isoformat()
-                if isinstance(v, datetime) else v) for k, v in dict(row).items()}
-
-
 @audit.command()
 @click.option("--older-than-days", type=int, default=90, show_default=True,
               help="archive events older than this (PCI DSS 10.5.1 keeps 3 months online)")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True)
 def archive(older_than_days: int, out: Path) -> None:
-    """Move old events to a gzip JSONL file with a MAC; `audit verify --archives` still checks them."""
+    """Move old events to a gzip JSONL file with a MAC; chains continue, `audit verify` checks the records."""
     parts = _components()
-    cutoff = datetime.now(UTC) - timedelta(days=older_than_days)
-    out.mkdir(parents=True, exist_ok=True)
-    name = f"audit-{cutoff:%Y%m%dT%H%M%S}-{secrets.token_hex(4)}.jsonl.gz"
+    now = datetime.now(UTC)
     with parts.engine.begin() as conn:
-        # Whole chain prefixes only: per writer, everything up to its last event before the cutoff.
-        ends = dict(conn.execute(select(audit_events.c.writer, func.max(audit_events.c.chain_seq))
-                                 .where(audit_events.c.at < cutoff).group_by(audit_events.c.writer)).all())
-        if not ends:
-            click.echo(json.dumps({"archived": 0}))
-            return
-        chosen = or_(*[and_(audit_events.c.writer == w, audit_events.c.chain_seq <= s) for w, s in ends.items()])
-        rows = list(conn.execute(select(audit_events).where(chosen)
-                                 .order_by(audit_events.c.writer, audit_events.c.chain_seq)).mappings())
-        payload = gzip.compress("".join(json.dumps(_row_json(r)) + "\n" for r in rows).encode())
-        key_id, key = parts.keys.active_hmac_key(conn, "audit")
-        (out / name).write_bytes(payload)
-        mac = hmac.new(key.expose(), b"archive|" + name.encode() + b"|" + payload, hashlib.sha256).hexdigest()
-        (out / (name + ".mac")).write_text(json.dumps({"key_id": key_id, "mac": mac}))
-        last = {r["writer"]: r for r in rows}
-        for writer, row in last.items():
-            conn.execute(delete(audit_archives).where(audit_archives.c.writer == writer))
-            conn.execute(insert_ignoring_conflict(conn, audit_archives), [{
-                "writer": writer, "chain_seq": row["chain_seq"], "mac": row["mac"], "archive": name,
-                "archived_at": datetime.now(UTC)}])
-        conn.execute(delete(audit_events).where(chosen))
-    click.echo(json.dumps({"archived": len(rows), "file": str(out / name)}))
-
-
-def _verify_archives(parts: Components, conn: Any, directory: Path) -> list[str]:
-    """Check each archive's MAC and that chains link from their first event through every archive."""
-    from vault.audit.trail import GENESIS, mac_of
-
-    problems: list[str] = []
-    heads: dict[str, tuple[int, bytes]] = {}
-    for path in sorted(directory.glob("audit-*.jsonl.gz")):
-        try:
-            meta = json.loads((path.parent / (path.name + ".mac")).read_text())
-            key = parts.keys.hmac_key_by_id(conn, meta["key_id"]).expose()
-        except (OSError, ValueError, KeyError):
-            problems.append(f"{path.name}: MAC file missing or unreadable")
-            continue
-        payload = path.read_bytes()
-        expected = hmac.new(key, b"archive|" + path.name.encode() + b"|" + payload, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected, str(meta["mac"])):
-            problems.append(f"{path.name}: archive modified")
-            continue
-        for line in gzip.decompress(payload).decode().splitlines():
-            row = json.loads(line)
-            row["at"] = datetime.fromisoformat(row["at"])
-            seq, prev = heads.get(row["writer"], (0, GENESIS))
-            event_key = parts.keys.hmac_key_by_id(conn, row["mac_key_id"]).expose()
-            if (row["chain_seq"] != seq + 1 or bytes.fromhex(row["prev_mac"]) != prev
-                    or mac_of(event_key, prev, row).hex() != row["mac"]):
-                problems.append(f"{path.name}: chain broken at {row['writer']}#{row['chain_seq']}")
-                break
-            heads[row["writer"]] = (row["chain_seq"], bytes.fromhex(row["mac"]))
-    for record in conn.execute(select(audit_archives)).mappings():
-        if heads.get(record["writer"], (0, b""))[1] != bytes(record["mac"]):
-            problems.append(f"archive of {record['writer']} does not end where the database continues")
-    return problems
+        done = archive_events(parts.keys, conn, now - timedelta(days=older_than_days), out, now)
+    click.echo(json.dumps({"archived": done.events, **({"file": str(done.path)} if done.path else {})}))

@@ -11,8 +11,8 @@ from typing import Any
 
 import click
 
-from api.settings import Settings
-from api.wiring import Components, build
+from api.cli.context import command_components
+from api.wiring import Components
 from vault.audit.trail import Actor, Origin
 from vault.errors import ValidationFailed, VaultError
 
@@ -20,7 +20,7 @@ __all__ = ["keys"]
 
 
 def _parts() -> Components:
-    return build(Settings.from_env())
+    return command_components()
 
 
 def _actor() -> Actor:
@@ -43,7 +43,9 @@ def _follow(parts: Components, job_id: str, batch: int) -> dict[str, Any]:
             bar.length = max(state["total"], 1)
             bar.update(state["done"] - bar.pos)
             eta = f"{state['eta_seconds']:.0f}s" if state["eta_seconds"] is not None else "-"
-            bar.label = f"{job_id} {state['phase']} {state['rate']:.0f}/s eta {eta}"
+            waiting = state.get("waiting_for")
+            bar.label = (f"{job_id} waiting for {waiting}" if waiting
+                         else f"{job_id} {state['phase']} {state['rate']:.0f}/s eta {eta}")
 
         return parts.lifecycle.run(job_id, batch=batch, on_progress=progress)
 
@@ -62,15 +64,18 @@ def list_keys() -> None:
 @keys.command()
 def due() -> None:
     """What is due or overdue for rotation."""
-    for item in _parts().lifecycle.due(_actor(), _origin()):
+    found = _parts().lifecycle.due(_actor(), _origin())
+    for item in found:
         click.echo(json.dumps(item))
+    if not found:
+        click.echo("nothing is due for rotation", err=True)
 
 
 @keys.command()
 @click.option("--domain-keys/--kek-only", default=True, show_default=True,
               help="also rotate the record domain keys and rewrap data keys under the new ones")
 @click.option("--due-only", is_flag=True, help="rotate only if something is due (for a scheduler)")
-@click.option("--batch", type=int, default=500, show_default=True)
+@click.option("--batch", type=click.IntRange(1, 10_000), default=500, show_default=True, help="rows per step")
 def rotate(domain_keys: bool, due_only: bool, batch: int) -> None:
     """Rotate the KEK (and domain keys), then rewrap everything under the new versions."""
     parts = _parts()
@@ -86,13 +91,16 @@ def rotate(domain_keys: bool, due_only: bool, batch: int) -> None:
 
 @keys.command()
 @click.argument("job_id", required=False)
-@click.option("--batch", type=int, default=500, show_default=True)
+@click.option("--batch", type=click.IntRange(1, 10_000), default=500, show_default=True, help="rows per step")
 def resume(job_id: str | None, batch: int) -> None:
     """Resume a job after a crash or restart (every unfinished one when no id is given)."""
     parts = _parts()
     try:
-        for job in [job_id] if job_id else parts.lifecycle.unfinished():
+        jobs = [job_id] if job_id else parts.lifecycle.unfinished()
+        for job in jobs:
             click.echo(json.dumps(_follow(parts, job, batch)))
+        if not jobs:
+            click.echo("no unfinished key job to resume", err=True)
     except VaultError as error:
         _fail(error)
 
@@ -109,7 +117,7 @@ def retire(below: int) -> None:
 
 @keys.command()
 @click.option("--domain-key", "domain_key", required=True, help="the compromised domain key id")
-@click.option("--batch", type=int, default=200, show_default=True)
+@click.option("--batch", type=click.IntRange(1, 10_000), default=200, show_default=True, help="rows per step")
 def reencrypt(domain_key: str, batch: int) -> None:
     """Compromise response: new data keys and new ciphertext for everything under DOMAIN_KEY, then destroy it."""
     parts = _parts()
@@ -127,7 +135,7 @@ EPOCH_DAYS_DEFAULT = 30  # the documented backup retention (README, Keys): a bac
 @click.option("--due-only", is_flag=True, help="open an epoch only if the last one is older than --every-days")
 @click.option("--every-days", type=int, default=None,
               help=f"epoch length (default: TOKENVAULT_ERASURE_EPOCH_DAYS or {EPOCH_DAYS_DEFAULT})")
-@click.option("--batch", type=int, default=1000, show_default=True)
+@click.option("--batch", type=click.IntRange(1, 10_000), default=1000, show_default=True, help="rows per step")
 def epoch(due_only: bool, every_days: int | None, batch: int) -> None:
     """Erasure epoch: rewrap every live key under a new KEK version, then destroy the older versions.
 

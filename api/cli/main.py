@@ -6,38 +6,67 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any, NoReturn
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 from api.access_settings import AccessSettings
 from api.cli import access
 from api.cli.audit import audit
+from api.cli.context import EXIT_INTERNAL, EXIT_REFUSED, EXIT_UNREACHABLE, command_components, iso
+from api.cli.integrity import integrity
 from api.cli.keys import keys
 from api.cli.relay import relay
 from api.cli.subjects import subjects, transfer
 from api.settings import Settings
-from api.wiring import Components, build, build_provider
+from api.wiring import build, build_provider
 from kms.local import create_master_key_file
 from vault.access.policy import load_policy
 from vault.audit.trail import Actor
-from vault.errors import VaultError
+from vault.errors import AuditWriteFailed, KeyServiceUnavailable, StorageUnavailable, VaultError
+from vault.keys.row_mac import RowMacs
 from vault.storage.migrate import upgrade
 
 __all__ = ["main"]
 
-
-def _components() -> Components:
-    parts = build(Settings.from_env())
-    click.get_current_context().call_on_close(parts.engine.dispose)  # no pooled connection outlives the command
-    return parts
+_UNREACHABLE = (StorageUnavailable, KeyServiceUnavailable, AuditWriteFailed)
+_components, _iso = command_components, iso  # events anchored, no pooled connection outlives the command
 
 
-def _fail(error: VaultError) -> None:
+def _fail(error: VaultError) -> NoReturn:
     click.echo(f"error: {error}", err=True)
-    sys.exit(2)
+    sys.exit(EXIT_UNREACHABLE if isinstance(error, _UNREACHABLE) else EXIT_REFUSED)
 
 
-@click.group()
+class _Cli(click.Group):
+    """Every command under one handler: a user error is one line and a documented exit code, never a
+    traceback (TOKENVAULT_DEBUG=1 lets an unexpected one through, for a bug report)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except VaultError as error:
+            _fail(error)
+        except SQLAlchemyError as error:
+            click.echo(f"error: the database cannot be used ({type(error).__name__}); check TOKENVAULT_DATABASE_URL "
+                       "or TOKENVAULT_DATA_DIR", err=True)
+            sys.exit(EXIT_UNREACHABLE)
+        except OSError as error:
+            where = f": {error.filename}" if error.filename else ""
+            click.echo(f"error: {error.strerror or type(error).__name__}{where}", err=True)
+            sys.exit(EXIT_UNREACHABLE)
+        except Exception as error:
+            if os.environ.get("TOKENVAULT_DEBUG") == "1":
+                raise
+            click.echo(f"error: internal error ({type(error).__name__}); TOKENVAULT_DEBUG=1 shows the traceback",
+                       err=True)
+            sys.exit(EXIT_INTERNAL)
+
+
+@click.group(cls=_Cli)
 def main() -> None:
     """TokenVault: tokenize card and personal data under envelope encryption."""
     os.umask(0o077)  # database, keyring and key files are readable by the service user only
@@ -60,12 +89,27 @@ def init() -> None:
         if provider.initialise():
             click.echo(f"created key-encryption key in the {provider.name} provider", err=True)
         parts = build(settings, provider=provider)
-        upgrade(parts.engine)
-        with parts.engine.begin() as conn:
-            created = parts.keys.ensure_domain_keys(conn)
+        try:
+            upgrade(parts.engine)
+            with parts.engine.begin() as conn:
+                rebound = parts.keys.bind_legacy_wrappings(conn)
+                created = parts.keys.ensure_domain_keys(conn)
+                sealed = RowMacs(parts.keys).backfill(conn)
+        finally:
+            parts.trail.close()
+            parts.engine.dispose()  # `init` also runs in-process (tests): no pooled connection outlives it
+        if sealed:
+            click.echo(f"sealed {sealed} existing rows with their row MAC", err=True)
+        if rebound:
+            click.echo(f"bound purpose and id into the wrapping of {rebound} domain keys", err=True)
         if created:
             click.echo(f"created {len(created)} domain keys", err=True)
         refused = parts.clients.human_role_clients()
+        adopted = parts.trail.adopt(parts.engine)  # chains from before the checkpoint sink, anchored once
+        if adopted:
+            click.echo(f"anchored {adopted} existing audit chains in the checkpoint sink", err=True)
+        parts.trail.close()
+        parts.engine.dispose()
     except VaultError as error:
         _fail(error)
     for line in human_role_warning(refused):
@@ -89,9 +133,10 @@ def human_role_warning(refused: list[dict[str, object]]) -> list[str]:
 
 @main.command()
 @click.option("--bind", default=None, help="host:port (default TOKENVAULT_BIND or 127.0.0.1:8080)")
-@click.option("--workers", type=int, default=None, help="gunicorn worker processes")
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="worker processes (default TOKENVAULT_WORKERS or 2)")
 def serve(bind: str | None, workers: int | None) -> None:
-    """Serve the HTTP API under gunicorn."""
+    """Serve the HTTP API (granian, WSGI) until SIGTERM, which drains requests in flight."""
     settings = Settings.from_env()
     try:  # a bad policy or rate limit refuses to start here, with its reason, not in every worker
         AccessSettings.from_env(settings.env, load_policy(settings.policy_path))
@@ -100,9 +145,8 @@ def serve(bind: str | None, workers: int | None) -> None:
     env = dict(os.environ)
     env["TOKENVAULT_BIND"] = bind or settings.bind
     env["TOKENVAULT_WORKERS"] = str(workers or settings.workers)
-    conf = Path(__file__).resolve().parents[1] / "gunicorn_conf.py"
-    args = [sys.executable, "-m", "gunicorn", "-c", str(conf), "api.http.app:wsgi_app()"]
-    os.execve(sys.executable, args, env)  # noqa: S606 - fixed argv, no shell
+    # api/http/server.py runs granian; this process becomes its master (the CLI does not import the HTTP face).
+    os.execve(sys.executable, [sys.executable, "-m", "api.http.server"], env)  # noqa: S606 - fixed argv, no shell
 
 
 @main.group()
@@ -124,13 +168,18 @@ def clients_create(name: str, role: str) -> None:
 
 @clients.command("list")
 def clients_list() -> None:
-    for row in _components().clients.list():
-        click.echo(json.dumps(row, default=str))
+    """List API clients, one JSON object a line (times in ISO 8601 UTC); never their keys."""
+    rows = _components().clients.list()
+    for row in rows:
+        click.echo(json.dumps({name: _iso(value) for name, value in row.items()}))
+    if not rows:
+        click.echo("no clients", err=True)
 
 
 @clients.command("revoke")
 @click.argument("client_id")
 def clients_revoke(client_id: str) -> None:
+    """Revoke a client's API keys at once (within TOKENVAULT_AUTH_CACHE_SECONDS on every worker)."""
     try:
         _components().clients.revoke(client_id)
     except VaultError as error:
@@ -175,6 +224,7 @@ main.add_command(audit)
 main.add_command(subjects)
 main.add_command(keys)
 main.add_command(transfer)
+main.add_command(integrity)
 main.add_command(relay)
 for _group in (access.operators, access.auth, access.approvals, access.policy):
     main.add_command(_group)

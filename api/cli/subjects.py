@@ -14,8 +14,8 @@ from pathlib import Path
 
 import click
 
-from api.settings import Settings
-from api.wiring import Components, build
+from api.cli.context import command_components
+from api.wiring import Components
 from vault.audit.trail import Actor, Origin
 from vault.errors import VaultError
 from vault.privacy.transfer import TransferService
@@ -24,7 +24,7 @@ __all__ = ["subjects", "transfer"]
 
 
 def _parts() -> Components:
-    return build(Settings.from_env())
+    return command_components()
 
 
 def _actor() -> Actor:
@@ -69,8 +69,12 @@ def export(subject_id: str, out: Path) -> None:
               help="only requests due within N days (default 7 when given without a value)")
 def requests(within_days: int | None) -> None:
     """Open requests, soonest due first (GDPR: one month to answer)."""
-    for row in _parts().privacy.requests_due(_actor(), _origin(), within_days):
+    found = _parts().privacy.requests_due(_actor(), _origin(), within_days)
+    for row in found:
         click.echo(json.dumps(row))
+    if not found:
+        click.echo("no open requests" + (f" due within {within_days} days" if within_days is not None else ""),
+                   err=True)
 
 
 @click.group()
@@ -91,6 +95,7 @@ def keygen(out: Path) -> None:
                                           serialization.NoEncryption()).decode())
     Path(str(out) + ".pub").write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
                                                                       serialization.PublicFormat.SubjectPublicKeyInfo))
+    click.echo(f"wrote the private key to {out} (0600) and the public key to {out}.pub", err=True)
 
 
 def _service(parts: Components) -> TransferService:

@@ -1,13 +1,13 @@
 """Flask app factory: wires components, authentication, errors and request logging.
 
-Each gunicorn worker builds its own app (no preload), so no key material is shared
+Each server worker builds its own app (no preload), so no key material is shared
 between processes by accident.
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
+import multiprocessing.util
 import os
 import re
 import secrets
@@ -19,7 +19,7 @@ from flask import Flask, Response, g, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api.http import audit, enrolment, errors, keys, login, metrics, operators, privacy, ratelimits, relay
+from api.http import audit, auth_flood, enrolment, errors, keys, login, metrics, operators, privacy, ratelimits, relay
 from api.http.auth import bearer_credentials
 from api.http.logs import configure, get_logger
 from api.http.openapi import document
@@ -42,6 +42,8 @@ _SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
     "Strict-Transport-Security": "max-age=63072000; includeSubDomains",
+    # granian names itself unless the app sends a Server field: an empty one discloses no software or version.
+    "Server": "",
 }
 
 
@@ -61,9 +63,10 @@ def create_app(settings: Settings | None = None, *, parts: Components | None = N
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops)  # type: ignore[method-assign]
     errors.register(app)
     openapi = document()
+    failures = auth_flood.FailedAuthentications(parts.access.auth_failure_rate_limit, parts.access.redis_url)
 
     @app.before_request
-    def _start() -> None:
+    def _start() -> tuple[Response, int] | None:
         g.started = time.perf_counter()
         supplied = request.headers.get("X-Request-ID", "")
         # Echoed in the response and written to the trail: a card number in it is replaced, never kept.
@@ -72,8 +75,15 @@ def create_app(settings: Settings | None = None, *, parts: Components | None = N
         # The inbound relay authenticates its own way (a publishable key good for nothing else).
         if (request.path.startswith("/v1/") and request.path not in _WITHOUT_CREDENTIALS
                 and not request.path.startswith(relay.INBOUND_PREFIX)):
-            g.actor = components().authenticator.authenticate(bearer_credentials(), origin())
+            if (too_many := auth_flood.refused(failures)) is not None:
+                return too_many
+            try:
+                g.actor = components().authenticator.authenticate(bearer_credentials(), origin())
+            except Unauthenticated:
+                auth_flood.failed(failures)
+                raise
             components().tokens.maybe_purge()
+        return None
 
     @app.after_request
     def _finish(response: Response) -> Response:
@@ -101,11 +111,12 @@ def create_app(settings: Settings | None = None, *, parts: Components | None = N
         return jsonify({"status": "ready"}), 200
 
     metrics_token = settings.env.get("TOKENVAULT_METRICS_TOKEN")
+    metrics_public = settings.env.get("TOKENVAULT_METRICS_PUBLIC") == "1"
 
     @app.get("/metrics")
     def metrics_endpoint() -> Response:
         if not metrics.authorised(request.headers.get("Authorization", ""),
-                                  Secret(metrics_token) if metrics_token else None):
+                                  Secret(metrics_token) if metrics_token else None, public=metrics_public):
             raise Unauthenticated("metrics need the metrics token")
         body, content_type = metrics.render()
         return Response(body, content_type=content_type)
@@ -136,12 +147,11 @@ def _record_lifecycle(parts: Components, action: str) -> None:
     except (VaultError, SQLAlchemyError) as error:
         # A worker that boots during a key-service or database outage must still come up: it
         # answers 503 (fail closed per request) and recovers by itself. Refusing to boot would
-        # make gunicorn give up on the whole service.
+        # make the server give up on the whole service.
         get_logger("tokenvault.lifecycle").error("lifecycle event not audited", action=action,
                                                  error=getattr(error, "code", type(error).__name__))
     if action == "service_stop":
-        with contextlib.suppress(VaultError, SQLAlchemyError, OSError):
-            parts.trail.checkpoint()
+        parts.trail.close()  # graceful stop: anchor this worker's chains, the stop event included
 
 
 def _warn_human_role_clients(parts: Components) -> None:
@@ -157,7 +167,19 @@ def _warn_human_role_clients(parts: Components) -> None:
 
 
 def wsgi_app() -> Any:
-    """Entry point for gunicorn (`api.http.app:wsgi_app()`): one app per worker, stop recorded at exit."""
+    """Entry point for the server (`api.http.app:wsgi_app`, a factory): one app per worker, stop recorded at exit.
+
+    granian's workers are multiprocessing children, which leave through `os._exit` and skip `atexit`;
+    multiprocessing runs its own finalizers on the way out. The stop is registered with both, and runs once."""
     app = create_app()
-    atexit.register(_record_lifecycle, app.extensions["tokenvault"], "service_stop")
+    parts = app.extensions["tokenvault"]
+    stopped: list[bool] = []
+
+    def stop() -> None:
+        if not stopped:
+            stopped.append(True)
+            _record_lifecycle(parts, "service_stop")
+
+    atexit.register(stop)
+    multiprocessing.util.Finalize(None, stop, exitpriority=10)
     return app

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import threading
 from datetime import UTC, datetime
+from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
@@ -20,6 +22,7 @@ __all__ = ["blueprint"]
 blueprint = Blueprint("audit", __name__, url_prefix="/v1/audit")
 _FILTERS = ("actor", "action", "outcome", "token", "subject_id")
 _KNOWN = {*_FILTERS, "since", "until", "limit", "cursor"}
+_JOB = re.compile(r"verify_[0-9a-f]{16}")
 
 
 def _time(name: str) -> datetime | None:
@@ -28,16 +31,18 @@ def _time(name: str) -> datetime | None:
         return None
     try:
         moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
+        # In UTC here, so a time that exists only in its own offset (0001-01-01T00:00+14:00) is refused
+        # now rather than overflowing in the query (a 503 before).
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):
         raise ValidationFailed(name, "must be an ISO 8601 time") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _int(name: str, default: int) -> int:
     raw = request.args.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # "²".isdigit() is True, int("²") fails
         raise ValidationFailed(name, "must be a non-negative integer")
     return int(raw)
 
@@ -77,7 +82,36 @@ def events() -> tuple[Response, int]:
     return jsonify({"events": found, "next": cursor}), 200
 
 
+def _run_in_background(job_id: str) -> None:
+    """Verification never holds a worker: it runs in a thread; a dead worker's job goes stale and restarts."""
+    audit_log = components().audit_log
+    threading.Thread(target=audit_log.run_job, args=(job_id,), name=f"audit-verify-{job_id}", daemon=True).start()
+
+
+def _answer(found: dict[str, Any]) -> tuple[Response, int]:
+    """A finished report: 200 if intact, 409 with the reason if not; a running job: 202."""
+    result = found.get("result")
+    if found["status"] == "running":
+        response = jsonify(found)
+        response.headers["Location"] = f"/v1/audit/verify/jobs/{found['job_id']}"
+        return response, 202
+    if found["status"] == "failed" or result is None:
+        return jsonify(found), 503
+    return jsonify({**result, "job": {k: v for k, v in found.items() if k != "result"}}), \
+        200 if result["intact"] else 409
+
+
 @blueprint.get("/verify")
 def verify() -> tuple[Response, int]:
-    report = components().audit_log.verify(current_actor(), origin())
-    return jsonify(report.public()), 200 if report.intact else 409
+    """The latest report if fresh (at once), else a verification job: 202 and its id."""
+    _kind, found = components().audit_log.verification(current_actor(), origin())
+    if found.pop("start", False):
+        _run_in_background(found["job_id"])
+    return _answer(found)
+
+
+@blueprint.get("/verify/jobs/<job_id>")
+def verify_job(job_id: str) -> tuple[Response, int]:
+    if not _JOB.fullmatch(job_id):
+        raise ValidationFailed("job_id", "is not a verification job id")
+    return _answer(components().audit_log.job(current_actor(), job_id, origin()))

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from vault import errors as e
 
@@ -28,6 +28,7 @@ STATUS: dict[type[e.VaultError], int] = {
     e.StorageUnavailable: 503,
     e.AuditWriteFailed: 503,
     e.DecryptionFailed: 500,
+    e.IntegrityFailure: 403,
     e.ConfigurationError: 500,
     e.UpstreamFailed: 502,
 }
@@ -46,6 +47,7 @@ _MESSAGES = {
     "storage_unavailable": "storage unavailable",
     "audit_unavailable": "audit trail unavailable; nothing was done",
     "decryption_failed": "the stored value failed its integrity check",
+    "integrity_failure": "a stored record failed its integrity check; refused and reported",
     "internal_error": "internal error",
     "configuration_error": "internal error",
     "upstream_failed": "the relay's upstream could not be reached or answered beyond its limits",
@@ -68,6 +70,14 @@ def status_of(error: e.VaultError) -> int:
     return 500
 
 
+def _challenge(error: e.VaultError) -> str:
+    """RFC 6750 section 3: every 401 names the Bearer scheme; `invalid_token` only when credentials were sent
+    and refused (a request without any, or a valid session missing its X-TOTP step-up, gets the bare one)."""
+    if request.headers.get("Authorization") and not isinstance(error, e.StepUpRequired):
+        return 'Bearer realm="tokenvault", error="invalid_token"'
+    return 'Bearer realm="tokenvault"'
+
+
 def _respond(status: int, body: dict[str, Any], retry_after: int = 1) -> tuple[Response, int]:
     response = jsonify({"error": body})
     if status == 429:
@@ -79,7 +89,10 @@ def register(app: Flask) -> None:
     @app.errorhandler(e.VaultError)
     def _vault_error(error: e.VaultError) -> tuple[Response, int]:
         wait = error.retry_after if isinstance(error, e.RateLimited) else 1
-        return _respond(status_of(error), error_body(error), wait)
+        response, status = _respond(status_of(error), error_body(error), wait)
+        if status == 401:
+            response.headers["WWW-Authenticate"] = _challenge(error)
+        return response, status
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException) -> tuple[Response, int]:
@@ -87,7 +100,11 @@ def register(app: Flask) -> None:
         codes = {400: "malformed_request", 404: "no_such_endpoint", 405: "method_not_allowed",
                  413: "payload_too_large", 415: "unsupported_media_type"}
         code = codes.get(status, "http_error")
-        return _respond(status, {"code": code, "message": code.replace("_", " ")})
+        response, status = _respond(status, {"code": code,
+                                             "message": getattr(error, "public_message", code.replace("_", " "))})
+        if status == 405 and isinstance(error, MethodNotAllowed) and error.valid_methods:
+            response.headers["Allow"] = ", ".join(sorted(error.valid_methods))  # RFC 9110 15.5.6
+        return response, status
 
     @app.errorhandler(SQLAlchemyError)
     def _database(error: SQLAlchemyError) -> tuple[Response, int]:

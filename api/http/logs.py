@@ -17,7 +17,7 @@ import structlog
 
 from vault.clear_text import redact_pans
 
-__all__ = ["configure", "redact", "get_logger"]
+__all__ = ["configure", "redact", "get_logger", "server_log_config", "RedactingFilter"]
 
 _SENSITIVE_KEYS = {"value", "values", "pan", "cvv", "password", "api_key", "authorization", "totp", "secret",
                    "token_value", "plaintext"}
@@ -52,7 +52,7 @@ def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mutab
 
 
 def configure(level: str = "info") -> None:
-    """JSON lines on stderr, for our own logs and for stdlib loggers (gunicorn, Flask)."""
+    """JSON lines on stderr, for our own logs and for stdlib loggers (the server, Flask)."""
     numeric = getattr(logging, level.upper(), logging.INFO)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -87,7 +87,7 @@ def get_logger(name: str) -> Any:
 
 
 class RedactingFilter(logging.Filter):
-    """Redacts stdlib log records (gunicorn's own lines include raw request paths at debug level)."""
+    """Redacts stdlib log records (a server's own lines may include raw request paths at debug level)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = redact_text(record.getMessage())
@@ -95,16 +95,10 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def _gunicorn_logger() -> type:
-    from gunicorn.glogging import Logger
-
-    class GunicornLogger(Logger):  # type: ignore[misc]
-        def setup(self, cfg: Any) -> None:
-            super().setup(cfg)
-            for log in (self.error_log, self.access_log):
-                log.addFilter(RedactingFilter())
-
-    return GunicornLogger
-
-
-GunicornLogger = _gunicorn_logger()
+def server_log_config() -> dict[str, Any]:
+    """granian's own log lines (its `_granian` logger, and the access log we keep off) pass the same redaction."""
+    stream = {"class": "logging.StreamHandler", "stream": "ext://sys.stderr", "filters": ["redact"]}
+    return {
+        "filters": {"redact": {"()": RedactingFilter}},
+        "handlers": {"console": {**stream, "formatter": "generic"}, "access": {**stream, "formatter": "access"}},
+    }

@@ -1,6 +1,6 @@
-"""Prometheus metrics, correct across gunicorn workers (multiprocess mode).
+"""Prometheus metrics, correct across server workers (multiprocess mode).
 
-gunicorn_conf.py sets PROMETHEUS_MULTIPROC_DIR in the master before any worker
+api/http/server.py sets PROMETHEUS_MULTIPROC_DIR in the master before any worker
 imports prometheus_client, so every worker writes its own files and /metrics
 aggregates them. Labels never carry tokens or values: routes are URL rules.
 """
@@ -69,10 +69,13 @@ def render() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
-def authorised(header: str, token: Secret[str] | None) -> bool:
-    """/metrics is open unless TOKENVAULT_METRICS_TOKEN is set; then it needs that bearer token."""
-    if token is None:
+def authorised(header: str, token: Secret[str] | None, *, public: bool = False) -> bool:
+    """/metrics needs the bearer token TOKENVAULT_METRICS_TOKEN; without one it answers nobody (deny by
+    default), unless the operator opened it on purpose with TOKENVAULT_METRICS_PUBLIC=1."""
+    if public:
         return True
+    if token is None:
+        return False
     return hmac.compare_digest(header.encode(), f"Bearer {token.expose()}".encode())
 
 

@@ -16,9 +16,11 @@ from api.http import schemas as s
 from api.http.stepup import HEADER as STEP_UP_HEADER
 from vault.audit.log import MAX_PAGE
 
-__all__ = ["MODELS", "SECURED", "STEP_UP_PARAMETER", "ref", "json_content", "error_responses", "admin_paths"]
+__all__ = ["MODELS", "SECURED", "BODY_ERRORS", "STEP_UP_PARAMETER", "ref", "json_content", "error_responses",
+           "admin_paths"]
 
 SECURED: list[dict[str, list[str]]] = [{"bearerAuth": []}]
+BODY_ERRORS = ("413", "415")  # what every operation with a JSON body can also answer (api/http/bodies.py)
 OBJECT: dict[str, Any] = {"type": "object"}
 # Models of the operators' endpoints, added to components/schemas by api.openapi.
 MODELS: list[type[BaseModel]] = [
@@ -32,7 +34,9 @@ _ERRORS = {
     "403": "The role may not use this endpoint (`forbidden`)",
     "404": "Not found (`not_found`), or not visible to this role: the two are indistinguishable",
     "409": "Conflicts with the current state (`conflict`)",
-    "413": "Body too large (`payload_too_large`)",
+    "400": "Malformed request (`malformed_request`)",
+    "413": "Body too large (`payload_too_large`), whatever its transfer encoding",
+    "415": "Not UTF-8 JSON with Content-Type application/json, or a Content-Encoding (`unsupported_media_type`)",
     "422": "Invalid input (`invalid_input`: names the field and rule, never echoes the value)",
     "429": "Rate limited (`rate_limited`, with Retry-After)",
     "503": "Key service, database or audit trail unavailable; nothing was done",
@@ -77,7 +81,7 @@ def _op(operation_id: str, summary: str, ok: str, out: dict[str, Any] | None, *,
         extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """One authenticated operation: bearer security, the errors every /v1 call can answer, plus `extra`."""
     parameters = [*(params or []), *([STEP_UP_PARAMETER] if step_up else [])]
-    codes = ("401", "403", "422", "429", "503", *(("413",) if body else ()), *extra)
+    codes = ("401", "403", "422", "429", "503", *(BODY_ERRORS if body else ()), *extra)
     found: dict[str, Any] = {
         "summary": summary, "operationId": operation_id, "security": SECURED,
         **({"parameters": parameters} if parameters else {}),
@@ -100,10 +104,17 @@ def _audit_paths() -> dict[str, Any]:
         _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}),
         _query("cursor", {"type": "integer", "minimum": 0, "maximum": 10**18 - 1}, "`next` of the previous page"),
     ]
-    verify = _op("verifyAuditTrail", "Verify every writer's chain and checkpoints", "200", OBJECT)
-    verify["responses"]["409"] = {"description": "A chain is broken (`intact` false, with where)",
-                                  **json_content(OBJECT)}
+    verify = _op("verifyAuditTrail", "The latest verification report if fresh, else a job (202); never waits",
+                 "200", OBJECT)
+    job = _op("auditVerificationJob", "A verification job: progress (202), then its report", "200", OBJECT,
+              params=[_path("job_id", {"type": "string", "pattern": r"^verify_[0-9a-f]{16}$"})], extra=("404",))
+    for operation in (verify, job):
+        operation["responses"]["409"] = {"description": "The trail is broken (`intact` false, with the reason)",
+                                         **json_content(OBJECT)}
+        operation["responses"]["202"] = {"description": "Verification running: progress, rate and ETA; "
+                                                        "Location names the job", **json_content(OBJECT)}
     return {
+        "/v1/audit/verify/jobs/{job_id}": {"get": job},
         "/v1/audit/events": {"get": _op("listAuditEvents", "A page of audit events (reading is audited)", "200",
                                         OBJECT, params=filters)},
         "/v1/audit/verify": {"get": verify},
@@ -188,13 +199,13 @@ def _unauthenticated(operation_id: str, summary: str, body: type[BaseModel]) -> 
     return {"summary": summary, "operationId": operation_id, "security": [],
             "requestBody": {"required": True, **json_content(ref(body))},
             "responses": {"200": {"description": summary, **json_content(OBJECT)},
-                          **error_responses("401", "413", "422", "429", "503")}}
+                          **error_responses("401", *BODY_ERRORS, "422", "429", "503")}}
 
 
 def _operator_paths() -> dict[str, Any]:
     operator = [_path("operator_id", _OPERATOR)]
     login_responses = {"200": {"description": "A session", **json_content(ref(s.LoginOut))},
-                       **error_responses("401", "413", "422", "429", "503")}
+                       **error_responses("401", "413", "415", "422", "429", "503")}
     logout = _op("logout", "End this session (an API key cannot: 403)", "204", None)
     logout["responses"].pop("422")
     return {

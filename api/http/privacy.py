@@ -127,7 +127,7 @@ def close_request(request_id: str) -> tuple[str, int]:
 @blueprint.get("/privacy/requests")
 def open_requests() -> tuple[Response, int]:
     raw = request.args.get("due_within_days")
-    if raw is not None and not (raw.isdigit() and len(raw) < 5):
+    if raw is not None and not (raw.isascii() and raw.isdigit() and len(raw) < 5):
         raise ValidationFailed("due_within_days", "must be a whole number of days")
     days = int(raw) if raw is not None else None
     return jsonify({"requests": components().privacy.requests_due(current_actor(), origin(), days)}), 200

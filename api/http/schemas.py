@@ -23,6 +23,7 @@ from pydantic import (
 from vault.access.operators import OPERATOR_ROLES
 from vault.errors import ValidationFailed
 from vault.tokens.kinds import KINDS, VALUE_SCHEMAS
+from vault.tokens.service import Limits
 from vault.tokens.subjects import check_subject_id
 
 KindName = Literal["card", "cvv", "address", "email", "phone", "name", "text"]
@@ -38,7 +39,8 @@ def _subject_id(value: str) -> str:
 SubjectId = Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$"),
                       AfterValidator(_subject_id)]
 TokenText = Annotated[StrictStr, Field(min_length=1, max_length=256)]
-BATCH_MAX = 1000
+LIMITS = Limits()  # the vault's own limits: the document and the checks here never disagree with it
+BATCH_MAX = LIMITS.batch_max
 
 
 class Strict(BaseModel):
@@ -53,7 +55,7 @@ class TokenizeBody(Strict):
     value: Any
     subject_id: SubjectId | None = None
     deterministic: StrictBool = False
-    ttl_seconds: Annotated[StrictInt, Field(ge=1, le=315_360_000)] | None = None
+    ttl_seconds: Annotated[StrictInt, Field(ge=1, le=LIMITS.ttl_max)] | None = None
     reference: Reference | None = None
 
 
@@ -157,7 +159,8 @@ def _documented_items() -> list[type[BaseModel]]:
             value=(VALUE_SCHEMAS[kind], ...),
             subject_id=(SubjectId | None, None),
             deterministic=(bool, False),
-            ttl_seconds=(Annotated[int, Field(ge=1, le=315_360_000)] | None, None),
+            ttl_seconds=(Annotated[int, Field(ge=1, le=LIMITS.cvv_ttl_max if kind == "cvv" else LIMITS.ttl_max)]
+                         | None, None),
             reference=(Reference | None, None),
         )
         shapes.append(model)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -12,6 +11,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from pydantic import BaseModel, ValidationError
 
 from api.http.auth import current_actor
+from api.http.bodies import json_body
 from api.http.errors import error_body
 from api.http.metrics import OPERATIONS
 from api.http.schemas import BatchBody, DetokenizeBody, TokenizeBody
@@ -22,7 +22,7 @@ from vault.errors import ValidationFailed, VaultError
 from vault.tokens.kinds import validation_failed
 from vault.tokens.service import TokenRecord, TokenRequest
 
-__all__ = ["blueprint", "components", "origin"]
+__all__ = ["blueprint", "components", "origin", "json_body"]
 
 blueprint = Blueprint("v1", __name__, url_prefix="/v1")
 Model = TypeVar("Model", bound=BaseModel)
@@ -52,14 +52,6 @@ def requires(operation: str) -> Callable[[View], View]:
         return guarded  # type: ignore[return-value]
     return decorate
 
-
-def json_body() -> Any:
-    if not request.mimetype == "application/json":
-        raise ValidationFailed("body", "must be application/json")
-    try:
-        return json.loads(request.get_data(cache=False))
-    except (ValueError, RecursionError):
-        raise ValidationFailed("body", "is not valid JSON") from None
 
 
 def parse(model: type[Model], data: Any, prefix: tuple[Any, ...] = ()) -> Model:

@@ -61,7 +61,7 @@ def top_up(service: Service, checkout_key: str, minimum: int) -> dict[str, Any]:
 
 
 def worker_memory(service: Service) -> dict[str, Any]:
-    """VmRSS of each gunicorn worker of `service` (children of its master), in MB."""
+    """VmRSS of each server worker of `service` (children of its master), in MB."""
     pids = worker_pids(service.process.pid)
     sizes = {pid: rss_mb(pid) for pid in pids}
     known = {pid: size for pid, size in sizes.items() if size is not None}

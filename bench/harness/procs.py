@@ -21,7 +21,6 @@ BENCH = Path(__file__).resolve().parents[1]
 ROOT = BENCH.parent
 WRK_DIR = BENCH / "wrk"
 RESULTS = BENCH / "results"
-GUNICORN_CONF = ROOT / "api" / "gunicorn_conf.py"
 
 
 class BenchError(RuntimeError):
@@ -120,7 +119,7 @@ def stop(service: Service) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
     try:
-        process.wait(timeout=35)  # gunicorn's graceful_timeout is 30 s
+        process.wait(timeout=35)  # the server drains for up to 30 s (api/http/server.py)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
@@ -138,7 +137,7 @@ def install_signal_handlers() -> None:
 
 
 def worker_pids(master_pid: int) -> list[int]:
-    """The direct children of a gunicorn master (its workers)."""
+    """The direct children of a server master (its workers)."""
     children: list[int] = []
     for task in Path(f"/proc/{master_pid}/task").glob("*"):
         with contextlib.suppress(OSError):

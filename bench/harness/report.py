@@ -177,8 +177,8 @@ def markdown(record: dict[str, Any], image: str | None) -> str:
              f"`{record['command']}`: wrk on loopback, {rounds} after an unrecorded "
              f"{s['warmup']} s warm-up per case; single-item and peer cases -t{s['threads']} -c{s['connections']} "
              f"for {s['duration']} s in total, batches of {s['batch_items']:,} -c{s['batch_connections']} for "
-             f"{s['batch_duration']} s; every server under gunicorn with api/gunicorn_conf.py, {s['workers']} sync "
-             "workers, all running at once.", ""]
+             f"{s['batch_duration']} s; every server under granian (api/http/server.py), {s['workers']} workers, "
+             "all running at once.", ""]
     if image:
         parts += [f"![throughput and latency per case]({image})", ""]
     parts += ["## Cases", "", cases_table(record["summary"]), "",
@@ -189,7 +189,7 @@ def markdown(record: dict[str, Any], image: str | None) -> str:
               "KMS calls = key provider calls during the measured runs (/metrics).", "",
               "## Targets (issue #9)", "", targets_table(record["targets"]), "",
               "## Memory after the run", "", memory_table(record["memory"]), "",
-              f"VmRSS of each gunicorn worker (children of the server's master) after every case and {top_up}; "
+              f"VmRSS of each server worker (children of the server's master) after every case and {top_up}; "
               "tokens created = allowed tokenize items in the server's /metrics since it started.", "",
               ]
     if record["audit_chain"]:

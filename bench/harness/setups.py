@@ -1,6 +1,6 @@
 """Every server of one run, started at once: hello app, OpenBao dev server, and one vault per setup.
 
-Setups (each `tokenvault init` + `tokenvault serve` in its own data dir, same gunicorn settings):
+Setups (each `tokenvault init` + `tokenvault serve` in its own data dir, same server settings):
 - sqlite-local: SQLite, local keyring (the embedded default)
 - sqlite-vault: SQLite, Vault provider against the OpenBao dev server (AppRole with the service policy)
 - postgres:     PostgreSQL (a fresh database, dropped at the end), local keyring; skipped with a note
@@ -17,14 +17,13 @@ from pathlib import Path
 
 from bench.harness.procs import (
     BENCH,
-    GUNICORN_CONF,
     BenchError,
     Processes,
     Service,
     free_port,
     wait_ready,
 )
-from bench.harness.vaultdata import UNLIMITED, cli, create_client, create_tokens, read_back, write_tokens
+from bench.harness.vaultdata import METRICS_TOKEN, UNLIMITED, cli, create_client, create_tokens, read_back, write_tokens
 from tests.support.openbao import OpenBao, bao_binary, enable_approle, ensure_transit, free_port_pair
 
 VAULT_KEY = "bench-kek"  # the vault provider's KEK in OpenBao Transit
@@ -78,7 +77,7 @@ class Stack:
                      if not k.startswith(("TOKENVAULT_", "PROMETHEUS_", "VAULT_", "BAO_"))}
 
     def server_env(self, name: str, port: int, env: dict[str, str]) -> dict[str, str]:
-        """Each gunicorn master gets its own metrics and runtime dir inside `work` (removed with it)."""
+        """Each server master gets its own metrics and runtime dir inside `work` (removed with it)."""
         out = {**env, "TOKENVAULT_WORKERS": str(self.workers), "TOKENVAULT_BIND": f"127.0.0.1:{port}",
                "PROMETHEUS_MULTIPROC_DIR": str(self.work / f"metrics-{name}"),
                "XDG_RUNTIME_DIR": str(self.work / f"run-{name}")}
@@ -88,10 +87,11 @@ class Stack:
 
     def spawn_hello(self) -> Service:
         port = free_port()
-        env = self.server_env("hello", port, self.base)
+        env = {**self.server_env("hello", port, self.base), "PYTHONPATH": str(BENCH)}
+        # The same server and settings as `tokenvault serve` (api/http/server.py), so ratios stay comparable.
         self.hello = self.processes.spawn(
-            "hello", [str(self.python), "-m", "gunicorn", "-c", str(GUNICORN_CONF), "--pythonpath", str(BENCH),
-                      "hello_app:app"], env, f"http://127.0.0.1:{port}", "/healthz", self.work / "hello.log")
+            "hello", [str(self.python), "-m", "api.http.server", "hello_app:app"], env, f"http://127.0.0.1:{port}",
+            "/healthz", self.work / "hello.log")
         return self.hello
 
     def spawn_openbao(self) -> OpenBaoServer:
@@ -110,7 +110,8 @@ class Stack:
         return self.openbao
 
     def vault_env(self, name: str, **extra: str) -> dict[str, str]:
-        env = {**self.base, "TOKENVAULT_DATA_DIR": str(self.work / f"var-{name}"), **extra}
+        env = {**self.base, "TOKENVAULT_DATA_DIR": str(self.work / f"var-{name}"),
+               "TOKENVAULT_METRICS_TOKEN": METRICS_TOKEN, **extra}
         if not self.real_rate_limits:
             # One client per role sends everything: raise its limits so the limiter's bookkeeping is
             # measured but it never refuses (the defaults would cap detokenize per client).

@@ -17,6 +17,7 @@ from bench.harness.procs import BenchError
 
 UNLIMITED = "1000000/second"
 BATCH = 1000  # the API's maximum items per batch request
+METRICS_TOKEN = "bench-" + secrets.token_hex(16)  # /metrics needs a token; each vault of this run gets this one
 _OPS_LINE = re.compile(r'^tokenvault_operations_total\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)$')
 _KMS_LINE = re.compile(r'^tokenvault_kms_calls_total\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)$')
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
@@ -97,7 +98,7 @@ def read_back(url: str, gateway_key: str, tokens: list[str]) -> None:
 
 def vault_counters(url: str) -> dict[str, float]:
     """Per-item outcomes and KMS calls so far, summed over the workers (multiprocess metrics)."""
-    text = requests.get(url + "/metrics", timeout=10).text
+    text = requests.get(url + "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, timeout=10).text
     counts: dict[str, float] = {}
     for line in text.splitlines():
         for pattern, prefix in ((_OPS_LINE, "ops"), (_KMS_LINE, "kms")):

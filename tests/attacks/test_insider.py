@@ -236,8 +236,9 @@ def test_flipped_character_in_wrapped_domain_key_fails_closed(components: Compon
     with components.engine.connect() as conn:
         key_id, wrapped = conn.execute(select(domain_keys.c.id, domain_keys.c.wrapped)
                                        .where(domain_keys.c.active_for == "data")).one()
-    # (Appending "=" is no forgery: base64 ignores surplus padding and the same key opens.)
-    for forged in (wrapped[:-3] + ("A" if wrapped[-3] != "A" else "B") + wrapped[-2:],
+    # (Appending "=" is no forgery: base64 ignores surplus padding and the same key opens. Nor is a
+    # flip of the character before "==", whose low bits are padding: flip one inside the tag instead.)
+    for forged in (wrapped[:-8] + ("A" if wrapped[-8] != "A" else "B") + wrapped[-7:],
                    wrapped.replace(":v1:", ":v9:"), wrapped.replace("local:", "vault:"), "garbage", ""):
         edit(components, domain_keys, domain_keys.c.id == key_id, wrapped=forged)
         assert_fails_closed(read(cold_service(components, clock), GATEWAY, card.token, "payment"), CARD_A)

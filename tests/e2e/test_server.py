@@ -1,4 +1,4 @@
-"""End to end: the real server under gunicorn, over HTTP, on a free loopback port."""
+"""End to end: the real server (granian, api/http/server.py), over HTTP, on a free loopback port."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ from tests.support.server import Server, running_server
 PANS = ["4111111111111111", "5555555555554444", "378282246310005", "6011111111111117"]
 EMAIL = "leaky.person@example.org"
 STREET = "17 Unforgettable Lane"
+METRICS_TOKEN = "e2e-metrics-token"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("e2e") / "var", TOKENVAULT_LOG_LEVEL="debug") as started:
+    with running_server(tmp_path_factory.mktemp("e2e") / "var", TOKENVAULT_LOG_LEVEL="debug",
+                        TOKENVAULT_METRICS_TOKEN=METRICS_TOKEN) as started:
         yield started
 
 
@@ -41,7 +43,8 @@ def test_tokenize_and_detokenize_over_http(server: Server) -> None:
     # Both workers' counts add up in multiprocess mode.
     for _ in range(6):
         requests.get(server.url + "/healthz", timeout=5)
-    metrics = requests.get(server.url + "/metrics", timeout=5).text
+    assert requests.get(server.url + "/metrics", timeout=5).status_code == 401
+    metrics = requests.get(server.url + "/metrics", headers=bearer(METRICS_TOKEN), timeout=5).text
     line = next(m for m in metrics.splitlines()
                 if m.startswith('tokenvault_http_requests_total{method="GET",route="/healthz",status="200"}'))
     assert float(line.split()[-1]) >= 7
@@ -85,10 +88,10 @@ def test_no_plaintext_in_database_or_logs(server: Server) -> None:
 
 
 def test_a_stopped_server_leaves_no_metrics_directory_behind(tmp_path: Path) -> None:
-    """gunicorn_conf makes a Prometheus directory when none is named; the master removes it at exit."""
+    """api/http/server.py makes a Prometheus directory when none is named; the master removes it at exit."""
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    with running_server(tmp_path / "var", TMPDIR=str(scratch)) as server:
+    with running_server(tmp_path / "var", TMPDIR=str(scratch), TOKENVAULT_METRICS_PUBLIC="1") as server:
         assert requests.get(server.url + "/metrics", timeout=10).status_code == 200
         assert [p.name for p in scratch.iterdir() if p.name.startswith("tokenvault-metrics-")]
     assert server.process.returncode == 0

@@ -284,7 +284,7 @@ def test_tokenize_and_detokenize_over_http_with_vault_kms(tmp_path: Path) -> Non
         # Without the admin policy, `init` cannot create the KEK: it fails closed.
         refused_setup = vault_setup(bao, tmp_path / "refused")
         refused = run_cli(tmp_path / "refused" / "var", refused_setup.service_env, "init")
-        assert refused.returncode == 2 and "permission denied" in refused.stderr, refused.stderr
+        assert refused.returncode == 3 and "permission denied" in refused.stderr, refused.stderr
         assert refused_setup.service.secret_id not in refused.stderr + refused.stdout
 
         with vault_service(bao, tmp_path / "svc") as service:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select
 from sqlalchemy.engine import Connection, Engine
 
 from vault.access.operations import AuditedOperations
@@ -34,6 +34,7 @@ from vault.access.policy import Policy
 from vault.audit.trail import Actor, AuditTrail, Origin
 from vault.clear_text import refuse_pan
 from vault.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from vault.keys.row_mac import RowMacs
 from vault.secret import Secret
 from vault.storage.schema import approvals
 
@@ -113,9 +114,11 @@ def _check_params(params: dict[str, Any]) -> str:
 class Approvals(AuditedOperations):
     """Pending requests, their approval, and the single execution that follows."""
 
-    def __init__(self, *, engine: Engine, policy: Policy, trail: AuditTrail,
+    def __init__(self, *, engine: Engine, policy: Policy, trail: AuditTrail, macs: RowMacs,
                  clock: Callable[[], datetime] = _now) -> None:
         super().__init__(engine=engine, policy=policy, trail=trail, clock=clock)
+        # Action, parameters, requester, status and expiry are MACed: an edited request never runs.
+        self._macs = macs
         self._actions: dict[str, ApprovalAction] = {}
 
     def register(self, action: ApprovalAction) -> None:
@@ -152,7 +155,7 @@ class Approvals(AuditedOperations):
             row = {"id": approval_id, "action": action_name, "params": text, "requested_by": actor.id,
                    "requested_at": now, "expires_at": now + action.lifetime, "status": "pending",
                    "approved_by": None, "approved_at": None, "result": None}
-            conn.execute(insert(approvals), [row])
+            conn.execute(insert(approvals), [{**row, "row_mac": self._macs.seal(conn, approvals, row)}])
             self._trail.record(conn, [self._event(actor, "request_approval", "allowed", origin,
                                                   detail=f"request={approval_id} action={action_name} {text}")])
             return self._approval(row, now)
@@ -171,6 +174,7 @@ class Approvals(AuditedOperations):
             row = conn.execute(select(approvals).where(approvals.c.id == approval_id)).mappings().first()
             if row is None:
                 raise NotFound("no such approval request")
+            self._macs.check(conn, approvals, row)
             action = self._actions.get(row["action"])
             if action is None:
                 raise Conflict("this action can no longer be run")
@@ -182,18 +186,17 @@ class Approvals(AuditedOperations):
                 raise Conflict("request already decided")
             if row["expires_at"] <= now:
                 raise Conflict("request expired")
-            taken = conn.execute(update(approvals).where(approvals.c.id == approval_id,
-                                                         approvals.c.status == "pending")
-                                 .values(status="executed", approved_by=actor.id, approved_at=now)).rowcount
-            if taken != 1:
+            taken = self._macs.update(conn, approvals, approval_id,
+                                      {"status": "executed", "approved_by": actor.id, "approved_at": now},
+                                      approvals.c.status == "pending")
+            if not taken:
                 raise Conflict("request already decided")
             params = json.loads(row["params"])
             ran = action.run(conn, actor, params, origin)
             shown_once = {name: value for name, value in ran.items() if isinstance(value, Secret)}
             result = {name: "[shown once to the approver]" if name in shown_once else value
                       for name, value in ran.items()}
-            conn.execute(update(approvals).where(approvals.c.id == approval_id)
-                         .values(result=json.dumps(result, sort_keys=True)))
+            self._macs.update(conn, approvals, approval_id, {"result": json.dumps(result, sort_keys=True)})
             self._trail.record(conn, [self._event(
                 actor, "approve", "allowed", origin,
                 detail=f"{detail} action={row['action']} requested_by={row['requested_by']}")])

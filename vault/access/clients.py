@@ -8,6 +8,8 @@ factor, so a human's role (admin, privacy officer, auditor) behind one would ski
 Keys of human roles made before that rule are refused at authentication (audited, code
 `api_key_role_not_allowed`); `human_role_clients` lists them for `tokenvault init` and the
 service's start log.
+Each row carries a row MAC (vault.keys.row_mac): an edited role, revocation or grace
+period fails authentication with IntegrityFailure, audited as an `integrity` event.
 """
 
 from __future__ import annotations
@@ -20,23 +22,26 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from cachetools import TTLCache
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import insert, or_, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from vault.access.policy import Policy
+from vault.audit.alerts import integrity_event
 from vault.audit.trail import HOST, Actor, AuditEvent, AuditTrail, Origin
 from vault.clear_text import refuse_pan
 from vault.errors import (
     AuditWriteFailed,
     ClientSuspended,
     HumanRoleKeyRefused,
+    IntegrityFailure,
     NotFound,
     StorageUnavailable,
     Unauthenticated,
     ValidationFailed,
 )
 from vault.keys.hierarchy import KeyHierarchy
+from vault.keys.row_mac import RowMacs
 from vault.secret import Secret
 from vault.storage.schema import clients
 
@@ -70,6 +75,7 @@ class ClientRegistry:
     ) -> None:
         self._engine = engine
         self._keys = keys
+        self._macs = RowMacs(keys)
         self._policy = policy
         self._trail = trail
         self._clock = clock
@@ -100,15 +106,10 @@ class ClientRegistry:
         client_id = f"cli_{secrets.token_hex(8)}"
         api_key = Secret(API_KEY_PREFIX + secrets.token_urlsafe(32))
         with self._engine.begin() as conn:
-            conn.execute(
-                insert(clients).values(
-                    id=client_id,
-                    name=name,
-                    role=role,
-                    key_hash=self._hash(conn, api_key.expose()),
-                    created_at=self._clock(),
-                )
-            )
+            row = {"id": client_id, "name": name, "role": role, "key_hash": self._hash(conn, api_key.expose()),
+                   "created_at": self._clock(), "revoked_at": None, "previous_key_hash": None,
+                   "previous_key_expires_at": None}
+            conn.execute(insert(clients).values(**row, row_mac=self._macs.seal(conn, clients, row)))
             self._host_event(conn, "create_client", client_id, f"role={role}")
         return client_id, api_key
 
@@ -126,13 +127,11 @@ class ClientRegistry:
 
     def revoke(self, client_id: str) -> None:
         with self._engine.begin() as conn:
-            changed = conn.execute(
-                update(clients).where(clients.c.id == client_id, clients.c.revoked_at.is_(None))
-                .values(revoked_at=self._clock())
-            ).rowcount
-            if changed == 1:
+            changed = self._macs.update(conn, clients, client_id, {"revoked_at": self._clock()},
+                                        clients.c.revoked_at.is_(None))
+            if changed:
                 self._host_event(conn, "revoke_client", client_id)
-        if changed != 1:
+        if not changed:
             raise NotFound("no such active client")
         if self._cache is not None:
             self._cache.clear()
@@ -144,21 +143,22 @@ class ClientRegistry:
         api_key = Secret(API_KEY_PREFIX + secrets.token_urlsafe(32))
         now = self._clock()
         with self._engine.begin() as conn:
-            changed = conn.execute(
-                update(clients).where(clients.c.id == client_id, clients.c.revoked_at.is_(None))
-                .values(previous_key_hash=clients.c.key_hash, key_hash=self._hash(conn, api_key.expose()),
-                        previous_key_expires_at=now + timedelta(seconds=grace_seconds))
-            ).rowcount
-            if changed == 1:
+            new_hash = self._hash(conn, api_key.expose())
+            changed = self._macs.update(
+                conn, clients, client_id,
+                lambda row: {"previous_key_hash": row["key_hash"], "key_hash": new_hash,
+                             "previous_key_expires_at": now + timedelta(seconds=grace_seconds)},
+                clients.c.revoked_at.is_(None))
+            if changed:
                 self._host_event(conn, "rotate_client_key", client_id, f"grace_seconds={grace_seconds}")
-        if changed != 1:
+        if not changed:
             raise NotFound("no such active client")
         if self._cache is not None:
             self._cache.clear()
         return api_key
 
     def authenticate(self, api_key: Secret[str] | None, origin: Origin) -> Actor:
-        """The actor behind an API key; a failure is audited, then Unauthenticated."""
+        """The actor behind an API key; a failure is counted for the audit trail, then Unauthenticated."""
         try:
             return self._authenticate(api_key)
         except SQLAlchemyError as exc:
@@ -168,11 +168,24 @@ class ClientRegistry:
                                            outcome="denied", error_code=error.code, origin=origin,
                                            detail="reason=suspended"))
             raise
-        except HumanRoleKeyRefused as error:
+        except IntegrityFailure as error:
+            anonymous = Actor(id="anonymous", role="none")
+            events = [AuditEvent(at=self._clock(), actor="anonymous", role="none", action="authenticate",
+                                 outcome="denied", error_code=error.code, origin=origin),
+                      integrity_event(self._clock(), anonymous, origin, error)]
+            try:
+                with self._engine.begin() as conn:
+                    self._trail.record(conn, events)
+            except (SQLAlchemyError, AuditWriteFailed):
+                pass
+            raise
+        except HumanRoleKeyRefused as error:  # a known client: its own event, naming it
             self._refused(error, origin, actor=error.client_id, role=error.role)
             raise
         except Unauthenticated as error:
-            self._refused(error, origin)
+            # Counted, then audited as one event per source and window (vault/audit/trail.py): a flood
+            # of bad keys neither inflates the trail nor queues for its writes.
+            self._trail.note_failed_authentication(self._engine, origin, error.code)
             raise
 
     def _refused(self, error: Unauthenticated, origin: Origin, actor: str = "anonymous", role: str = "none") -> None:
@@ -207,10 +220,10 @@ class ClientRegistry:
             if self._cache is not None and (cached := self._cache.get(digest)) is not None:
                 return cached
             row = conn.execute(
-                select(clients.c.id, clients.c.role, clients.c.name, clients.c.revoked_at, clients.c.key_hash,
-                       clients.c.previous_key_expires_at, clients.c.suspended_at)
-                .where(or_(clients.c.key_hash == digest, clients.c.previous_key_hash == digest))
+                select(clients).where(or_(clients.c.key_hash == digest, clients.c.previous_key_hash == digest))
             ).first()
+            if row is not None:
+                self._macs.check(conn, clients, row._asdict())
         if row is None or row.revoked_at is not None or not self._policy.has_role(row.role):
             raise Unauthenticated("invalid credentials")
         if bytes(row.key_hash) != digest and not (row.previous_key_expires_at and

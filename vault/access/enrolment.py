@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, select
 from sqlalchemy.engine import Connection, Engine
 
 from vault.access.operations import AuditedOperations
@@ -46,6 +46,7 @@ from vault.audit.trail import ANONYMOUS, Actor, AuditTrail, Origin
 from vault.errors import NotFound, Unauthenticated, ValidationFailed, VaultError
 from vault.keys.envelope import associated_data
 from vault.keys.hierarchy import KeyHierarchy
+from vault.keys.row_mac import RowMacs
 from vault.secret import Secret
 from vault.storage.schema import data_keys, operators, totp_uses
 
@@ -108,6 +109,7 @@ class Enrolments(AuditedOperations):
                  clock: Callable[[], datetime] = _now) -> None:
         super().__init__(engine=engine, policy=policy, trail=trail, clock=clock)
         self._keys = keys
+        self._macs = RowMacs(keys)
         self._passwords = passwords
         self._sessions = sessions
         self.lifetime = lifetime
@@ -153,9 +155,9 @@ class Enrolments(AuditedOperations):
             shown = Secret(second)
         _, sealed = seal_new_seed(conn, self._keys, operator_id)  # nobody is shown this seed
         expires_at = now + self.lifetime
-        conn.execute(update(operators).where(operators.c.id == operator_id).values(
-            password_hash=UNSET_PASSWORD, enrolment_hash=self._code_hash(conn, half_hash, second),
-            enrolment_expires_at=expires_at, **sealed))
+        self._macs.update(conn, operators, operator_id, {
+            "password_hash": UNSET_PASSWORD, "enrolment_hash": self._code_hash(conn, half_hash, second),
+            "enrolment_expires_at": expires_at, **sealed})
         conn.execute(delete(data_keys).where(data_keys.c.id == old_key))  # the old seed is shredded
         # Claimed steps belong to the old seed; the new one's codes were never seen, so none can be a replay.
         conn.execute(delete(totp_uses).where(totp_uses.c.operator_id == operator_id))
@@ -172,6 +174,8 @@ class Enrolments(AuditedOperations):
             return None
         digest = self._code_hash(conn, self._half_hash(conn, raw[:HALF_LENGTH]), raw[HALF_LENGTH:])
         row = conn.execute(select(operators).where(operators.c.enrolment_hash == digest)).mappings().first()
+        if row is not None:
+            self._macs.check(conn, operators, row)  # an enrolment code written in by the database never enrols
         if row is None or row["enrolment_expires_at"] is None or row["enrolment_expires_at"] <= self._clock():
             return None
         return row
@@ -191,8 +195,7 @@ class Enrolments(AuditedOperations):
             if row is None:
                 return None
             seed, sealed = seal_new_seed(conn, self._keys, row["id"])
-            conn.execute(update(operators).where(operators.c.id == row["id"])
-                         .values(password_hash=password_hash, **sealed))
+            self._macs.update(conn, operators, row["id"], {"password_hash": password_hash, **sealed})
             conn.execute(delete(data_keys).where(data_keys.c.id == row["totp_key_id"]))
             actor = Actor(id=row["id"], role=row["role"], name=row["username"])
             self._trail.record(conn, [self._event(actor, "enrol_begin", "allowed", origin)])
@@ -221,10 +224,10 @@ class Enrolments(AuditedOperations):
                 return actor, "totp"
             if not claim_step(conn, row["id"], step, now):
                 return actor, "totp_replayed"
-            spent = conn.execute(update(operators).where(operators.c.id == row["id"],
-                                                         operators.c.enrolment_hash == row["enrolment_hash"])
-                                 .values(enrolment_hash=None, enrolment_expires_at=None)).rowcount
-            if spent != 1:
+            spent = self._macs.update(conn, operators, row["id"],
+                                      {"enrolment_hash": None, "enrolment_expires_at": None},
+                                      operators.c.enrolment_hash == row["enrolment_hash"])
+            if not spent:
                 return actor, "code_spent"  # a concurrent confirm won
             self._trail.record(conn, [self._event(actor, "enrol", "allowed", origin)])
             return actor, ""

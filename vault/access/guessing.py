@@ -28,11 +28,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, func, select
 from sqlalchemy.engine import Connection
 
 from vault.audit.trail import Actor, AuditEvent, AuditTrail, Origin
 from vault.errors import Conflict, NotFound
+from vault.keys.row_mac import RowMacs
 from vault.storage.schema import audit_events, clients
 
 __all__ = ["GuessingLimits", "GuessingGuard", "MISS_DETAIL"]
@@ -57,9 +58,10 @@ def _now() -> datetime:
 
 
 class GuessingGuard:
-    def __init__(self, trail: AuditTrail, limits: GuessingLimits = GuessingLimits(),
+    def __init__(self, trail: AuditTrail, macs: RowMacs, limits: GuessingLimits = GuessingLimits(),
                  clock: Callable[[], datetime] = _now) -> None:
         self._trail = trail
+        self._macs = macs  # suspended_at is MACed: clearing it in the database does not resume a client
         self._limits = limits
         self._clock = clock
 
@@ -106,8 +108,7 @@ class GuessingGuard:
         why = self.verdict(conn, actor, now)
         if why is None:
             return
-        suspended = conn.execute(update(clients).where(clients.c.id == actor.id, clients.c.suspended_at.is_(None))
-                                 .values(suspended_at=now)).rowcount
+        suspended = self._macs.update(conn, clients, actor.id, {"suspended_at": now}, clients.c.suspended_at.is_(None))
         if suspended:
             self._trail.record(conn, [AuditEvent(
                 at=now, actor=actor.id, role=actor.role, action="suspend_client", outcome="denied",
@@ -126,9 +127,9 @@ class GuessingGuard:
     def run_resume(self, conn: Connection, actor: Actor, params: dict[str, Any], origin: Origin) -> dict[str, Any]:
         """Once a second admin approved: the client may call again (its misses so far stay in the trail)."""
         client_id = str(params["client_id"])
-        changed = conn.execute(update(clients).where(clients.c.id == client_id, clients.c.suspended_at.is_not(None))
-                               .values(suspended_at=None)).rowcount
-        if changed != 1:
+        changed = self._macs.update(conn, clients, client_id, {"suspended_at": None},
+                                    clients.c.suspended_at.is_not(None))
+        if not changed:
             raise Conflict("client is not suspended")
         self._trail.record(conn, [AuditEvent(at=self._clock(), actor=actor.id, role=actor.role,
                                              action="resume_client", outcome="allowed", origin=origin,

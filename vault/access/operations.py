@@ -15,8 +15,9 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from vault.access.policy import Policy
+from vault.audit.alerts import integrity_event
 from vault.audit.trail import Actor, AuditEvent, AuditTrail, Origin
-from vault.errors import Forbidden, StorageUnavailable, VaultError
+from vault.errors import Forbidden, IntegrityFailure, StorageUnavailable, VaultError
 
 __all__ = ["AuditedOperations"]
 
@@ -60,7 +61,10 @@ class AuditedOperations:
             self._transaction(lambda conn: self._trail.record(conn, events))
 
     def _deny(self, actor: Actor, action: str, origin: Origin, error: VaultError, **fields: Any) -> VaultError:
-        self._audit_failure([self._event(actor, action, "denied", origin, error_code=error.code, **fields)])
+        events = [self._event(actor, action, "denied", origin, error_code=error.code, **fields)]
+        if isinstance(error, IntegrityFailure):
+            events.append(integrity_event(self._clock(), actor, origin, error))
+        self._audit_failure(events)
         return error
 
     def _require(self, actor: Actor, operation: str, action: str, origin: Origin, **fields: Any) -> None:
@@ -78,7 +82,10 @@ class AuditedOperations:
         try:
             return self._transaction(work)
         except VaultError as error:
-            outcome = "denied" if error.code in ("not_found", "forbidden", "conflict", "invalid_input",
-                                                 "legal_hold") else "error"
-            self._audit_failure([self._event(actor, action, outcome, origin, error_code=error.code, **fields)])
+            outcome = ("denied" if error.code in ("not_found", "forbidden", "conflict", "invalid_input",
+                                                  "integrity_failure", "legal_hold") else "error")
+            events = [self._event(actor, action, outcome, origin, error_code=error.code, **fields)]
+            if isinstance(error, IntegrityFailure):
+                events.append(integrity_event(self._clock(), actor, origin, error))
+            self._audit_failure(events)
             raise

@@ -11,7 +11,8 @@ approves `enable_operator`: otherwise one admin could create a second identity a
 their own dual-control requests with it. Sensitive actions ask again for a fresh TOTP code (step-up); every code
 is accepted once. Repeated failures lock the account for a time that doubles with each
 further failure. Every attempt is audited (action `login` / `step_up`), never the
-password or the code.
+password or the code. Operator rows carry a row MAC (vault.keys.row_mac), checked on
+login, step-up and every session use, and kept through every write.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
 
 from vault.access.enrolment import UNSET_PASSWORD, EnrolmentCode, Enrolments, seal_new_seed, seed_aad
@@ -35,8 +36,18 @@ from vault.access.sessions import Session, Sessions
 from vault.access.totp import claim_step, matching_step, release_step
 from vault.audit.trail import HOST, Actor, AuditTrail, Origin
 from vault.clear_text import refuse_pan
-from vault.errors import Conflict, Forbidden, NotFound, StepUpRequired, Unauthenticated, ValidationFailed, VaultError
+from vault.errors import (
+    Conflict,
+    Forbidden,
+    IntegrityFailure,
+    NotFound,
+    StepUpRequired,
+    Unauthenticated,
+    ValidationFailed,
+    VaultError,
+)
 from vault.keys.hierarchy import KeyHierarchy
+from vault.keys.row_mac import RowMacs
 from vault.secret import Secret
 from vault.storage.schema import audit_events, data_keys, operators
 
@@ -120,6 +131,7 @@ class OperatorRegistry(AuditedOperations):
     ) -> None:
         super().__init__(engine=engine, policy=policy, trail=trail, clock=clock)
         self._keys = keys
+        self._macs = RowMacs(keys)
         self._passwords = passwords
         self._sessions = sessions
         self._enrolments = enrolments
@@ -149,9 +161,10 @@ class OperatorRegistry(AuditedOperations):
             if conn.execute(select(operators.c.id).where(operators.c.username == username)).first() is not None:
                 raise Conflict("username already taken")
             _, sealed = seal_new_seed(conn, self._keys, operator_id)  # a placeholder nobody is shown
-            conn.execute(insert(operators).values(
-                id=operator_id, username=username, role=role, password_hash=UNSET_PASSWORD, failed_attempts=0,
-                created_at=self._clock(), disabled_at=None if active else self._clock(), **sealed))
+            self._macs.insert(conn, operators, {
+                "id": operator_id, "username": username, "role": role, "password_hash": UNSET_PASSWORD,
+                "failed_attempts": 0, "locked_until": None, "enrolment_hash": None, "enrolment_expires_at": None,
+                "created_at": self._clock(), "disabled_at": None if active else self._clock(), **sealed})
             enrolment = self._enrolments.issue(conn, operator_id) if active else None
             self._trail.record(conn, [self._event(actor, "create_operator", "allowed", origin,
                                                   detail=f"operator={operator_id} role={role} active={active}")])
@@ -198,9 +211,10 @@ class OperatorRegistry(AuditedOperations):
         ).mappings().first()
         if row is None:
             return None
+        self._macs.check(conn, operators, row)
         key_row = {"id": row["totp_key_id"], "domain_key_id": row["domain_key_id"], "subject_id": row["subject_id"],
                    "purpose": row["purpose"], "wrapped": row["wrapped"]}
-        cipher = self._keys.open_data_keys(conn, [key_row])[row["totp_key_id"]]
+        cipher = self._keys.open_data_keys(conn, [key_row], ("totp",))[row["totp_key_id"]]
         seed = cipher.open(row["totp_sealed"], seed_aad(row["id"], row["totp_key_id"]))
         return row, Secret(seed.decode())
 
@@ -209,7 +223,10 @@ class OperatorRegistry(AuditedOperations):
         now = self._clock()
         found = None
         if _USERNAME.match(username):
-            found = self._transaction(lambda conn: self._account(conn, operators.c.username == username))
+            try:
+                found = self._transaction(lambda conn: self._account(conn, operators.c.username == username))
+            except IntegrityFailure as error:
+                raise self._deny(_ANONYMOUS, "login", origin, error) from None
         failure: str | None = None
         step: int | None = None
         if found is None:
@@ -252,7 +269,7 @@ class OperatorRegistry(AuditedOperations):
         values: dict[str, Any] = {"failed_attempts": 0, "locked_until": None}
         if rehash is not None:
             values["password_hash"] = rehash
-        conn.execute(update(operators).where(operators.c.id == actor.id).values(**values))
+        self._macs.update(conn, operators, actor.id, values)
         session = self._sessions.issue(conn, actor.id, now)
         self._trail.record(conn, [self._event(actor, "login", "allowed", origin, detail=f"session={session.id}")])
         return session
@@ -281,23 +298,34 @@ class OperatorRegistry(AuditedOperations):
         return int(wrong or 0) >= self._lockout.per_source
 
     def _count_failure(self, conn: Connection, operator_id: str, now: datetime) -> str:
-        failures = int(conn.execute(
-            update(operators).where(operators.c.id == operator_id)
-            .values(failed_attempts=operators.c.failed_attempts + 1).returning(operators.c.failed_attempts)
-        ).scalar_one())
-        lock = self._lockout.duration(failures)
+        counted: list[tuple[int, timedelta | None]] = []
+
+        def bump(row: dict[str, Any]) -> dict[str, Any]:
+            failures = int(row["failed_attempts"]) + 1
+            lock = self._lockout.duration(failures)
+            counted.append((failures, lock))
+            return {"failed_attempts": failures, **({"locked_until": now + lock} if lock is not None else {})}
+
+        # Row locked, MAC checked, counter raised, re-MACed: correct across instances at READ COMMITTED.
+        self._macs.update(conn, operators, operator_id, bump)
+        if not counted:
+            return ""
+        failures, lock = counted[0]
         if lock is None:
             return f" failures={failures}"
-        conn.execute(update(operators).where(operators.c.id == operator_id).values(locked_until=now + lock))
         return f" failures={failures} locked_seconds={int(lock.total_seconds())}"
 
     def authenticate(self, token: Secret[str], origin: Origin) -> Actor:
         """The operator behind a live session token; a failure is audited, then Unauthenticated."""
         now = self._clock()
-        row = self._transaction(lambda conn: self._sessions.find(conn, token, now))
+        try:
+            row = self._transaction(lambda conn: self._sessions.find(conn, token, now))
+        except IntegrityFailure as failure:
+            raise self._deny(_ANONYMOUS, "authenticate", origin, failure, detail="session") from None
         if row is None or not self._policy.has_role(row.role):
-            raise self._deny(_ANONYMOUS, "authenticate", origin, Unauthenticated("invalid credentials"),
-                             detail="session")
+            refused = Unauthenticated("invalid credentials")
+            self._trail.note_failed_authentication(self._engine, origin, refused.code, detail="session")
+            raise refused
         return Actor(id=row.operator_id, role=row.role, name=row.username)
 
     def logout(self, actor: Actor, token: Secret[str], origin: Origin) -> None:
@@ -325,7 +353,10 @@ class OperatorRegistry(AuditedOperations):
         if operation is not None:
             self._require(actor, operation, "step_up", origin, detail=detail)
         now = self._clock()
-        found = self._transaction(lambda conn: self._account(conn, operators.c.id == actor.id))
+        try:
+            found = self._transaction(lambda conn: self._account(conn, operators.c.id == actor.id))
+        except IntegrityFailure as error:
+            raise self._deny(actor, "step_up", origin, error, detail=detail) from None
         if found is None or found[0]["disabled_at"] is not None or found[0]["enrolment_hash"] is not None:
             raise self._deny(actor, "step_up", origin, Forbidden("step-up needs an operator session"), detail=detail)
         row, seed = found
@@ -401,10 +432,10 @@ class OperatorRegistry(AuditedOperations):
         enrolment code; the approver gets the second half (shown once, never stored).
         """
         operator_id = str(params["operator_id"])
-        changed = conn.execute(update(operators).where(operators.c.id == operator_id,
-                                                       operators.c.disabled_at.is_not(None))
-                               .values(disabled_at=None, failed_attempts=0, locked_until=None)).rowcount
-        if changed != 1:
+        changed = self._macs.update(conn, operators, operator_id,
+                                    {"disabled_at": None, "failed_attempts": 0, "locked_until": None},
+                                    operators.c.disabled_at.is_not(None))
+        if not changed:
             raise Conflict("operator already enabled")
         result: dict[str, Any] = {"operator_id": operator_id}
         if "enrolment_half" in params:
@@ -464,7 +495,7 @@ class OperatorRegistry(AuditedOperations):
         password_hash = self._passwords.hash(new)
 
         def work(conn: Connection) -> int:
-            conn.execute(update(operators).where(operators.c.id == actor.id).values(password_hash=password_hash))
+            self._macs.update(conn, operators, actor.id, {"password_hash": password_hash})
             revoked = self._sessions.revoke_all(conn, actor.id, self._clock())
             self._trail.record(conn, [self._event(actor, "change_password", "allowed", origin,
                                                   detail=f"sessions_revoked={revoked}")])
@@ -490,9 +521,9 @@ class OperatorRegistry(AuditedOperations):
         """Once approved: disable the operator and end every session it has."""
         now = self._clock()
         operator_id = str(params["operator_id"])
-        changed = conn.execute(update(operators).where(operators.c.id == operator_id, operators.c.disabled_at.is_(None))
-                               .values(disabled_at=now)).rowcount
-        if changed != 1:
+        changed = self._macs.update(conn, operators, operator_id, {"disabled_at": now},
+                                    operators.c.disabled_at.is_(None))
+        if not changed:
             raise Conflict("operator already disabled")
         revoked = self._sessions.revoke_all(conn, operator_id, now)
         self._trail.record(conn, [self._event(actor, "disable_operator", "allowed", origin,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,9 +22,9 @@ from cachetools import TTLCache
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 
-from vault.errors import DecryptionFailed, KeyServiceUnavailable
+from vault.errors import ConfigurationError, DecryptionFailed, KeyServiceUnavailable
 from vault.keys.envelope import Cipher, associated_data
-from vault.keys.provider import KeyProvider, wrapped_version
+from vault.keys.provider import KEY_BYTES, KeyProvider, wrapped_version
 from vault.secret import Secret
 from vault.storage.schema import data_keys, domain_keys, insert_ignoring_conflict
 
@@ -32,10 +32,35 @@ __all__ = ["KeyHierarchy", "DataKey", "PURPOSES"]
 
 # data: records; cvv: card security codes (own key, PCI DSS 3.3.2); index: keyed
 # hashes for deterministic tokens; auth: keyed hashes of credentials; audit: the MACs
-# chaining audit events; totp: wraps the data keys that seal operators' TOTP seeds.
-# relay: wraps the data keys that seal relay routes (upstream credentials among them).
-PURPOSES = ("data", "cvv", "index", "auth", "audit", "totp", "relay")
+# chaining audit events; totp: wraps the data keys that seal operators' TOTP seeds;
+# relay: wraps the data keys that seal relay routes (upstream credentials among them);
+# row: the MACs of rows that decide access (vault.keys.row_mac).
+PURPOSES = ("data", "cvv", "index", "auth", "audit", "totp", "relay", "row")
 RECORD_PURPOSES = ("data", "cvv")
+
+
+def _header(purpose: str, key_id: str) -> bytes:
+    """What a domain key's plaintext starts with inside its KMS wrapping (format 2).
+
+    The KEK's authenticated encryption (local AES-GCM or Transit) covers it, so a
+    wrapped key copied to a row of another id or purpose unwraps to the wrong header
+    and is refused: a domain key serves only its own purpose and id, whichever
+    provider holds the KEK, without asking the provider for anything it lacks.
+    """
+    return f"tokenvault-domain-key|2|{purpose}|{key_id}|".encode()
+
+
+def _bound(purpose: str, key_id: str, key: Secret[bytes]) -> Secret[bytes]:
+    return Secret(_header(purpose, key_id) + key.expose())
+
+
+def _unbound(purpose: str, key_id: str, plain: Secret[bytes]) -> Secret[bytes]:
+    """The key inside a format-2 plaintext, if it was made for this purpose and id; else DecryptionFailed."""
+    header = _header(purpose, key_id)
+    material = plain.expose()
+    if len(material) != len(header) + KEY_BYTES or not material.startswith(header):
+        raise DecryptionFailed()
+    return Secret(material[len(header):])
 
 
 def _new_id(prefix: str) -> str:
@@ -72,8 +97,9 @@ class KeyHierarchy:
         self._clock = clock
         self._lock = threading.Lock()
         ttl = max(cache_seconds, 0.001)
-        self._domain: TTLCache[str, Secret[bytes]] = TTLCache(maxsize=64, ttl=ttl)
-        self._domain_ciphers: TTLCache[str, Cipher] = TTLCache(maxsize=64, ttl=ttl)
+        # Keyed by (id, purpose): a purpose asked of a key made for another never hits.
+        self._domain: TTLCache[tuple[str, str], Secret[bytes]] = TTLCache(maxsize=64, ttl=ttl)
+        self._domain_ciphers: TTLCache[tuple[str, str], Cipher] = TTLCache(maxsize=64, ttl=ttl)
         self._active: TTLCache[str, str] = TTLCache(maxsize=16, ttl=ttl)
         # Keyed by id *and* wrapped bytes: a data key rewrapped or re-keyed elsewhere misses here.
         self._data: TTLCache[tuple[str, bytes], Cipher] = TTLCache(maxsize=data_key_cache_size, ttl=ttl)
@@ -90,8 +116,9 @@ class KeyHierarchy:
         return created
 
     def _create_domain_key(self, conn: Connection, purpose: str) -> str:
-        key, wrapped = self.provider.generate()
         key_id = _new_id("dom")
+        key = Secret(secrets.token_bytes(KEY_BYTES))
+        wrapped = self.provider.wrap([_bound(purpose, key_id, key)])[0]
         conn.execute(
             insert(domain_keys).values(
                 id=key_id,
@@ -102,7 +129,7 @@ class KeyHierarchy:
                 created_at=self._clock(),
             )
         )
-        self._domain[key_id] = key
+        self._domain[(key_id, purpose)] = key
         return key_id
 
     def rotate_domain_key(self, conn: Connection, purpose: str) -> str:
@@ -123,48 +150,88 @@ class KeyHierarchy:
             self._active[purpose] = key_id
         return key_id
 
-    def _domain_secret(self, conn: Connection, key_id: str) -> Secret[bytes]:
-        key = self._domain.get(key_id)
+    def _domain_secret(self, conn: Connection, key_id: str, purpose: str) -> Secret[bytes]:
+        """The domain key `key_id`, only if its row and its wrapping both say `purpose`."""
+        key = self._domain.get((key_id, purpose))
         self._on_lookup("domain", key is not None)
         if key is not None:
             return key
-        row = conn.execute(select(domain_keys.c.wrapped).where(domain_keys.c.id == key_id)).first()
+        row = conn.execute(select(domain_keys.c.wrapped).where(domain_keys.c.id == key_id,
+                                                               domain_keys.c.purpose == purpose)).first()
         if row is None:
             raise DecryptionFailed()
         unwrapped = self.provider.unwrap([row[0]])[0]
         if unwrapped is None:
             raise DecryptionFailed()
+        key = _unbound(purpose, key_id, unwrapped)
         with self._lock:
-            self._domain[key_id] = unwrapped
-        return unwrapped
+            self._domain[(key_id, purpose)] = key
+        return key
 
-    def domain_cipher(self, conn: Connection, key_id: str) -> Cipher:
-        cipher = self._domain_ciphers.get(key_id)
+    def domain_cipher(self, conn: Connection, key_id: str, purpose: str) -> Cipher:
+        cipher = self._domain_ciphers.get((key_id, purpose))
         if cipher is None:
             # Setting up an AES key costs more than sealing one data key with it: keep it, as long as the secret.
-            cipher = Cipher(self._domain_secret(conn, key_id))
+            cipher = Cipher(self._domain_secret(conn, key_id, purpose))
             with self._lock:
-                self._domain_ciphers[key_id] = cipher
+                self._domain_ciphers[(key_id, purpose)] = cipher
         else:
             self._on_lookup("domain", True)
         return cipher
 
     def hmac_key(self, conn: Connection, purpose: str) -> Secret[bytes]:
         """Key for keyed hashes (PCI DSS 3.5.1.1), held like every other domain key."""
-        return self._domain_secret(conn, self._active_id(conn, purpose))
+        return self._domain_secret(conn, self._active_id(conn, purpose), purpose)
 
     def cached_hmac_key(self, purpose: str) -> Secret[bytes] | None:
         """The active key of `purpose` if this process holds it already, else None (no I/O)."""
         key_id = self._active.get(purpose)
-        return self._domain.get(key_id) if key_id is not None else None
+        return self._domain.get((key_id, purpose)) if key_id is not None else None
 
     def active_hmac_key(self, conn: Connection, purpose: str) -> tuple[str, Secret[bytes]]:
         key_id = self._active_id(conn, purpose)
-        return key_id, self._domain_secret(conn, key_id)
+        return key_id, self._domain_secret(conn, key_id, purpose)
 
-    def hmac_key_by_id(self, conn: Connection, key_id: str) -> Secret[bytes]:
-        """A possibly retired key, to verify what it once signed."""
-        return self._domain_secret(conn, key_id)
+    def hmac_key_by_id(self, conn: Connection, key_id: str, purpose: str) -> Secret[bytes]:
+        """A possibly retired key of `purpose`, to verify what it once signed; DecryptionFailed if not of it."""
+        return self._domain_secret(conn, key_id, purpose)
+
+    def bind_legacy_wrappings(self, conn: Connection) -> int:
+        """Upgrade: rewrap format-1 domain keys (bare 32 bytes) with their purpose and id bound in.
+
+        Run by `tokenvault init`. Refuses (ConfigurationError) when two rows unwrap to
+        the same material: a wrapped key copied under another id or purpose before the
+        upgrade would otherwise be blessed here; an operator must decide which is real.
+        Returns how many rows were rewrapped.
+        """
+        rows = conn.execute(select(domain_keys.c.id, domain_keys.c.purpose, domain_keys.c.wrapped)
+                            .order_by(domain_keys.c.created_at)).all()
+        if not rows:
+            return 0
+        plains = self.provider.unwrap([row.wrapped for row in rows])
+        seen: dict[bytes, str] = {}
+        legacy = []
+        for row, plain in zip(rows, plains, strict=True):
+            if plain is None:
+                continue  # unusable already (tampered, or below the KEK's minimum version): stays failing
+            material = plain.expose()
+            if len(material) == KEY_BYTES:
+                legacy.append((row, plain))
+            elif material.startswith(_header(row.purpose, row.id)):
+                material = material[len(_header(row.purpose, row.id)):]
+            else:
+                continue
+            if material in seen:
+                raise ConfigurationError(f"domain keys {seen[material]} and {row.id} hold the same key: one was "
+                                         "copied by someone with database access; remove the copy, then rerun")
+            seen[material] = row.id
+        if not legacy:
+            return 0
+        rewrapped = self.provider.wrap([_bound(row.purpose, row.id, plain) for row, plain in legacy])
+        for (row, _plain), wrapped in zip(legacy, rewrapped, strict=True):
+            conn.execute(update(domain_keys).where(domain_keys.c.id == row.id)
+                         .values(wrapped=wrapped, kek_version=wrapped_version(wrapped)))
+        return len(legacy)
 
     # -- data keys -------------------------------------------------------------------------
 
@@ -175,7 +242,7 @@ class KeyHierarchy:
     def new_data_key(self, conn: Connection, purpose: str, subject_id: str | None) -> DataKey:
         """A fresh data key, wrapped under the active domain key of `purpose`."""
         domain_id = self._active_id(conn, purpose)
-        return self._data_key_under(domain_id, self.domain_cipher(conn, domain_id), purpose, subject_id)
+        return self._data_key_under(domain_id, self.domain_cipher(conn, domain_id, purpose), purpose, subject_id)
 
     def new_record_key_from_memory(self, purpose: str) -> DataKey | None:
         """Like `new_data_key` for one record, if the domain key is in memory; None rather than any I/O.
@@ -183,7 +250,7 @@ class KeyHierarchy:
         Lets callers seal records before they take the database's write lock.
         """
         domain_id = self._active.get(purpose)
-        domain = self._domain_ciphers.get(domain_id) if domain_id is not None else None
+        domain = self._domain_ciphers.get((domain_id, purpose)) if domain_id is not None else None
         if domain_id is None or domain is None:
             return None
         self._on_lookup("domain", True)
@@ -223,7 +290,7 @@ class KeyHierarchy:
                 self._data[(key.id, bytes(key.row["wrapped"]))] = key.cipher
                 return key
             row = conn.execute(found.with_for_update(read=True, key_share=True)).mappings().one()
-        return DataKey(row["id"], self.open_data_keys(conn, [dict(row)])[row["id"]], dict(row))
+        return DataKey(row["id"], self.open_data_keys(conn, [dict(row)], (purpose,))[row["id"]], dict(row))
 
     def subject_data_keys(self, conn: Connection, slots: Iterable[tuple[str, str]]) -> dict[tuple[str, str], DataKey]:
         """`subject_data_key` for many (subject, purpose) slots: one locking read, one insert of the missing.
@@ -261,10 +328,17 @@ class KeyHierarchy:
         row = conn.execute(select(data_keys).where(data_keys.c.id == key_id).with_for_update()).mappings().first()
         return None if row is None else dict(row)
 
-    def open_data_keys(self, conn: Connection, rows: Iterable[dict[str, Any]]) -> dict[str, Cipher]:
-        """Unwrap data-key rows (id, domain_key_id, subject_id, purpose, wrapped) into ciphers."""
+    def open_data_keys(self, conn: Connection, rows: Iterable[dict[str, Any]],
+                       purposes: Collection[str] = PURPOSES) -> dict[str, Cipher]:
+        """Unwrap data-key rows (id, domain_key_id, subject_id, purpose, wrapped) into ciphers.
+
+        Only keys of `purposes` open (DecryptionFailed otherwise), each under a domain key
+        of its own purpose: a row pointed at another kind of key never yields a cipher.
+        """
         out: dict[str, Cipher] = {}
         for row in rows:
+            if row["purpose"] not in purposes:
+                raise DecryptionFailed()
             key_id = row["id"]
             if key_id in out:
                 continue
@@ -275,7 +349,7 @@ class KeyHierarchy:
             if cached is not None:
                 out[key_id] = cached
                 continue
-            domain = self.domain_cipher(conn, row["domain_key_id"])
+            domain = self.domain_cipher(conn, row["domain_key_id"], row["purpose"])
             aad = self._wrap_aad(key_id, row["domain_key_id"], row["subject_id"], row["purpose"])
             cipher = Cipher(Secret(domain.open(row["wrapped"], aad)))
             if row["subject_id"] is not None:
@@ -286,7 +360,7 @@ class KeyHierarchy:
     def wrap_data_key(self, conn: Connection, row: dict[str, Any], material: Secret[bytes],
                       domain_key_id: str) -> bytes:
         """Wrap data-key material for `row` (id, subject_id, purpose) under a given domain key."""
-        domain = self.domain_cipher(conn, domain_key_id)
+        domain = self.domain_cipher(conn, domain_key_id, row["purpose"])
         return domain.seal(material.expose(), self._wrap_aad(row["id"], domain_key_id, row["subject_id"],
                                                              row["purpose"]))
 
@@ -301,10 +375,11 @@ class KeyHierarchy:
         out = []
         for row in rows:
             source = ciphers.get(row["domain_key_id"]) or ciphers.setdefault(
-                row["domain_key_id"], self.domain_cipher(conn, row["domain_key_id"]))
+                row["domain_key_id"], self.domain_cipher(conn, row["domain_key_id"], row["purpose"]))
             target_id = targets.get(row["purpose"]) or targets.setdefault(row["purpose"],
                                                                           self._active_id(conn, row["purpose"]))
-            target = ciphers.get(target_id) or ciphers.setdefault(target_id, self.domain_cipher(conn, target_id))
+            target = ciphers.get(target_id) or ciphers.setdefault(
+                target_id, self.domain_cipher(conn, target_id, row["purpose"]))
             material = source.open(row["wrapped"], self._wrap_aad(row["id"], row["domain_key_id"], row["subject_id"],
                                                                   row["purpose"]))
             out.append((target_id, target.seal(material, self._wrap_aad(row["id"], target_id, row["subject_id"],
@@ -313,7 +388,7 @@ class KeyHierarchy:
 
     def unwrap_data_key(self, conn: Connection, row: dict[str, Any]) -> Secret[bytes]:
         """The material of a data-key row; DecryptionFailed if it was tampered with."""
-        domain = self.domain_cipher(conn, row["domain_key_id"])
+        domain = self.domain_cipher(conn, row["domain_key_id"], row["purpose"])
         aad = self._wrap_aad(row["id"], row["domain_key_id"], row["subject_id"], row["purpose"])
         return Secret(domain.open(row["wrapped"], aad))
 
@@ -324,11 +399,12 @@ class KeyHierarchy:
         """Drop unwrapped copies of destroyed keys from this process's memory."""
         doomed = set(key_ids)
         with self._lock:
-            for slot in [slot for slot in list(self._data) if slot[0] in doomed]:
-                self._data.pop(slot, None)
-            for key_id in doomed:
-                self._domain.pop(key_id, None)
-                self._domain_ciphers.pop(key_id, None)
+            for data_slot in [slot for slot in list(self._data) if slot[0] in doomed]:
+                self._data.pop(data_slot, None)
+            for domain_slot in [slot for slot in list(self._domain) if slot[0] in doomed]:
+                self._domain.pop(domain_slot, None)
+            for cipher_slot in [slot for slot in list(self._domain_ciphers) if slot[0] in doomed]:
+                self._domain_ciphers.pop(cipher_slot, None)
 
     def check(self) -> None:
         try:

@@ -33,11 +33,20 @@ from vault.keys.envelope import Cipher, record_aad
 from vault.keys.hierarchy import RECORD_PURPOSES, KeyHierarchy
 from vault.keys.provider import KeyProvider, wrapped_version
 from vault.secret import Secret
-from vault.storage.schema import data_keys, domain_keys, drop_deleted_copies, key_jobs, tokens, vacuum_deleted
+from vault.storage.schema import (
+    audit_signing_keys,
+    data_keys,
+    domain_keys,
+    drop_deleted_copies,
+    key_jobs,
+    tokens,
+    vacuum_deleted,
+)
 
 __all__ = ["KeyLifecycle", "CryptoPeriods"]
 
 LEASE = timedelta(seconds=60)
+WAITING = "wait_key_caches"  # the job phase while nothing is left to move but time (see `describe`)
 
 
 @dataclass(frozen=True)
@@ -89,7 +98,7 @@ def rekey_data_key(conn: Connection, keys: KeyHierarchy, key_id: str) -> Cipher 
     row = keys.lock_data_key(conn, key_id)
     if row is None:
         return None
-    old = keys.open_data_keys(conn, [row])[row["id"]]
+    old = keys.open_data_keys(conn, [row], RECORD_PURPOSES)[row["id"]]
     material = Secret(secrets.token_bytes(32))
     fresh = Cipher(material)
     for record in conn.execute(select(tokens).where(tokens.c.data_key_id == row["id"])).mappings():
@@ -283,11 +292,20 @@ class KeyLifecycle(AuditedOperations):
         elapsed = max((row["updated_at"] - row["started_at"]).total_seconds(), 1e-6)
         rate = row["done"] / elapsed
         remaining = max(row["total"] - row["done"], 0)
-        return {"job_id": row["id"], "kind": row["kind"], "status": row["status"], "phase": row["phase"],
-                "done": row["done"], "total": row["total"], "rate": round(rate, 1),
-                "eta_seconds": round(remaining / rate, 1) if rate > 0 and row["status"] == "running" else None,
-                "started_at": _iso(row["started_at"]), "finished_at": _iso(row["finished_at"]),
-                "error": row["error"]}
+        out = {"job_id": row["id"], "kind": row["kind"], "status": row["status"], "phase": row["phase"],
+               "done": row["done"], "total": row["total"], "rate": round(rate, 1),
+               "eta_seconds": round(remaining / rate, 1) if rate > 0 and row["status"] == "running" else None,
+               "started_at": _iso(row["started_at"]), "finished_at": _iso(row["finished_at"]),
+               "error": row["error"]}
+        if row["phase"] == WAITING and row["status"] == "running":
+            # Every record is done; what is left is time: another process may still hold the old domain
+            # key in its cache and write under it, so the old key is destroyed only once all caches have
+            # let it go (TOKENVAULT_KEY_CACHE_SECONDS after the rotation).
+            until = self._caches_expire_at(json.loads(row["params"]))
+            out["waiting_for"] = (f"other workers' key caches to let the old key go "
+                                  f"(TOKENVAULT_KEY_CACHE_SECONDS={self._cache_seconds:g}) until {_iso(until)}")
+            out["eta_seconds"] = round(max((until - self._clock()).total_seconds(), 0.0), 1)
+        return out
 
     def job_kind(self, job_id: str) -> str | None:
         with self._engine.connect() as conn:
@@ -357,8 +375,11 @@ class KeyLifecycle(AuditedOperations):
 
     def _caches_expired(self, params: dict[str, Any]) -> bool:
         """Other processes may still hold the old active domain key until their cache expires."""
+        return self._clock() >= self._caches_expire_at(params)
+
+    def _caches_expire_at(self, params: dict[str, Any]) -> datetime:
         rotated = datetime.fromisoformat(str(params["rotated_at"]).replace("Z", "+00:00"))
-        return self._clock() >= rotated + timedelta(seconds=self._cache_seconds)
+        return rotated + timedelta(seconds=self._cache_seconds)
 
     def _step(self, conn: Connection, kind: str, params: dict[str, Any], batch: int) -> tuple[int, str]:
         """One batch in the caller's transaction; returns (items moved, phase)."""
@@ -368,20 +389,25 @@ class KeyLifecycle(AuditedOperations):
                 return moved, "rewrap_domain_keys"
             old = list(params["old_domain_keys"])
             moved = self._move_data_keys(conn, old, batch) if old else 0
-            if moved or (old and not self._caches_expired(params)):
+            if moved:
                 return moved, "rewrap_data_keys"
+            if old and not self._caches_expired(params):
+                return 0, WAITING
             for domain_key_id in old:
                 self._destroy_if_empty(conn, domain_key_id)
             if kind == "epoch":
                 self._close_epoch(conn, int(params["kek_version"]))
             return 0, "done"
         moved = self._rekey_data_keys(conn, str(params["domain_key"]), batch)
-        if moved or not self._caches_expired(params):
+        if moved:
             return moved, "reencrypt_records"
+        if not self._caches_expired(params):
+            return 0, WAITING
         self._destroy_if_empty(conn, str(params["domain_key"]))
         return 0, "done"
 
     def _rewrap_domain_keys(self, conn: Connection, version: int, batch: int) -> int:
+        self._rewrap_signing_keys(conn, version)
         rows = conn.execute(select(domain_keys.c.id, domain_keys.c.wrapped)
                             .where(domain_keys.c.kek_version < version).limit(batch)).all()
         if not rows:
@@ -393,6 +419,17 @@ class KeyLifecycle(AuditedOperations):
             conn.execute(update(domain_keys).where(domain_keys.c.id == row.id)
                          .values(wrapped=wrapped, kek_version=wrapped_version(wrapped)))
         return len(rows)
+
+    def _rewrap_signing_keys(self, conn: Connection, version: int) -> None:
+        """The audit checkpoint signing seed is sealed by the KEK too: rewrap it with the domain keys."""
+        rows = [r for r in conn.execute(select(audit_signing_keys.c.id, audit_signing_keys.c.wrapped)).all()
+                if wrapped_version(r.wrapped) < version]
+        if not rows:
+            return
+        for row, wrapped in zip(rows, self._provider.rewrap([r.wrapped for r in rows]), strict=True):
+            if wrapped is None:
+                raise VaultError("the audit signing key could not be rewrapped")
+            conn.execute(update(audit_signing_keys).where(audit_signing_keys.c.id == row.id).values(wrapped=wrapped))
 
     def _locked(self, conn: Connection, condition: Any, batch: int) -> list[dict[str, Any]]:
         query = select(data_keys).where(condition).order_by(data_keys.c.id).limit(batch)
@@ -442,6 +479,8 @@ class KeyLifecycle(AuditedOperations):
             raise ValidationFailed("below", f"must be 2 to {info.latest_version}")
         remaining = conn.execute(select(func.count()).select_from(domain_keys)
                                  .where(domain_keys.c.kek_version < below)).scalar_one()
+        remaining += sum(1 for (wrapped,) in conn.execute(select(audit_signing_keys.c.wrapped))
+                         if wrapped_version(wrapped) < below)
         if remaining:
             raise Conflict(f"{remaining} domain keys still wrapped under a version below {below}")
 

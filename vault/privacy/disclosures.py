@@ -1,7 +1,9 @@
 """Legal disclosures under dual control: requested by one officer, approved by another.
 
 Only after approval does the requester collect the values, once; each value read is an
-audit event with purpose `legal`, and the register feeds the subject's export.
+audit event with purpose `legal`, and the register feeds the subject's export. Each row
+carries a row MAC (vault.keys.row_mac): a request marked approved, re-targeted or
+extended in the database is refused with IntegrityFailure.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 
 from vault.access.operations import AuditedOperations
@@ -20,6 +22,7 @@ from vault.access.policy import Policy
 from vault.audit.trail import Actor, AuditTrail, Origin
 from vault.clear_text import refuse_pan
 from vault.errors import DecryptionFailed, Forbidden, NotFound, ValidationFailed
+from vault.keys.row_mac import RowMacs
 from vault.storage.schema import disclosures, tokens
 from vault.tokens.service import TokenService
 
@@ -38,9 +41,10 @@ def _iso(moment: datetime | None) -> str | None:
 
 class DisclosureService(AuditedOperations):
     def __init__(self, *, engine: Engine, policy: Policy, trail: AuditTrail, tokens_service: TokenService,
-                 clock: Callable[[], datetime] = _now) -> None:
+                 macs: RowMacs, clock: Callable[[], datetime] = _now) -> None:
         super().__init__(engine=engine, policy=policy, trail=trail, clock=clock)
         self._tokens = tokens_service
+        self._macs = macs
 
     def request(self, actor: Actor, *, subject_id: str | None, token_list: Sequence[str],
                            case_reference: str, authority: str, justification: str,
@@ -57,11 +61,11 @@ class DisclosureService(AuditedOperations):
         def work(conn: Connection) -> dict[str, Any]:
             now = self._clock()
             disclosure_id = f"disc_{secrets.token_hex(8)}"
-            conn.execute(insert(disclosures).values(
-                id=disclosure_id, subject_id=subject_id, tokens=json.dumps(list(token_list)),
-                case_reference=case_reference, authority=authority, justification=justification,
-                requested_by=actor.id, requested_at=now, status="pending",
-                expires_at=now + timedelta(days=DISCLOSURE_DAYS)))
+            self._macs.insert(conn, disclosures, {
+                "id": disclosure_id, "subject_id": subject_id, "tokens": json.dumps(list(token_list)),
+                "case_reference": case_reference, "authority": authority, "justification": justification,
+                "requested_by": actor.id, "requested_at": now, "approved_by": None, "approved_at": None,
+                "status": "pending", "expires_at": now + timedelta(days=DISCLOSURE_DAYS), "delivered_at": None})
             self._trail.record(conn, [self._event(actor, "disclosure_request", "allowed", origin,
                                                   subject_id=subject_id, detail=disclosure_id)])
             return {"id": disclosure_id, "status": "pending", "expires_at": _iso(now + timedelta(days=DISCLOSURE_DAYS))}
@@ -75,15 +79,17 @@ class DisclosureService(AuditedOperations):
 
         def work(conn: Connection) -> dict[str, Any]:
             row = conn.execute(select(disclosures).where(disclosures.c.id == disclosure_id)).mappings().first()
+            if row is not None:
+                self._macs.check(conn, disclosures, row)
             if row is None or row["status"] != "pending" or row["expires_at"] <= self._clock():
                 raise NotFound("no such pending disclosure")
             if row["requested_by"] == actor.id:
                 raise Forbidden("the requester may not approve their own disclosure")
-            # Approved once: the conditional update decides between concurrent approvals.
-            taken = conn.execute(update(disclosures)
-                                 .where(disclosures.c.id == disclosure_id, disclosures.c.status == "pending")
-                                 .values(status="approved", approved_by=actor.id, approved_at=self._clock())).rowcount
-            if taken != 1:
+            # Approved once: the checked compare-and-set decides between concurrent approvals.
+            taken = self._macs.update(conn, disclosures, disclosure_id,
+                                      {"status": "approved", "approved_by": actor.id, "approved_at": self._clock()},
+                                      disclosures.c.status == "pending")
+            if not taken:
                 raise NotFound("no such pending disclosure")
             self._trail.record(conn, [self._event(actor, "disclosure_approve", "allowed", origin,
                                                   subject_id=row["subject_id"], detail=disclosure_id)])
@@ -98,16 +104,17 @@ class DisclosureService(AuditedOperations):
 
         def work(conn: Connection) -> dict[str, Any]:
             row = conn.execute(select(disclosures).where(disclosures.c.id == disclosure_id)).mappings().first()
+            if row is not None:
+                self._macs.check(conn, disclosures, row)
             if row is None or row["status"] != "approved" or row["requested_by"] != actor.id \
                     or row["expires_at"] <= self._clock():
                 raise NotFound("no such approved disclosure")
             now = self._clock()
             # Delivered once: claim the disclosure before reading anything. On PostgreSQL a
             # second collect waits on this row, then finds it no longer `approved` (0 rows).
-            claimed = conn.execute(update(disclosures)
-                                   .where(disclosures.c.id == disclosure_id, disclosures.c.status == "approved")
-                                   .values(status="delivered", delivered_at=now)).rowcount
-            if claimed != 1:
+            claimed = self._macs.update(conn, disclosures, disclosure_id, {"status": "delivered", "delivered_at": now},
+                                        disclosures.c.status == "approved")
+            if not claimed:
                 raise NotFound("no such approved disclosure")
             listed = json.loads(row["tokens"])
             condition = (tokens.c.subject_id == row["subject_id"]) if row["subject_id"] else tokens.c.token.in_(listed)

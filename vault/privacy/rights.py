@@ -27,6 +27,7 @@ from vault.errors import Conflict, DecryptionFailed, Forbidden, NotFound, Valida
 from vault.keys.envelope import record_aad
 from vault.keys.hierarchy import KeyHierarchy
 from vault.keys.rotation import rekey_data_key
+from vault.keys.row_mac import RowMacs
 from vault.storage.schema import (
     audit_events,
     consents,
@@ -65,20 +66,24 @@ class PrivacyService(AuditedOperations):
                  tokens_service: TokenService, clock: Callable[[], datetime] = _now) -> None:
         super().__init__(engine=engine, policy=policy, trail=trail, clock=clock)
         self._keys = keys
+        self._macs = RowMacs(keys)
         self._tokens = tokens_service
 
     # -- helpers ----------------------------------------------------------------------------
 
     def _ensure_subject(self, conn: Connection, subject_id: str) -> dict[str, Any]:
-        """The subject's row, created if need be and locked FOR UPDATE until commit.
+        """The subject's row, created if need be and locked FOR UPDATE until commit; MAC-checked.
 
         Lock rule: every read-modify-write of a subject's state (erasure, minor, holds,
         consents) takes this row lock first, then data-key rows, then token rows, so two
         of them on different hosts run one after the other and see each other's result.
         """
-        conn.execute(insert_ignoring_conflict(conn, subjects), [{
-            "id": subject_id, "restricted": False, "minor": False, "created_at": self._clock()}])
+        fresh = {"id": subject_id, "restricted": False, "minor": False, "created_at": self._clock(),
+                 "erased_at": None}
+        conn.execute(insert_ignoring_conflict(conn, subjects),
+                     [{**fresh, "row_mac": self._macs.seal(conn, subjects, fresh)}])
         row = conn.execute(select(subjects).where(subjects.c.id == subject_id).with_for_update()).mappings().one()
+        self._macs.check(conn, subjects, row)
         return dict(row)
 
     def _known(self, conn: Connection, subject_id: str) -> None:
@@ -102,9 +107,15 @@ class PrivacyService(AuditedOperations):
         conn.execute(select(tokens.c.token).where(tokens.c.subject_id == subject_id).with_for_update()).all()
 
     def _active_holds(self, conn: Connection, subject_id: str) -> list[dict[str, Any]]:
+        """Every hold of the subject is MAC-checked (a release or a shortened `until` made in the database
+        raises IntegrityFailure); the live ones are returned."""
         now = self._clock()
-        return [dict(r) for r in conn.execute(select(holds).where(
-            holds.c.subject_id == subject_id, holds.c.released_at.is_(None), holds.c.until > now)).mappings()]
+        found = []
+        for row in conn.execute(select(holds).where(holds.c.subject_id == subject_id)).mappings():
+            self._macs.check(conn, holds, row)
+            if row["released_at"] is None and row["until"] > now:
+                found.append(dict(row))
+        return found
 
     def _purposes_for(self, kind: str) -> list[str]:
         """Purposes any role may read this kind for: what the export tells the customer."""
@@ -256,7 +267,7 @@ class PrivacyService(AuditedOperations):
             ~select(tokens.c.token).where(tokens.c.data_key_id == data_keys.c.id).exists())
             .returning(data_keys.c.id)).scalars())
         self._keys.forget(key_ids)
-        conn.execute(update(subjects).where(subjects.c.id == subject_id).values(erased_at=now))
+        self._macs.update(conn, subjects, subject_id, {"erased_at": now})
         receipt: dict[str, Any] = {
                    "receipt_id": f"rcpt_{secrets.token_hex(8)}", "subject_id": subject_id, "at": _iso(now),
                    "reason": reason, "erased": erased, "data_keys_destroyed": len(key_ids), "retained": retained}
@@ -286,9 +297,9 @@ class PrivacyService(AuditedOperations):
 
         def work(conn: Connection) -> dict[str, Any]:
             self._ensure_subject(conn, subject_id)
-            conn.execute(update(subjects).where(subjects.c.id == subject_id).values(minor=True))
-            conn.execute(insert(consents).values(subject_id=subject_id, purpose="marketing", granted=False,
-                                                 at=self._clock(), source=f"minor:{actor.id}"))
+            self._macs.update(conn, subjects, subject_id, {"minor": True})
+            self._macs.insert(conn, consents, {"subject_id": subject_id, "purpose": "marketing", "granted": False,
+                                               "at": self._clock(), "source": f"minor:{actor.id}"[:128]})
             receipt = self._erase(conn, actor, subject_id, "subject under 16")
             receipt["request_id"] = self._request(conn, actor, subject_id, "minor", "erased; marketing blocked")
             self._trail.record(conn, [self._event(actor, "mark_minor", "allowed", origin, subject_id=subject_id,
@@ -307,7 +318,7 @@ class PrivacyService(AuditedOperations):
         def work(conn: Connection) -> None:
             self._known(conn, subject_id)
             self._ensure_subject(conn, subject_id)
-            conn.execute(update(subjects).where(subjects.c.id == subject_id).values(restricted=restricted))
+            self._macs.update(conn, subjects, subject_id, {"restricted": restricted})
             self._request(conn, actor, subject_id, "restriction", "restricted" if restricted else "lifted")
             self._trail.record(conn, [self._event(actor, "restrict", "allowed", origin, subject_id=subject_id,
                                                   detail=f"restricted={restricted}")])
@@ -329,8 +340,8 @@ class PrivacyService(AuditedOperations):
             for purpose, granted in choices.items():
                 if purpose == "marketing" and granted and state["minor"]:
                     raise Forbidden("marketing stays blocked for a subject under 16")
-                conn.execute(insert(consents).values(subject_id=subject_id, purpose=purpose, granted=granted,
-                                                     at=now, source=source[:128]))
+                self._macs.insert(conn, consents, {"subject_id": subject_id, "purpose": purpose, "granted": granted,
+                                                   "at": now, "source": source[:128]})
             if any(not granted for granted in choices.values()):
                 self._request(conn, actor, subject_id, "objection",
                               "opted out of " + ", ".join(p for p, g in choices.items() if not g))
@@ -355,8 +366,9 @@ class PrivacyService(AuditedOperations):
             self._ensure_subject(conn, subject_id)
             self._lock_subject_rows(conn, subject_id)
             hold_id = f"hold_{secrets.token_hex(8)}"
-            conn.execute(insert(holds).values(id=hold_id, subject_id=subject_id, reason=reason.strip(), until=until,
-                                              created_by=actor.id, created_at=self._clock()))
+            self._macs.insert(conn, holds, {"id": hold_id, "subject_id": subject_id, "reason": reason.strip(),
+                                            "until": until, "created_by": actor.id, "created_at": self._clock(),
+                                            "released_at": None})
             self._trail.record(conn, [self._event(actor, "hold", "allowed", origin, subject_id=subject_id,
                                                   detail=f"hold={hold_id}")])
             return {"id": hold_id, "subject_id": subject_id, "until": _iso(until)}
@@ -379,10 +391,9 @@ class PrivacyService(AuditedOperations):
                          origin: Origin) -> dict[str, Any]:
         """In the approving transaction: release the hold, audited as the approver's act."""
         subject_id, hold_id = str(params["subject_id"]), str(params["hold_id"])
-        done = conn.execute(update(holds).where(holds.c.id == hold_id, holds.c.subject_id == subject_id,
-                                                holds.c.released_at.is_(None))
-                            .values(released_at=self._clock())).rowcount
-        if done != 1:
+        done = self._macs.update(conn, holds, hold_id, {"released_at": self._clock()},
+                                 holds.c.subject_id == subject_id, holds.c.released_at.is_(None))
+        if not done:
             raise NotFound("no such hold")
         self._trail.record(conn, [self._event(actor, "release_hold", "allowed", origin, subject_id=subject_id,
                                               detail=f"hold={hold_id}")])

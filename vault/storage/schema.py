@@ -22,6 +22,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -47,6 +48,11 @@ __all__ = [
     "clients",
     "audit_events",
     "audit_archives",
+    "audit_sequence",
+    "audit_signing_keys",
+    "audit_sink_heads",
+    "audit_verify_jobs",
+    "create_snapshot_reader",
     "subjects",
     "consents",
     "holds",
@@ -149,6 +155,8 @@ clients = Table(
     # Set when the client's detokenize misses looked like guessing (vault.access.guessing): every
     # request is refused (403 client_suspended) until a second admin approves `resume_client`.
     Column("suspended_at", UTCDateTime, nullable=True),
+    # HMAC under the `row` domain key over the declared columns (vault.keys.row_mac): an edit never grants.
+    Column("row_mac", String(120), nullable=True),
 )
 
 audit_events = Table(
@@ -178,6 +186,8 @@ audit_events = Table(
     Column("prev_mac", LargeBinary(32), nullable=False),
     Column("mac", LargeBinary(32), nullable=False),
     Column("mac_key_id", String(40), nullable=False),
+    # 1: events written before 0016a (MAC without `seq`); 2: the MAC covers every column, `seq` included.
+    Column("mac_scheme", SmallInteger, nullable=False, server_default="1"),
     UniqueConstraint("writer", "chain_seq", name="uq_audit_events_writer_chain_seq"),
     Index("ix_audit_events_at", "at"),
     Index("ix_audit_events_token", "token"),
@@ -187,7 +197,9 @@ audit_events = Table(
     Index("ix_audit_events_actor_at", "actor", "at"),
 )
 
-# Where each writer's chain continues after its older events were archived.
+# Where each writer's chain continues after its older events were archived. `record_mac`
+# (HMAC under the audit key `mac_key_id`) authenticates the row, so an insider cannot
+# forge one to hide a chain prefix; rows from before 0016a are sealed by `tokenvault init`.
 audit_archives = Table(
     "audit_archives",
     metadata,
@@ -196,6 +208,56 @@ audit_archives = Table(
     Column("mac", LargeBinary(32), nullable=False),
     Column("archive", String(255), nullable=False),
     Column("archived_at", UTCDateTime, nullable=False),
+    Column("last_seq", BigInteger, nullable=True),
+    Column("mac_key_id", String(40), nullable=True),
+    Column("record_mac", LargeBinary(32), nullable=True),
+)
+
+# The next global `seq` on SQLite (PostgreSQL uses the column's own sequence): an event's
+# `seq` is chosen before its MAC is computed, and never reused, even after a deleted tail or
+# an archive emptied the table.
+audit_sequence = Table(
+    "audit_sequence",
+    metadata,
+    Column("name", String(16), primary_key=True),
+    Column("next_seq", BigInteger, nullable=False),
+)
+
+# The checkpoint signing key (ed25519 seed wrapped by the key provider) and, per sink, the
+# last checkpoint entry written: a sink deleted, truncated or rolled back no longer reaches it.
+audit_signing_keys = Table(
+    "audit_signing_keys",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("wrapped", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+# Verification runs as a background job (never inside a request): progress, then the report.
+audit_verify_jobs = Table(
+    "audit_verify_jobs",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("status", String(16), nullable=False),  # running | done | failed
+    Column("done", BigInteger, nullable=False),
+    Column("total", BigInteger, nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime, nullable=True),
+    Column("result", Text, nullable=True),
+    # Where the next run resumes (last verified anchored event per chain), MACed under the audit key.
+    Column("resume", Text, nullable=True),
+    Column("requested_by", String(128), nullable=False),
+    Index("ix_audit_verify_jobs_started_at", "started_at"),
+)
+
+audit_sink_heads = Table(
+    "audit_sink_heads",
+    metadata,
+    Column("sink", String(255), primary_key=True),
+    Column("n", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
 )
 
 
@@ -209,6 +271,7 @@ subjects = Table(
     Column("minor", Boolean, nullable=False, default=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("erased_at", UTCDateTime, nullable=True),
+    Column("row_mac", String(120), nullable=True),  # vault.keys.row_mac
 )
 
 consents = Table(
@@ -220,6 +283,7 @@ consents = Table(
     Column("granted", Boolean, nullable=False),
     Column("at", UTCDateTime, nullable=False),
     Column("source", String(128), nullable=False),
+    Column("row_mac", String(120), nullable=True),  # vault.keys.row_mac
 )
 
 holds = Table(
@@ -232,6 +296,7 @@ holds = Table(
     Column("created_by", String(128), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("released_at", UTCDateTime, nullable=True),
+    Column("row_mac", String(120), nullable=True),  # vault.keys.row_mac
 )
 
 privacy_requests = Table(
@@ -277,6 +342,7 @@ disclosures = Table(
     Column("status", String(16), nullable=False),
     Column("expires_at", UTCDateTime, nullable=False),
     Column("delivered_at", UTCDateTime, nullable=True),
+    Column("row_mac", String(120), nullable=True),  # vault.keys.row_mac
 )
 
 
@@ -302,6 +368,8 @@ operators = Table(
     Column("locked_until", UTCDateTime, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("disabled_at", UTCDateTime, nullable=True),
+    # HMAC under the `row` domain key over the declared columns (vault.keys.row_mac): an edit never grants.
+    Column("row_mac", String(120), nullable=True),
 )
 
 operator_sessions = Table(
@@ -313,6 +381,8 @@ operator_sessions = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("expires_at", UTCDateTime, nullable=False),
     Column("revoked_at", UTCDateTime, nullable=True),
+    # HMAC under the `row` domain key over the declared columns (vault.keys.row_mac): an edit never grants.
+    Column("row_mac", String(120), nullable=True),
 )
 
 # A TOTP code is accepted once: the primary key refuses a second use of the same time
@@ -339,6 +409,7 @@ approvals = Table(
     Column("approved_by", String(40), nullable=True),
     Column("approved_at", UTCDateTime, nullable=True),
     Column("result", Text, nullable=True),  # JSON, non-sensitive
+    Column("row_mac", String(120), nullable=True),  # vault.keys.row_mac
 )
 
 
@@ -416,6 +487,21 @@ def _sqlite_setup(engine: Engine) -> None:
             except NestedWriter as exc:  # raised here, SQLAlchemy would not wrap it: callers expect its errors
                 raise OperationalError("BEGIN IMMEDIATE", None, exc) from exc
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_snapshot_reader(url: str) -> Engine | None:
+    """An engine for long reads of one consistent snapshot that hold up no writer; None on SQLite.
+
+    PostgreSQL: REPEATABLE READ, one snapshot for the whole transaction, no locks. SQLite gets
+    none on purpose: a WAL reader that skipped the writer lock would keep `drop_deleted_copies`
+    from truncating the WAL for as long as it reads, leaving a read CVV's old page on disk; there
+    long reads take the writer lock like every transaction (writes wait meanwhile).
+    """
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        return None
+    return create_engine(url, pool_size=1, max_overflow=1, hide_parameters=True,
+                         isolation_level="REPEATABLE READ", connect_args={"connect_timeout": 5})
 
 
 def drop_deleted_copies(engine: Engine) -> bool:

@@ -2,14 +2,16 @@
 
 Every vault operation writes (its audit events at least), so on SQLite every transaction is a
 writer and they all queue for the one write lock. SQLite makes a writer that finds the lock
-taken sleep and retry (1, 2, 5, 10 ... 100 ms): with two gunicorn workers that sleep, not the
+taken sleep and retry (1, 2, 5, 10 ... 100 ms): with two server workers that sleep, not the
 work, set throughput and p99. Here each connection first takes an exclusive flock(2) on a lock
 file beside the database, which the kernel grants the moment the holder releases it, and only
 then BEGIN IMMEDIATE; the lock is released after COMMIT or ROLLBACK.
 
 Each connection opens its own file description, so the lock also separates threads of one
-process. The wait has no timeout of its own: the holder is a live transaction, a worker that
-hangs holding it is killed by gunicorn's timeout, and the kernel drops a dead process's lock.
+process. The wait has no timeout of its own: the holder is a live transaction (no slow client can
+hold one: requests reach the app only once complete), and the kernel drops a dead process's lock.
+The server has no per-request watchdog, so a transaction that hangs inside the process (a bug)
+holds the lock until the process is restarted.
 A thread that already holds the lock and opens a second transaction would wait for itself
 forever, so that is refused at once instead. Processes that do not take the lock (the sqlite3
 shell) still meet SQLite's busy timeout.

@@ -26,18 +26,21 @@ from sqlalchemy.engine import Connection, Engine
 from vault.access.guessing import MISS_DETAIL, GuessingGuard
 from vault.access.operations import AuditedOperations
 from vault.access.policy import PURPOSES, Policy, apply_view
+from vault.audit.alerts import integrity_event
 from vault.audit.trail import Actor, AuditEvent, AuditTrail, Origin
 from vault.clear_text import refuse_pan
 from vault.errors import (
     Conflict,
     DecryptionFailed,
     Forbidden,
+    IntegrityFailure,
     NotFound,
     ValidationFailed,
     VaultError,
 )
 from vault.keys.envelope import record_aad
-from vault.keys.hierarchy import DataKey, KeyHierarchy
+from vault.keys.hierarchy import RECORD_PURPOSES, DataKey, KeyHierarchy
+from vault.keys.row_mac import RowMacs
 from vault.storage.schema import data_keys, drop_deleted_copies, insert_ignoring_conflict, tokens
 from vault.tokens.formats import card_token, kind_of_token, opaque_token
 from vault.tokens.kinds import (
@@ -167,8 +170,9 @@ class TokenService(AuditedOperations):
         guessing: GuessingGuard | None = None,
     ) -> None:
         super().__init__(engine=engine, policy=policy, trail=trail, clock=clock)
-        self._guessing = guessing or GuessingGuard(trail, clock=clock)
         self._keys = keys
+        self._macs = RowMacs(keys)
+        self._guessing = guessing or GuessingGuard(trail, self._macs, clock=clock)
         self._limits = limits
         self._purge_lock = threading.Lock()
         self._last_purge = 0.0
@@ -242,6 +246,9 @@ class TokenService(AuditedOperations):
                     events.append(self._event(actor, "tokenize", "denied", origin, kind=request.kind,
                                               subject_id=request.subject_id,
                                               error_code=result.code if result else "internal_error"))
+                if isinstance(result, IntegrityFailure):  # the alert: a SIEM pages on action `integrity`
+                    events.append(self._event(actor, "integrity", "denied", origin, kind=request.kind,
+                                              error_code=result.code, detail=f"table={result.table} index"))
             self._trail.record(conn, events)
             return events
 
@@ -325,7 +332,7 @@ class TokenService(AuditedOperations):
         if not writers:
             self._resolve_duplicates(conn, pending, results, now)
             return
-        found = self._existing_by_lookup(conn, [p.lookup for p in writers if p.lookup is not None], now)
+        found = self._existing_by_lookup(conn, [p for p in writers if p.lookup is not None], now)
         to_insert = [p for p in writers if p.lookup is None or p.lookup not in found]
         new_keys = [p.data_key.row for p in to_insert if p.new_key]
         if new_keys:
@@ -342,7 +349,7 @@ class TokenService(AuditedOperations):
                     inserted.discard(p.row["token"])
                     results[p.index] = self._record(p.row)
                 elif p.lookup is not None:
-                    found.update(self._existing_by_lookup(conn, [p.lookup], now))
+                    found.update(self._existing_by_lookup(conn, [p], now))
                     if p.lookup not in found:
                         retry.append(self._reissue(p))
                 elif p.request.token is not None:
@@ -387,14 +394,36 @@ class TokenService(AuditedOperations):
         return TokenRecord(token=row["token"], kind=row["kind"], metadata=json.loads(row["meta"]),
                            created_at=row["created_at"], expires_at=row["expires_at"], subject_id=row["subject_id"])
 
-    def _existing_by_lookup(self, conn: Connection, lookups: list[bytes], now: datetime) -> dict[bytes, TokenRecord]:
-        if not lookups:
+    def _existing_by_lookup(self, conn: Connection, wanted: list[_Pending],
+                            now: datetime) -> dict[bytes, TokenRecord | IntegrityFailure]:
+        """Tokens already issued for these deterministic values, each opened and compared first.
+
+        The index is a clear column: an insider can move a lookup onto another row (their
+        card's lookup onto a victim's token). A hit is returned only if its record opens and
+        holds exactly the value asked for, with the same kind and subject; otherwise the
+        item fails closed with IntegrityFailure and no token is handed out or inserted.
+        """
+        by_lookup = {p.lookup: p for p in wanted if p.lookup is not None}
+        if not by_lookup:
             return {}
+        lookups = list(by_lookup)
         # An expired deterministic token frees its slot: remove it so a new one can take it.
         self.delete_rows(conn, and_(tokens.c.lookup.in_(lookups), tokens.c.expires_at <= now,
                                     or_(tokens.c.subject_id.is_(None), tokens.c.subject_id.not_in(held_subjects(now)))))
-        rows = conn.execute(select(tokens).where(tokens.c.lookup.in_(lookups))).mappings()
-        return {row["lookup"]: self._record(row) for row in rows}
+        rows = list(self.rows_where(conn, tokens.c.lookup.in_(lookups), now).values())
+        values = self.open_rows(conn, rows) if rows else {}
+        out: dict[bytes, TokenRecord | IntegrityFailure] = {}
+        for row in rows:
+            lookup = bytes(row["lookup"])
+            asked = by_lookup[lookup]
+            value = values.get(row["token"])
+            same = (row["kind"] == asked.request.kind and row["subject_id"] == asked.request.subject_id
+                    and not isinstance(value, DecryptionFailed)
+                    and hmac.compare_digest(json.dumps(value, ensure_ascii=False, sort_keys=True).encode(),
+                                            json.dumps(value_from_bytes(canonical_bytes(asked.parsed)),
+                                                       ensure_ascii=False, sort_keys=True).encode()))
+            out[lookup] = self._record(row) if same else IntegrityFailure("tokens")
+        return out
 
     # -- detokenize ------------------------------------------------------------------------
 
@@ -420,11 +449,11 @@ class TokenService(AuditedOperations):
 
         def work(conn: Connection) -> list[Detokenized]:
             rows, expired = self._rows(conn, list(kinds), now)
-            states = subject_states(conn, {r["subject_id"] for r in rows.values() if r["subject_id"]})
+            states = subject_states(conn, {r["subject_id"] for r in rows.values() if r["subject_id"]}, self._macs)
             ciphers = self._keys.open_data_keys(conn, [
                 {"id": r["data_key_id"], "domain_key_id": r["dk_domain"], "subject_id": r["dk_subject"],
                  "purpose": r["dk_purpose"], "wrapped": r["dk_wrapped"]} for r in rows.values()
-            ]) if rows else {}
+            ], RECORD_PURPOSES) if rows else {}
             out, events, read_cvvs = [], [], []
             for position, token in enumerate(token_list):
                 if token not in kinds:
@@ -494,8 +523,11 @@ class TokenService(AuditedOperations):
         try:
             result: list[Detokenized] = self._transaction(work)
         except VaultError as error:
-            self._audit_failure([self._event(actor, "detokenize", "error", origin, token=t if t in kinds else None,
-                                             purpose=purpose, error_code=error.code) for t in token_list])
+            events = [self._event(actor, "detokenize", "error", origin, token=t if t in kinds else None,
+                                  purpose=purpose, error_code=error.code) for t in token_list]
+            if isinstance(error, IntegrityFailure):
+                events.append(integrity_event(self._clock(), actor, origin, error))
+            self._audit_failure(events)
             raise
         if any(item.kind == "cvv" and item.error is None for item in result):
             drop_deleted_copies(self._engine)  # read once: not even its old pages stay behind
@@ -523,7 +555,7 @@ class TokenService(AuditedOperations):
         ciphers = self._keys.open_data_keys(conn, [
             {"id": r["data_key_id"], "domain_key_id": r["dk_domain"], "subject_id": r["dk_subject"],
              "purpose": r["dk_purpose"], "wrapped": r["dk_wrapped"]} for r in rows
-        ]) if rows else {}
+        ], RECORD_PURPOSES) if rows else {}
         out: dict[str, Any | DecryptionFailed] = {}
         for row in rows:
             try:

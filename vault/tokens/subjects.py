@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection
 
 from vault.clear_text import contains_pan
 from vault.errors import LegalHold, ValidationFailed
+from vault.keys.row_mac import RowMacs
 from vault.storage.schema import consents, holds, subjects
 
 __all__ = ["SubjectState", "subject_states", "CONSENT_PURPOSES", "check_subject_id", "held_subjects",
@@ -59,17 +60,24 @@ class SubjectState:
         return purpose not in self.refused
 
 
-def subject_states(conn: Connection, subject_ids: Iterable[str]) -> dict[str, SubjectState]:
-    """States of the given subjects that have any limitation; others are absent (unrestricted)."""
+def subject_states(conn: Connection, subject_ids: Iterable[str], macs: RowMacs) -> dict[str, SubjectState]:
+    """States of the given subjects that have any limitation; others are absent (unrestricted).
+
+    Subject and consent rows are MAC-checked: a lifted restriction, a cleared minor flag or a
+    flipped opt-out raises IntegrityFailure rather than granting.
+    """
     wanted = sorted(set(subject_ids))
     if not wanted:
         return {}
-    flags = {row.id: (row.restricted, row.minor) for row in conn.execute(
-        select(subjects.c.id, subjects.c.restricted, subjects.c.minor).where(subjects.c.id.in_(wanted)))}
+    flags = {}
+    for row in conn.execute(select(subjects).where(subjects.c.id.in_(wanted))).mappings():
+        macs.check(conn, subjects, row)
+        flags[row["id"]] = (row["restricted"], row["minor"])
     latest: dict[tuple[str, str], bool] = {}
-    for row in conn.execute(select(consents.c.subject_id, consents.c.purpose, consents.c.granted)
-                            .where(consents.c.subject_id.in_(wanted)).order_by(consents.c.id)):
-        latest[(row.subject_id, row.purpose)] = bool(row.granted)
+    for row in conn.execute(select(consents).where(consents.c.subject_id.in_(wanted))
+                            .order_by(consents.c.id)).mappings():
+        macs.check(conn, consents, row)
+        latest[(row["subject_id"], row["purpose"])] = bool(row["granted"])
     refused: dict[str, set[str]] = {}
     for (subject_id, purpose), granted in latest.items():
         if not granted:

@@ -8,10 +8,11 @@ import json
 import secrets
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import update
+from sqlalchemy import delete, update
 
 from api.cli.audit import cef_line
 from api.cli.main import main
@@ -35,6 +36,7 @@ def env(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> d
                                                                 if k != "TOKENVAULT_DATA_DIR"})
     record = tokenize_one(parts, "card", CARD, subject_id="cust-7")
     read(parts, GATEWAY, record.token, "payment")
+    parts.trail.close()
     parts.engine.dispose()
     return values
 
@@ -56,7 +58,9 @@ def test_verify_exit_codes(env: dict[str, str]) -> None:
     with engine.begin() as conn:
         conn.execute(update(audit_events).where(audit_events.c.action == "detokenize").values(purpose="legal"))
     engine.dispose()
-    code, out = run("audit", "verify")
+    code, out = run("audit", "verify")  # incremental: the edit sits before the last verified anchor
+    assert code == 0 and json.loads(out)["incremental"] is True
+    code, out = run("audit", "verify", "--full")
     assert code == 1 and json.loads(out)["broken"]["reason"] == "event modified"
 
 
@@ -90,6 +94,7 @@ def test_archive_then_verify(tmp_path: Path, sqlite_url: str, monkeypatch: pytes
     old = tokenize_one(parts, "card", CARD)
     clock.now = datetime.now(UTC)
     read(parts, GATEWAY, old.token, "payment")
+    parts.trail.close()
     parts.engine.dispose()
     archive_dir = tmp_path / "archive"
     code, out = run("audit", "archive", "--older-than-days", "90", "--out", str(archive_dir))
@@ -101,4 +106,48 @@ def test_archive_then_verify(tmp_path: Path, sqlite_url: str, monkeypatch: pytes
     lines = gzip.decompress(archived.read_bytes()).decode().replace("tokenize", "detokenize")
     archived.write_bytes(gzip.compress(lines.encode()))
     code, out = run("audit", "verify", "--archives", str(archive_dir))
-    assert code == 1 and "archive modified" in json.loads(out)["archives"][0]
+    assert code == 1 and "archive modified" in json.loads(out)["archive_files"][0]
+
+
+def _engine(env: dict[str, str]) -> Any:
+    from sqlalchemy import create_engine
+
+    from vault.storage.schema import normalise_url
+
+    return create_engine(normalise_url(env["TOKENVAULT_DATABASE_URL"]))
+
+
+def test_a_commands_single_event_is_anchored_before_it_exits(env: dict[str, str]) -> None:
+    """Issue case 3: deleting the one event `clients create` wrote is detected, with no window."""
+    code, out = run("clients", "create", "--name", "shop", "--role", "checkout")
+    assert code == 0, out
+    code, out = run("audit", "verify")
+    assert code == 0 and json.loads(out)["anchored"] is True
+    engine = _engine(env)
+    with engine.begin() as conn:
+        conn.execute(delete(audit_events).where(audit_events.c.action == "create_client"))
+    engine.dispose()
+    code, out = run("audit", "verify")
+    assert code == 1 and json.loads(out)["broken"]["reason"] in {
+        "chain deleted: its checkpointed events are missing",  # a full run
+        "events truncated: a checkpointed event is missing"}  # resuming from the anchor that is gone
+
+
+def test_a_crashed_writers_tail_is_reported_with_its_size(tmp_path: Path, database_url: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer that stopped without a checkpoint (SIGKILL): verify says how much is un-anchored, exit 3."""
+    values = {"TOKENVAULT_DATA_DIR": str(tmp_path / "data"), "TOKENVAULT_DATABASE_URL": database_url,
+              "TOKENVAULT_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+              "TOKENVAULT_AUDIT_CHECKPOINT_SECONDS": "3600", "TOKENVAULT_LOG_LEVEL": "warning"}
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    clock = Clock()
+    clock.now -= timedelta(minutes=5)
+    parts = make_components(tmp_path / "data", database_url, clock, **values)
+    tokenize_one(parts, "card", CARD)
+    tokenize_one(parts, "email", "a@example.com")
+    parts.engine.dispose()  # no trail.close(): no last checkpoint, as after SIGKILL
+    code, out = run("audit", "verify")
+    result = json.loads(out)
+    assert code == 3 and result["intact"] is True and result["anchored"] is False
+    assert [tail["events"] for tail in result["unanchored"]] == [2]

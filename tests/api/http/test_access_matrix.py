@@ -21,6 +21,7 @@ from tests.conftest import Clock, auth
 from tests.support.operators import bearer, login, make_operator
 from vault.access.operators import OPERATOR_ROLES
 from vault.errors import ValidationFailed
+from vault.keys.row_mac import RowMacs
 from vault.storage.schema import audit_events, clients
 
 POLICY: dict[str, Any] = tomllib.loads(resources.files("vault.access").joinpath("policy.toml").read_text())
@@ -179,6 +180,7 @@ def test_an_api_key_of_a_human_role_is_refused(client: FlaskClient, components: 
     client_id, key = components.clients.create(f"legacy-{role}", "support")
     with components.engine.begin() as conn:
         conn.execute(update(clients).where(clients.c.id == client_id).values(role=role))
+        RowMacs(components.keys).backfill(conn, only_missing=False)  # such rows are sealed by `init` (#15)
     token = tokenize_all(client, auth(components.clients.create("checkout", "checkout")[1].expose()))["card"]
     for method, path, body in (("get", "/v1/audit/events", None), ("post", "/v1/detokenize",
                                                                     {"tokens": [token], "purpose": "legal"}),
@@ -197,7 +199,7 @@ def test_the_siem_export_key_reads_the_audit_trail_and_nothing_else(client: Flas
                                                                     components: Components) -> None:
     siem = auth(components.clients.create("siem", "audit_export")[1].expose())
     assert client.get("/v1/audit/events", headers=siem).status_code == 200
-    assert client.get("/v1/audit/verify", headers=siem).status_code == 200
+    assert client.get("/v1/audit/verify", headers=siem).status_code == 202  # allowed: a verification job starts
     token = tokenize_all(client, auth(components.clients.create("checkout", "checkout")[1].expose()))["card"]
     assert client.get(f"/v1/tokens/{token}", headers=siem).status_code == 403
     assert client.post("/v1/detokenize", json={"tokens": [token], "purpose": "payment"}, headers=siem

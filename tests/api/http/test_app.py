@@ -7,6 +7,7 @@ from sqlalchemy import update
 
 from api.http.app import create_app
 from api.wiring import Components
+from vault.keys.row_mac import RowMacs
 from vault.storage.schema import clients
 
 
@@ -16,6 +17,7 @@ def test_the_start_log_names_clients_whose_keys_are_refused(components: Componen
     fine, _ = components.clients.create("shop", "checkout")
     with components.engine.begin() as conn:  # an API key of a human role, as older versions allowed
         conn.execute(update(clients).where(clients.c.id == legacy).values(role="privacy_officer"))
+        RowMacs(components.keys).backfill(conn, only_missing=False)  # such rows are sealed by `init` (#15)
     create_app(parts=components)
     logged = capsys.readouterr().err
     assert "api key refused: client carries a human role" in logged

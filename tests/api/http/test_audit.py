@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from flask.testing import FlaskClient
-from sqlalchemy import select, update
+import json
+import time
+from typing import Any
 
-from api.wiring import Components
+from flask.testing import FlaskClient
+from sqlalchemy import delete, select, update
+
+from api.http.app import create_app
+from api.wiring import Components, build
 from tests.conftest import auth
 from tests.support.operators import bearer
-from vault.storage.schema import audit_events
+from vault.storage.schema import audit_events, audit_verify_jobs, domain_keys
 
 CARD = {"pan": "4111111111111111", "exp_month": 12, "exp_year": 2099}
 REQUIRED = ("seq", "at", "actor", "role", "action", "outcome")
@@ -58,13 +63,46 @@ def test_bad_query_parameters(client: FlaskClient, components: Components) -> No
 def test_verify_endpoint(client: FlaskClient, components: Components, api_keys: dict[str, str]) -> None:
     client.post("/v1/tokens", json={"kind": "card", "value": CARD}, headers=auth(api_keys["checkout"]))
     key = auditor_key(components)
-    intact = client.get("/v1/audit/verify", headers=auth(key))
+    intact = verified(client, key)
     assert intact.status_code == 200 and intact.get_json()["intact"] is True
+    again = client.get("/v1/audit/verify", headers=auth(key))  # the fresh report, at once
+    assert again.status_code == 200 and again.get_json()["job"]["job_id"] == intact.get_json()["job"]["job_id"]
     with components.engine.begin() as conn:
         conn.execute(update(audit_events).where(audit_events.c.action == "tokenize").values(outcome="denied"))
-    broken = client.get("/v1/audit/verify", headers=auth(key))
+        conn.execute(delete(audit_verify_jobs))  # no fresh report: the next call starts a job
+    broken = verified(client, key)
     assert broken.status_code == 409
     assert broken.get_json()["broken"]["reason"] == "event modified"
+
+
+def verified(client: FlaskClient, key: str) -> Any:
+    """GET /v1/audit/verify: 202 and a job at once, then poll the job until it answers."""
+    started = time.monotonic()
+    first = client.get("/v1/audit/verify", headers=auth(key))
+    assert time.monotonic() - started < 1.0
+    if first.status_code != 202:
+        return first
+    location = first.headers["Location"]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        answer = client.get(location, headers=auth(key))
+        if answer.status_code != 202:
+            return answer
+        time.sleep(0.05)
+    raise AssertionError("verification job did not finish")
+
+
+def test_a_corrupted_audit_key_answers_409_with_the_reason(client: FlaskClient, components: Components) -> None:
+    key = auditor_key(components)
+    with components.engine.begin() as conn:
+        conn.execute(update(domain_keys).where(domain_keys.c.purpose == "audit").values(wrapped="local:v1:AAAA"))
+    fresh = build(components.settings)  # a worker started after the edit: nothing cached
+    try:
+        answer = verified(create_app(parts=fresh).test_client(), key)
+    finally:
+        fresh.trail.close()
+        fresh.engine.dispose()
+    assert answer.status_code == 409 and answer.get_json()["broken"]["reason"] == "audit key unreadable"
 
 
 def test_every_endpoint_emits_all_fields(client: FlaskClient, components: Components,
@@ -93,6 +131,8 @@ def test_every_endpoint_emits_all_fields(client: FlaskClient, components: Compon
         with components.engine.connect() as conn:
             before = conn.execute(select(audit_events.c.seq).order_by(audit_events.c.seq.desc())).scalar() or 0
         call()
+        if action == "authenticate":  # failures are counted, then written once per source and window
+            components.trail.flush_failures(force=True)
         with components.engine.connect() as conn:
             rows = conn.execute(select(audit_events).where(audit_events.c.seq > before)).mappings().all()
         assert rows, action
@@ -102,9 +142,27 @@ def test_every_endpoint_emits_all_fields(client: FlaskClient, components: Compon
                                                           "chain_seq", "mac"))
             assert row["outcome"] in ("allowed", "denied", "error")
             assert row["outcome"] == "allowed" or row["error_code"]
+            if action == "authenticate":
+                assert row["source"] == "127.0.0.1" and row["detail"].startswith("count=1 ")
+                continue
             assert (row["request_id"], row["source"], row["user_agent"]) == ("req-audit-1", "127.0.0.1",
                                                                              "audit-test/1.0")
             if action in ("tokenize", "detokenize", "read_metadata", "delete") and row["outcome"] == "allowed":
                 assert row["token"] and row["kind"]
             if action == "detokenize" and row["outcome"] == "allowed":
                 assert row["purpose"] == "payment"  # a role refused outright is refused before the body is read
+
+
+def test_a_forged_stored_report_is_never_served(client: FlaskClient, components: Components) -> None:
+    """The insider rewrites the latest report to `intact` and keeps it fresh: it is not served."""
+    key = auditor_key(components)
+    assert verified(client, key).status_code == 200
+    with components.engine.begin() as conn:
+        conn.execute(update(audit_events).values(detail="rewritten"))
+        forged = {"intact": True, "anchored": True, "events": 1, "broken": None}
+        conn.execute(update(audit_verify_jobs).values(  # no resume point either: the next run is a full one
+            resume=None, result=json.dumps({"key_id": "k", "report": json.dumps(forged), "mac": "00"})))
+    first = client.get("/v1/audit/verify", headers=auth(key))
+    assert first.status_code == 202  # not the forged report: a new job
+    answer = verified(client, key)
+    assert answer.status_code == 409

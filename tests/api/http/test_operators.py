@@ -8,6 +8,7 @@ from sqlalchemy import select, update
 from api.wiring import Components
 from tests.conftest import Clock, auth
 from tests.support.operators import PASSWORD, Operator, enrol, login, make_operator
+from vault.keys.row_mac import RowMacs
 from vault.storage.schema import audit_events, clients
 
 
@@ -93,6 +94,7 @@ def test_roles_without_the_operation_get_403_before_any_code(client: FlaskClient
     bot_id, bot_key = components.clients.create("admin-bot", "support")
     with components.engine.begin() as conn:  # an admin key made before API keys were limited to machine roles
         conn.execute(update(clients).where(clients.c.id == bot_id).values(role="admin"))
+        RowMacs(components.keys).backfill(conn, only_missing=False)  # such rows are sealed by `init` (#15)
     bot = client.post("/v1/operators", json=body, headers={**auth(bot_key.expose()), "X-TOTP": "123456"})
     assert bot.status_code == 401  # an API key has no second factor: a human role behind one is refused
     assert bot.get_json()["error"]["code"] == "api_key_role_not_allowed"

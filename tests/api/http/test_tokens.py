@@ -50,9 +50,11 @@ def test_unauthenticated_request_is_refused_and_audited(client: FlaskClient, com
         response = client.post("/v1/tokens", json={"kind": "card", "value": CARD}, headers=headers)
         assert response.status_code == 401
         assert response.get_json()["error"]["code"] == "unauthenticated"
+    components.trail.flush_failures(force=True)  # counted per source, then one event per window
     with components.engine.connect() as conn:
-        denied = conn.execute(select(audit_events.c.action).where(audit_events.c.outcome == "denied")).all()
-    assert len(denied) == 3
+        denied = conn.execute(select(audit_events.c.action, audit_events.c.detail)
+                              .where(audit_events.c.outcome == "denied")).all()
+    assert [(row.action, row.detail.split()[0]) for row in denied] == [("authenticate", "count=3")]
 
 
 def test_revoked_client_is_refused(components: Components, client: FlaskClient) -> None:
@@ -127,10 +129,10 @@ def test_pan_where_token_expected_is_refused_without_echo(client: FlaskClient, a
 def test_malformed_bodies(client: FlaskClient, api_keys: dict[str, str]) -> None:
     headers = {**auth(api_keys["checkout"]), "Content-Type": "application/json"}
     assert client.post("/v1/tokens", data="{not json", headers=headers).status_code == 422
-    assert client.post("/v1/tokens", data=b"\xff\xfe", headers=headers).status_code == 422
+    assert client.post("/v1/tokens", data=b"\xff\xfe", headers=headers).status_code == 415  # not UTF-8
     assert client.post("/v1/tokens", data="[" * 100_000, headers=headers).status_code == 422
     assert client.post("/v1/tokens", data="x=1", headers={**auth(api_keys["checkout"]),
-                       "Content-Type": "application/x-www-form-urlencoded"}).status_code == 422
+                       "Content-Type": "application/x-www-form-urlencoded"}).status_code == 415
 
 
 def test_oversized_body_is_refused(client: FlaskClient, api_keys: dict[str, str]) -> None:

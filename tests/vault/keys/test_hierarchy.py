@@ -29,7 +29,7 @@ def test_kms_calls_per_thousand_operations(components: Components) -> None:
 def test_domain_keys_are_stored_wrapped(components: Components) -> None:
     with components.engine.connect() as conn:
         rows = conn.execute(select(domain_keys.c.purpose, domain_keys.c.wrapped, domain_keys.c.active_for)).all()
-    assert {row.purpose for row in rows} == {"data", "cvv", "index", "auth", "audit", "totp", "relay"}
+    assert {row.purpose for row in rows} == {"data", "cvv", "index", "auth", "audit", "totp", "relay", "row"}
     assert all(row.wrapped.startswith("local:v1:") for row in rows)
 
 
@@ -53,7 +53,7 @@ def test_new_kek_version_keeps_domain_keys_readable(components: Components) -> N
     fresh_components_keys = type(components.keys)(components.provider)
     with components.engine.connect() as conn:
         key_id = conn.execute(select(domain_keys.c.id).where(domain_keys.c.active_for == "data")).scalar_one()
-        assert fresh_components_keys.domain_cipher(conn, key_id) is not None
+        assert fresh_components_keys.domain_cipher(conn, key_id, "data") is not None
     assert read(components, GATEWAY, record.token, "payment")["exp_year"] == 2099
 
 
@@ -62,12 +62,13 @@ def test_record_keys_from_memory_only_once_the_domain_key_is_loaded(components: 
     cold = KeyHierarchy(components.provider)
     assert cold.new_record_key_from_memory("data") is None
     with components.engine.connect() as conn:
-        cold.domain_cipher(conn, cold.active_domain_key_id(conn, "data"))
+        cold.domain_cipher(conn, cold.active_domain_key_id(conn, "data"), "data")
     calls = components.provider.calls
     key = cold.new_record_key_from_memory("data")
     assert key is not None and components.provider.calls == calls
     sealed = key.cipher.seal(b"value", b"aad")
     with components.engine.connect() as conn:
-        reopened = components.keys.open_data_keys(conn, [key.row])[key.id]  # another process, from the stored row
+        # another process, from the stored row
+        reopened = components.keys.open_data_keys(conn, [key.row], ("data",))[key.id]
     assert reopened.open(sealed, b"aad") == b"value"
     assert key.row["subject_id"] is None and key.row["purpose"] == "data"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from api.wiring import Components
+from api.wiring import Components, build
 from tests.conftest import make_components
 from tests.support.cards import CHECKOUT, GATEWAY, HERE, fill, read_all
 from tests.vault.tokens.test_service import tokenize_one
@@ -135,3 +135,36 @@ def test_only_admins_manage_keys(vault: Components) -> None:
     assert {d["purpose"] for d in listing["domain_keys"]} >= {"data", "cvv", "index", "auth", "audit"}
     assert vault.lifecycle.due(ADMIN, HERE) == []
     tokenize_one(vault, "email", "a@example.com")
+
+
+def test_the_audit_signing_key_is_rewrapped_with_the_domain_keys(vault: Components) -> None:
+    """After a KEK rotation and retirement, a new process still signs checkpoints (its seed was rewrapped)."""
+    fill(vault, 10)
+    vault.trail.checkpoint()
+    state = vault.lifecycle.run(vault.lifecycle.start_rotation(ADMIN, HERE, domain_keys_too=False), batch=100)
+    assert state["status"] == "done"
+    assert vault.lifecycle.retire(ADMIN, 2, HERE) == {"min_decryption_version": 2}
+    fresh = build(vault.settings)  # nothing cached: the seed must be unwrapped under KEK v2
+    try:
+        fill(fresh, 1)
+        fresh.trail.checkpoint()
+        with fresh.engine.connect() as conn:
+            assert fresh.trail.verify(conn).intact
+    finally:
+        fresh.trail.close()
+        fresh.engine.dispose()
+
+
+def test_a_job_says_what_it_waits_for(vault: Components) -> None:
+    """Issue #18: after its last record the job waited out the key-cache window silently ("eta 0s")."""
+    fill(vault, 50)
+    slow = type(vault.lifecycle)(engine=vault.engine, keys=vault.keys, provider=vault.provider,
+                                 policy=vault.policy, trail=vault.trail, cache_seconds=1.5)
+    job = slow.start_rotation(ADMIN, HERE, domain_keys_too=True)
+    states: list[dict[str, object]] = []
+    final = slow.run(job, batch=500, on_progress=states.append)
+    waiting = [state for state in states if state["phase"] == "wait_key_caches"]
+    assert waiting, [state["phase"] for state in states]
+    assert "TOKENVAULT_KEY_CACHE_SECONDS=1.5" in str(waiting[0]["waiting_for"])
+    assert 0 < float(waiting[0]["eta_seconds"]) <= 1.5  # type: ignore[arg-type]
+    assert final["status"] == "done" and "waiting_for" not in final

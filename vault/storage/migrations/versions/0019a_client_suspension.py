@@ -1,7 +1,7 @@
 """client suspension for guessing; audit index by actor and time
 
 Revision ID: 0019a
-Revises: 0020a
+Revises: 0015a
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from alembic import op
 import vault.storage.schema
 
 revision = "0019a"
-down_revision = "0020a"
+down_revision = "0015a"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,42 @@
+"""Issue #15 against the real server (`tokenvault init` + `serve`, two workers, SQLite file in the data dir).
+
+The insider edits the shipping client's row in the database file behind the running server's back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import requests
+from sqlalchemy import select, update
+
+from api.settings import Settings
+from tests.support.server import running_server
+from vault.storage.schema import audit_events, clients, create_engine_for
+
+PAN = "4000002760003184"
+
+
+def test_client_role_edit_is_refused_by_the_real_server(tmp_path: Path) -> None:
+    with running_server(tmp_path / "var") as server:
+        checkout, shipping = server.client_key("checkout"), server.client_key("shipping")
+        made = requests.post(server.url + "/v1/tokens", timeout=10, headers={"Authorization": f"Bearer {checkout}"},
+                             json={"kind": "card", "value": {"pan": PAN, "exp_month": 1, "exp_year": 2099}})
+        assert made.status_code == 201, made.text
+        engine = create_engine_for(Settings.from_env(server.env).database_url)
+        try:
+            with engine.begin() as conn:
+                assert conn.execute(update(clients).where(clients.c.name == "e2e-shipping")
+                                    .values(role="payment_gateway")).rowcount == 1
+            answer = requests.post(server.url + "/v1/detokenize", timeout=10,
+                                   headers={"Authorization": f"Bearer {shipping}"},
+                                   json={"tokens": [made.json()["token"]], "purpose": "payment"})
+            assert answer.status_code == 403, answer.text
+            assert answer.json()["error"]["code"] == "integrity_failure"
+            assert PAN not in answer.text
+            with engine.connect() as conn:
+                alerts = conn.execute(select(audit_events.c.detail).where(audit_events.c.action == "integrity"))
+                assert [detail for detail in alerts.scalars() if detail == "table=clients"]
+        finally:
+            engine.dispose()
+        assert PAN not in server.log.read_text(errors="replace")

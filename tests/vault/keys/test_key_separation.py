@@ -1,0 +1,117 @@
+"""Key separation (issue #15 item 3): a domain key serves only its own purpose and id.
+
+The insider copies a wrapped domain key under a new id, or renames a row's purpose,
+and then names that key where another purpose is expected (an audit event's
+`mac_key_id`). Every such use fails closed, in a cold process as in a warm one.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import insert, select, update
+
+from api.wiring import Components
+from tests.vault.tokens.test_service import CARD, GATEWAY, read, tokenize_one
+from vault.audit.trail import AuditEvent, AuditTrail, mac_of
+from vault.errors import ConfigurationError, DecryptionFailed
+from vault.keys.hierarchy import KeyHierarchy
+from vault.secret import Secret
+from vault.storage.schema import audit_events, data_keys, domain_keys
+
+
+def _key_row(parts: Components, purpose: str) -> dict[str, object]:
+    with parts.engine.connect() as conn:
+        return dict(conn.execute(select(domain_keys).where(domain_keys.c.active_for == purpose)).mappings().one())
+
+
+def _copy_as(parts: Components, source: dict[str, object], new_id: str, purpose: str) -> None:
+    with parts.engine.begin() as conn:
+        conn.execute(insert(domain_keys).values(id=new_id, purpose=purpose, active_for=None,
+                                                wrapped=source["wrapped"], kek_version=source["kek_version"],
+                                                created_at=datetime.now(UTC)))
+
+
+def test_a_copied_wrapped_key_does_not_open_under_another_id_or_purpose(components: Components) -> None:
+    auth = _key_row(components, "auth")
+    _copy_as(components, auth, "dom_forged_audit", "audit")
+    _copy_as(components, auth, "dom_forged_auth", "auth")
+    cold = KeyHierarchy(components.provider)
+    with components.engine.connect() as conn:
+        assert cold.hmac_key_by_id(conn, str(auth["id"]), "auth") is not None  # the genuine row still opens
+        for key_id, purpose in (("dom_forged_audit", "audit"), ("dom_forged_auth", "auth")):
+            with pytest.raises(DecryptionFailed):
+                cold.hmac_key_by_id(conn, key_id, purpose)
+
+
+def test_a_key_asked_for_another_purpose_is_refused_cold_and_warm(components: Components) -> None:
+    auth_id = str(_key_row(components, "auth")["id"])
+    with components.engine.connect() as conn:
+        components.keys.hmac_key(conn, "auth")  # warm: the auth key is cached in this process
+        with pytest.raises(DecryptionFailed):
+            components.keys.hmac_key_by_id(conn, auth_id, "audit")
+        with pytest.raises(DecryptionFailed):
+            components.keys.domain_cipher(conn, auth_id, "data")
+
+
+def test_a_row_renamed_to_another_purpose_does_not_open(components: Components) -> None:
+    index = _key_row(components, "index")
+    with components.engine.begin() as conn:
+        conn.execute(update(domain_keys).where(domain_keys.c.id == index["id"]).values(purpose="audit"))
+    with components.engine.connect() as conn, pytest.raises(DecryptionFailed):
+        KeyHierarchy(components.provider).hmac_key_by_id(conn, str(index["id"]), "audit")
+
+
+def test_audit_verify_rejects_an_event_signed_with_a_copied_auth_key(components: Components) -> None:
+    """The issue's forgery: a copied `auth` key named as an event's `mac_key_id` must not verify."""
+    auth = _key_row(components, "auth")
+    _copy_as(components, auth, "dom_forged_audit", "audit")
+    with components.engine.begin() as conn:
+        components.trail.record(conn, [AuditEvent(at=datetime.now(UTC), actor="host", role="host",
+                                                  action="genuine", outcome="allowed")])
+        head = conn.execute(select(audit_events).order_by(audit_events.c.seq.desc())).mappings().first()
+        assert head is not None
+        auth_key = components.keys.hmac_key_by_id(conn, str(auth["id"]), "auth").expose()
+        forged = AuditEvent(at=datetime.now(UTC), actor="op_victim", role="admin", action="forged",
+                            outcome="allowed").row()
+        forged.update(writer=head["writer"], chain_seq=head["chain_seq"] + 1, mac_key_id="dom_forged_audit",
+                      prev_mac=bytes(head["mac"]))
+        forged["mac"] = mac_of(auth_key, bytes(head["mac"]), forged)
+        conn.execute(insert(audit_events), [forged])
+    verifier = AuditTrail(KeyHierarchy(components.provider))
+    with components.engine.connect() as conn:
+        report = verifier.verify(conn)
+    # Refused either way: the copy's wrapping names `auth` (unreadable as an audit key), or its row is not `audit`.
+    assert report.broken is not None and report.broken.reason in ("audit key unreadable", "MAC key is not an audit key")
+
+
+def test_data_keys_open_only_for_the_purposes_asked(components: Components) -> None:
+    record = tokenize_one(components, "card", CARD)
+    with components.engine.connect() as conn:
+        row = dict(conn.execute(select(data_keys)).mappings().first() or {})
+        with pytest.raises(DecryptionFailed):
+            KeyHierarchy(components.provider).open_data_keys(conn, [row], ("totp",))
+    assert read(components, GATEWAY, record.token, "payment")["pan"] == "4111111111111111"
+
+
+def test_upgrade_binds_legacy_wrappings_and_refuses_a_copied_key(components: Components) -> None:
+    """Format-1 rows (bare key under the KEK) open only after `tokenvault init` rebinds them."""
+    material = Secret(b"\x07" * 32)
+    legacy = components.provider.wrap([material])[0]
+    with components.engine.begin() as conn:
+        conn.execute(insert(domain_keys).values(id="dom_legacy", purpose="audit", active_for=None, wrapped=legacy,
+                                                kek_version=1, created_at=datetime.now(UTC)))
+    cold = KeyHierarchy(components.provider)
+    with components.engine.connect() as conn, pytest.raises(DecryptionFailed):
+        cold.hmac_key_by_id(conn, "dom_legacy", "audit")  # not before the upgrade step
+    with components.engine.begin() as conn:
+        assert components.keys.bind_legacy_wrappings(conn) == 1
+        assert components.keys.bind_legacy_wrappings(conn) == 0  # idempotent
+    with components.engine.connect() as conn:
+        assert KeyHierarchy(components.provider).hmac_key_by_id(conn, "dom_legacy", "audit").expose() == b"\x07" * 32
+    with components.engine.begin() as conn:  # the same legacy blob copied under a second id before the upgrade
+        conn.execute(insert(domain_keys).values(id="dom_legacy_copy", purpose="auth", active_for=None,
+                                                wrapped=legacy, kek_version=1, created_at=datetime.now(UTC)))
+    with components.engine.begin() as conn, pytest.raises(ConfigurationError, match="same key"):
+        components.keys.bind_legacy_wrappings(conn)

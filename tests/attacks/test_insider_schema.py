@@ -207,7 +207,8 @@ def _holds(parts: Components, clock: Clock) -> Scene:
     victim = parts.privacy.add_hold(OFFICER, "cust-a", "tax audit", clock() + timedelta(days=30), Origin())["id"]
     clock.advance(1)
     other = parts.privacy.add_hold(OFFICER, "cust-b", "court order", clock() + timedelta(days=60), Origin())["id"]
-    parts.privacy.release_hold(OFFICER, "cust-b", other, Origin())
+    with parts.engine.begin() as conn:  # as a second officer's approval of `release_hold` runs it
+        parts.privacy.run_release_hold(conn, OFFICER, {"subject_id": "cust-b", "hold_id": other}, Origin())
     return Scene(holds, victim, other, lambda: parts.privacy.erase(OFFICER, "cust-a", Origin()))
 
 

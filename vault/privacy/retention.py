@@ -16,10 +16,10 @@ from sqlalchemy.engine import Connection, Engine
 from vault.access.operations import AuditedOperations
 from vault.access.policy import Policy
 from vault.audit.trail import Actor, AuditTrail, Origin
-from vault.errors import IntegrityFailure
 from vault.keys.row_mac import RowMacs
-from vault.storage.schema import holds, retained_records, tokens
+from vault.storage.schema import retained_records, tokens
 from vault.tokens.service import TokenService
+from vault.tokens.subjects import held_subjects
 
 __all__ = ["RetentionService"]
 
@@ -35,25 +35,12 @@ class RetentionService(AuditedOperations):
         self._tokens = tokens_service
         self._macs = macs
 
-    def _held(self, conn: Connection, now: datetime) -> list[str]:
-        """Subjects under a live hold, and under any hold whose row fails its MAC (edited: keep, never purge)."""
-        held = set()
-        for row in conn.execute(select(holds)).mappings():
-            try:
-                self._macs.check(conn, holds, row)
-            except IntegrityFailure:
-                held.add(row["subject_id"])
-                continue
-            if row["released_at"] is None and row["until"] > now:
-                held.add(row["subject_id"])
-        return sorted(held)
-
     def purge(self, actor: Actor) -> dict[str, int]:
         """Cards unused past their rule, and retained records past their date; never a held subject."""
         now = self._clock()
 
         def work(conn: Connection) -> dict[str, int]:
-            held = self._held(conn, now)
+            held = held_subjects(conn, now, self._macs)
             counts = {"expired_retained_records": conn.execute(delete(retained_records).where(
                 retained_records.c.retain_until <= now, retained_records.c.subject_id.not_in(held))).rowcount}
             skipped = conn.execute(select(func.count()).select_from(retained_records).where(

@@ -234,7 +234,7 @@ class PrivacyService(AuditedOperations):
     def _erase(self, conn: Connection, actor: Actor, subject_id: str, reason: str) -> dict[str, Any]:
         now = self._clock()
         self._ensure_subject(conn, subject_id)  # locked: a hold added meanwhile waits for us, or we see it
-        refuse_if_held(conn, subject_id, now)
+        refuse_if_held(conn, subject_id, now, self._macs)
         # The subject's keys locked before its tokens are read: every tokenize sealing under
         # them (FOR KEY SHARE) has committed, and its token is erased with the rest.
         conn.execute(select(data_keys.c.id).where(data_keys.c.subject_id == subject_id)
@@ -512,7 +512,7 @@ class PrivacyService(AuditedOperations):
             conn.execute(insert(data_keys), [data_key.row])
             conn.execute(update(tokens).where(tokens.c.token == token).values(
                 **{k: v for k, v in new.items() if k not in ("token", "kind", "subject_id", "expires_at")}))
-            refuse_if_held(conn, row["subject_id"], now)  # after the update: it holds the row's lock
+            refuse_if_held(conn, row["subject_id"], now, self._macs)  # after the update: it holds the row's lock
             if row["dk_subject"] is None:
                 conn.execute(delete(data_keys).where(data_keys.c.id == row["data_key_id"]))
             else:

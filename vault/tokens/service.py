@@ -408,8 +408,11 @@ class TokenService(AuditedOperations):
             return {}
         lookups = list(by_lookup)
         # An expired deterministic token frees its slot: remove it so a new one can take it.
-        self.delete_rows(conn, and_(tokens.c.lookup.in_(lookups), tokens.c.expires_at <= now,
-                                    or_(tokens.c.subject_id.is_(None), tokens.c.subject_id.not_in(held_subjects(now)))))
+        # Held subjects' expired rows stay (the hold wins); the holds are read only when something expired.
+        expired = and_(tokens.c.lookup.in_(lookups), tokens.c.expires_at <= now)
+        if conn.execute(select(tokens.c.token).where(expired).limit(1)).first() is not None:
+            held = held_subjects(conn, now, self._macs)
+            self.delete_rows(conn, and_(expired, or_(tokens.c.subject_id.is_(None), tokens.c.subject_id.not_in(held))))
         rows = list(self.rows_where(conn, tokens.c.lookup.in_(lookups), now).values())
         values = self.open_rows(conn, rows) if rows else {}
         out: dict[bytes, TokenRecord | IntegrityFailure] = {}
@@ -599,7 +602,7 @@ class TokenService(AuditedOperations):
                 if not self.delete_rows(conn, tokens.c.token == token):
                     return None  # another request deleted it first: one delete is acknowledged
                 if row["kind"] != "cvv":  # a CVV is never held (PCI DSS 3.3.1)
-                    refuse_if_held(conn, row["subject_id"], now)
+                    refuse_if_held(conn, row["subject_id"], now, self._macs)
             self._trail.record(conn, [self._event(actor, operation, "allowed", origin, token=token, kind=row["kind"],
                                             subject_id=row["subject_id"], key_id=row["data_key_id"])])
             return self._record(row)
@@ -641,7 +644,7 @@ class TokenService(AuditedOperations):
             expired = and_(tokens.c.expires_at.is_not(None), tokens.c.expires_at <= now)
             # A CVV is never held: PCI DSS 3.3.1 forbids keeping it past its short TTL, hold or not.
             held = and_(tokens.c.kind != "cvv", tokens.c.subject_id.is_not(None),
-                        tokens.c.subject_id.in_(held_subjects(now)))
+                        tokens.c.subject_id.in_(held_subjects(conn, now, self._macs)))
             count = len(self.delete_rows(conn, and_(expired, ~held)))
             # Expired but held: kept (unreadable, being expired) until the hold is released.
             skipped = conn.execute(select(func.count()).select_from(tokens).where(expired, held)).scalar() or 0

@@ -12,11 +12,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Select, exists, select
+from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from vault.clear_text import contains_pan
-from vault.errors import LegalHold, ValidationFailed
+from vault.errors import IntegrityFailure, LegalHold, ValidationFailed
 from vault.keys.row_mac import RowMacs
 from vault.storage.schema import consents, holds, subjects
 
@@ -89,13 +89,23 @@ def subject_states(conn: Connection, subject_ids: Iterable[str], macs: RowMacs) 
     return out
 
 
-def held_subjects(now: datetime) -> Select[tuple[str]]:
-    """The ids of subjects under an active legal hold at `now`, as a subquery for purges."""
-    return select(holds.c.subject_id).where(holds.c.released_at.is_(None), holds.c.until > now)
+def held_subjects(conn: Connection, now: datetime, macs: RowMacs) -> list[str]:
+    """Subjects under a live legal hold at `now`, for purges: also those with any hold whose row fails its MAC
+    (a release or a shortened `until` written in the database keeps the data, never frees it)."""
+    held = set()
+    for row in conn.execute(select(holds)).mappings():
+        try:
+            macs.check(conn, holds, row)
+        except IntegrityFailure:
+            held.add(str(row["subject_id"]))
+            continue
+        if row["released_at"] is None and row["until"] > now:
+            held.add(str(row["subject_id"]))
+    return sorted(held)
 
 
-def refuse_if_held(conn: Connection, subject_id: str | None, now: datetime) -> None:
-    """LegalHold if `subject_id` is under an active hold.
+def refuse_if_held(conn: Connection, subject_id: str | None, now: datetime, macs: RowMacs) -> None:
+    """LegalHold if `subject_id` is under an active hold; IntegrityFailure if one of its holds was edited.
 
     Call it *after* the statement that deletes or overwrites the subject's rows, in the
     same transaction: that statement holds their row locks, and `add_hold` locks the same
@@ -104,6 +114,7 @@ def refuse_if_held(conn: Connection, subject_id: str | None, now: datetime) -> N
     """
     if subject_id is None:
         return
-    if conn.execute(select(exists().where(holds.c.subject_id == subject_id, holds.c.released_at.is_(None),
-                                          holds.c.until > now))).scalar():
-        raise LegalHold("subject is under legal hold")
+    for row in conn.execute(select(holds).where(holds.c.subject_id == subject_id)).mappings():
+        macs.check(conn, holds, row)  # a hold released in the database is an integrity failure, never a release
+        if row["released_at"] is None and row["until"] > now:
+            raise LegalHold("subject is under legal hold")

@@ -273,7 +273,7 @@ def test_matrix_under_hold_restriction_and_suspension(client: FlaskClient, compo
     if role not in OPERATOR_ROLES:
         client_id = next(str(c["id"]) for c in components.clients.list() if c["name"] == f"matrix-{role}")
         with components.engine.begin() as conn:  # as vault.access.guessing does when a client guesses
-            conn.execute(update(clients).where(clients.c.id == client_id).values(suspended_at=clock.now))
+            RowMacs(components.keys).update(conn, clients, client_id, {"suspended_at": clock.now})
         cache = components.clients._cache  # the 2 s authentication cache (wall clock), emptied instead of waiting
         if cache is not None:
             cache.clear()

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from api.http import schemas as s
-from api.http.openapi_admin import SECURED, error_responses, json_content, ref
+from api.http.openapi_admin import BODY_ERRORS, SECURED, error_responses, json_content, ref
 from api.http.relay import PUBLISHABLE_KEY_HEADER, PURPOSE_HEADER
 from api.http.stepup import HEADER as STEP_UP_HEADER
 from vault.relay.routes import NAME, RouteConfig
@@ -37,8 +37,8 @@ def _forward(method: str) -> dict[str, Any]:
     found: dict[str, Any] = {
         "summary": f"Relay a {method.upper()} to the route's upstream with templates filled from tokens",
         "operationId": f"relay{method.capitalize()}", "security": SECURED, "parameters": [_ROUTE, _PATH, purpose],
-        "responses": {"default": _ANSWER, **error_responses("401", "403", "404", "413", "422", "429", "502", "503",
-                                                            "504")},
+        "responses": {"default": _ANSWER, **error_responses("401", "403", "404", *BODY_ERRORS, "422", "429", "502",
+                                                            "503", "504")},
     }
     if method in ("post", "put", "patch"):
         found["requestBody"] = {"required": False, **_ANY}
@@ -55,7 +55,7 @@ def relay_paths() -> dict[str, Any]:
             "summary": "Tokenize the route's fields of a browser's JSON request and forward it to the merchant",
             "operationId": "relayInbound", "security": [], "parameters": [_ROUTE, _PATH, key],
             "requestBody": {"required": True, **json_content(_OBJECT)},
-            "responses": {"default": _ANSWER, **error_responses("401", "403", "413", "422", "429", "502", "503",
+            "responses": {"default": _ANSWER, **error_responses("401", "403", *BODY_ERRORS, "422", "429", "502", "503",
                                                                 "504")},
         }},
         "/v1/relay-routes": {
@@ -69,7 +69,7 @@ def relay_paths() -> dict[str, Any]:
                                      "schema": {"type": "string", "enum": ["true", "false"]}}, _STEP_UP],
                      "requestBody": {"required": True, **json_content(ref(RouteConfig))},
                      "responses": {"202": {"description": "Filed for approval", **json_content(_OBJECT)},
-                                   **error_responses("401", "403", "404", "409", "413", "422", "429", "503")}},
+                                   **error_responses("401", "403", "404", "409", *BODY_ERRORS, "422", "429", "503")}},
         },
         "/v1/relay-routes/{route}/disable": {"post": {
             "summary": "Propose disabling a route (a second admin approves)", "operationId": "disableRelayRoute",

@@ -53,7 +53,7 @@ from vault.storage.schema import data_keys, operators, totp_uses
 __all__ = ["UNSET_PASSWORD", "HALF_LENGTH", "EnrolmentCode", "Enrolling", "Enrolments", "seed_aad", "seal_new_seed",
            "open_seed"]
 
-UNSET_PASSWORD = "!"  # noqa: S105 - a marker, not a password: no PHC string, so nothing verifies against it
+UNSET_PASSWORD = "!"  # noqa: S105  # nosec B105 - a marker, not a password: no PHC string, nothing verifies
 HALF_LENGTH = 32  # hex characters: 128 random bits per half
 
 

@@ -1,10 +1,14 @@
 """The audit checkpoint log in OpenBao/Vault KV v2, written with check-and-set.
 
 A sink outside the database administrators' reach (they hold no token for it): each host's
-log is a `head` secret {n, hash, chunks} plus `chunk-<k>` secrets of up to 500 lines. Every
-append rewrites the last chunk and then the head with `cas` set to the version it read, so
-two writers never both extend the same entry number and a lost race is retried; KV v2 keeps
-every version, so a rewrite is visible in the secret's history too.
+log is a `head` secret {n, hash, chunks, tail} plus immutable `chunk-<k>` secrets of exactly
+500 lines. The head is the only commit point: an append rewrites it with `cas` set to the
+version it read, the new lines in its tail, so two writers (threads, worker processes, hosts
+sharing a name) never both extend the same entry number, and a lost race is retried. Once a
+committed tail holds a full chunk, that chunk is created (`cas=0`: never overwritten; its
+content follows from the committed head, so whoever writes it writes the same lines) and the
+head drops it from its tail. KV v2 keeps every version, so a rewrite is visible in the
+secret's history too.
 
 It satisfies vault.audit.checkpoints.CheckpointSink structurally (kms/ does not import the
 audit wing): `append(lines)` and `logs()`.
@@ -12,6 +16,7 @@ audit wing): `append(lines)` and `logs()`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import socket
 from collections.abc import Callable
@@ -63,28 +68,43 @@ class KvCheckpointSink:
             for _attempt in range(_ATTEMPTS):
                 head, head_version = self._read(f"{base}/head")
                 n, prev = (int(head["n"]), str(head["hash"])) if head else (0, _ZERO)
+                chunks, tail = (int(head["chunks"]), list(head["tail"])) if head else (0, [])
                 new = lines(n, prev)
                 if not new:
                     return n, prev
-                chunk_no = n // CHUNK
-                chunk, chunk_version = self._read(f"{base}/chunk-{chunk_no}")
-                kept = list(chunk["lines"])[: n - chunk_no * CHUNK] if chunk else []
-                pending = kept + new  # lines of chunk `chunk_no` onwards
+                last, digest = n + len(new), _hash(new[-1])
                 try:
-                    for offset in range(0, len(pending), CHUNK):
-                        number = chunk_no + offset // CHUNK
-                        cas = chunk_version if offset == 0 else self._read(f"{base}/chunk-{number}")[1]
-                        self._write(f"{base}/chunk-{number}", {"lines": pending[offset:offset + CHUNK]}, cas=cas)
-                    last, digest = n + len(new), _hash(new[-1])
-                    self._write(f"{base}/head", {"n": last, "hash": digest}, cas=head_version)
-                    return last, digest
+                    self._write(f"{base}/head", {"n": last, "hash": digest, "chunks": chunks, "tail": tail + new},
+                                cas=head_version)
                 except hvac.exceptions.InvalidRequest:
-                    continue  # another writer moved the head or a chunk first: read again
+                    continue  # another writer committed first: read again
+                self._flush(base)
+                return last, digest
             raise AuditWriteFailed("checkpoint store contended")
         except hvac.exceptions.VaultError as exc:
             raise AuditWriteFailed("checkpoint store unavailable") from exc
         except OSError as exc:
             raise AuditWriteFailed("checkpoint store unreachable") from exc
+
+    def _flush(self, base: str) -> None:
+        """Move full chunks out of the committed head's tail (any writer may finish another's flush)."""
+        for _attempt in range(_ATTEMPTS):
+            head, head_version = self._read(f"{base}/head")
+            if head is None or len(head["tail"]) < CHUNK:
+                return
+            number, tail = int(head["chunks"]), list(head["tail"])
+            full = tail[:CHUNK]
+            stored, _version = self._read(f"{base}/chunk-{number}")
+            if stored is None:
+                with contextlib.suppress(hvac.exceptions.InvalidRequest):  # another writer created it: checked below
+                    self._write(f"{base}/chunk-{number}", {"lines": full}, cas=0)  # create only
+                stored, _version = self._read(f"{base}/chunk-{number}")
+            if stored is None or list(stored["lines"]) != full:
+                raise AuditWriteFailed("checkpoint store inconsistent")
+            try:
+                self._write(f"{base}/head", {**head, "chunks": number + 1, "tail": tail[CHUNK:]}, cas=head_version)
+            except hvac.exceptions.InvalidRequest:
+                continue
 
     def logs(self) -> dict[str, list[str]]:
         found: dict[str, list[str]] = {}
@@ -102,9 +122,10 @@ class KvCheckpointSink:
                 continue
             n = int(head["n"])
             lines: list[str] = []
-            for chunk_no in range(n // CHUNK + 1):
+            for chunk_no in range(int(head["chunks"])):
                 chunk, _v = self._read(f"{self._path}/{host}/chunk-{chunk_no}")
                 lines.extend(chunk["lines"] if chunk else [])
+            lines.extend(head["tail"])
             found[f"kv:{host}"] = lines[:n]
         return found
 

@@ -177,8 +177,8 @@ def test_operator_row_edits_are_refused_at_login(
     with components.engine.connect() as conn:
         admin_hash = conn.execute(select(operators.c.password_hash).where(operators.c.id == admin.id)).scalar_one()
     if edit == "lockout":
-        for _ in range(6):
-            client.post("/v1/auth/login", json={"username": insider.username, "password": "wrong password x",
+        for _ in range(6):  # the right password with wrong codes: what locks an account (issue #19)
+            client.post("/v1/auth/login", json={"username": insider.username, "password": insider.password,
                                                 "totp": "000000"})
     values = {"role": {"role": "admin"},
               "password_hash": {"password_hash": admin_hash},  # the insider's row, the victim's known password

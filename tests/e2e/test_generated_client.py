@@ -59,8 +59,8 @@ def client(generated: Any, server: Server, role: str) -> Any:
 def test_every_token_endpoint_through_the_generated_client(generated: Any, server: Server) -> None:
     models, api = module("models"), "api.default"
     checkout, gateway = client(generated, server, "checkout"), client(generated, server, "payment_gateway")
-    officer = generated.AuthenticatedClient(base_url=server.url, raise_on_unexpected_status=True,
-                                            token=server.operator_session("privacy_officer", "officer-generated"))
+    session, step_up = server.operator_session_with_step_up("privacy_officer", "officer-generated")
+    officer = generated.AuthenticatedClient(base_url=server.url, raise_on_unexpected_status=True, token=session)
 
     card = models.TokenizeCard.from_dict({"kind": "card", "subject_id": "cust-gen",
                                           "value": {"pan": PAN, "exp_month": 12, "exp_year": 2099}})
@@ -82,7 +82,8 @@ def test_every_token_endpoint_through_the_generated_client(generated: Any, serve
     meta = module(f"{api}.read_metadata").sync_detailed(token, client=checkout)
     assert meta.status_code == HTTPStatus.OK and meta.parsed.kind == "card"
 
-    corrected = module(f"{api}.correct_token").sync_detailed(token, client=officer, body=models.CorrectBody.from_dict(
+    corrected = module(f"{api}.correct_token").sync_detailed(token, client=officer, x_totp=step_up,
+                                                             body=models.CorrectBody.from_dict(
         {"value": {"pan": PAN, "exp_month": 11, "exp_year": 2099}}))
     assert corrected.status_code == HTTPStatus.OK, corrected.content
 

@@ -40,13 +40,13 @@ def test_appends_chain_across_chunks_and_writers_race_safely(openbao: OpenBao) -
     path = f"tv-test/{secrets.token_hex(4)}"
     sink = _sink(openbao, path)
     assert sink.append(_numbered(CHUNK - 2)) == last_of(sink.logs()["kv:h1"])  # type: ignore[arg-type]
-    threads = [threading.Thread(target=sink.append, args=(_numbered(3),)) for _ in range(4)]
+    threads = [threading.Thread(target=sink.append, args=(_numbered(3),)) for _ in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     lines = sink.logs()["kv:h1"]
-    assert len(lines) == CHUNK - 2 + 12
+    assert len(lines) == CHUNK - 2 + 24
     prev = ZERO_HASH
     for number, line in enumerate(lines, start=1):  # one chain, no number written twice
         assert line == f'{{"n":{number},"prev":"{prev}"}}'

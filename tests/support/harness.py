@@ -33,6 +33,7 @@ from sqlalchemy import func, select
 from api.settings import Settings
 from api.wiring import Components, build
 from tests.support.cards import CHECKOUT, GATEWAY, HERE, luhn_pan
+from vault.access.operators import StepUp
 from vault.audit.trail import Actor
 from vault.errors import VaultError
 from vault.storage.schema import audit_events, data_keys, domain_keys, tokens
@@ -136,7 +137,8 @@ class Harness:
                     month += 1
                     value = {**ack.value, "exp_month": 1 + month % 12}
                     try:
-                        self._vault(month).privacy.correct(OFFICER_1, ack.token, value, HERE)
+                        self._vault(month).privacy.correct(StepUp(actor=OFFICER_1, at=datetime.now(UTC)), ack.token,
+                                                           value, HERE)
                         with state.lock:
                             state.corrected[ack.token] = value
                     except VaultError as error:
@@ -166,7 +168,8 @@ class Harness:
             with contextlib.suppress(VaultError):
                 a.privacy.erase(OFFICER_2, held, HERE)
                 state.errors.append(f"erased {held} under a legal hold")
-            b.privacy.release_hold(OFFICER_1, held, hold["id"], HERE)
+            with b.engine.begin() as conn:  # as a second officer's approval of `release_hold` runs it
+                b.privacy.run_release_hold(conn, OFFICER_2, {"subject_id": held, "hold_id": hold["id"]}, HERE)
             started = time.monotonic()
             a.privacy.erase(OFFICER_2, erased, HERE)
             state.erasures[erased] = (started, time.monotonic())

@@ -50,15 +50,20 @@ class Server:
 
     def operator_session(self, role: str, username: str) -> str:
         """A human role's credential: created on the host, enrolled (CLI), logged in; a session token."""
+        token, _ = self.operator_session_with_step_up(role, username)
+        return token
+
+    def operator_session_with_step_up(self, role: str, username: str) -> tuple[str, str]:
+        """A session token and one unspent TOTP code for a step-up (enrolled one step back, logged in now)."""
         created = json.loads(self.cli("operators", "create", "--name", username, "--role", role).splitlines()[0])
         code = created["enrolment_code"]
         started = json.loads(self.cli("operators", "enrol", stdin=f"{code}\n{PASSWORD}\n").splitlines()[0])
         totp, now = pyotp.TOTP(seed_of(started["totp_uri"])), int(time.time())
-        self.cli("operators", "confirm", stdin=f"{code}\n{totp.at(now)}\n")
+        self.cli("operators", "confirm", stdin=f"{code}\n{totp.at(now - STEP_SECONDS)}\n")
         done = self.cli("auth", "login", "--username", username, "--password-stdin",
-                        "--totp", totp.at(now + STEP_SECONDS), stdin=PASSWORD + "\n")
+                        "--totp", totp.at(now), stdin=PASSWORD + "\n")
         token: str = json.loads(done)["session_token"]
-        return token
+        return token, totp.at(now + STEP_SECONDS)
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:

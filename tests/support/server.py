@@ -97,7 +97,9 @@ def running_server(data_dir: Path, **extra_env: str) -> Iterator[Server]:
         yield Server(url=url, env=env, log=log, process=process)
     finally:
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
+            # To the master only, as `docker stop` does to PID 1: the master stops its workers. A signal to
+            # the whole group can reach a worker before the master marks it stopping ("unexpected exit").
+            process.send_signal(signal.SIGTERM)
             try:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:

@@ -32,8 +32,9 @@ def luhn_valid(digits: str) -> bool:
 
 # A run is digits (any script's decimal digits) with up to two separators (space . / _ : , -)
 # between neighbours. It holds a PAN when, from the start of one of its groups, 12 to 19 digits
-# pass Luhn: "4111.1111.1111.1111", a PAN followed by its CVV ("4111111111111111123",
-# "4111-1111-1111-1111 123"), a PAN after an order number or after zeros ("0004111111111111111").
+# pass Luhn: a PAN written "dddd.dddd.dddd.dddd", a PAN followed by its CVV (19 solid digits, or
+# "dddd-dddd-dddd-dddd ccc"), a PAN after an order number or after leading zeros. (The examples with
+# test card numbers are in tests/api/http/test_clear_fields.py.)
 # A solid digit run is tried from its start only, so a card token's inner windows are not flagged.
 _RUN = re.compile(r"\d(?:[ ./_:,\-]{0,2}\d)*")
 _SEPARATOR = re.compile(r"[ ./_:,\-]+")

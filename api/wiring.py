@@ -45,7 +45,7 @@ from vault.relay.changes import RouteChanges
 from vault.relay.routes import RouteBook
 from vault.relay.service import RelayService
 from vault.relay.upstream import Transport
-from vault.storage.schema import create_engine_for, create_snapshot_reader
+from vault.storage.engine import create_engine_for, create_snapshot_reader
 from vault.tokens.service import TokenService
 
 __all__ = ["Components", "build", "build_provider"]

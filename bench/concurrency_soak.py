@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.conftest import make_settings
 from tests.support import harness
+from vault.storage.engine import create_engine_for
 from vault.storage.migrate import upgrade
-from vault.storage.schema import create_engine_for
 
 
 def main() -> int:

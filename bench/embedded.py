@@ -18,7 +18,7 @@ def fresh_postgres(url: str) -> str:
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
-    from vault.storage.schema import normalise_url
+    from vault.storage.engine import normalise_url
 
     base = make_url(normalise_url(url))
     name = f"tv_bench_{secrets.token_hex(4)}"

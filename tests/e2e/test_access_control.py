@@ -22,7 +22,8 @@ from sqlalchemy import func, select
 from tests.support.operators import seed_of
 from tests.support.server import running_server
 from vault.access.totp import STEP_SECONDS
-from vault.storage.schema import audit_events, create_engine_for
+from vault.storage.engine import create_engine_for
+from vault.storage.schema import audit_events
 
 CARD = {"pan": "4111111111111111", "exp_month": 12, "exp_year": 2099}
 

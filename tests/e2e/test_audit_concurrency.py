@@ -12,7 +12,8 @@ import requests
 from sqlalchemy import func, select
 
 from tests.support.server import running_server
-from vault.storage.schema import audit_events, create_engine_for
+from vault.storage.engine import create_engine_for
+from vault.storage.schema import audit_events
 
 SECONDS = float(os.environ.get("TOKENVAULT_TEST_CONCURRENCY_SECONDS", "30"))
 CLIENTS = 12

@@ -21,7 +21,8 @@ from sqlalchemy import create_engine, func, select, text
 
 from tests.support.database import postgres_database
 from tests.support.server import Server, running_server
-from vault.storage.schema import normalise_url, tokens
+from vault.storage.engine import normalise_url
+from vault.storage.schema import tokens
 
 
 def bearer(key: str) -> dict[str, str]:

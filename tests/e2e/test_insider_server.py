@@ -12,7 +12,8 @@ from sqlalchemy import select, update
 
 from api.settings import Settings
 from tests.support.server import running_server
-from vault.storage.schema import audit_events, clients, create_engine_for
+from vault.storage.engine import create_engine_for
+from vault.storage.schema import audit_events, clients
 
 PAN = "4000002760003184"
 

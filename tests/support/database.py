@@ -18,8 +18,9 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from vault.storage.engine import create_engine_for, normalise_url
 from vault.storage.migrate import upgrade
-from vault.storage.schema import create_engine_for, metadata, normalise_url
+from vault.storage.schema import metadata
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
 

@@ -33,15 +33,8 @@ from vault.keys.envelope import Cipher, record_aad
 from vault.keys.hierarchy import RECORD_PURPOSES, KeyHierarchy
 from vault.keys.provider import KeyProvider, wrapped_version
 from vault.secret import Secret
-from vault.storage.schema import (
-    audit_signing_keys,
-    data_keys,
-    domain_keys,
-    drop_deleted_copies,
-    key_jobs,
-    tokens,
-    vacuum_deleted,
-)
+from vault.storage.engine import drop_deleted_copies, vacuum_deleted
+from vault.storage.schema import audit_signing_keys, data_keys, domain_keys, key_jobs, tokens
 
 __all__ = ["KeyLifecycle", "CryptoPeriods"]
 

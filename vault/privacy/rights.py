@@ -28,12 +28,12 @@ from vault.keys.envelope import record_aad
 from vault.keys.hierarchy import KeyHierarchy
 from vault.keys.rotation import rekey_data_key
 from vault.keys.row_mac import RowMacs
+from vault.storage.engine import drop_deleted_copies
 from vault.storage.schema import (
     audit_events,
     consents,
     data_keys,
     disclosures,
-    drop_deleted_copies,
     holds,
     insert_ignoring_conflict,
     privacy_requests,

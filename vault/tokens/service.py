@@ -41,7 +41,8 @@ from vault.errors import (
 from vault.keys.envelope import record_aad
 from vault.keys.hierarchy import RECORD_PURPOSES, DataKey, KeyHierarchy
 from vault.keys.row_mac import RowMacs
-from vault.storage.schema import data_keys, drop_deleted_copies, insert_ignoring_conflict, tokens
+from vault.storage.engine import drop_deleted_copies
+from vault.storage.schema import data_keys, insert_ignoring_conflict, tokens
 from vault.tokens.formats import card_token, kind_of_token, opaque_token
 from vault.tokens.kinds import (
     CardValue,

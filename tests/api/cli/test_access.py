@@ -25,7 +25,8 @@ from tests.support.operators import PASSWORD, seed_of
 from vault.access.totp import STEP_SECONDS
 from vault.audit.trail import Origin
 from vault.secret import Secret
-from vault.storage.schema import create_engine_for, totp_uses
+from vault.storage.engine import create_engine_for
+from vault.storage.schema import totp_uses
 
 
 @pytest.fixture

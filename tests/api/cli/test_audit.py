@@ -52,7 +52,7 @@ def test_verify_exit_codes(env: dict[str, str]) -> None:
     assert run("audit", "checkpoint")[0] == 0
     from sqlalchemy import create_engine
 
-    from vault.storage.schema import normalise_url
+    from vault.storage.engine import normalise_url
 
     engine = create_engine(normalise_url(env["TOKENVAULT_DATABASE_URL"]))
     with engine.begin() as conn:
@@ -112,7 +112,7 @@ def test_archive_then_verify(tmp_path: Path, sqlite_url: str, monkeypatch: pytes
 def _engine(env: dict[str, str]) -> Any:
     from sqlalchemy import create_engine
 
-    from vault.storage.schema import normalise_url
+    from vault.storage.engine import normalise_url
 
     return create_engine(normalise_url(env["TOKENVAULT_DATABASE_URL"]))
 

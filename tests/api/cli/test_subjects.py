@@ -20,8 +20,8 @@ from vault.audit.trail import Actor
 from vault.errors import DecryptionFailed
 from vault.privacy.transfer import open_bundle, recipient_fingerprint
 from vault.secret import Secret
+from vault.storage.engine import create_engine_for
 from vault.storage.migrate import upgrade
-from vault.storage.schema import create_engine_for
 
 
 def use(monkeypatch: pytest.MonkeyPatch, data_dir: Path, url: str, key: str) -> None:

@@ -12,8 +12,8 @@ from tests.conftest import Clock, make_components
 from tests.vault.audit.test_tamper import report, rows
 from tests.vault.tokens.test_service import CARD, tokenize_one
 from vault.audit.chain import GENESIS, mac_of
+from vault.storage.engine import create_engine_for
 from vault.storage.migrate import alembic_config, upgrade
-from vault.storage.schema import create_engine_for
 
 
 def test_an_old_trail_upgrades_and_keeps_verifying(tmp_path: Path, database_url: str, clock: Clock) -> None:

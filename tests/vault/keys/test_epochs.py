@@ -27,7 +27,8 @@ from tests.support.cards import CHECKOUT, HERE, luhn_pan
 from tests.support.database import admin_url
 from vault.audit.trail import Actor
 from vault.errors import Conflict, VaultError
-from vault.storage.schema import domain_keys, key_jobs, normalise_url
+from vault.storage.engine import normalise_url
+from vault.storage.schema import domain_keys, key_jobs
 from vault.tokens.service import TokenRecord, TokenRequest
 
 ADMIN = Actor(id="admin-1", role="admin")

@@ -9,8 +9,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
 
+from vault.storage.engine import create_engine_for
 from vault.storage.migrate import upgrade
-from vault.storage.schema import create_engine_for, metadata
+from vault.storage.schema import metadata
 
 
 def test_migrations_match_the_model(database_url: str) -> None:

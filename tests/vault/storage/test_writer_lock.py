@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import event, text
 from sqlalchemy.exc import OperationalError
 
-from vault.storage.schema import create_engine_for
+from vault.storage.engine import create_engine_for
 from vault.storage.writer_lock import GatedConnection, lock_path_for
 
 

@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from vault.storage import schema as storage
-from vault.storage.schema import create_engine_for, normalise_url
+from vault.storage import engine as storage
+from vault.storage.engine import create_engine_for, normalise_url
 
 
 def _backend_pid(engine: Engine) -> int:

@@ -22,7 +22,8 @@ from sqlalchemy.engine import Connection
 
 from vault.audit.trail import Actor, AuditEvent, AuditTrail, Origin
 from vault.storage.schema import audit_events
-from vault.tokens.service import TokenRequest, TokenService
+from vault.tokens.records import TokenRequest
+from vault.tokens.service import TokenService
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.embedded import discard, fresh_vault

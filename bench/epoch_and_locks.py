@@ -31,7 +31,7 @@ from bench.embedded import discard, fresh_vault
 from vault.audit.trail import Actor, Origin
 from vault.keys.hierarchy import DataKey, KeyHierarchy
 from vault.storage.schema import data_keys, insert_ignoring_conflict
-from vault.tokens.service import TokenRequest
+from vault.tokens.records import TokenRequest
 
 CHECKOUT, ADMIN, ORIGIN = Actor(id="bench", role="checkout"), Actor(id="bench-admin", role="admin"), Origin()
 

@@ -38,7 +38,7 @@ from api.wiring import Components, build
 from tests.support.openbao import OpenBao, bao_binary, enable_approle, ensure_transit, free_port_pair
 from vault.audit.trail import Actor, Origin
 from vault.storage.migrate import upgrade
-from vault.tokens.service import TokenRecord, TokenRequest
+from vault.tokens.records import TokenRecord, TokenRequest
 
 CHECKOUT = Actor(id="bench-checkout", role="checkout")
 GATEWAY = Actor(id="bench-gateway", role="payment_gateway")

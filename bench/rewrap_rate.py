@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from api.wiring import Components
 from bench.embedded import discard, fresh_vault
 from vault.audit.trail import Actor, Origin
-from vault.tokens.service import TokenRequest
+from vault.tokens.records import TokenRequest
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ from pydantic import (
 from vault.access.operators import OPERATOR_ROLES
 from vault.errors import ValidationFailed
 from vault.tokens.kinds import KINDS, VALUE_SCHEMAS
-from vault.tokens.service import Limits
+from vault.tokens.records import Limits
 from vault.tokens.subjects import check_subject_id
 
 KindName = Literal["card", "cvv", "address", "email", "phone", "name", "text"]

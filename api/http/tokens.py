@@ -20,7 +20,7 @@ from vault.audit.trail import Origin
 from vault.clear_text import redact_pans
 from vault.errors import ValidationFailed, VaultError
 from vault.tokens.kinds import validation_failed
-from vault.tokens.service import TokenRecord, TokenRequest
+from vault.tokens.records import TokenRecord, TokenRequest
 
 __all__ = ["blueprint", "components", "origin", "json_body"]
 

@@ -24,7 +24,8 @@ from vault.audit.trail import Actor, AuditTrail, Origin
 from vault.errors import DecryptionFailed, NotFound, VaultError
 from vault.keys.hierarchy import KeyHierarchy
 from vault.storage.schema import audit_events, data_keys, domain_keys, tokens
-from vault.tokens.service import TokenRecord, TokenRequest, TokenService
+from vault.tokens.records import TokenRecord, TokenRequest
+from vault.tokens.service import TokenService
 
 CHECKOUT = Actor(id="cli_checkout", role="checkout")
 GATEWAY = Actor(id="cli_gateway", role="payment_gateway")

@@ -240,7 +240,7 @@ def test_a_hold_released_in_the_database_still_protects_from_the_purge(component
                                                                        clock: Clock) -> None:
     from vault.audit.trail import Actor
     from vault.storage.schema import holds
-    from vault.tokens.service import TokenRequest
+    from vault.tokens.records import TokenRequest
 
     checkout, officer = Actor(id="cli_checkout", role="checkout"), Actor(id="op_po", role="privacy_officer")
     card = {"pan": VICTIM_PAN, "exp_month": 7, "exp_year": 2099}

@@ -48,7 +48,7 @@ from vault.storage.schema import (
     subjects,
     totp_uses,
 )
-from vault.tokens.service import TokenRecord, TokenRequest
+from vault.tokens.records import TokenRecord, TokenRequest
 
 MAC, AEAD, CHAIN = "mac", "aead", "chain"
 _WHY_KEY_ROW = "open: key rows are bound by their wrapping (purpose and id, AAD); lifecycle columns are not MACed"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from api.wiring import Components
 from vault.audit.trail import Actor, Origin
 from vault.tokens.cards import luhn_valid
-from vault.tokens.service import TokenRecord, TokenRequest
+from vault.tokens.records import TokenRecord, TokenRequest
 
 CHECKOUT = Actor(id="cli_checkout", role="checkout")
 GATEWAY = Actor(id="cli_gateway", role="payment_gateway")

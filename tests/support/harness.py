@@ -37,7 +37,7 @@ from vault.access.operators import StepUp
 from vault.audit.trail import Actor
 from vault.errors import VaultError
 from vault.storage.schema import audit_events, data_keys, domain_keys, tokens
-from vault.tokens.service import TokenRecord, TokenRequest
+from vault.tokens.records import TokenRecord, TokenRequest
 
 OFFICER_1 = Actor(id="officer-1", role="privacy_officer")
 OFFICER_2 = Actor(id="officer-2", role="privacy_officer")

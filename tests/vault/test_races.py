@@ -25,7 +25,7 @@ from vault.audit.trail import Actor
 from vault.errors import VaultError
 from vault.keys.rotation import rekey_data_key
 from vault.storage.schema import data_keys
-from vault.tokens.service import TokenRecord, TokenRequest
+from vault.tokens.records import TokenRecord, TokenRequest
 
 OFFICER_1 = Actor(id="officer-1", role="privacy_officer")
 OFFICER_2 = Actor(id="officer-2", role="privacy_officer")

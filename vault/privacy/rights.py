@@ -43,7 +43,8 @@ from vault.storage.schema import (
 )
 from vault.tokens.formats import kind_of_token
 from vault.tokens.kinds import CardValue, canonical_bytes, metadata_for
-from vault.tokens.service import TokenRecord, TokenRequest, TokenService, purpose_of_kind
+from vault.tokens.records import TokenRecord, TokenRequest, purpose_of_kind
+from vault.tokens.service import TokenService
 from vault.tokens.subjects import CONSENT_PURPOSES, refuse_if_held
 
 __all__ = ["PrivacyService", "RIGHTS", "RESPONSE_DAYS"]

@@ -32,7 +32,8 @@ from vault.audit.trail import Actor, AuditTrail, Origin
 from vault.errors import DecryptionFailed, Forbidden, ValidationFailed
 from vault.storage.schema import approvals, audit_events, consents, tokens
 from vault.tokens.formats import kind_of_token
-from vault.tokens.service import TokenRecord, TokenRequest, TokenService
+from vault.tokens.records import TokenRecord, TokenRequest
+from vault.tokens.service import TokenService
 
 __all__ = ["TransferService", "seal_bundle", "open_bundle", "FORMAT"]
 

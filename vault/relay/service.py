@@ -41,7 +41,8 @@ from vault.relay.routes import Route, RouteBook, check_publishable_key
 from vault.relay.upstream import Answer, ClientCertificate, Exchange, Transport
 from vault.secret import Secret
 from vault.tokens.formats import kind_of_token
-from vault.tokens.service import TokenRecord, TokenRequest, TokenService
+from vault.tokens.records import TokenRecord, TokenRequest
+from vault.tokens.service import TokenService
 
 __all__ = ["RelayService", "CallerRequest", "RelayAnswer"]
 

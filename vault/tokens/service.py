@@ -3,7 +3,7 @@
 Each call runs in one database transaction that holds the operation and its audit
 events together: if anything fails (key service, database, audit write) nothing of
 it stays and no value is returned. A PAN's whole path is here, in kinds.py (rules),
-tokens.py (formats), keys.py (which key) and envelope.py (sealing).
+formats.py (formats), rows.py (reading), keys/hierarchy.py (which key) and keys/envelope.py (sealing).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import and_, delete, func, insert, or_, select
 from sqlalchemy.engine import Connection, Engine
 
 from vault.access.guessing import MISS_DETAIL, GuessingGuard
@@ -53,96 +53,19 @@ from vault.tokens.kinds import (
     validation_failed,
     value_from_bytes,
 )
+from vault.tokens.records import Detokenized, Limits, TokenRecord, TokenRequest, purpose_of_kind
+from vault.tokens.rows import MARK_USED, live_rows_where, open_rows, rows_by_token
 from vault.tokens.subjects import held_subjects, refuse_if_held, subject_states
 
-__all__ = ["TokenService", "TokenRequest", "TokenRecord", "Detokenized", "Limits", "purpose_of_kind"]
+__all__ = ["TokenService"]
 
 _TOKEN_RETRIES = 8
 SYSTEM = Actor(id="system", role="system")
 
 
-# Hot-path statements built once: building and coercing them per call cost more than running them.
-_ROWS = (
-    select(
-        tokens,
-        data_keys.c.domain_key_id.label("dk_domain"),
-        data_keys.c.subject_id.label("dk_subject"),
-        data_keys.c.purpose.label("dk_purpose"),
-        data_keys.c.wrapped.label("dk_wrapped"),
-    )
-    .join(data_keys, data_keys.c.id == tokens.c.data_key_id)
-)
-_LIVE_ROWS = _ROWS.where(or_(tokens.c.expires_at.is_(None), tokens.c.expires_at > bindparam("now")))
-# Expired rows too, told apart in Python: an expired and a missing token cost the same one query.
-_ROWS_BY_TOKEN = _ROWS.where(tokens.c.token.in_(bindparam("tokens", expanding=True)))
-_MARK_USED = (
-    update(tokens)
-    .where(tokens.c.token.in_(bindparam("tokens", expanding=True)),
-           or_(tokens.c.last_used_at.is_(None), tokens.c.last_used_at < bindparam("day_ago")))
-    .values(last_used_at=bindparam("now"))
-)
-
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class Limits:
-    cvv_ttl_default: int = 600
-    cvv_ttl_max: int = 3600
-    ttl_max: int = 10 * 365 * 24 * 3600
-    batch_max: int = 1000
-    purge_interval: float = 30.0
-
-
-@dataclass(frozen=True)
-class TokenRequest:
-    kind: str
-    value: Any
-    subject_id: str | None = None
-    deterministic: bool = False
-    ttl_seconds: int | None = None
-    reference: str | None = None  # e.g. an order id: kept for tax after erasure
-    token: str | None = None  # set only when importing a transfer bundle: keep the acquirer's tokens
-
-
-@dataclass(frozen=True)
-class TokenRecord:
-    token: str
-    kind: str
-    metadata: dict[str, Any]
-    created_at: datetime
-    expires_at: datetime | None
-    subject_id: str | None = None
-
-    def public(self, *, created: bool = True) -> dict[str, Any]:
-        """The record as shown; tokenize answers pass `created=False`: a deterministic token's age
-        would tell the caller whether the value was already in the vault."""
-        times = {"created_at": _iso(self.created_at)} if created else {}
-        return {
-            "token": self.token,
-            "kind": self.kind,
-            "metadata": {**self.metadata, **times, "expires_at": _iso(self.expires_at)},
-            "expires_at": _iso(self.expires_at),
-        }
-
-
-@dataclass(frozen=True)
-class Detokenized:
-    token: str
-    value: Any = None
-    error: VaultError | None = None
-    kind: str | None = None
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
-
-
-def purpose_of_kind(kind: str) -> str:
-    """CVVs live under their own domain key (PCI DSS 3.3.2); everything else under `data`."""
-    return "cvv" if kind == "cvv" else "data"
 
 
 @dataclass
@@ -166,7 +89,7 @@ class TokenService(AuditedOperations):
         keys: KeyHierarchy,
         policy: Policy,
         trail: AuditTrail,
-        limits: Limits = Limits(),
+        limits: Limits | None = None,
         clock: Callable[[], datetime] = _now,
         guessing: GuessingGuard | None = None,
     ) -> None:
@@ -174,7 +97,7 @@ class TokenService(AuditedOperations):
         self._keys = keys
         self._macs = RowMacs(keys)
         self._guessing = guessing or GuessingGuard(trail, self._macs, clock=clock)
-        self._limits = limits
+        self._limits = limits or Limits()
         self._purge_lock = threading.Lock()
         self._last_purge = 0.0
 
@@ -452,7 +375,7 @@ class TokenService(AuditedOperations):
                 kinds[token] = kind_of_token(token)
 
         def work(conn: Connection) -> list[Detokenized]:
-            rows, expired = self._rows(conn, list(kinds), now)
+            rows, expired = rows_by_token(conn, list(kinds), now)
             states = subject_states(conn, {r["subject_id"] for r in rows.values() if r["subject_id"]}, self._macs)
             ciphers = self._keys.open_data_keys(conn, [
                 {"id": r["data_key_id"], "domain_key_id": r["dk_domain"], "subject_id": r["dk_subject"],
@@ -504,7 +427,7 @@ class TokenService(AuditedOperations):
             used = [item.token for item in out if item.error is None and item.kind == "card"]
             if used:
                 # Drives "purge 13 months after last use"; at most one write per card per day.
-                conn.execute(_MARK_USED, {"tokens": used, "now": now, "day_ago": now - timedelta(days=1)})
+                conn.execute(MARK_USED, {"tokens": used, "now": now, "day_ago": now - timedelta(days=1)})
             if read_cvvs:
                 # Read once (PCI DSS 3.3.1): the CVV is deleted in this same transaction.
                 # If another reader deleted it first, ours is not returned.
@@ -537,37 +460,13 @@ class TokenService(AuditedOperations):
             drop_deleted_copies(self._engine)  # read once: not even its old pages stay behind
         return result
 
-    def _rows(self, conn: Connection, token_list: list[str], now: datetime) -> tuple[dict[str, Any], set[str]]:
-        """Live rows by token, and the tokens that exist but have expired (for a denial's reason)."""
-        if not token_list:
-            return {}, set()
-        found = self._live(conn, _ROWS_BY_TOKEN, {"tokens": token_list})
-        expired = {token for token, row in found.items()
-                   if row["expires_at"] is not None and row["expires_at"] <= now}
-        return {token: row for token, row in found.items() if token not in expired}, expired
-
     def rows_where(self, conn: Connection, condition: Any, now: datetime) -> dict[str, Any]:
         """Live (unexpired) token rows with their data-key columns, by token."""
-        return self._live(conn, _LIVE_ROWS.where(condition), {"now": now})
-
-    @staticmethod
-    def _live(conn: Connection, query: Any, params: dict[str, Any]) -> dict[str, Any]:
-        return {row["token"]: row for row in conn.execute(query, params).mappings()}
+        return live_rows_where(conn, condition, now)
 
     def open_rows(self, conn: Connection, rows: Sequence[Any]) -> dict[str, Any | DecryptionFailed]:
         """Decrypt rows from `rows_where`: the value, or DecryptionFailed for a tampered row."""
-        ciphers = self._keys.open_data_keys(conn, [
-            {"id": r["data_key_id"], "domain_key_id": r["dk_domain"], "subject_id": r["dk_subject"],
-             "purpose": r["dk_purpose"], "wrapped": r["dk_wrapped"]} for r in rows
-        ], RECORD_PURPOSES) if rows else {}
-        out: dict[str, Any | DecryptionFailed] = {}
-        for row in rows:
-            try:
-                plaintext = ciphers[row["data_key_id"]].open(row["ciphertext"], record_aad(dict(row)))
-                out[row["token"]] = value_from_bytes(plaintext)
-            except DecryptionFailed as error:
-                out[row["token"]] = error
-        return out
+        return open_rows(conn, self._keys, rows)
 
     # -- metadata and delete ---------------------------------------------------------------
 
@@ -588,7 +487,7 @@ class TokenService(AuditedOperations):
         why = ["missing"]
 
         def work(conn: Connection) -> TokenRecord | None:
-            live, expired = self._rows(conn, [token], now)
+            live, expired = rows_by_token(conn, [token], now)
             row = live.get(token)
             if row is None:
                 why[0] = "expired" if expired else "missing"

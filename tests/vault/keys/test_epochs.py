@@ -29,7 +29,7 @@ from vault.audit.trail import Actor
 from vault.errors import Conflict, VaultError
 from vault.storage.engine import normalise_url
 from vault.storage.schema import domain_keys, key_jobs
-from vault.tokens.service import TokenRecord, TokenRequest
+from vault.tokens.records import TokenRecord, TokenRequest
 
 ADMIN = Actor(id="admin-1", role="admin")
 OFFICER = Actor(id="officer-1", role="privacy_officer")

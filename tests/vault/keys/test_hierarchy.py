@@ -8,7 +8,7 @@ from api.wiring import Components
 from tests.vault.tokens.test_service import CARD, CHECKOUT, GATEWAY, HERE, read, tokenize_one
 from vault.keys.hierarchy import KeyHierarchy
 from vault.storage.schema import data_keys, domain_keys
-from vault.tokens.service import TokenRequest
+from vault.tokens.records import TokenRequest
 
 
 def test_kms_calls_per_thousand_operations(components: Components) -> None:

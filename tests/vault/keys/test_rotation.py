@@ -16,7 +16,7 @@ from tests.vault.tokens.test_service import tokenize_one
 from vault.audit.trail import Actor
 from vault.errors import Conflict, Forbidden
 from vault.storage.schema import data_keys, domain_keys, tokens
-from vault.tokens.service import TokenRecord, TokenRequest
+from vault.tokens.records import TokenRecord, TokenRequest
 
 ADMIN = Actor(id="admin-1", role="admin")
 CARDS = ["4111111111111111", "5555555555554444", "378282246310005", "6011111111111117"]

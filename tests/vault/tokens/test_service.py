@@ -13,7 +13,7 @@ from tests.conftest import Clock
 from vault.audit.trail import Actor, Origin
 from vault.errors import DecryptionFailed, Forbidden, NotFound, ValidationFailed, VaultError
 from vault.storage.schema import audit_events, data_keys, tokens
-from vault.tokens.service import TokenRecord, TokenRequest
+from vault.tokens.records import TokenRecord, TokenRequest
 
 CHECKOUT = Actor(id="cli_checkout", role="checkout")
 GATEWAY = Actor(id="cli_gateway", role="payment_gateway")

@@ -318,12 +318,13 @@ class AccessRound:
             disabled = conn.execute(select(audit_events.c.seq).where(
                 audit_events.c.action == "disable_operator", audit_events.c.outcome == "allowed",
                 audit_events.c.detail.like(f"operator={out.victim} %"))).scalar()
-            approvals = conn.execute(select(audit_events.c.seq).where(
+            approvals = conn.execute(select(audit_events.c.seq, audit_events.c.detail).where(
                 audit_events.c.action == "approve", audit_events.c.outcome == "allowed",
-                audit_events.c.actor == out.victim)).scalars().all()
-            for seq in approvals:
+                audit_events.c.actor == out.victim)).all()
+            for seq, detail in approvals:
                 if disabled is not None and seq > disabled:
-                    found.append(f"operator {out.victim} approved a request after its disable was acknowledged")
+                    found.append(f"operator {out.victim} approved a request after its disable was acknowledged "
+                                 f"(approve event {seq}: {detail}; disable event {disabled})")
             if len(approvals) != len(out.victim_approvals):
                 found.append(f"{len(approvals)} approve events of {out.victim}, "
                              f"{len(out.victim_approvals)} acknowledged")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -39,6 +39,10 @@ from vault.storage.schema import audit_signing_keys, data_keys, domain_keys, key
 __all__ = ["KeyLifecycle", "CryptoPeriods"]
 
 LEASE = timedelta(seconds=60)
+# Rewrapping a data key, in each driver's own placeholders (see `_move_data_keys`).
+_MOVE_DATA_KEY = {"qmark": "UPDATE data_keys SET domain_key_id = ?, wrapped = ? WHERE id = ?",
+                  "format": "UPDATE data_keys SET domain_key_id = %s, wrapped = %s WHERE id = %s",
+                  "pyformat": "UPDATE data_keys SET domain_key_id = %s, wrapped = %s WHERE id = %s"}
 WAITING = "wait_key_caches"  # the job phase while nothing is left to move but time (see `describe`)
 
 
@@ -439,11 +443,12 @@ class KeyLifecycle(AuditedOperations):
     def _move_data_keys(self, conn: Connection, old: list[str], batch: int) -> int:
         """Rewrap data keys from retired domain keys under the active one of their purpose."""
         rows = self._locked(conn, data_keys.c.domain_key_id.in_(old), batch)
-        moved = [{"key_id": row["id"], "target": target, "rewrapped": rewrapped}
+        moved = [(target, rewrapped, row["id"])
                  for row, (target, rewrapped) in zip(rows, self._keys.rewrap_under_active(conn, rows), strict=True)]
-        if moved:  # one executemany: a round trip per key made epochs five times slower on PostgreSQL
-            conn.execute(update(data_keys).where(data_keys.c.id == bindparam("key_id"))
-                         .values(domain_key_id=bindparam("target"), wrapped=bindparam("rewrapped")), moved)
+        if moved:
+            # One executemany (a round trip per key made epochs five times slower on PostgreSQL), handed to the
+            # driver as plain tuples: SQLAlchemy's per-row parameter processing cost a third of an epoch on SQLite.
+            conn.exec_driver_sql(_MOVE_DATA_KEY[conn.dialect.paramstyle], moved)
         return len(rows)
 
     def _rekey_data_keys(self, conn: Connection, compromised: str, batch: int) -> int:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -98,10 +98,16 @@ def rekey_data_key(conn: Connection, keys: KeyHierarchy, key_id: str) -> Cipher 
     old = keys.open_data_keys(conn, [row], RECORD_PURPOSES)[row["id"]]
     material = Secret(secrets.token_bytes(32))
     fresh = Cipher(material)
-    for record in conn.execute(select(tokens).where(tokens.c.data_key_id == row["id"])).mappings():
+    resealed = []
+    for record in conn.execute(select(tokens).where(tokens.c.data_key_id == row["id"])).mappings().all():
         aad = record_aad(dict(record))
-        conn.execute(update(tokens).where(tokens.c.token == record["token"]).values(
-            ciphertext=fresh.seal(old.open(record["ciphertext"], aad), aad)))
+        resealed.append({"record_token": record["token"], "sealed": fresh.seal(old.open(record["ciphertext"], aad),
+                                                                                aad)})
+    if resealed:
+        # One executemany: a round trip per record kept a re-encryption batch's keys locked for seconds, and
+        # deletes and erasures waiting on them hit the statement timeout (the concurrency harness, on PostgreSQL).
+        conn.execute(update(tokens).where(tokens.c.token == bindparam("record_token"))
+                     .values(ciphertext=bindparam("sealed")), resealed)
     target = keys.active_domain_key_id(conn, row["purpose"])
     conn.execute(update(data_keys).where(data_keys.c.id == row["id"]).values(
         domain_key_id=target, wrapped=keys.wrap_data_key(conn, row, material, target)))

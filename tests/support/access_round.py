@@ -10,7 +10,10 @@ Each round, with operators enrolled for the round (real TOTP step-ups, each code
 - an API client rotated and revoked at once; another one suspended for guessing, then resumed
   under dual control while it is revoked;
 - KEK retirement under dual control (approved from both instances at once) while tokenize runs,
-  from the thread that rotates keys (`retire_keys`).
+  from the thread that rotates keys (`retire`).
+
+Roles are set when an operator or client is created and never changed (there is no such
+operation), so there is no role change to race.
 
 `check` then holds the round to: a code accepted once; an approval executed once; an export
 under one approval delivered once, sealed with acknowledged values only; an acknowledged disable

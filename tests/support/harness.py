@@ -3,8 +3,10 @@
 Each round runs, from threads spread over both instances, tokenize (plain, under a
 subject, deterministic), correct, delete (twice at once), erase, mark a minor, hold and
 release, CVV reads (many readers), purge on both, a re-encrypt job and a rotation job,
-disclosure approve and collect (many at once), and client rotate/revoke. Then it checks
-the invariants of issue #17 against what was acknowledged:
+disclosure approve and collect (many at once), and the access changes of
+tests/support/access_round.py: step-ups, dual-control approvals, transfer export, operator
+disable/enable, client rotate/revoke/suspend/resume and KEK retirement. Then it checks the
+invariants of issue #17 against what was acknowledged (and access_round.py's own):
 
 - every acknowledged token reads back with its acknowledged value, unless an acknowledged
   operation (delete, erase, correction) removed or changed it;
@@ -32,10 +34,12 @@ from sqlalchemy import func, select
 
 from api.settings import Settings
 from api.wiring import Components, build
+from tests.support.access_round import AccessRound
 from tests.support.cards import CHECKOUT, GATEWAY, HERE, luhn_pan
 from vault.access.operators import StepUp
 from vault.audit.trail import Actor
 from vault.errors import VaultError
+from vault.keys.hierarchy import RECORD_PURPOSES
 from vault.storage.schema import audit_events, data_keys, domain_keys, tokens
 from vault.tokens.records import TokenRecord, TokenRequest
 
@@ -68,6 +72,7 @@ class Round:
     number: int
     acks: list[Ack] = field(default_factory=list)
     corrected: dict[str, Any] = field(default_factory=dict)  # token -> last acknowledged value
+    history: dict[str, list[Any]] = field(default_factory=dict)  # token -> every acknowledged correction
     doubtful: dict[str, list[Any]] = field(default_factory=dict)  # token -> values of failed corrections
     deleted: Counter[str] = field(default_factory=Counter)
     erasures: dict[str, tuple[float, float]] = field(default_factory=dict)  # subject -> (start, end) if acknowledged
@@ -75,6 +80,7 @@ class Round:
     cvv_reads: Counter[str] = field(default_factory=Counter)
     disclosures: dict[str, list[int]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    access: AccessRound | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -115,6 +121,7 @@ class Harness:
                                            authority="court", justification="order", origin=HERE)["id"]
         with b.engine.connect() as conn:
             compromised = b.keys.active_domain_key_id(conn, "data")
+        access = state.access = AccessRound(self.pair, number, subjects[1])
 
         stop = threading.Event()
         deadline = time.monotonic() + self.seconds
@@ -141,6 +148,7 @@ class Harness:
                                                            value, HERE)
                         with state.lock:
                             state.corrected[ack.token] = value
+                            state.history.setdefault(ack.token, []).append(value)
                     except VaultError as error:
                         if error.code not in ("not_found", "conflict"):
                             with state.lock:
@@ -211,17 +219,20 @@ class Harness:
             self._together([partial(collect, self._vault(i)) for i in range(10)])
             state.disclosures[disclosure] = delivered
 
-        def keys_and_clients() -> None:
+        def keys() -> None:
             b.lifecycle.run(b.lifecycle.start_reencrypt(ADMIN, compromised, HERE), batch=50)
-            a.lifecycle.run(a.lifecycle.start_rotation(ADMIN, HERE, domain_keys_too=True), batch=50)
-            client_id, _key = a.clients.create(f"harness-{number}", "checkout")
-            self._together([lambda: self._quiet(lambda: a.clients.rotate(client_id, 0)),
-                            lambda: self._quiet(lambda: b.clients.revoke(client_id))])
+            job = a.lifecycle.start_rotation(ADMIN, HERE, domain_keys_too=True)
+            rotated = time.time()
+            a.lifecycle.run(job, batch=50)
+            access.retire(rotated)  # KEK versions below the new one retired, under dual control
             self._together([lambda: a.tokens.purge_expired(), lambda: b.tokens.purge_expired(),
                             lambda: a.retention.purge(ADMIN), lambda: b.retention.purge(ADMIN)])
 
-        workers = [tokenizer, tokenizer, corrector, deleter, eraser, cvv_readers, discloser, keys_and_clients]
-        args: list[tuple[int, ...]] = [(0,), (1,), (), (), (), (), (), ()]
+        def access_changes() -> None:
+            access.run()  # operators, clients, dual control, transfer export (tests/support/access_round.py)
+
+        workers = [tokenizer, tokenizer, corrector, deleter, eraser, cvv_readers, discloser, keys, access_changes]
+        args: list[tuple[int, ...]] = [(0,), (1,), (), (), (), (), (), (), ()]
         threads = [threading.Thread(target=self._guard(state, w), args=x) for w, x in zip(workers, args, strict=True)]
         for thread in threads:
             thread.start()
@@ -230,11 +241,6 @@ class Harness:
         for thread in threads:
             thread.join()
         return state
-
-    @staticmethod
-    def _quiet(call: Callable[[], Any]) -> None:
-        with contextlib.suppress(VaultError):
-            call()
 
     @staticmethod
     def _guard(state: Round, work: Callable[..., None]) -> Callable[..., None]:
@@ -317,7 +323,15 @@ class Harness:
             if len(delivered) != 1:
                 found.append(f"disclosure {disclosure} delivered {len(delivered)} times")
         found += self._storage_checks(state)
+        if state.access is not None:
+            found += state.access.check(partial(self._acknowledged, state))
         return found
+
+    @staticmethod
+    def _acknowledged(state: Round, token: str, value: Any) -> bool:
+        """Whether `value` was acknowledged for `token` at some time (tokenized, corrected, or in doubt)."""
+        values = [ack.value for ack in state.acks if ack.token == token]
+        return value in values + state.history.get(token, []) + state.doubtful.get(token, [])
 
     def _present(self, token: str) -> bool:
         with self.pair[0].engine.connect() as conn:
@@ -328,7 +342,7 @@ class Harness:
         a = self.pair[0]
         with a.engine.connect() as conn:
             orphans = conn.execute(select(func.count()).select_from(data_keys).where(
-                data_keys.c.subject_id.is_(None),
+                data_keys.c.subject_id.is_(None), data_keys.c.purpose.in_(RECORD_PURPOSES),  # not TOTP, relay
                 ~select(tokens.c.token).where(tokens.c.data_key_id == data_keys.c.id).exists())).scalar_one()
             if orphans:
                 found.append(f"{orphans} per-record data keys without a record (half-written)")

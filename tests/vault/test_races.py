@@ -20,10 +20,12 @@ from sqlalchemy import select
 from api.wiring import Components
 from tests.conftest import make_components
 from tests.support.cards import CHECKOUT, GATEWAY, HERE, luhn_pan
+from tests.support.operators import Operator, make_operator
 from vault.access.operators import StepUp
 from vault.audit.trail import Actor
 from vault.errors import VaultError
 from vault.keys.rotation import rekey_data_key
+from vault.secret import Secret
 from vault.storage.schema import data_keys
 from vault.tokens.records import TokenRecord, TokenRequest
 
@@ -141,3 +143,64 @@ def _collect_ten(vault: Components, disclosure_id: str) -> list[int]:
     for thread in threads:
         thread.join()
     return delivered
+
+
+# -- an operator disabled while in flight (harness: tests/support/access_round.py) -------------------------
+
+
+def _disable(vault: Components, requester: Operator, approver: Operator, victim: Operator, steps: int) -> None:
+    """Disable `victim` under dual control, acknowledged before returning."""
+    now = datetime.now(UTC)
+    filed = vault.approvals.request(vault.operators.step_up(_as(requester), Secret(requester.code(now, steps)), HERE),
+                                    "disable_operator", {"operator_id": victim.id}, HERE)
+    vault.approvals.approve(vault.operators.step_up(_as(approver), Secret(approver.code(now, steps)), HERE),
+                            filed.id, HERE)
+
+
+def _as(operator: Operator) -> Actor:
+    return Actor(id=operator.id, role=operator.role, name=operator.username)
+
+
+def test_an_operator_disabled_after_its_step_up_cannot_approve(vault: Components) -> None:
+    requester, approver, victim = (make_operator(vault, f"race{n}admin", "admin") for n in "abc")
+    bystander = make_operator(vault, "racebystander", "auditor")
+    mine = vault.approvals.request(vault.operators.step_up(_as(requester), Secret(requester.code(datetime.now(UTC))),
+                                                           HERE), "disable_operator", {"operator_id": bystander.id},
+                                   HERE)
+    proof = vault.operators.step_up(_as(victim), Secret(victim.code(datetime.now(UTC))), HERE)  # in flight
+    _disable(vault, requester, approver, victim, steps=1)
+    with pytest.raises(VaultError):  # Forbidden: its step-up predates the acknowledged disable
+        vault.approvals.approve(proof, mine.id, HERE)
+    assert vault.approvals.list(_as(requester), HERE)[0].status == "pending"
+
+
+def test_a_login_that_raced_a_disable_opens_no_session(vault: Components) -> None:
+    requester, approver, victim = (make_operator(vault, f"login{n}admin", "admin") for n in "abc")
+    checked = threading.Event()
+    acknowledged = threading.Event()
+    verify = vault.operators._passwords.verify
+
+    def slow_verify(stored: str | None, password: Secret[str]) -> bool:
+        if stored is not None and "argon2" in stored:  # the victim's password check, after its row was read
+            checked.set()
+            acknowledged.wait(10)
+        return verify(stored, password)
+
+    vault.operators._passwords.verify = slow_verify  # type: ignore[method-assign]
+    outcome: list[object] = []
+
+    def login() -> None:
+        try:
+            outcome.append(vault.operators.login(victim.username, Secret(victim.password),
+                                                 Secret(victim.code(datetime.now(UTC))), HERE))
+        except VaultError as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=login)
+    thread.start()
+    assert checked.wait(10)
+    vault.operators._passwords.verify = verify  # type: ignore[method-assign]
+    _disable(vault, requester, approver, victim, steps=1)
+    acknowledged.set()
+    thread.join()
+    assert len(outcome) == 1 and isinstance(outcome[0], VaultError), "a session was opened after the disable"

@@ -36,7 +36,7 @@ from vault.clear_text import refuse_pan
 from vault.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from vault.keys.row_mac import RowMacs
 from vault.secret import Secret
-from vault.storage.schema import approvals
+from vault.storage.schema import approvals, operators
 
 __all__ = ["ApprovalAction", "Approval", "Approvals"]
 
@@ -191,6 +191,7 @@ class Approvals(AuditedOperations):
                                       approvals.c.status == "pending")
             if not taken:
                 raise Conflict("request already decided")
+            self._check_approver(conn, actor)
             params = json.loads(row["params"])
             ran = action.run(conn, actor, params, origin)
             shown_once = {name: value for name, value in ran.items() if isinstance(value, Secret)}
@@ -206,6 +207,24 @@ class Approvals(AuditedOperations):
 
         approved: Approval = self._audited(actor, "approve", origin, work, detail=detail)
         return approved
+
+    def _check_approver(self, conn: Connection, actor: Actor) -> None:
+        """Forbidden unless the approver is, at this commit, an enabled and enrolled operator.
+
+        Lock rule (issue #17): the approval row (taken above), then the approver's operator row
+        FOR SHARE until commit. The approver's session and step-up were checked in earlier
+        transactions; a disable acknowledged since (it holds the same row FOR UPDATE) is seen here,
+        and a disable still running waits for this approval to commit first.
+        """
+        query = select(operators).where(operators.c.id == actor.id)
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update(read=True)
+        row = conn.execute(query).mappings().first()
+        if row is None:
+            raise Forbidden("only an operator can approve")
+        self._macs.check(conn, operators, row)
+        if row["disabled_at"] is not None or row["enrolment_hash"] is not None:
+            raise Forbidden("the approver's account is disabled")
 
     def list(self, actor: Actor, origin: Origin, *, pending_only: bool = True) -> list[Approval]:
         """Requests for actions this role may approve (pending ones, or the latest of any status)."""

@@ -255,20 +255,28 @@ class OperatorRegistry(AuditedOperations):
             row = found[0]
             rehash = self._passwords.hash(password) if self._passwords.needs_rehash(row["password_hash"]) else None
             actor = Actor(id=row["id"], role=row["role"], name=row["username"])
-            session = self._transaction(lambda conn: self._open_session(conn, actor, step, rehash, now, origin))
-            if session is not None:
-                return Login(actor=actor, session=session)
-            failure = "totp_replayed"
+            opened = self._transaction(lambda conn: self._open_session(conn, actor, step, rehash, now, origin))
+            if isinstance(opened, Session):
+                return Login(actor=actor, session=opened)
+            failure = opened
         self._login_failed(found[0] if found else None, failure or "unknown", now, origin)
         raise Unauthenticated("invalid credentials")
 
     def _open_session(self, conn: Connection, actor: Actor, step: int, rehash: str | None, now: datetime,
-                      origin: Origin) -> Session | None:
-        if not claim_step(conn, actor.id, step, now):
-            return None
+                      origin: Origin) -> Session | str:
+        """The new session, or why none was opened (`disabled`, `totp_replayed`)."""
         values: dict[str, Any] = {"failed_attempts": 0, "locked_until": None}
         if rehash is not None:
             values["password_hash"] = rehash
+        # Lock rule (issue #17): the operator row first (FOR UPDATE, still enabled and enrolled), then the
+        # session. The checks in `login` ran in an earlier transaction; a disable (same row lock, then
+        # `revoke_all`) acknowledged meanwhile must not be followed by a session it never saw.
+        usable = select(operators.c.id).where(operators.c.id == actor.id, operators.c.disabled_at.is_(None),
+                                              operators.c.enrolment_hash.is_(None))
+        if conn.execute(usable.with_for_update() if conn.dialect.name == "postgresql" else usable).first() is None:
+            return "disabled"
+        if not claim_step(conn, actor.id, step, now):
+            return "totp_replayed"
         self._macs.update(conn, operators, actor.id, values)
         session = self._sessions.issue(conn, actor.id, now)
         self._trail.record(conn, [self._event(actor, "login", "allowed", origin, detail=f"session={session.id}")])
@@ -373,12 +381,22 @@ class OperatorRegistry(AuditedOperations):
             claimed = step
 
             def work(conn: Connection) -> bool:
+                # As at login: the row still enabled (locked) before the code is claimed (issue #17).
+                usable = select(operators.c.id).where(operators.c.id == actor.id, operators.c.disabled_at.is_(None),
+                                                      operators.c.enrolment_hash.is_(None))
+                if conn.execute(usable.with_for_update(read=True) if conn.dialect.name == "postgresql"
+                                else usable).first() is None:
+                    raise Forbidden("step-up needs an operator session")
                 if not claim_step(conn, actor.id, claimed, now):
                     return False
                 self._trail.record(conn, [self._event(actor, "step_up", "allowed", origin, detail=detail)])
                 return True
 
-            if self._transaction(work):
+            try:
+                accepted = self._transaction(work)
+            except Forbidden as error:  # disabled meanwhile: denied and audited like any refused step-up
+                raise self._deny(actor, "step_up", origin, error, detail=detail) from None
+            if accepted:
                 return StepUp(actor=actor, at=now, step=claimed)
             failure = "totp_replayed"
 

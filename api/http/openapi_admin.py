@@ -42,7 +42,7 @@ _ERRORS = {
     "413": "Body too large (`payload_too_large`), whatever its transfer encoding",
     "415": "Not UTF-8 JSON with Content-Type application/json, or a Content-Encoding (`unsupported_media_type`)",
     "422": "Invalid input (`invalid_input`: names the field and rule, never echoes the value)",
-    "429": "Rate limited (`rate_limited`, with Retry-After)",
+    "429": "Rate limited (`rate_limited`, with Retry-After), or too many bodies in flight from this address",
     "503": "Key service, database or audit trail unavailable; nothing was done",
 }
 # Shapes the routes check path parameters against (else 422 invalid_input).

@@ -10,8 +10,9 @@ the app and returns the whole response; sending it to a slow reader is again the
 trickling client costs a coroutine and a socket, never a thread.
 
 A trickling body still holds a socket and a coroutine, so two limits bound what one address can hold
-(issue #18): at most `bodies_per_address` bodies being received at once from one client address (more are
-answered 429 with Retry-After at once, before a byte of their body is read), and after `grace_seconds` a body
+(issue #18): at most `per_address` slow bodies (not complete 1 s after their head) being received at once
+from one client address (more are answered 429 with Retry-After: a new one at once, before a byte of its body
+is read; one turning slow when its address is at the cap, at that moment), and after `grace_seconds` a body
 must have arrived at `min_bytes_per_second` on average since its head (else 408), so a drip-feed is cut in
 seconds rather than at the 30 s deadline. The address counted is `client_address`: the peer, or the one the
 trusted proxies (`proxy_hops`) report, as the app sees it. Counts are per worker process.
@@ -24,11 +25,10 @@ nginx does: `X_Forwarded_For` would otherwise arrive as `HTTP_X_FORWARDED_FOR`, 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import sys
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +58,7 @@ class BodyLimits:
     per_address: int = 0  # bodies being received at once from one address (0: no cap)
     min_bytes_per_second: float = 0.0  # average rate a body must keep after its grace (0: none)
     grace_seconds: float = 5.0
+    slow_after_seconds: float = 1.0  # a body counts against its address once it has taken this long
     proxy_hops: int = 0  # trusted reverse proxies in front (TOKENVAULT_PROXY_HOPS)
 
 
@@ -81,8 +82,9 @@ class BufferingFront:
             return  # no websockets; lifespan is not used (granian's `asginl` interface)
         address = client_address(scope, self.limits.proxy_hops) if _has_body(scope) else None
         try:
-            with self._receiving_from(address):
-                body = await self._body(scope, receive)
+            if address is not None and self._at_cap(address):
+                raise _Refused(429)  # before reading a byte of the body
+            body = await self._body(scope, receive, address)
         except _Refused as refused:
             extra = [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())] if refused.status == 429 else []
             await _send(send, refused.status, [(b"content-type", b"application/json"), (b"connection", b"close"),
@@ -93,50 +95,61 @@ class BufferingFront:
         status, headers, payload = await loop.run_in_executor(self.pool, _run, self.app, environ)
         await _send(send, status, headers, payload)
 
-    @contextlib.contextmanager
-    def _receiving_from(self, address: str | None) -> Iterator[None]:
-        """Count a body from `address` while it is received; 429 if the address has its cap already."""
-        if address is None or not self.limits.per_address:
-            yield
-            return
-        if self.receiving[address] >= self.limits.per_address:
-            raise _Refused(429)  # before reading a byte of the body
-        self.receiving[address] += 1
-        try:
-            yield
-        finally:
-            self.receiving[address] -= 1
-            if not self.receiving[address]:
-                del self.receiving[address]
+    def _at_cap(self, address: str) -> bool:
+        return bool(self.limits.per_address) and self.receiving[address] >= self.limits.per_address
 
-    async def _body(self, scope: Scope, receive: Receive) -> bytes:
+    async def _body(self, scope: Scope, receive: Receive, address: str | None) -> bytes:
+        """The whole body, or 413 / 408 / 429. A body not complete `slow_after_seconds` after its head counts
+        against its address from then on (a burst of quick bodies never does; measured: 128 keep-alive
+        clients of one address, counted from their heads, met the cap with nothing slow)."""
         limits = self.limits
         declared = _content_length(scope)
         if declared is not None and declared > limits.max_bytes:
             raise _Refused(413)  # before reading a byte of it
         chunks: list[bytes] = []
         total = 0
-        started = asyncio.get_running_loop().time()
-        deadline = started + limits.seconds
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        counting = address if limits.per_address else None  # the address this body may count against
+        counted = False
+        pending: asyncio.Future[Message] | None = None
         try:
-            async with asyncio.timeout_at(deadline) as timer:
-                while True:
-                    if limits.min_bytes_per_second:
-                        # The moment the average since the grace would fall below the minimum rate.
-                        timer.reschedule(min(deadline, started + limits.grace_seconds
-                                             + total / limits.min_bytes_per_second))
-                    message = await receive()
-                    if message["type"] != "http.request":  # the client went away
-                        raise _Refused(408)
-                    chunk = message.get("body", b"")
-                    total += len(chunk)
-                    if total > limits.max_bytes:
-                        raise _Refused(413)  # stop reading at the first byte past the limit
-                    chunks.append(chunk)
-                    if not message.get("more_body"):
-                        return b"".join(chunks)
-        except TimeoutError:
-            raise _Refused(408) from None
+            while True:
+                now = loop.time()
+                if counting is not None and not counted and now >= started + limits.slow_after_seconds:
+                    if self._at_cap(counting):
+                        raise _Refused(429)
+                    self.receiving[counting] += 1
+                    counted = True
+                due = started + limits.seconds
+                if limits.min_bytes_per_second:
+                    # The moment the average since the grace would fall below the minimum rate.
+                    due = min(due, started + limits.grace_seconds + total / limits.min_bytes_per_second)
+                if now >= due:
+                    raise _Refused(408)
+                wake = due if counting is None or counted else min(due, started + limits.slow_after_seconds)
+                # Waited on, never cancelled while the body goes on: a chunk is never lost to a timer.
+                pending = pending or asyncio.ensure_future(receive())
+                done, _ = await asyncio.wait({pending}, timeout=max(0.0, wake - now))
+                if not done:
+                    continue
+                message, pending = pending.result(), None
+                if message["type"] != "http.request":  # the client went away
+                    raise _Refused(408)
+                chunk = message.get("body", b"")
+                total += len(chunk)
+                if total > limits.max_bytes:
+                    raise _Refused(413)  # stop reading at the first byte past the limit
+                chunks.append(chunk)
+                if not message.get("more_body"):
+                    return b"".join(chunks)
+        finally:
+            if pending is not None:
+                pending.cancel()
+            if counting is not None and counted:
+                self.receiving[counting] -= 1
+                if not self.receiving[counting]:
+                    del self.receiving[counting]
 
 
 def client_address(scope: Scope, proxy_hops: int) -> str:

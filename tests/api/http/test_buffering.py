@@ -71,10 +71,10 @@ def front(**limits: Any) -> BufferingFront:
 
 def test_bodies_beyond_the_per_address_cap_are_refused_before_reading() -> None:
     async def run() -> None:
-        app = front(per_address=2)
+        app = front(per_address=2, slow_after_seconds=0.05)
         held = [Exchange(), Exchange()]
         tasks = [asyncio.create_task(app(scope("203.0.113.7"), one.receive, one.send)) for one in held]
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # both slow now: they count
         third = Exchange()
         await app(scope("203.0.113.7"), third.receive, third.send)
         assert third.status == 429 and third.header(b"retry-after") == b"1" and third.reads == 0
@@ -95,6 +95,24 @@ def test_bodies_beyond_the_per_address_cap_are_refused_before_reading() -> None:
         held[1].release.set()
         await tasks[1]
         assert app.receiving == {}
+
+    asyncio.run(run())
+
+
+def test_a_burst_of_quick_bodies_is_not_capped_but_one_turning_slow_is() -> None:
+    async def run() -> None:
+        app = front(per_address=2, slow_after_seconds=0.2)
+        quick = [Exchange(chunks=[b"x" * 10], every=0.05) for _ in range(10)]  # all at once, none slow
+        await asyncio.gather(*(app(scope("203.0.113.7"), one.receive, one.send) for one in quick))
+        assert [one.status for one in quick] == [200] * 10
+        held = [Exchange() for _ in range(3)]
+        tasks = [asyncio.create_task(app(scope("203.0.113.7"), one.receive, one.send)) for one in held]
+        await asyncio.sleep(0.4)  # all three turned slow; the third found the cap full
+        assert [one.status for one in held] == [None, None, 429] and held[2].reads == 1
+        for one in held:
+            one.release.set()
+        await asyncio.gather(*tasks)
+        assert [one.status for one in held[:2]] == [200, 200] and app.receiving == {}
 
     asyncio.run(run())
 

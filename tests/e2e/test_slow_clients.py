@@ -177,14 +177,14 @@ def test_a_drip_fed_body_is_cut_after_its_grace(server: Server) -> None:
 
 
 def test_one_address_holds_at_most_its_share_of_bodies(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Two bodies in flight from one address (one worker, TOKENVAULT_BODIES_PER_ADDRESS=2): a third is 429 with
-    Retry-After at once; another address is served meanwhile, and the address again once a body is done."""
+    """Two slow bodies in flight from one address (one worker, TOKENVAULT_BODIES_PER_ADDRESS=2): a third is 429
+    with Retry-After at once; another address is served meanwhile, and the address again once a body is done."""
     with running_server(tmp_path_factory.mktemp("cap") / "var", TOKENVAULT_WORKERS="1",
                         TOKENVAULT_BODIES_PER_ADDRESS="2", TOKENVAULT_MIN_BODY_BYTES_PER_SECOND="0") as started:
         host, port = address(started)
         key = started.client_key("checkout")
         held = [held_body(host, port, ATTACKER) for _ in range(2)]
-        time.sleep(0.5)
+        time.sleep(1.5)  # a body counts against its address once it is slow (1 s)
         third = held_body(host, port, ATTACKER)
         try:
             status, head = status_of(third)

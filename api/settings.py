@@ -25,14 +25,17 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def _float(env: Mapping[str, str], name: str, default: float, low: float | None = None) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise ConfigurationError(f"{name} must be a number") from None
+    if low is not None and not value >= low:  # `not >=`: NaN fails too
+        raise ConfigurationError(f"{name} must be at least {low:g}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,9 @@ class Settings:
     key_cache_seconds: float
     auth_cache_seconds: float
     max_body_bytes: int
+    bodies_per_address: int
+    min_body_bytes_per_second: float
+    body_grace_seconds: float
     proxy_hops: int
     log_level: str
     checkpoint_dir: Path
@@ -70,6 +76,10 @@ class Settings:
             key_cache_seconds=_float(env, "TOKENVAULT_KEY_CACHE_SECONDS", 300.0),
             auth_cache_seconds=_float(env, "TOKENVAULT_AUTH_CACHE_SECONDS", 2.0),
             max_body_bytes=_int(env, "TOKENVAULT_MAX_BODY_BYTES", 5 * 1024 * 1024, 1024, 64 * 1024 * 1024),
+            # Slow bodies (api/http/buffering.py): per worker process, 0 turns each off.
+            bodies_per_address=_int(env, "TOKENVAULT_BODIES_PER_ADDRESS", 16, 0, 100_000),
+            min_body_bytes_per_second=_float(env, "TOKENVAULT_MIN_BODY_BYTES_PER_SECOND", 1024.0, 0.0),
+            body_grace_seconds=_float(env, "TOKENVAULT_BODY_GRACE_SECONDS", 5.0, 0.0),
             proxy_hops=_int(env, "TOKENVAULT_PROXY_HOPS", 0, 0, 5),
             log_level=(env.get("TOKENVAULT_LOG_LEVEL") or "info").lower(),
             # Beside the data directory, not inside it: a copy or restore of the data directory must not

@@ -5,12 +5,16 @@ server on a free loopback port; then legitimate clients (keep-alive connections,
 small text value) for `--duration` seconds alone ("quiet"), then again while `--slow` connections trickle
 ("slow"): half send a request line and then one header every 2 s, half send full headers announcing a
 64 KiB body and then one body byte every 2 s. A slow connection the server closes is opened again, so
-the pressure holds for the whole phase. Last, SIGTERM with a request in flight: the drain time.
+the pressure holds for the whole phase. Last, SIGTERM with a request in flight: the drain time. The slow
+connections come from 127.0.0.2, the legitimate clients from 127.0.0.1 (so the per-address body cap, which
+counts bodies per source address, applies to the attacker only); for the body tricklers the figures include
+how long the server held each one before answering, and with what status.
 
     .venv/bin/python bench/slow_clients.py                     # 200 slow x 60 s, every installed stack
     .venv/bin/python bench/slow_clients.py --slow 50 --duration 10 --stacks gevent
 
-Stacks: `serve` (what `tokenvault serve` runs: granian ASGI + api/http/buffering.py), `sync` (the old
+Stacks: `serve` (what `tokenvault serve` runs: granian ASGI + api/http/buffering.py), `serve-uncapped` (the
+same with the per-address body cap and the minimum body rate off, as before they existed), `sync` (the old
 default), `gthread` and `gevent` (gunicorn workers), `waitress`, `granian-wsgi` (granian's own WSGI
 interface); a stack whose package is not installed (`pip install gunicorn gevent waitress`) is skipped.
 """
@@ -31,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +53,10 @@ from bench.harness.procs import (
     wait_ready,
 )
 
-STACKS = ("serve", "sync", "gthread", "gevent", "waitress", "granian-wsgi")
+STACKS = ("serve", "serve-uncapped", "sync", "gthread", "gevent", "waitress", "granian-wsgi")
+# What `serve-uncapped` turns off (api/http/buffering.py, README "Serving").
+UNCAPPED = {"TOKENVAULT_BODIES_PER_ADDRESS": "0", "TOKENVAULT_MIN_BODY_BYTES_PER_SECOND": "0"}
+ATTACKER = "127.0.0.2"
 NEEDS = {"sync": "gunicorn", "gthread": "gunicorn", "gevent": "gevent", "waitress": "waitress"}
 BODY = json.dumps({"kind": "text", "value": "slow-client bench"}).encode()
 
@@ -119,6 +127,8 @@ class SlowClients:
 
     def __init__(self, port: int, count: int) -> None:
         self.port, self.count, self.reopened = port, count, 0
+        self.body_held: list[float] = []  # seconds from a body trickler's head to the server's answer
+        self.body_answers: Counter[str] = Counter()
         self.loop = asyncio.new_event_loop()
         self.stopping = False
         self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self.main(),))
@@ -126,23 +136,36 @@ class SlowClients:
     async def one(self, index: int) -> None:
         while not self.stopping:
             try:
-                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                reader, writer = await asyncio.open_connection("127.0.0.1", self.port, local_addr=(ATTACKER, 0))
             except OSError:
                 await asyncio.sleep(0.5)
                 continue
+            started, answer = time.monotonic(), None
             try:
                 # Bodies go to the login endpoint: it reads its body before any credential is checked.
                 writer.write(b"POST /v1/auth/login HTTP/1.1\r\n" if index % 2 else b"POST /v1/tokens HTTP/1.1\r\n")
                 writer.write(b"Host: 127.0.0.1\r\n")
                 if index % 2:
                     writer.write(b"Content-Type: application/json\r\nContent-Length: 65536\r\n\r\n")
+                answer = asyncio.ensure_future(reader.read(64)) if index % 2 else None
                 while not self.stopping:
-                    await asyncio.sleep(2)
+                    if answer is not None:  # a body trickler watches for the server's answer meanwhile
+                        with contextlib.suppress(TimeoutError):
+                            head = await asyncio.wait_for(asyncio.shield(answer), 2)
+                            self.body_held.append(time.monotonic() - started)
+                            self.body_answers[head.split(b" ", 2)[1].decode() if head else "closed"] += 1
+                            self.reopened += 1
+                            await asyncio.sleep(0.5)  # then again, as an attacker would
+                            break
+                    else:
+                        await asyncio.sleep(2)
                     writer.write(b"{" if index % 2 else f"X-Slow-{index}: a\r\n".encode())
                     await writer.drain()
             except OSError:
                 self.reopened += 1
             finally:
+                if answer is not None:
+                    answer.cancel()
                 writer.close()
 
     async def main(self) -> None:
@@ -163,7 +186,7 @@ class SlowClients:
 
 
 def server_argv(stack: str, python: Path, tokenvault: Path, port: int, workers: int, threads: int) -> list[str]:
-    if stack == "serve":
+    if stack in ("serve", "serve-uncapped"):
         return [str(tokenvault), "serve", "--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
     if stack in ("sync", "gthread", "gevent"):  # the old api/gunicorn_conf.py's settings that matter here
         return [str(python), "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
@@ -197,7 +220,7 @@ def measure(stack: str, args: argparse.Namespace, work: Path, processes: Process
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TOKENVAULT_", "PROMETHEUS_"))}
     env.update(TOKENVAULT_DATA_DIR=str(work / f"var-{stack}"), TOKENVAULT_RATE_LIMIT="1000000/second",
                TOKENVAULT_LOG_LEVEL="warning", PROMETHEUS_MULTIPROC_DIR=str(work / f"metrics-{stack}"),
-               TOKENVAULT_THREADS=str(args.threads))
+               TOKENVAULT_THREADS=str(args.threads), **(UNCAPPED if stack == "serve-uncapped" else {}))
     os.makedirs(env["PROMETHEUS_MULTIPROC_DIR"], mode=0o700)
     subprocess.run([str(tokenvault), "init"], env=env, check=True, capture_output=True)
     created = subprocess.run([str(tokenvault), "clients", "create", "--name", "bench", "--role", "checkout"],
@@ -212,8 +235,12 @@ def measure(stack: str, args: argparse.Namespace, work: Path, processes: Process
     with SlowClients(port, args.slow) as slow_clients:
         slow = legit_load(port, key, args.duration, args.clients)
     drained = drain_seconds(service, port, key)
+    held = sorted(slow_clients.body_held) or [float("nan")]
     out: dict[str, object] = {"stack": stack, "quiet": quiet.summary(), "slow": slow.summary(),
-                              "slow_reopened": slow_clients.reopened, "drain_s": drained}
+                              "slow_reopened": slow_clients.reopened, "drain_s": drained,
+                              "slow_body_answers": dict(slow_clients.body_answers),
+                              "slow_body_held_s": {"median": round(statistics.median(held), 2),
+                                                   "max": round(held[-1], 2)}}
     ratio = slow.summary()["rps"] / quiet.summary()["rps"] if quiet.summary()["rps"] else 0.0
     out["slow_over_quiet"] = round(ratio, 3)
     return out

@@ -9,6 +9,14 @@ nothing read beyond it) and a deadline (408); only a complete request is handed 
 the app and returns the whole response; sending it to a slow reader is again the loop's business. A
 trickling client costs a coroutine and a socket, never a thread.
 
+A trickling body still holds a socket and a coroutine, so two limits bound what one address can hold
+(issue #18): at most `per_address` slow bodies (not complete 1 s after their head) being received at once
+from one client address (more are answered 429 with Retry-After: a new one at once, before a byte of its body
+is read; one turning slow when its address is at the cap, at that moment), and after `grace_seconds` a body
+must have arrived at `min_bytes_per_second` on average since its head (else 408), so a drip-feed is cut in
+seconds rather than at the 30 s deadline. The address counted is `client_address`: the peer, or the one the
+trusted proxies (`proxy_hops`) report, as the app sees it. Counts are per worker process.
+
 The WSGI environ is built here (PEP 3333 from the ASGI scope). Header names with `_` are dropped, as
 nginx does: `X_Forwarded_For` would otherwise arrive as `HTTP_X_FORWARDED_FOR`, the same key as
 `X-Forwarded-For`. A buffered body reaches the app with its exact Content-Length, never as chunks.
@@ -19,11 +27,13 @@ from __future__ import annotations
 import asyncio
 import io
 import sys
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BufferingFront"]
+__all__ = ["BufferingFront", "BodyLimits", "client_address"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -34,7 +44,22 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 _REFUSALS = {
     408: b'{"error": {"code": "request_timeout", "message": "the request body did not arrive in time"}}',
     413: b'{"error": {"code": "payload_too_large", "message": "payload too large"}}',
+    429: b'{"error": {"code": "rate_limited", "message": "too many request bodies in flight from this address"}}',
 }
+RETRY_AFTER_SECONDS = 1
+
+
+@dataclass(frozen=True)
+class BodyLimits:
+    """How much, how long and how slowly a request body may arrive, and how many at once per address."""
+
+    max_bytes: int
+    seconds: float  # the whole body, from its head (408 after)
+    per_address: int = 0  # bodies being received at once from one address (0: no cap)
+    min_bytes_per_second: float = 0.0  # average rate a body must keep after its grace (0: none)
+    grace_seconds: float = 5.0
+    slow_after_seconds: float = 1.0  # a body counts against its address once it has taken this long
+    proxy_hops: int = 0  # trusted reverse proxies in front (TOKENVAULT_PROXY_HOPS)
 
 
 class _Refused(Exception):
@@ -46,47 +71,108 @@ class _Refused(Exception):
 class BufferingFront:
     """ASGI app around a WSGI app; `threads` run the WSGI app, each on one complete request at a time."""
 
-    def __init__(self, app: WSGIApp, *, max_body_bytes: int, body_seconds: float, threads: int) -> None:
+    def __init__(self, app: WSGIApp, *, limits: BodyLimits, threads: int) -> None:
         self.app = app
-        self.max_body_bytes = max_body_bytes
-        self.body_seconds = body_seconds
+        self.limits = limits
+        self.receiving: Counter[str] = Counter()  # bodies being received, per address (this process)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tokenvault-wsgi")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return  # no websockets; lifespan is not used (granian's `asginl` interface)
+        address = client_address(scope, self.limits.proxy_hops) if _has_body(scope) else None
         try:
-            body = await self._body(scope, receive)
+            if address is not None and self._at_cap(address):
+                raise _Refused(429)  # before reading a byte of the body
+            body = await self._body(scope, receive, address)
         except _Refused as refused:
+            extra = [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())] if refused.status == 429 else []
             await _send(send, refused.status, [(b"content-type", b"application/json"), (b"connection", b"close"),
-                                               (b"server", b"")], _REFUSALS[refused.status])
+                                               (b"server", b""), *extra], _REFUSALS[refused.status])
             return
         environ = _environ(scope, body)
         loop = asyncio.get_running_loop()
         status, headers, payload = await loop.run_in_executor(self.pool, _run, self.app, environ)
         await _send(send, status, headers, payload)
 
-    async def _body(self, scope: Scope, receive: Receive) -> bytes:
+    def _at_cap(self, address: str) -> bool:
+        return bool(self.limits.per_address) and self.receiving[address] >= self.limits.per_address
+
+    async def _body(self, scope: Scope, receive: Receive, address: str | None) -> bytes:
+        """The whole body, or 413 / 408 / 429. A body not complete `slow_after_seconds` after its head counts
+        against its address from then on (a burst of quick bodies never does; measured: 128 keep-alive
+        clients of one address, counted from their heads, met the cap with nothing slow)."""
+        limits = self.limits
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_body_bytes:
+        if declared is not None and declared > limits.max_bytes:
             raise _Refused(413)  # before reading a byte of it
         chunks: list[bytes] = []
         total = 0
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        counting = address if limits.per_address else None  # the address this body may count against
+        counted = False
+        pending: asyncio.Future[Message] | None = None
         try:
-            async with asyncio.timeout(self.body_seconds):
-                while True:
-                    message = await receive()
-                    if message["type"] != "http.request":  # the client went away
-                        raise _Refused(408)
-                    chunk = message.get("body", b"")
-                    total += len(chunk)
-                    if total > self.max_body_bytes:
-                        raise _Refused(413)  # stop reading at the first byte past the limit
-                    chunks.append(chunk)
-                    if not message.get("more_body"):
-                        return b"".join(chunks)
-        except TimeoutError:
-            raise _Refused(408) from None
+            while True:
+                now = loop.time()
+                if counting is not None and not counted and now >= started + limits.slow_after_seconds:
+                    if self._at_cap(counting):
+                        raise _Refused(429)
+                    self.receiving[counting] += 1
+                    counted = True
+                due = started + limits.seconds
+                if limits.min_bytes_per_second:
+                    # The moment the average since the grace would fall below the minimum rate.
+                    due = min(due, started + limits.grace_seconds + total / limits.min_bytes_per_second)
+                if now >= due:
+                    raise _Refused(408)
+                wake = due if counting is None or counted else min(due, started + limits.slow_after_seconds)
+                # Waited on, never cancelled while the body goes on: a chunk is never lost to a timer.
+                pending = pending or asyncio.ensure_future(receive())
+                done, _ = await asyncio.wait({pending}, timeout=max(0.0, wake - now))
+                if not done:
+                    continue
+                message, pending = pending.result(), None
+                if message["type"] != "http.request":  # the client went away
+                    raise _Refused(408)
+                chunk = message.get("body", b"")
+                total += len(chunk)
+                if total > limits.max_bytes:
+                    raise _Refused(413)  # stop reading at the first byte past the limit
+                chunks.append(chunk)
+                if not message.get("more_body"):
+                    return b"".join(chunks)
+        finally:
+            if pending is not None:
+                pending.cancel()
+            if counting is not None and counted:
+                self.receiving[counting] -= 1
+                if not self.receiving[counting]:
+                    del self.receiving[counting]
+
+
+def client_address(scope: Scope, proxy_hops: int) -> str:
+    """The address the per-address cap counts: the peer's, or with `proxy_hops` trusted proxies in front the
+    one they report in X-Forwarded-For, picked as werkzeug's ProxyFix picks it for the app (the `proxy_hops`-th
+    from the right); the peer's if the header has fewer entries. The one place to change what "address" means."""
+    client = scope.get("client")
+    peer = str(client[0]) if client else ""
+    if not proxy_hops:
+        return peer
+    forwarded = [value.decode("latin-1") for name, value in scope.get("headers", ())
+                 if name.lower() == b"x-forwarded-for"]
+    hops = [hop.strip() for hop in ",".join(forwarded).split(",") if hop.strip()]
+    return hops[-proxy_hops] if len(hops) >= proxy_hops else peer
+
+
+def _has_body(scope: Scope) -> bool:
+    """Whether the head announces a body (a length above 0, or a transfer encoding such as chunked)."""
+    for name, value in scope.get("headers", ()):
+        lowered = name.lower()
+        if lowered == b"transfer-encoding" or (lowered == b"content-length" and value.strip() not in (b"", b"0")):
+            return True
+    return False
 
 
 def _content_length(scope: Scope) -> int | None:

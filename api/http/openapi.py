@@ -20,6 +20,7 @@ from api.http.openapi_admin import (
 )
 from api.http.openapi_relay import MODELS as RELAY_MODELS
 from api.http.openapi_relay import relay_paths
+from api.http.openapi_values import value_schemas
 from vault.tokens.kinds import KINDS
 
 __all__ = ["document"]
@@ -34,7 +35,8 @@ def _responses(ok: str, model: type[BaseModel] | None, description: str, *extra:
 
 def document() -> dict[str, Any]:
     models: list[type[BaseModel]] = [
-        s.BatchBody, s.DetokenizeBody, s.ErrorBody, s.TokenOut, s.BatchOut, s.DetokenizeOut, s.HealthOut,
+        s.BatchBody, s.DetokenizeBody, s.ErrorBody, s.TokenOut, s.BatchOut, s.DetokenizeOut, s.DetokenizedError,
+        s.HealthOut,
         *s.DOCUMENTED_ITEMS, *MODELS, *RELAY_MODELS,
     ]
     _, defs = models_json_schema([(m, "validation") for m in models], ref_template="#/components/schemas/{model}")
@@ -44,6 +46,7 @@ def document() -> dict[str, Any]:
                                "discriminator": {"propertyName": "kind", "mapping": {
                                    kind: _ref(model)["$ref"] for kind, model in zip(KINDS, s.DOCUMENTED_ITEMS,
                                                                                     strict=True)}}}
+    value_schemas(schemas)
     token_param = [{"name": "token", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 256}}]
     secured = SECURED
     return {

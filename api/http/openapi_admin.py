@@ -20,7 +20,9 @@ __all__ = ["MODELS", "SECURED", "BODY_ERRORS", "STEP_UP_PARAMETER", "ref", "json
            "admin_paths"]
 
 SECURED: list[dict[str, list[str]]] = [{"bearerAuth": []}]
-BODY_ERRORS = ("413", "415")  # what every operation with a JSON body can also answer (api/http/bodies.py)
+# What every operation with a body can also answer: 408 and 413 from the buffering front
+# (api/http/buffering.py: a body too slow, or too large), 415 from api/http/bodies.py.
+BODY_ERRORS = ("408", "413", "415")
 OBJECT: dict[str, Any] = {"type": "object"}
 # Models of the operators' endpoints, added to components/schemas by api.openapi.
 MODELS: list[type[BaseModel]] = [
@@ -35,10 +37,12 @@ _ERRORS = {
     "404": "Not found (`not_found`), or not visible to this role: the two are indistinguishable",
     "409": "Conflicts with the current state (`conflict`)",
     "400": "Malformed request (`malformed_request`)",
+    "408": "The body did not arrive in time (`request_timeout`): not complete within 30 s of the head, or "
+           "arriving slower than the minimum body rate after its grace period (README, Serving)",
     "413": "Body too large (`payload_too_large`), whatever its transfer encoding",
     "415": "Not UTF-8 JSON with Content-Type application/json, or a Content-Encoding (`unsupported_media_type`)",
     "422": "Invalid input (`invalid_input`: names the field and rule, never echoes the value)",
-    "429": "Rate limited (`rate_limited`, with Retry-After)",
+    "429": "Rate limited (`rate_limited`, with Retry-After), or too many bodies in flight from this address",
     "503": "Key service, database or audit trail unavailable; nothing was done",
 }
 # Shapes the routes check path parameters against (else 422 invalid_input).
@@ -205,7 +209,7 @@ def _unauthenticated(operation_id: str, summary: str, body: type[BaseModel]) -> 
 def _operator_paths() -> dict[str, Any]:
     operator = [_path("operator_id", _OPERATOR)]
     login_responses = {"200": {"description": "A session", **json_content(ref(s.LoginOut))},
-                       **error_responses("401", "413", "415", "422", "429", "503")}
+                       **error_responses("401", *BODY_ERRORS, "422", "429", "503")}
     logout = _op("logout", "End this session (an API key cannot: 403)", "204", None)
     logout["responses"].pop("422")
     return {

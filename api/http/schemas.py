@@ -130,18 +130,14 @@ class BatchOut(Strict):
     results: list[TokenOut | BatchResultError]
 
 
-class DetokenizedValue(Strict):
-    token: str
-    value: Any
-
-
 class DetokenizedError(Strict):
     token: str | None
     error: ErrorDetail
 
 
 class DetokenizeOut(Strict):
-    results: list[DetokenizedValue | DetokenizedError]
+    # Each a DetokenizedError or a value of one kind in one view: api.http.openapi_values documents them.
+    results: list[dict[str, Any]]
 
 
 class HealthOut(Strict):

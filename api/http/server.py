@@ -86,7 +86,7 @@ def check_bind(options: ServerOptions) -> None:
 def asgi_app() -> Any:
     """granian's factory, called once in each worker: the WSGI app named by TOKENVAULT_WSGI_APP behind the
     buffering front."""
-    from api.http.buffering import BufferingFront
+    from api.http.buffering import BodyLimits, BufferingFront
 
     _keep_an_early_stop()
     target = os.environ.get("TOKENVAULT_WSGI_APP") or APP
@@ -94,8 +94,11 @@ def asgi_app() -> Any:
     found = getattr(importlib.import_module(module_name), attribute.removesuffix("()"))
     app = found() if attribute.endswith("()") else found
     settings = Settings.from_env()
-    return BufferingFront(app, max_body_bytes=settings.max_body_bytes, body_seconds=BODY_SECONDS,
-                          threads=int(os.environ.get("TOKENVAULT_THREADS") or THREADS_PER_WORKER))
+    limits = BodyLimits(max_bytes=settings.max_body_bytes, seconds=BODY_SECONDS,
+                        per_address=settings.bodies_per_address,
+                        min_bytes_per_second=settings.min_body_bytes_per_second,
+                        grace_seconds=settings.body_grace_seconds, proxy_hops=settings.proxy_hops)
+    return BufferingFront(app, limits=limits, threads=int(os.environ.get("TOKENVAULT_THREADS") or THREADS_PER_WORKER))
 
 
 def _keep_an_early_stop() -> None:

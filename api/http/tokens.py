@@ -119,7 +119,8 @@ def detokenize() -> tuple[Response, int]:
     results = components().tokens.detokenize(current_actor(), body.tokens, body.purpose, origin())
     _count("detokenize", [(result.kind, result.error) for result in results])
     return jsonify({"results": [
-        {"token": r.token or None, "error": error_body(r.error)} if r.error else {"token": r.token, "value": r.value}
+        {"token": r.token or None, "error": error_body(r.error)} if r.error else
+        {"token": r.token, "kind": r.kind, "view": r.view, "value": r.value}
         for r in results
     ]}), 200
 

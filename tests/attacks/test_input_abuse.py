@@ -116,7 +116,7 @@ def test_sql_injection_in_every_field_of_every_kind(client: FlaskClient, api_key
                          headers=auth(officer))
     assert answer.status_code == 200
     for (item, token), result in zip(readable, answer.get_json()["results"], strict=True):
-        assert result == {"token": token, "value": item["value"]}
+        assert result == {"token": token, "kind": item["kind"], "view": "plain", "value": item["value"]}
 
     # Injection in the path, the token list, the purpose, the audit filters and the credentials.
     for payload in SQL_INJECTIONS:

@@ -69,28 +69,54 @@ def test_every_token_endpoint_through_the_generated_client(generated: Any, serve
     token = created.parsed.token
     assert token != PAN and token.endswith("1111")
 
-    batch = models.BatchBody.from_dict({"items": [{"kind": "email", "value": "gen@example.com"},
-                                                  {"kind": "cvv", "value": "123"}]})
+    batch = models.BatchBody(items=[models.TokenizeEmail(kind="email", value="gen@example.com"),
+                                    models.TokenizeCvv(kind="cvv", value="123")])
     tokens = module(f"{api}.tokenize_batch").sync_detailed(client=checkout, body=batch)
     assert tokens.status_code == HTTPStatus.OK and len(tokens.parsed.results) == 2
+    email_token, cvv_token = (result.token for result in tokens.parsed.results)
 
     read = module(f"{api}.detokenize").sync_detailed(client=gateway, body=models.DetokenizeBody.from_dict(
-        {"tokens": [token], "purpose": "payment"}))
+        {"tokens": [token, cvv_token], "purpose": "payment"}))
     assert read.status_code == HTTPStatus.OK
-    assert read.parsed.results[0].to_dict()["value"]["pan"] == PAN
+    card_read, cvv_read = read.parsed.results
+    # Typed by kind and view (the document's discriminators), not a dict of Any.
+    assert isinstance(card_read, models.DetokenizedCardPlain) and isinstance(card_read.value, models.CardValue)
+    assert card_read.value.pan == PAN and card_read.value.exp_year == 2099
+    assert isinstance(cvv_read, models.DetokenizedCvvPlain) and cvv_read.value == "123"
+
+    support = client(generated, server, "support")
+    masked = module(f"{api}.detokenize").sync_detailed(client=support, body=models.DetokenizeBody.from_dict(
+        {"tokens": [token, email_token], "purpose": "support"}))
+    assert masked.status_code == HTTPStatus.OK
+    card_masked, email_masked = masked.parsed.results
+    assert isinstance(card_masked, models.DetokenizedCardMasked) and isinstance(card_masked.value, models.MaskedCard)
+    assert card_masked.value.pan.endswith("1111") and PAN not in card_masked.value.pan
+    assert isinstance(email_masked, models.DetokenizedEmailMasked) and email_masked.value == "g***@example.com"
 
     meta = module(f"{api}.read_metadata").sync_detailed(token, client=checkout)
     assert meta.status_code == HTTPStatus.OK and meta.parsed.kind == "card"
 
     corrected = module(f"{api}.correct_token").sync_detailed(token, client=officer, x_totp=step_up,
-                                                             body=models.CorrectBody.from_dict(
-        {"value": {"pan": PAN, "exp_month": 11, "exp_year": 2099}}))
+                                                             body=models.CorrectBody(value=models.CardValue(
+                                                                 pan=PAN, exp_month=11, exp_year=2099)))
     assert corrected.status_code == HTTPStatus.OK, corrected.content
 
     deleted = module(f"{api}.delete_token").sync_detailed(token, client=checkout)
     assert deleted.status_code == HTTPStatus.NO_CONTENT
     gone = module(f"{api}.read_metadata").sync_detailed(token, client=checkout)
     assert gone.status_code == HTTPStatus.NOT_FOUND and gone.parsed.error.code == "not_found"
+
+
+def test_every_generated_value_is_typed(generated: Any) -> None:
+    """Each model with a `value` holds a typed class, a union of them or a string: never `Any`."""
+    models = module("models")
+    with_value = {name: cls.__annotations__["value"] for name in dir(models)
+                  if hasattr(cls := getattr(models, name), "__attrs_attrs__") and "value" in cls.__annotations__}
+    assert len(with_value) >= 7 + 23 + 1  # tokenize per kind, detokenized per kind and view, correct
+    assert {name: hint for name, hint in with_value.items() if "Any" in str(hint)} == {}
+    assert "DetokenizedValue" not in with_value  # the union is of the per-view classes, not a class of its own
+    batch = models.BatchBody.__annotations__["items"]
+    assert "TokenizeCard" in str(batch) and "Any" not in str(batch)
 
 
 def test_documented_refusals_parse_as_errors(generated: Any, server: Server) -> None:

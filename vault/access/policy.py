@@ -23,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from vault.errors import ConfigurationError
 
-__all__ = ["Policy", "Rule", "Decision", "OPERATIONS", "PURPOSES", "HUMAN_ONLY_OPERATIONS", "load_policy", "mask"]
+__all__ = ["Policy", "Rule", "Decision", "OPERATIONS", "PURPOSES", "HUMAN_ONLY_OPERATIONS", "SHOWN_VIEWS",
+           "load_policy", "mask", "shown_view", "views_of"]
 
 # Data operations act on tokens of the listed kinds; the others act on the vault itself.
 DataOperation = Literal["tokenize", "detokenize", "read_metadata", "delete", "correct", "export"]
@@ -37,6 +38,10 @@ Purpose = Literal["payment", "fulfillment", "support", "marketing", "legal"]
 PURPOSES: tuple[str, ...] = ("payment", "fulfillment", "support", "marketing", "legal")
 KindName = Literal["card", "cvv", "address", "email", "phone", "name", "text"]
 View = Literal["plain", "masked", "redacted"]
+# What a caller is shown: a rule's view, or `fields` (plain, only the rule's fields of a card or address).
+ShownView = Literal["plain", "fields", "masked", "redacted"]
+SHOWN_VIEWS: tuple[ShownView, ...] = ("plain", "fields", "masked", "redacted")
+STRUCTURED_KINDS = ("card", "address")
 AddressField = Literal["name", "line1", "line2", "city", "region", "postal_code", "country", "phone", "use"]
 CardField = Literal["pan", "exp_month", "exp_year", "holder"]
 NO_PLAINTEXT_ROLES = ("admin", "auditor")
@@ -249,13 +254,28 @@ def mask(kind: str, value: Any, *, keep_bin: bool) -> Any:
     return "***"
 
 
+def shown_view(kind: str, decision: Decision) -> ShownView:
+    """The view a detokenized value of `kind` is shown in under `decision` (it names the value's shape in
+    the answer and in the OpenAPI document): `fields` is the plain view of a structured value cut to the
+    rule's `fields`."""
+    view = decision.rule.view
+    if view != "plain":
+        return view
+    return "fields" if decision.rule.fields and kind in STRUCTURED_KINDS else "plain"
+
+
+def views_of(kind: str) -> tuple[ShownView, ...]:
+    """Every view a value of `kind` can be shown in."""
+    return SHOWN_VIEWS if kind in STRUCTURED_KINDS else ("plain", "masked", "redacted")
+
+
 def apply_view(kind: str, value: Any, decision: Decision, *, keep_bin: bool) -> Any:
     """What a caller actually receives under the rule that allowed it."""
-    rule = decision.rule
-    if rule.view == "redacted":
+    view = shown_view(kind, decision)
+    if view == "redacted":
         return "[redacted]"
-    if rule.view == "masked":
+    if view == "masked":
         return mask(kind, value, keep_bin=keep_bin)
-    if rule.fields and isinstance(value, dict):
-        return {name: item for name, item in value.items() if name in rule.fields}
+    if view == "fields":
+        return {name: item for name, item in value.items() if name in decision.rule.fields}
     return value

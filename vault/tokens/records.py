@@ -62,6 +62,7 @@ class Detokenized:
     value: Any = None
     error: VaultError | None = None
     kind: str | None = None
+    view: str | None = None  # vault.access.policy.shown_view: names the value's shape
 
 
 def _iso(moment: datetime | None) -> str | None:

@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from vault.access.guessing import MISS_DETAIL, GuessingGuard
 from vault.access.operations import AuditedOperations
-from vault.access.policy import PURPOSES, Policy, apply_view
+from vault.access.policy import PURPOSES, Policy, apply_view, shown_view
 from vault.audit.alerts import integrity_event
 from vault.audit.trail import Actor, AuditEvent, AuditTrail, Origin
 from vault.clear_text import refuse_pan
@@ -421,7 +421,8 @@ class TokenService(AuditedOperations):
                                    keep_bin=self._policy.keep_bin)
                 if row["kind"] == "cvv":
                     read_cvvs.append(token)
-                out.append(Detokenized(token=token, value=value, kind=row["kind"]))
+                out.append(Detokenized(token=token, value=value, kind=row["kind"],
+                                       view=shown_view(row["kind"], decision)))
                 events.append(self._event(actor, "detokenize", "allowed", origin, token=token, kind=row["kind"],
                                           subject_id=row["subject_id"], purpose=purpose, key_id=row["data_key_id"]))
             used = [item.token for item in out if item.error is None and item.kind == "card"]

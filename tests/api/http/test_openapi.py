@@ -112,3 +112,17 @@ def test_a_route_without_its_operation_is_caught(app: Flask) -> None:
     """The check above is not vacuous: a new endpoint missing from the document shows up."""
     app.add_url_rule("/v1/undocumented/<item_id>", "undocumented", lambda item_id: "", methods=["POST"])
     assert _served(app) - _documented(document()) == {("/v1/undocumented/{item_id}", "post")}
+
+
+def test_every_body_operation_documents_the_fronts_refusals() -> None:
+    """408 (slow body) and 413 (too large) come from api/http/buffering.py before any route runs, 415 from
+    api/http/bodies.py, 429 from the rate limits and the per-address body cap: a generated client with
+    `raise_on_unexpected_status` would raise on any of them left out (relay operations included)."""
+    with_body = [(path, method, spec) for path, item in document()["paths"].items()
+                 for method, spec in item.items() if "requestBody" in spec]
+    assert any(path.startswith("/v1/relay/") for path, _, _ in with_body)
+    assert any(path.startswith("/v1/inbound/") for path, _, _ in with_body)
+    for path, method, spec in with_body:
+        missing = {"408", "413", "415", "429"} - set(spec["responses"])
+        assert not missing, (method, path, missing)
+    assert "request_timeout" in document()["paths"]["/v1/tokens"]["post"]["responses"]["408"]["description"]

@@ -28,8 +28,8 @@ def test_tokenize_and_detokenize_a_card(client: FlaskClient, api_keys: dict[str,
     response = client.post("/v1/detokenize", json={"tokens": [token], "purpose": "payment"},
                            headers=auth(api_keys["payment_gateway"]))
     assert response.status_code == 200
-    assert response.get_json() == {"results": [{"token": token, "value": {"pan": PAN, "exp_month": 12,
-                                                                          "exp_year": 2099}}]}
+    assert response.get_json() == {"results": [{"token": token, "kind": "card", "view": "plain",
+                                                "value": {"pan": PAN, "exp_month": 12, "exp_year": 2099}}]}
     assert response.headers["Cache-Control"] == "no-store"
     assert response.headers["X-Request-ID"]
 

@@ -220,6 +220,27 @@ def test_an_echoing_upstream_never_returns_the_pan(
     assert response.headers["X-Card"] == "[redacted]"
 
 
+def test_pans_with_any_separator_or_a_cvv_after_them_are_masked(
+        client: FlaskClient, components: Components, api_keys: dict[str, str], ca: CertificateAuthority) -> None:
+    """The relay uses the vault's one PAN detector: dots, underscores, slashes, a CVV after the PAN."""
+    upstream = Upstream(ca, behaviour="separated").start()
+    try:
+        make_route(components, route_doc(upstream, ca))
+        response = relay(client, api_keys["payment_gateway"], json={})
+    finally:
+        upstream.stop()
+    assert response.status_code == 200
+    answer = response.get_json()
+    assert answer["dots"] == answer["slashes"] == "************1111"
+    assert answer["underscores"] == "************5100"
+    # a PAN followed by its CVV is replaced whole: neither its middle nor the CVV survives
+    assert answer["with_cvv"] == answer["glued_cvv"] == "[redacted-pan]"
+    assert answer["order"] == 1234567
+    assert response.headers["X-Card"] == "************5100"
+    text = response.get_data(as_text=True)
+    assert "1111.1111" not in text and "1051_0510" not in text and "123" not in text.replace("1234567", "")
+
+
 @pytest.mark.parametrize("behaviour", ["slow", "huge", "redirect"])
 def test_hostile_upstreams(behaviour: str, client: FlaskClient, components: Components, api_keys: dict[str, str],
                            ca: CertificateAuthority) -> None:

@@ -58,6 +58,10 @@ def _no_metrics(_route: str, _outcome: str, _seconds: float) -> None:
     return None
 
 
+def _no_quota(_values: int) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class CallerRequest:
     """What the caller sent, as the HTTP face read it (bounded by the route's body limit)."""
@@ -209,8 +213,14 @@ class RelayService(AuditedOperations):
 
     # -- outbound ---------------------------------------------------------------------------
 
-    def forward(self, actor: Actor, name: str, request: CallerRequest, origin: Origin) -> RelayAnswer:
-        """Detokenize into the caller's request, send it to the route's upstream, return the protected answer."""
+    def forward(self, actor: Actor, name: str, request: CallerRequest, origin: Origin,
+                spend: Callable[[int], None] = _no_quota) -> RelayAnswer:
+        """Detokenize into the caller's request, send it to the route's upstream, return the protected answer.
+
+        `spend(n)` charges the caller's detokenize quota with the n values about to be read (each
+        distinct token, as `/v1/detokenize` charges each item), before anything is read; it raises
+        RateLimited when the quota is spent, and nothing is read or sent.
+        """
         try:
             route = self.route(name, "outbound")
             if actor.role not in route.config.roles:
@@ -228,6 +238,8 @@ class RelayService(AuditedOperations):
             raise self._deny(actor, "relay", origin, error, detail=self._detail(route, request, pattern)) from None
 
         tokens = list(dict.fromkeys(template.token for template in found))
+        if tokens:
+            spend(len(tokens))  # values, not requests: a body of 1,000 templates spends 1,000
         sending = self._event(actor, "relay", "allowed", origin, purpose=purpose, detail=self._detail(
             route, request, pattern, phase="sending", tokens=len(tokens)))
         if tokens:

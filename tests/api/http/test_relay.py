@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,8 +16,9 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from api.http import metrics
+from api.http.app import create_app
 from api.wiring import Components
-from tests.conftest import auth
+from tests.conftest import auth, make_components
 from tests.support.upstream import PAN, CertificateAuthority, Upstream
 from vault.audit.trail import HOST, Origin
 from vault.storage.schema import audit_events, tokens
@@ -183,6 +185,38 @@ def test_cvv_is_read_once_and_a_refused_call_does_not_spend_it(
     assert second.status_code == 404 and len(upstream.seen) == 1
     with components.engine.connect() as conn:
         assert conn.execute(select(tokens.c.token).where(tokens.c.token == cvv)).first() is None
+
+
+def test_filled_values_spend_the_detokenize_quota_before_anything_is_read(
+        tmp_path: Path, sqlite_url: str, upstream: Upstream, ca: CertificateAuthority) -> None:
+    """Issue #19/#20: the relay counted requests; now each token it fills in spends one value, shared with
+    /v1/detokenize, and a call over quota answers 429 with a real Retry-After, reading and sending nothing."""
+    parts = make_components(tmp_path / "data", sqlite_url, TOKENVAULT_DETOKENIZE_RATE_LIMIT_PAYMENT_GATEWAY="3/minute")
+    client = create_app(parts=parts).test_client()
+    keys = {role: parts.clients.create(f"q-{role}", role)[1].expose() for role in ("checkout", "payment_gateway")}
+    make_route(parts, route_doc(upstream, ca))
+    card, other = (tokenize(client, keys["checkout"], "card", CARD) for _ in range(2))
+    cvv = tokenize(client, keys["checkout"], "cvv", "123")
+    two = {"n": f"{{{{tokenvault:{card}:pan}}}}", "m": f"{{{{tokenvault:{card}:exp_month}}}}",
+           "o": f"{{{{tokenvault:{other}:pan}}}}"}
+    assert relay(client, keys["payment_gateway"], json=two).status_code == 200  # two values (one card, two fields)
+    over = relay(client, keys["payment_gateway"], json={"c": f"{{{{tokenvault:{cvv}:cvv}}}}",
+                                                        "n": f"{{{{tokenvault:{card}:pan}}}}"})
+    assert over.status_code == 429 and over.get_json()["error"]["code"] == "rate_limited"
+    assert 1 <= int(over.headers["Retry-After"]) <= 60
+    assert len(upstream.seen) == 1  # nothing sent
+    with parts.engine.connect() as conn:  # nothing read: the CVV is still there
+        assert conn.execute(select(tokens.c.token).where(tokens.c.token == cvv)).first() is not None
+        alerts = conn.execute(select(audit_events.c.detail).where(audit_events.c.action == "rate_limit")).all()
+    assert [a[0] for a in alerts] == ["limit=3 per 1 minute scope=v1.detokenize.items items=2"]
+    # the third value of the minute is still there, and /v1/detokenize draws on the same quota
+    assert relay(client, keys["payment_gateway"], json={"n": f"{{{{tokenvault:{card}:pan}}}}"}).status_code == 200
+    refused = client.post("/v1/detokenize", json={"tokens": [card], "purpose": "payment"},
+                          headers=auth(keys["payment_gateway"]))
+    assert refused.status_code == 429
+    assert relay(client, keys["payment_gateway"], json={}).status_code == 200  # no value, no charge
+    parts.trail.close()
+    parts.engine.dispose()
 
 
 def test_response_fields_are_tokenized_or_redacted_and_pans_masked(

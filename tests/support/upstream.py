@@ -2,9 +2,10 @@
 
 `Upstream` records every request it got (method, path, headers, body) and answers per `behaviour`:
 echo (JSON of what it got), pan (a body and header carrying a PAN), separated (PANs written with
-dots, underscores, slashes, and one followed by its CVV), slow (drips bytes past any deadline),
-drip_headers (drips its status line and headers, one byte at a time, past any deadline), huge (more bytes than a route allows), redirect (302 to an internal address),
-psp (a payment-service answer with a card number and an email in fields).
+dots, underscores, slashes, and one followed by its CVV), slow (drips body bytes past any deadline),
+drip_headers (drips its status line and headers a byte at a time, past any deadline), huge (more
+bytes than a route allows), redirect (302 to an internal address), psp (a payment-service answer
+with a card number and an email in fields).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ route that is not internal refusing every way of naming loopback.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -291,6 +292,22 @@ def test_hostile_upstreams(behaviour: str, client: FlaskClient, components: Comp
     else:
         assert response.status_code == (504 if behaviour == "slow" else 502)
         assert response.get_json()["error"]["code"] == "upstream_failed"
+
+
+def test_an_upstream_dripping_its_headers_is_cut_at_the_route_timeout(
+        client: FlaskClient, components: Components, api_keys: dict[str, str], ca: CertificateAuthority) -> None:
+    """Each byte of the head arrives within the per-read timeout (50 ms apart, ~13 s in all): only a
+    deadline over the whole call stops it. The route's 1 s timeout answers 504, not a 502 after 13 s."""
+    dripping = Upstream(ca, behaviour="drip_headers").start()
+    try:
+        make_route(components, route_doc(dripping, ca, timeout=1.0))
+        started = time.monotonic()
+        response = relay(client, api_keys["payment_gateway"], json={})
+        elapsed = time.monotonic() - started
+    finally:
+        dripping.stop()
+    assert response.status_code == 504 and response.get_json()["error"]["code"] == "upstream_failed"
+    assert elapsed < 6  # bounded by the deadline (1 s) plus scheduling on a loaded machine, not the drip (13 s)
 
 
 def test_mtls_upstream(client: FlaskClient, components: Components, api_keys: dict[str, str],

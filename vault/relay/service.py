@@ -93,6 +93,10 @@ class RelayService(AuditedOperations):
         self._book = book
         self._transport = transport
         self._on_call = on_call
+        # The last outbound route each name resolved to. A call starts from it without a transaction of
+        # its own and confirms, in the transaction that records "sending", that it is still the current
+        # approved version; if not, nothing was read or sent, and the call starts over from the database.
+        self._outbound: dict[str, Route] = {}
 
     # -- shared -----------------------------------------------------------------------------
 
@@ -221,12 +225,33 @@ class RelayService(AuditedOperations):
         distinct token, as `/v1/detokenize` charges each item), before anything is read; it raises
         RateLimited when the quota is spent, and nothing is read or sent.
         """
+        remembered = self._outbound.get(name)
+        if remembered is not None:
+            try:
+                return self._forward(actor, name, request, origin, spend, remembered)
+            except _StaleRoute:
+                self._outbound.pop(name, None)
+        return self._forward(actor, name, request, origin, spend, None)
+
+    def _still_current(self, route: Route) -> Callable[[Connection], None]:
+        def check(conn: Connection) -> None:
+            if self._book.current_version(conn, route.name) != route.version:
+                raise _StaleRoute()
+        return check
+
+    def _forward(self, actor: Actor, name: str, request: CallerRequest, origin: Origin,
+                 spend: Callable[[int], None], remembered: Route | None) -> RelayAnswer:
+        """One attempt; with a `remembered` route, any refusal or a newer version starts over (_StaleRoute)."""
         try:
-            route = self.route(name, "outbound")
+            route = remembered or self.route(name, "outbound")
             if actor.role not in route.config.roles:
                 raise NotFound("no such route")  # a role the route does not serve cannot learn it exists
         except NotFound as error:
+            if remembered is not None:
+                raise _StaleRoute() from None
             raise self._deny(actor, "relay", origin, error, detail=f"route={name[:40]}") from None
+        if remembered is None:
+            self._outbound[name] = route
         pattern = "-"
         try:
             target, pattern = self._checked_target(route, request)
@@ -235,6 +260,8 @@ class RelayService(AuditedOperations):
                 raise ValidationFailed("purpose", "is not a purpose this route serves")
             body_doc, found = self._templates(route, request)
         except VaultError as error:
+            if remembered is not None:
+                raise _StaleRoute() from None  # refused by a remembered route: decide on the current one
             raise self._deny(actor, "relay", origin, error, detail=self._detail(route, request, pattern)) from None
 
         tokens = list(dict.fromkeys(template.token for template in found))
@@ -242,10 +269,16 @@ class RelayService(AuditedOperations):
             spend(len(tokens))  # values, not requests: a body of 1,000 templates spends 1,000
         sending = self._event(actor, "relay", "allowed", origin, purpose=purpose, detail=self._detail(
             route, request, pattern, phase="sending", tokens=len(tokens)))
+        check = self._still_current(route)
         if tokens:
-            results = self._tokens.detokenize(actor, tokens, purpose, origin, require_all=True, also=[sending])
+            results = self._tokens.detokenize(actor, tokens, purpose, origin, require_all=True, also=[sending],
+                                              check=check)
         else:
-            self._audited(actor, "relay", origin, lambda conn: self._trail.record(conn, [sending]))
+            def record(conn: Connection) -> None:
+                check(conn)
+                self._trail.record(conn, [sending])
+
+            self._audited(actor, "relay", origin, record)
             results = []
         by_token = {item.token: item for item in results}
         values: dict[tuple[str, str], str] = {}
@@ -370,6 +403,10 @@ class RelayService(AuditedOperations):
 
     def in_transaction(self, work: Callable[[Connection], Any]) -> Any:
         return self._transaction(work)
+
+
+class _StaleRoute(Exception):
+    """A remembered route is no longer the current version, or refused the call: nothing was read or sent."""
 
 
 def _scrub(body: bytes, values: Sequence[str]) -> bytes:

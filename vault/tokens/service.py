@@ -364,12 +364,14 @@ class TokenService(AuditedOperations):
     # -- detokenize ------------------------------------------------------------------------
 
     def detokenize(self, actor: Actor, token_list: Sequence[str], purpose: str, origin: Origin, *,
-                   require_all: bool = False, also: Sequence[AuditEvent] = ()) -> list[Detokenized]:
+                   require_all: bool = False, also: Sequence[AuditEvent] = (),
+                   check: Callable[[Connection], None] | None = None) -> list[Detokenized]:
         """Values for the tokens this role may read for `purpose`; others answer not found.
 
         `require_all` (the relay) turns any refused token into NotFound for the whole call, rolled
         back, so no CVV is spent on a request that will not be sent; `also` are events of the
-        caller's own (the relay's "sending" event) committed with these, or not at all.
+        caller's own (the relay's "sending" event) committed with these, or not at all; `check`
+        runs first in the same transaction (the relay's "is my route still current?") and may raise.
         """
         if not self._policy.may_use(actor.role, "detokenize"):
             raise self._deny(actor, "detokenize", origin, Forbidden("role may not detokenize"), purpose=purpose)
@@ -384,6 +386,8 @@ class TokenService(AuditedOperations):
                 kinds[token] = kind_of_token(token)
 
         def work(conn: Connection) -> list[Detokenized]:
+            if check is not None:
+                check(conn)
             rows, expired = rows_by_token(conn, list(kinds), now)
             states = subject_states(conn, {r["subject_id"] for r in rows.values() if r["subject_id"]}, self._macs)
             ciphers = self._keys.open_data_keys(conn, [

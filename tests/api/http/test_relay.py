@@ -220,6 +220,26 @@ def test_filled_values_spend_the_detokenize_quota_before_anything_is_read(
     parts.engine.dispose()
 
 
+def test_a_changed_or_disabled_route_applies_to_the_next_call(
+        client: FlaskClient, components: Components, api_keys: dict[str, str], upstream: Upstream,
+        ca: CertificateAuthority) -> None:
+    """The relay remembers a route between calls: a new version (here, without the caller's role) or a
+    disabled route must still govern the very next call, and a refused call sends nothing."""
+    gateway = api_keys["payment_gateway"]
+    make_route(components, route_doc(upstream, ca))
+    assert relay(client, gateway, json={}).status_code == 200
+    make_route(components, route_doc(upstream, ca, roles=["shipping"]))
+    assert relay(client, gateway, json={}).status_code == 404
+    assert relay(client, api_keys["shipping"], purpose="fulfillment", json={}).status_code == 200
+    make_route(components, route_doc(upstream, ca, paths=["/v1/refunds"]))
+    assert relay(client, gateway, json={}).status_code == 422  # the remembered pattern no longer applies
+    make_route(components, route_doc(upstream, ca))
+    assert relay(client, gateway, json={}).status_code == 200
+    components.relay_routes.disable(HOST, "psp", Origin())
+    assert relay(client, gateway, json={}).status_code == 404
+    assert len(upstream.seen) == 3
+
+
 def test_response_fields_are_tokenized_or_redacted_and_pans_masked(
         client: FlaskClient, components: Components, api_keys: dict[str, str], ca: CertificateAuthority) -> None:
     psp = Upstream(ca, behaviour="psp").start()

@@ -26,6 +26,7 @@ from vault.access.operations import AuditedOperations
 from vault.access.policy import Policy
 from vault.audit.trail import ANONYMOUS, Actor, AuditTrail, Origin
 from vault.errors import (
+    Conflict,
     Forbidden,
     NotFound,
     PayloadTooLarge,
@@ -226,12 +227,14 @@ class RelayService(AuditedOperations):
         RateLimited when the quota is spent, and nothing is read or sent.
         """
         remembered = self._outbound.get(name)
-        if remembered is not None:
+        for _attempt in range(3):  # a route read afresh can still change before "sending" commits
             try:
                 return self._forward(actor, name, request, origin, spend, remembered)
             except _StaleRoute:
                 self._outbound.pop(name, None)
-        return self._forward(actor, name, request, origin, spend, None)
+                remembered = None
+        raise self._deny(actor, "relay", origin, Conflict("the route is changing; try again"),
+                         detail=f"route={name[:40]}")
 
     def _still_current(self, route: Route) -> Callable[[Connection], None]:
         def check(conn: Connection) -> None:

@@ -7,22 +7,27 @@ digits, alone or followed by more digits) scans whatever is left, in every conte
 that is exactly one card number is masked to its last four digits; a run holding more (a PAN
 followed by its CVV, an order number before it) is replaced whole, so no digit of a CVV or a
 PAN's middle survives. A bare PAN has no expiry, so it cannot become a card token; it is masked.
+
+The detector also flags about a third of card tokens (a 16-digit token whose first 12-15 digits
+happen to pass Luhn could be a PAN with digits after it): a solid run that is a card token the vault
+issued (`issued`, looked up by the caller) is left as it is.
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from vault.clear_text import contains_pan, count_and_redact_pans, luhn_valid
 
-__all__ = ["find_pans", "mask_pans", "protect_fields", "REDACTED", "REDACTED_PAN"]
+__all__ = ["find_pans", "mask_pans", "possible_tokens", "protect_fields", "REDACTED", "REDACTED_PAN"]
 
 REDACTED = "[redacted]"
 REDACTED_PAN = "[redacted-pan]"
 _NOT_DIGIT = re.compile(r"\D")
+_SOLID = re.compile(r"[0-9]{12,19}")
 
 
 def _masked(run: str) -> str:
@@ -33,14 +38,38 @@ def _masked(run: str) -> str:
     return REDACTED_PAN
 
 
+def possible_tokens(text: str) -> set[str]:
+    """Flagged runs that could be card tokens (solid ASCII digits, 12-19, failing Luhn as a whole)."""
+    found: set[str] = set()
+
+    def note(run: str) -> str:
+        if _SOLID.fullmatch(run) and not luhn_valid(run):
+            found.add(run)
+        return run
+
+    count_and_redact_pans(text, note)
+    return found
+
+
 def find_pans(text: str) -> bool:
     """Whether `text` holds anything the PAN detector takes for a card number."""
     return contains_pan(text)
 
 
-def mask_pans(text: str) -> tuple[str, int]:
-    """`text` with every PAN-like run masked (see the module doc); and how many there were."""
-    return count_and_redact_pans(text, _masked)
+def mask_pans(text: str, issued: Collection[str] = ()) -> tuple[str, int]:
+    """`text` with every PAN-like run masked (see the module doc), except card tokens in `issued`; and how
+    many were masked."""
+    kept = 0
+
+    def mask(run: str) -> str:
+        nonlocal kept
+        if run in issued:
+            kept += 1
+            return run
+        return _masked(run)
+
+    masked, count = count_and_redact_pans(text, mask)
+    return masked, count - kept
 
 
 def protect_fields(document: Any, paths: list[tuple[str, str]],

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 
 from vault.access.operations import AuditedOperations
@@ -37,10 +38,11 @@ from vault.errors import (
 )
 from vault.relay import templates as t
 from vault.relay.addresses import check_address, check_query, join_path, path_matches
-from vault.relay.protection import REDACTED, find_pans, mask_pans, protect_fields
+from vault.relay.protection import REDACTED, find_pans, mask_pans, possible_tokens, protect_fields
 from vault.relay.routes import Route, RouteBook, check_publishable_key
 from vault.relay.upstream import Answer, ClientCertificate, Exchange, Transport
 from vault.secret import Secret
+from vault.storage.schema import tokens
 from vault.tokens.formats import kind_of_token
 from vault.tokens.records import TokenRecord, TokenRequest
 from vault.tokens.service import TokenService
@@ -200,13 +202,24 @@ class RelayService(AuditedOperations):
                 body = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
         # latin-1 maps every byte to one character and back: digits are found in any ASCII-based
         # encoding, and the bytes around them are returned unchanged.
-        text, masked = mask_pans(body.decode("latin-1"))
+        text = body.decode("latin-1")
+        issued = self._issued_card_tokens(set().union(possible_tokens(text),
+                                                      *(possible_tokens(value) for _, value in headers)))
+        text, masked = mask_pans(text, issued)
         clean_headers = []
         for name, value in headers:
-            value, count = mask_pans(value)
+            value, count = mask_pans(value, issued)
             masked += count
             clean_headers.append((name, value))
         return RelayAnswer(status=answer.status, headers=clean_headers, body=text.encode("latin-1")), masked
+
+    def _issued_card_tokens(self, candidates: set[str]) -> set[str]:
+        """Which of these numbers are card tokens the vault issued (not PANs): the detector flags some."""
+        if not candidates:
+            return set()
+        wanted = sorted(candidates)[:1000]
+        return set(self._transaction(lambda conn: [row[0] for row in conn.execute(
+            select(tokens.c.token).where(tokens.c.token.in_(wanted), tokens.c.kind == "card"))]))
 
     def _protect_value(self, route: Route, rule: str, value: Any, origin: Origin) -> Any:
         action, kind = rule.split(":", 1)

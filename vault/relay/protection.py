@@ -9,8 +9,9 @@ followed by its CVV, an order number before it) is replaced whole, so no digit o
 PAN's middle survives. A bare PAN has no expiry, so it cannot become a card token; it is masked.
 
 The detector also flags about a third of card tokens (a 16-digit token whose first 12-15 digits
-happen to pass Luhn could be a PAN with digits after it): a solid run that is a card token the vault
-issued (`issued`, looked up by the caller) is left as it is.
+happen to pass Luhn could be a PAN with digits after it): runs the caller already knows (`known`: the
+numbers it sent itself, the tokens made in this call) are left as they are. The vault is not asked
+whether a number is a token: that would tell a caller which guesses are live.
 """
 
 from __future__ import annotations
@@ -56,14 +57,14 @@ def find_pans(text: str) -> bool:
     return contains_pan(text)
 
 
-def mask_pans(text: str, issued: Collection[str] = ()) -> tuple[str, int]:
-    """`text` with every PAN-like run masked (see the module doc), except card tokens in `issued`; and how
-    many were masked."""
+def mask_pans(text: str, known: Collection[str] = ()) -> tuple[str, int]:
+    """`text` with every PAN-like run masked (see the module doc), except the runs in `known`; and how many
+    were masked."""
     kept = 0
 
     def mask(run: str) -> str:
         nonlocal kept
-        if run in issued:
+        if run in known:
             kept += 1
             return run
         return _masked(run)

@@ -8,7 +8,8 @@ runs in alternating rounds (forward, reverse, ...): hello; single-item tokenize 
 each vault; batch tokenize and detokenize of 1,000 items per request (SQLite, local); OpenBao
 transit/encrypt and KV v2 write of one PAN per request (the peer); the raw limit (bench/raw_limit.py).
 After the rounds: the audit chain cost (bench/audit_chain_cost.py, short), the erasure epoch's rewrap
-rate and the subject-key locks' cost (bench/epoch_and_locks.py, issue #17), a top-up of the SQLite-local
+rate and the subject-key locks' cost (bench/epoch_and_locks.py, issue #17), the relay's overhead over
+calling the same HTTPS upstream directly (bench/relay_overhead.py, issue #20), a top-up of the SQLite-local
 vault to 100,000 tokens, and each server worker's resident memory.
 
 Writes bench/results/<UTC date-time>.json, .md and .png (git-ignored); --publish also copies the
@@ -36,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import chart, report
 from bench.harness.cases import build_cases, run_rounds, summarise, warm_up
-from bench.harness.extras import audit_chain_cost, epoch_and_locks, top_up, worker_memory
+from bench.harness.extras import audit_chain_cost, epoch_and_locks, relay_overhead, top_up, worker_memory
 from bench.harness.procs import (
     RESULTS,
     ROOT,
@@ -79,7 +80,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--no-postgres", action="store_true", help="skip the PostgreSQL cases")
     add("--cases", default="*", help="comma-separated fnmatch patterns of case keys (op@setup) to run, "
                                      "e.g. 'hello@*,tokenize@sqlite-local' (default: all)")
-    add("--no-extras", action="store_true", help="skip the audit chain cost and the memory top-up")
+    add("--relay-duration", type=int, default=10, help="seconds per relay overhead case (default 10)")
+    add("--relay-concurrency", type=int, default=8, help="client threads of the relay overhead cases (default 8)")
+    add("--no-extras", action="store_true", help="skip the audit chain cost, the relay overhead and the memory top-up")
     add("--quick", action="store_true", help="smoke run: every case for 1-2 s, one round, no memory top-up")
     add("--real-rate-limits", action="store_true",
         help=f"keep the vault's default per-client rate limits (by default raised to {UNLIMITED})")
@@ -140,6 +143,14 @@ def measure_epochs(stack: Stack, args: argparse.Namespace, notes: list[str]) -> 
     return out
 
 
+def measure_relay(stack: Stack, args: argparse.Namespace, notes: list[str]) -> dict[str, Any]:
+    try:
+        return relay_overhead(stack.python, 2 if args.quick else args.relay_duration, args.relay_concurrency)
+    except BenchError as error:
+        notes.append(f"relay overhead failed: {error}")
+        return {"error": "failed"}
+
+
 def save(record: dict[str, Any], args: argparse.Namespace, work: Path) -> None:
     stamp = datetime.fromisoformat(record["started_at"]).strftime("%Y%m%dT%H%M%SZ")
     folder = work if args.no_save else RESULTS
@@ -187,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = summarise(cases, runs)
         audit = {} if args.no_extras else measure_audit(stack, args, notes)
         epochs = {} if args.no_extras else measure_epochs(stack, args, notes)
+        relay = {} if args.no_extras else measure_relay(stack, args, notes)
         memory = measure_memory(stack, 0 if args.no_extras else args.min_tokens)
         record: dict[str, Any] = {
             "started_at": started_at.isoformat(),
@@ -207,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             "memory": memory,
             "audit_chain": audit,
             "epochs": epochs,
+            "relay": relay,
             "notes": notes,
             "runs": runs,
             "wall_seconds": time.monotonic() - clock,
@@ -218,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         if errors:
             print(f"WARNING: {errors} errors during the measured runs; rerun with --keep to inspect the server logs",
                   file=sys.stderr)
-        failed_side = any("error" in a for a in audit.values())
+        failed_side = any("error" in a for a in audit.values()) or "error" in relay
         return 1 if errors or failed_side else 0
     finally:
         stack.close()

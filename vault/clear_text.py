@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 
 from vault.errors import ValidationFailed
 
-__all__ = ["luhn_valid", "contains_pan", "redact_pans", "refuse_pan"]
+__all__ = ["luhn_valid", "contains_pan", "redact_pans", "count_and_redact_pans", "refuse_pan"]
 
 def luhn_valid(digits: str) -> bool:
     """The Luhn (mod 10) check over a string of ASCII digits."""
@@ -60,6 +61,20 @@ def contains_pan(text: str) -> bool:
 def redact_pans(text: str, replacement: str = "[redacted-pan]") -> str:
     """`text` with every digit run that may hold a card number replaced."""
     return _RUN.sub(lambda m: replacement if _run_holds_pan(m.group(0)) else m.group(0), text)
+
+
+def count_and_redact_pans(text: str, replace: Callable[[str], str]) -> tuple[str, int]:
+    """`text` with every digit run that may hold a card number replaced by `replace(run)`; and how many."""
+    count = 0
+
+    def swap(match: re.Match[str]) -> str:
+        nonlocal count
+        if not _run_holds_pan(match.group(0)):
+            return match.group(0)
+        count += 1
+        return replace(match.group(0))
+
+    return _RUN.sub(swap, text), count
 
 
 def refuse_pan(field: str, text: str) -> str:

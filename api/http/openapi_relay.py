@@ -37,8 +37,10 @@ def _forward(method: str) -> dict[str, Any]:
     found: dict[str, Any] = {
         "summary": f"Relay a {method.upper()} to the route's upstream with templates filled from tokens",
         "operationId": f"relay{method.capitalize()}", "security": SECURED, "parameters": [_ROUTE, _PATH, purpose],
-        "responses": {"default": _ANSWER, **error_responses("401", "403", "404", *BODY_ERRORS, "422", "429", "502",
-                                                            "503", "504")},
+        "description": "Each distinct token filled in spends one value of the caller's detokenize quota (429 with "
+                       "Retry-After when spent); 409 when the route changed under the call three times running.",
+        "responses": {"default": _ANSWER, **error_responses("401", "403", "404", "409", *BODY_ERRORS, "422", "429",
+                                                            "502", "503", "504")},
     }
     if method in ("post", "put", "patch"):
         found["requestBody"] = {"required": False, **_ANY}

@@ -41,7 +41,6 @@ __all__ = ["RateLimits", "init_app", "ITEM_QUOTA"]
 _DETOKENIZE_ITEMS = "v1.detokenize.items"
 ITEM_QUOTA = "tokenvault.item_quota"
 _LOGIN = "auth.login"
-_RELAY = "relay.forward"  # detokenizes: counted like /v1/detokenize
 _INBOUND = "relay.inbound"  # no caller identity (a publishable key): counted per address
 # Redeeming an enrolment code is as unauthenticated as logging in: one counter per address for both steps.
 _ENROLMENT = ("enrolment.begin", "enrolment.confirm")
@@ -131,10 +130,7 @@ def init_app(app: Flask, parts: Components) -> RateLimits:
             who = f"actor:{actor.id}"
             if refused := counters.refused(who, "all", access.rate_limit_for(actor.role)):
                 return refuse(*refused, "all")
-            # The relay's requests (values inside forwarded bodies) count per request here.
-            if endpoint == _RELAY and (
-                    refused := counters.refused(who, endpoint, access.detokenize_rate_limit_for(actor.role))):
-                return refuse(*refused, endpoint)
+            # The relay's filled-in values are charged per value by the relay itself (ITEM_QUOTA), not here.
         elif endpoint == _LOGIN or endpoint in _ENROLMENT:
             who = f"addr:{request.remote_addr or 'unknown'}"
             scope = _LOGIN if endpoint == _LOGIN else "enrolment"
@@ -153,7 +149,8 @@ def init_app(app: Flask, parts: Components) -> RateLimits:
 def _spend_items(counters: RateLimits, access: AccessSettings, count: int) -> None:
     """Charge the caller's detokenize quota with `count` values (a batch of 1,000 spends 1,000).
 
-    Called by the detokenize view once the body is parsed, before the vault reads anything;
+    Called by the detokenize view once the body is parsed, and by the relay once it found the
+    tokens its templates name (one unit per distinct token), before the vault reads anything;
     over quota: RateLimited (429, Retry-After) and a `rate_limit` audit event.
     """
     actor = _actor()

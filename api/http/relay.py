@@ -13,9 +13,10 @@ All decisions are vault.relay's; this module reads the request and writes the an
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 
 from api.http.auth import current_actor
+from api.http.ratelimits import ITEM_QUOTA
 from api.http.stepup import current_step_up, require_step_up
 from api.http.tokens import components, json_body, origin
 from vault.relay.changes import ACTION
@@ -49,7 +50,9 @@ def _response(answer: RelayAnswer) -> Response:
 
 @blueprint.route("/relay/<route>/<path:path>", methods=_METHODS)
 def forward(route: str, path: str) -> Response:
-    answer = components().relay.forward(current_actor(), route, _caller_request(path), origin())
+    # Each value filled in is charged to the caller's detokenize quota, like an item of /v1/detokenize.
+    answer = components().relay.forward(current_actor(), route, _caller_request(path), origin(),
+                                        spend=current_app.extensions[ITEM_QUOTA])
     return _response(answer)
 
 

@@ -49,6 +49,12 @@ def epoch_and_locks(python: Path, database_url: str | None, keys: int) -> dict[s
     return _json_script(python, "epoch_and_locks.py", *args, timeout=600)
 
 
+def relay_overhead(python: Path, duration: float, concurrency: int) -> dict[str, Any]:
+    """bench/relay_overhead.py (issue #20): one HTTPS upstream called directly and through the relay."""
+    return _json_script(python, "relay_overhead.py", "--duration", str(duration), "--concurrency",
+                        str(concurrency), timeout=120 + 6 * (duration + 2))
+
+
 def top_up(service: Service, checkout_key: str, minimum: int) -> dict[str, Any]:
     """Batch-tokenize until the server has created at least `minimum` tokens; returns what it took."""
     before = tokens_created(service.url)

@@ -159,6 +159,18 @@ def epoch_table(epochs: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def relay_table(relay: dict[str, Any]) -> str:
+    if "error" in relay:
+        return f"relay overhead: {relay['error']}"
+    cases = relay["cases"]
+    direct = cases["direct"]
+    lines = ["| relay case | req/s | p50 ms | p99 ms | req/s ÷ direct | errors |", "|---|---:|---:|---:|---:|---:|"]
+    for name, c in cases.items():
+        lines.append(f"| {name} | {c['rps']:,.0f} | {c['p50_ms']:.1f} | {c['p99_ms']:.1f} "
+                     f"| {c['rps'] / direct['rps']:.2f} | {c['errors']:.0f} |")
+    return "\n".join(lines)
+
+
 def machine_line(record: dict[str, Any]) -> str:
     m = record["machine"]
     before, after = m["loadavg_before"], m["loadavg_after"]
@@ -201,6 +213,12 @@ def markdown(record: dict[str, Any], image: str | None) -> str:
                   "Epoch: `start_epoch` + `run` over one data key per subject; lock cost: tokenize for existing "
                   "subjects with the FOR KEY SHARE read against the pre-#17 unlocked reads, alternating rounds, "
                   "median of paired ratios (bench/epoch_and_locks.py).", ""]
+    if record.get("relay"):
+        parts += ["## Relay overhead (issue #20)", "", relay_table(record["relay"]), "",
+                  "The same HTTPS upstream (loopback, own CA) called directly and through `/v1/relay` on a "
+                  "SQLite vault with 2 workers, cases one after the other with the same "
+                  f"{record['relay'].get('concurrency', '?')} client threads (bench/relay_overhead.py); "
+                  "detokenize = `/v1/detokenize` of the same card token, the vault-side floor of relay+card.", ""]
     if record["notes"]:
         parts += ["## Notes", "", *[f"- {note}" for note in record["notes"]], ""]
     parts += [machine_line(record), ""]
@@ -211,6 +229,7 @@ def console_summary(record: dict[str, Any]) -> str:
     """What run.py prints on stdout: the two tables and the machine line."""
     audit = [audit_table(record["audit_chain"])] if record["audit_chain"] else []
     audit += [epoch_table(record["epochs"])] if record.get("epochs") else []
+    audit += [relay_table(record["relay"])] if record.get("relay") else []
     return "\n\n".join([cases_table(record["summary"]), targets_table(record["targets"]),
                         memory_table(record["memory"]), *audit, *[f"note: {n}" for n in record["notes"]],
                         machine_line(record)])

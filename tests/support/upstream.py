@@ -1,9 +1,11 @@
 """Real HTTPS servers on loopback for relay tests: their own CA, optional mTLS, hostile behaviours.
 
 `Upstream` records every request it got (method, path, headers, body) and answers per `behaviour`:
-echo (JSON of what it got), pan (a body and header carrying a PAN), slow (drips bytes past any
-deadline), huge (more bytes than a route allows), redirect (302 to an internal address),
-psp (a payment-service answer with a card number and an email in fields).
+echo (JSON of what it got), pan (a body and header carrying a PAN), separated (PANs written with
+dots, underscores, slashes, and one followed by its CVV), slow (drips body bytes past any deadline),
+drip_headers (drips its status line and headers a byte at a time, past any deadline), huge (more
+bytes than a route allows), redirect (302 to an internal address), psp (a payment-service answer
+with a card number and an email in fields).
 """
 
 from __future__ import annotations
@@ -152,6 +154,23 @@ class Upstream:
                 self._send(200, json.dumps({"echo": body.decode("utf-8", "replace"),
                                             "note": f"card 4111-1111-1111-1111 and {PAN}"}).encode(),
                            {"X-Card": PAN})
+
+            def _separated(self, body: bytes) -> None:
+                self._send(200, json.dumps({"dots": "4111.1111.1111.1111", "underscores": "5105_1051_0510_5100",
+                                            "slashes": "4111/1111/1111/1111", "with_cvv": f"{PAN} 123",
+                                            "glued_cvv": f"{PAN}123", "order": 1234567}).encode(),
+                           {"X-Card": "5105.1051.0510.5100"})
+
+            def _drip_headers(self, body: bytes) -> None:
+                head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n" + b"X-Slow: " + b"z" * 200 + b"\r\n"
+                for byte in head:  # every byte arrives well within any per-read timeout
+                    try:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                    except OSError:
+                        return
+                    time.sleep(0.05)
+                self.close_connection = True
 
             def _psp(self, body: bytes) -> None:
                 self._send(201, json.dumps({"id": "ch_1", "status": "succeeded",

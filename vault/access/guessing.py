@@ -65,6 +65,10 @@ class GuessingGuard:
         self._limits = limits
         self._clock = clock
 
+    @property
+    def limits(self) -> GuessingLimits:
+        return self._limits
+
     @staticmethod
     def _last_suspension(conn: Connection, actor: Actor) -> datetime | None:
         """When this client was last suspended: a resumed client's misses count from then on."""

@@ -1,57 +1,76 @@
 """Response protection: what a partner's answer may not carry back to the caller.
 
 A route names response fields (dotted JSON paths; `*` crosses every item of a list) that carry
-card or personal data: each is tokenized or redacted. Then the PAN detector scans whatever is
-left, in every content type: any run of 12 to 19 digits (spaces or dashes between them allowed)
-that passes the Luhn check is replaced by a masked form keeping only the last four digits. A
-bare PAN has no expiry, so it cannot become a card token; it is masked instead.
+card or personal data: each is tokenized or redacted. Then the vault's one PAN detector
+(vault/clear_text.py: any 12-19 digit run passing Luhn, whatever separators sit between the
+digits, alone or followed by more digits) scans whatever is left, in every content type. A run
+that is exactly one card number is masked to its last four digits; a run holding more (a PAN
+followed by its CVV, an order number before it) is replaced whole, so no digit of a CVV or a
+PAN's middle survives. A bare PAN has no expiry, so it cannot become a card token; it is masked.
 
-Also the small PAN detector of the relay (see issue #19 for the shared one): to be consolidated
-once that lands.
+The detector also flags about a third of card tokens (a 16-digit token whose first 12-15 digits
+happen to pass Luhn could be a PAN with digits after it): runs the caller already knows (`known`: the
+numbers it sent itself, the tokens made in this call) are left as they are. The vault is not asked
+whether a number is a token: that would tell a caller which guesses are live.
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
-from vault.tokens.cards import luhn_valid
+from vault.clear_text import contains_pan, count_and_redact_pans, luhn_valid
 
-__all__ = ["find_pans", "mask_pans", "protect_fields", "REDACTED"]
+__all__ = ["find_pans", "mask_pans", "possible_tokens", "protect_fields", "REDACTED", "REDACTED_PAN"]
 
 REDACTED = "[redacted]"
-# Digits with optional single space/dash separators; lookarounds keep it from starting mid-number.
-_CANDIDATE = re.compile(r"(?<![0-9])(?:[0-9][ -]?){11,18}[0-9](?![0-9])")
+REDACTED_PAN = "[redacted-pan]"
+_NOT_DIGIT = re.compile(r"\D")
+_SOLID = re.compile(r"[0-9]{12,19}")
 
 
-def _pans(text: str) -> list[tuple[int, int, str]]:
-    found = []
-    for match in _CANDIDATE.finditer(text):
-        digits = re.sub(r"[ -]", "", match.group(0))
-        if 12 <= len(digits) <= 19 and luhn_valid(digits):
-            found.append((match.start(), match.end(), digits))
+def _masked(run: str) -> str:
+    digits = _NOT_DIGIT.sub("", run)
+    # Only a run that is one whole card number keeps its last four: anything else may end in a CVV.
+    if run.isascii() and 12 <= len(digits) <= 19 and digits[0] != "0" and luhn_valid(digits):
+        return "*" * (len(digits) - 4) + digits[-4:]
+    return REDACTED_PAN
+
+
+def possible_tokens(text: str) -> set[str]:
+    """Flagged runs that could be card tokens (solid ASCII digits, 12-19, failing Luhn as a whole)."""
+    found: set[str] = set()
+
+    def note(run: str) -> str:
+        if _SOLID.fullmatch(run) and not luhn_valid(run):
+            found.add(run)
+        return run
+
+    count_and_redact_pans(text, note)
     return found
 
 
-def find_pans(text: str) -> int:
-    """How many PAN-like numbers `text` holds."""
-    return len(_pans(text))
+def find_pans(text: str) -> bool:
+    """Whether `text` holds anything the PAN detector takes for a card number."""
+    return contains_pan(text)
 
 
-def mask_pans(text: str) -> tuple[str, int]:
-    """`text` with every PAN-like number masked to its last four digits; and how many there were."""
-    found = _pans(text)
-    if not found:
-        return text, 0
-    out, last = [], 0
-    for start, end, digits in found:
-        out.append(text[last:start])
-        out.append("*" * (len(digits) - 4) + digits[-4:])
-        last = end
-    out.append(text[last:])
-    return "".join(out), len(found)
+def mask_pans(text: str, known: Collection[str] = ()) -> tuple[str, int]:
+    """`text` with every PAN-like run masked (see the module doc), except the runs in `known`; and how many
+    were masked."""
+    kept = 0
+
+    def mask(run: str) -> str:
+        nonlocal kept
+        if run in known:
+            kept += 1
+            return run
+        return _masked(run)
+
+    masked, count = count_and_redact_pans(text, mask)
+    return masked, count - kept
 
 
 def protect_fields(document: Any, paths: list[tuple[str, str]],

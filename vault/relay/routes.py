@@ -250,12 +250,19 @@ def _aad(name: str, version: int, state: str, key_id: str) -> bytes:
     return associated_data("relay_route", name=name, version=version, state=state, key=key_id)
 
 
+_OPENED_MAX = 256
+
+
 class RouteBook:
     """Storage of routes: propose, approve, read the current version. Callers hold the transaction."""
 
     def __init__(self, keys: KeyHierarchy, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._keys = keys
         self._clock = clock
+        # Opened approved versions by (name, version, key id, SHA-256 of the sealed blob): a relay call
+        # reads the row but neither unwraps the data key nor decrypts and validates the route again.
+        # A blob changed in the database has another digest and is opened (and checked) afresh.
+        self._opened: dict[tuple[str, int, str, bytes], Route] = {}
 
     def propose(self, conn: Connection, actor_id: str, config: RouteConfig, *,
                 new_publishable_key: bool = False) -> tuple[int, str | None]:
@@ -333,12 +340,26 @@ class RouteBook:
             if missing_ok:
                 return None
             raise NotFound("no such route")
+        slot = (name, int(row["version"]), str(row["data_key_id"]), hashlib.sha256(row["sealed"]).digest())
+        if (opened := self._opened.get(slot)) is not None:
+            return opened
         try:
             document = self._cipher(conn, row["data_key_id"]).open(
                 row["sealed"], _aad(name, row["version"], "approved", row["data_key_id"]))
         except DecryptionFailed:
             raise NotFound("no such route") from None
-        return self._route(document, int(row["version"]))
+        route = self._route(document, int(row["version"]))
+        if len(self._opened) >= _OPENED_MAX:
+            self._opened.clear()  # routes are few; this only bounds memory against many versions
+        self._opened[slot] = route
+        return route
+
+    @staticmethod
+    def current_version(conn: Connection, name: str) -> int | None:
+        """The highest approved version of `name` (what `current` would open), or None."""
+        found = conn.execute(select(func.max(relay_routes.c.version)).where(
+            relay_routes.c.name == name, relay_routes.c.state == "approved")).scalar()
+        return int(found) if found is not None else None
 
     def names(self, conn: Connection) -> list[str]:
         rows = conn.execute(select(relay_routes.c.name).where(relay_routes.c.state == "approved").distinct()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +26,7 @@ from vault.access.operations import AuditedOperations
 from vault.access.policy import Policy
 from vault.audit.trail import ANONYMOUS, Actor, AuditTrail, Origin
 from vault.errors import (
+    Conflict,
     Forbidden,
     NotFound,
     PayloadTooLarge,
@@ -36,7 +37,7 @@ from vault.errors import (
 )
 from vault.relay import templates as t
 from vault.relay.addresses import check_address, check_query, join_path, path_matches
-from vault.relay.protection import REDACTED, find_pans, mask_pans, protect_fields
+from vault.relay.protection import REDACTED, find_pans, mask_pans, possible_tokens, protect_fields
 from vault.relay.routes import Route, RouteBook, check_publishable_key
 from vault.relay.upstream import Answer, ClientCertificate, Exchange, Transport
 from vault.secret import Secret
@@ -55,6 +56,10 @@ def _now() -> datetime:
 
 
 def _no_metrics(_route: str, _outcome: str, _seconds: float) -> None:
+    return None
+
+
+def _no_quota(_values: int) -> None:
     return None
 
 
@@ -89,6 +94,10 @@ class RelayService(AuditedOperations):
         self._book = book
         self._transport = transport
         self._on_call = on_call
+        # The last outbound route each name resolved to. A call starts from it without a transaction of
+        # its own and confirms, in the transaction that records "sending", that it is still the current
+        # approved version; if not, nothing was read or sent, and the call starts over from the database.
+        self._outbound: dict[str, Route] = {}
 
     # -- shared -----------------------------------------------------------------------------
 
@@ -165,7 +174,7 @@ class RelayService(AuditedOperations):
         self._on_call(route.name, str(answer.status), seconds)
 
     def _protect(self, route: Route, answer: Answer, origin: Origin,
-                 sent: Sequence[str] = ()) -> tuple[RelayAnswer, int]:
+                 sent: Sequence[str] = (), known: Collection[str] = ()) -> tuple[RelayAnswer, int]:
         """Configured response fields tokenized or redacted, then every PAN-like number masked.
 
         An upstream that echoes the request must not hand the caller what the vault put in it:
@@ -191,10 +200,11 @@ class RelayService(AuditedOperations):
                 body = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
         # latin-1 maps every byte to one character and back: digits are found in any ASCII-based
         # encoding, and the bytes around them are returned unchanged.
-        text, masked = mask_pans(body.decode("latin-1"))
+        text = body.decode("latin-1")
+        text, masked = mask_pans(text, known)
         clean_headers = []
         for name, value in headers:
-            value, count = mask_pans(value)
+            value, count = mask_pans(value, known)
             masked += count
             clean_headers.append((name, value))
         return RelayAnswer(status=answer.status, headers=clean_headers, body=text.encode("latin-1")), masked
@@ -209,14 +219,43 @@ class RelayService(AuditedOperations):
 
     # -- outbound ---------------------------------------------------------------------------
 
-    def forward(self, actor: Actor, name: str, request: CallerRequest, origin: Origin) -> RelayAnswer:
-        """Detokenize into the caller's request, send it to the route's upstream, return the protected answer."""
+    def forward(self, actor: Actor, name: str, request: CallerRequest, origin: Origin,
+                spend: Callable[[int], None] = _no_quota) -> RelayAnswer:
+        """Detokenize into the caller's request, send it to the route's upstream, return the protected answer.
+
+        `spend(n)` charges the caller's detokenize quota with the n values about to be read (each
+        distinct token, as `/v1/detokenize` charges each item), before anything is read; it raises
+        RateLimited when the quota is spent, and nothing is read or sent.
+        """
+        remembered = self._outbound.get(name)
+        for _attempt in range(3):  # a route read afresh can still change before "sending" commits
+            try:
+                return self._forward(actor, name, request, origin, spend, remembered)
+            except _StaleRoute:
+                self._outbound.pop(name, None)
+                remembered = None
+        raise self._deny(actor, "relay", origin, Conflict("the route is changing; try again"),
+                         detail=f"route={name[:40]}")
+
+    def _still_current(self, route: Route) -> Callable[[Connection], None]:
+        def check(conn: Connection) -> None:
+            if self._book.current_version(conn, route.name) != route.version:
+                raise _StaleRoute()
+        return check
+
+    def _forward(self, actor: Actor, name: str, request: CallerRequest, origin: Origin,
+                 spend: Callable[[int], None], remembered: Route | None) -> RelayAnswer:
+        """One attempt; with a `remembered` route, any refusal or a newer version starts over (_StaleRoute)."""
         try:
-            route = self.route(name, "outbound")
+            route = remembered or self.route(name, "outbound")
             if actor.role not in route.config.roles:
                 raise NotFound("no such route")  # a role the route does not serve cannot learn it exists
         except NotFound as error:
+            if remembered is not None:
+                raise _StaleRoute() from None
             raise self._deny(actor, "relay", origin, error, detail=f"route={name[:40]}") from None
+        if remembered is None:
+            self._outbound[name] = route
         pattern = "-"
         try:
             target, pattern = self._checked_target(route, request)
@@ -225,15 +264,25 @@ class RelayService(AuditedOperations):
                 raise ValidationFailed("purpose", "is not a purpose this route serves")
             body_doc, found = self._templates(route, request)
         except VaultError as error:
+            if remembered is not None:
+                raise _StaleRoute() from None  # refused by a remembered route: decide on the current one
             raise self._deny(actor, "relay", origin, error, detail=self._detail(route, request, pattern)) from None
 
         tokens = list(dict.fromkeys(template.token for template in found))
+        if tokens:
+            spend(len(tokens))  # values, not requests: a body of 1,000 templates spends 1,000
         sending = self._event(actor, "relay", "allowed", origin, purpose=purpose, detail=self._detail(
             route, request, pattern, phase="sending", tokens=len(tokens)))
+        check = self._still_current(route)
         if tokens:
-            results = self._tokens.detokenize(actor, tokens, purpose, origin, require_all=True, also=[sending])
+            results = self._tokens.detokenize(actor, tokens, purpose, origin, require_all=True, also=[sending],
+                                              check=check)
         else:
-            self._audited(actor, "relay", origin, lambda conn: self._trail.record(conn, [sending]))
+            def record(conn: Connection) -> None:
+                check(conn)
+                self._trail.record(conn, [sending])
+
+            self._audited(actor, "relay", origin, record)
             results = []
         by_token = {item.token: item for item in results}
         values: dict[tuple[str, str], str] = {}
@@ -251,7 +300,11 @@ class RelayService(AuditedOperations):
         sent = list(values.values())
         del values, body  # the plaintext lives no longer than the exchange
         answer, seconds = self._send(actor, route, request, pattern, exchange, origin)
-        protected, masked = self._protect(route, answer, origin, sent)
+        # Card tokens the caller itself sent (it knows them; looking them up would be an oracle) are not
+        # masked when the upstream echoes them: the PAN detector flags about a third of card tokens.
+        known = possible_tokens(request.body.decode("latin-1")).union(
+            *(possible_tokens(value) for _, value in request.headers))
+        protected, masked = self._protect(route, answer, origin, sent, known)
         del sent
         self._finish(actor, route, request, pattern, answer, seconds, origin, masked)
         return protected
@@ -344,7 +397,9 @@ class RelayService(AuditedOperations):
         self._audited(actor, "relay_inbound", origin, lambda conn: self._trail.record(conn, [sending]))
         exchange = self._exchange(route, request, target, headers, body)
         answer, seconds = self._send(actor, route, request, pattern, exchange, origin)
-        protected, masked = self._protect(route, answer, origin)
+        # The tokens made in this call may come back in the merchant's answer: not masked as PANs.
+        protected, masked = self._protect(route, answer, origin, known={r.token for r in results
+                                                                       if isinstance(r, TokenRecord)})
         self._finish(actor, route, request, pattern, answer, seconds, origin, masked)
         return protected
 
@@ -358,6 +413,10 @@ class RelayService(AuditedOperations):
 
     def in_transaction(self, work: Callable[[Connection], Any]) -> Any:
         return self._transaction(work)
+
+
+class _StaleRoute(Exception):
+    """A remembered route is no longer the current version, or refused the call: nothing was read or sent."""
 
 
 def _scrub(body: bytes, values: Sequence[str]) -> bytes:

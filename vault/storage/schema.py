@@ -37,6 +37,7 @@ __all__ = [
     "relay_routes",
     "data_keys",
     "tokens",
+    "bin_counts",
     "clients",
     "audit_events",
     "audit_archives",
@@ -126,6 +127,16 @@ tokens = Table(
     Column("expires_at", UTCDateTime, nullable=True, index=True),
     # Not part of the AAD: only drives retention ("13 months after last use").
     Column("last_used_at", UTCDateTime, nullable=True),
+)
+
+# With keep_bin: how many card tokens of each (BIN, length) were ever issued keeping the BIN
+# (vault/tokens/bins.py). Never decremented: a deleted token does not free a place.
+bin_counts = Table(
+    "bin_counts",
+    metadata,
+    Column("bin", String(6), primary_key=True),
+    Column("length", Integer, primary_key=True),
+    Column("issued", Integer, nullable=False),
 )
 
 clients = Table(

@@ -43,6 +43,7 @@ from vault.keys.hierarchy import RECORD_PURPOSES, DataKey, KeyHierarchy
 from vault.keys.row_mac import RowMacs
 from vault.storage.engine import drop_deleted_copies
 from vault.storage.schema import data_keys, insert_ignoring_conflict, tokens
+from vault.tokens.bins import KEEP_BIN_MIN_LENGTH, BinCounts
 from vault.tokens.formats import card_token, kind_of_token, opaque_token
 from vault.tokens.kinds import (
     CardValue,
@@ -97,6 +98,7 @@ class TokenService(AuditedOperations):
         self._keys = keys
         self._macs = RowMacs(keys)
         self._guessing = guessing or GuessingGuard(trail, self._macs, clock=clock)
+        self._bins = BinCounts(per_day=self._guessing.limits.per_day)
         self._limits = limits or Limits()
         self._purge_lock = threading.Lock()
         self._last_purge = 0.0
@@ -193,22 +195,25 @@ class TokenService(AuditedOperations):
         """
         ready: dict[int, _Pending] = {}
         for index, request, parsed in valid:
-            if request.subject_id is not None or request.deterministic:
-                continue
+            if request.subject_id is not None or request.deterministic or self._may_keep_bin(request, parsed):
+                continue  # these need the database first (a subject key, a lookup, a BIN count)
             data_key = self._keys.new_record_key_from_memory(purpose_of_kind(request.kind))
             if data_key is None:
                 break
             ready[index] = self._sealed(index, request, parsed, None, data_key, True, now)
         return ready
 
+    def _may_keep_bin(self, request: TokenRequest, parsed: Any) -> bool:
+        return (self._policy.keep_bin and request.token is None and isinstance(parsed, CardValue)
+                and len(parsed.pan) >= KEEP_BIN_MIN_LENGTH)
+
     def _sealed(self, index: int, request: TokenRequest, parsed: Any, lookup: bytes | None, data_key: DataKey,
-                new_key: bool, now: datetime) -> _Pending:
-        keep_bin = self._policy.keep_bin
-        facts = metadata_for(request.kind, parsed, keep_bin=keep_bin)
+                new_key: bool, now: datetime, *, keeps_bin: bool = False) -> _Pending:
+        facts = metadata_for(request.kind, parsed, keep_bin=self._policy.keep_bin)
         if request.reference is not None:
             facts["reference"] = request.reference
         row = {
-            "token": request.token or self._new_token(request.kind, parsed, keep_bin),
+            "token": request.token or self._new_token(request.kind, parsed, keeps_bin),
             "kind": request.kind,
             "subject_id": request.subject_id,
             "data_key_id": data_key.id,
@@ -250,7 +255,9 @@ class TokenService(AuditedOperations):
                 data_key, new_key = self._keys.new_data_key(conn, purpose, None), True
             if lookup is not None:
                 lookups[lookup] = len(pending)
-            pending.append(self._sealed(index, request, parsed, lookup, data_key, new_key, now))
+            # keep_bin: the token keeps the BIN only while the BIN has room (vault/tokens/bins.py).
+            keeps_bin = self._may_keep_bin(request, parsed) and self._bins.claim(conn, parsed.pan)
+            pending.append(self._sealed(index, request, parsed, lookup, data_key, new_key, now, keeps_bin=keeps_bin))
 
         writers = [p for p in pending if p.row]
         if not writers:
@@ -303,7 +310,9 @@ class TokenService(AuditedOperations):
 
     def _reissue(self, p: _Pending) -> _Pending:
         row = dict(p.row)
-        row["token"] = self._new_token(p.request.kind, p.parsed, self._policy.keep_bin)
+        # A redraw keeps the BIN if the first draw was allowed to (its count is already taken).
+        kept = self._may_keep_bin(p.request, p.parsed) and p.row["token"][:6] == p.parsed.pan[:6]
+        row["token"] = self._new_token(p.request.kind, p.parsed, kept)
         row["ciphertext"] = p.data_key.cipher.seal(canonical_bytes(p.parsed), record_aad(row))
         return _Pending(p.index, p.request, p.parsed, p.lookup, p.data_key, p.new_key, row)
 
@@ -355,12 +364,14 @@ class TokenService(AuditedOperations):
     # -- detokenize ------------------------------------------------------------------------
 
     def detokenize(self, actor: Actor, token_list: Sequence[str], purpose: str, origin: Origin, *,
-                   require_all: bool = False, also: Sequence[AuditEvent] = ()) -> list[Detokenized]:
+                   require_all: bool = False, also: Sequence[AuditEvent] = (),
+                   check: Callable[[Connection], None] | None = None) -> list[Detokenized]:
         """Values for the tokens this role may read for `purpose`; others answer not found.
 
         `require_all` (the relay) turns any refused token into NotFound for the whole call, rolled
         back, so no CVV is spent on a request that will not be sent; `also` are events of the
-        caller's own (the relay's "sending" event) committed with these, or not at all.
+        caller's own (the relay's "sending" event) committed with these, or not at all; `check`
+        runs first in the same transaction (the relay's "is my route still current?") and may raise.
         """
         if not self._policy.may_use(actor.role, "detokenize"):
             raise self._deny(actor, "detokenize", origin, Forbidden("role may not detokenize"), purpose=purpose)
@@ -375,6 +386,8 @@ class TokenService(AuditedOperations):
                 kinds[token] = kind_of_token(token)
 
         def work(conn: Connection) -> list[Detokenized]:
+            if check is not None:
+                check(conn)
             rows, expired = rows_by_token(conn, list(kinds), now)
             states = subject_states(conn, {r["subject_id"] for r in rows.values() if r["subject_id"]}, self._macs)
             ciphers = self._keys.open_data_keys(conn, [

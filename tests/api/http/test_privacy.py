@@ -280,14 +280,26 @@ def test_requests_register(client: FlaskClient, components: Components, keys: di
     assert client.get("/v1/privacy/requests", headers=auth(keys["checkout"])).status_code == 403
 
 
-def test_business_transfer_needs_a_second_officer(client: FlaskClient, officers: tuple[Officer, Officer],
-                                                  customer: dict[str, str]) -> None:
+def _recipient_key(fingerprint_holds_luhn_run: bool) -> str:
+    """A recipient's PEM whose SHA-256 fingerprint does (or does not) hold a run the PAN detector flags."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+    from vault.clear_text import contains_pan
+    from vault.privacy.transfer import recipient_fingerprint
+
+    while True:  # about one key in twenty has such a fingerprint
+        pem = X25519PrivateKey.generate().public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        if contains_pan(recipient_fingerprint(pem)) == fingerprint_holds_luhn_run:
+            return pem.decode()
+
+
+@pytest.mark.parametrize("luhn_fingerprint", [False, True], ids=["plain-fingerprint", "luhn-run-in-fingerprint"])
+def test_business_transfer_needs_a_second_officer(client: FlaskClient, officers: tuple[Officer, Officer],
+                                                  customer: dict[str, str], luhn_fingerprint: bool) -> None:
     one, two = officers
-    public = X25519PrivateKey.generate().public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    public = _recipient_key(luhn_fingerprint)  # the vault's own digest is never refused as a card number
     body = {"subjects": ["cust-1"], "recipient_public_key": public}
     assert client.post("/v1/transfers", json=body, headers=one.plain()).status_code == 401  # no step-up
     made = client.post("/v1/transfers", json=body, headers=one.stepped())

@@ -299,6 +299,7 @@ privacy_requests = Table(
     Column("outcome", String(500), nullable=True),
     Column("closed_at", UTCDateTime, nullable=True),
     Column("handled_by", String(128), nullable=True),
+    Column("row_mac", String(120), nullable=True),  # vault.keys.row_mac
 )
 
 # What a legal retention rule keeps after erasure: metadata only, never a value.
@@ -312,6 +313,7 @@ retained_records = Table(
     Column("reason", String(200), nullable=False),
     Column("retain_until", UTCDateTime, nullable=False, index=True),
     Column("created_at", UTCDateTime, nullable=False),
+    Column("row_mac", String(120), nullable=True),  # vault.keys.row_mac
 )
 
 disclosures = Table(
@@ -418,6 +420,7 @@ relay_routes = Table(
     Column("proposed_by", String(40), nullable=False),
     Column("proposed_at", UTCDateTime, nullable=False),
     Column("approved_by", String(40), nullable=True),
+    Column("row_mac", String(120), nullable=True),  # vault.keys.row_mac
 )
 
 
@@ -441,6 +444,7 @@ key_jobs = Table(
     # One runner at a time, across processes and hosts: whoever holds an unexpired lease.
     Column("lease_owner", String(64), nullable=True),
     Column("lease_until", UTCDateTime, nullable=True),
+    Column("row_mac", String(120), nullable=True),  # vault.keys.row_mac
 )
 
 

@@ -103,12 +103,14 @@ class PrivacyService(AuditedOperations):
             "closed_at": now, "handled_by": actor.id})
         return request_id
 
-    def _requests(self, conn: Connection, query: Any) -> list[dict[str, Any]]:
-        """Register rows, each MAC-checked: a request closed, re-dated or moved in the database is refused."""
+    def _requests(self, conn: Connection, query: Any, due_by: datetime | None = None) -> list[dict[str, Any]]:
+        """Register rows, each MAC-checked (a request closed, re-dated or moved in the database is refused),
+        then, with `due_by`, those due by then."""
         found = []
         for row in conn.execute(query).mappings():
             self._macs.check(conn, privacy_requests, row)
-            found.append(self._request_json(row))
+            if due_by is None or row["due_at"] <= due_by:
+                found.append(self._request_json(row))
         return found
 
     def _lock_subject_rows(self, conn: Connection, subject_id: str) -> None:
@@ -452,12 +454,13 @@ class PrivacyService(AuditedOperations):
     def requests_due(self, actor: Actor, origin: Origin, within_days: int | None = None) -> list[dict[str, Any]]:
         """Open requests, soonest due first; with `within_days`, only those due by then."""
         self._require(actor, "manage_subjects", "list_requests", origin)
-        query = select(privacy_requests).where(privacy_requests.c.status == "open")
-        if within_days is not None:
-            query = query.where(privacy_requests.c.due_at <= self._clock() + timedelta(days=within_days))
-        ordered = query.order_by(privacy_requests.c.due_at)
+        # Every open request is read and checked, then filtered here: a due date moved out of the window in
+        # the database is refused, not silently left out of the reminders.
+        until = None if within_days is None else self._clock() + timedelta(days=within_days)
+        ordered = select(privacy_requests).where(privacy_requests.c.status == "open").order_by(
+            privacy_requests.c.due_at)
         found: list[dict[str, Any]] = self._audited(actor, "list_requests", origin,
-                                                    lambda conn: self._requests(conn, ordered))
+                                                    lambda conn: self._requests(conn, ordered, until))
         return found
 
     # -- correction (GDPR Art. 16) -----------------------------------------------------------

@@ -147,6 +147,19 @@ def audit_table(audit: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def row_mac_table(costs: dict[str, Any]) -> str:
+    lines = ["| engine | request | CPU ms with row MACs | without | cost (goal < 5 %) |", "|---|---|---:|---:|---:|"]
+    for c in costs.values():
+        if "error" in c:
+            lines.append(f"| {c.get('engine', '?')} | {DASH} | {DASH} | {DASH} | {c['error']} |")
+            continue
+        for name in ("tokenize", "detokenize"):
+            r = c[name]
+            lines.append(f"| {c['engine']} | single {name} | {r['cpu_ms_with_macs']:.2f} | "
+                         f"{r['cpu_ms_without_macs']:.2f} | {r['cost']:+.1%} |")
+    return "\n".join(lines)
+
+
 def epoch_table(epochs: dict[str, Any]) -> str:
     lines = ["| engine | epoch: data keys/s (goal ≥ 5,000) | single tokenize: lock cost | batch tokenize: lock cost "
              "(goal < 5 %) |", "|---|---:|---:|---:|"]
@@ -196,6 +209,11 @@ def markdown(record: dict[str, Any], image: str | None) -> str:
         parts += ["## Audit chain cost", "", audit_table(record["audit_chain"]), "",
                   "In-process tokenize with the chained audit trail against plain audit rows "
                   "(bench/audit_chain_cost.py, short run).", ""]
+    if record.get("row_macs"):
+        parts += ["## Row MAC cost (issue #15)", "", row_mac_table(record["row_macs"]), "",
+                  "The app in-process (Flask test client), one item per request, CPU time per request with the "
+                  "row-MAC checks and with them switched off in the bench process only; alternating rounds, "
+                  "median of paired ratios (bench/row_mac_cost.py).", ""]
     if record.get("epochs"):
         parts += ["## Erasure epochs and subject-key locks (issue #17)", "", epoch_table(record["epochs"]), "",
                   "Epoch: `start_epoch` + `run` over one data key per subject; lock cost: tokenize for existing "
@@ -211,6 +229,7 @@ def console_summary(record: dict[str, Any]) -> str:
     """What run.py prints on stdout: the two tables and the machine line."""
     audit = [audit_table(record["audit_chain"])] if record["audit_chain"] else []
     audit += [epoch_table(record["epochs"])] if record.get("epochs") else []
+    audit += [row_mac_table(record["row_macs"])] if record.get("row_macs") else []
     return "\n\n".join([cases_table(record["summary"]), targets_table(record["targets"]),
                         memory_table(record["memory"]), *audit, *[f"note: {n}" for n in record["notes"]],
                         machine_line(record)])

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import Table, select, update
+from sqlalchemy import Table, delete, select, update
 
 from api.http.app import create_app
 from api.wiring import Components
@@ -22,7 +22,15 @@ from tests.conftest import Clock, auth, make_components
 from tests.support.operators import bearer, login, make_operator
 from vault.audit.trail import HOST, Actor, Origin
 from vault.errors import IntegrityFailure
-from vault.storage.schema import audit_events, domain_keys, key_jobs, privacy_requests, relay_routes, retained_records
+from vault.storage.schema import (
+    audit_events,
+    domain_keys,
+    key_jobs,
+    privacy_requests,
+    relay_routes,
+    retained_records,
+    totp_uses,
+)
 from vault.tokens.records import TokenRecord, TokenRequest
 
 OFFICER = Actor(id="op_po", role="privacy_officer")
@@ -144,3 +152,17 @@ def test_a_relay_route_rolled_back_by_unapproving_its_newest_version_is_refused(
     before = _integrity_events(components)
     _refused(client.get("/v1/relay-routes", headers=auth(bearer(components, "admin"))))
     assert _integrity_events(components) == before + 1
+
+
+def test_a_totp_code_replayed_after_its_used_step_was_deleted_is_refused(
+        client: FlaskClient, components: Components, clock: Clock) -> None:
+    """A MAC cannot see a deleted `totp_uses` row; the operator row's MACed `totp_last_step` still refuses."""
+    operator = make_operator(components, "aud-replay", "auditor")
+    code = operator.code(clock.now)
+    body = {"username": operator.username, "password": operator.password, "totp": code}
+    assert client.post("/v1/auth/login", json=body).status_code == 200
+    with components.engine.begin() as conn:  # the insider forgets the code was used
+        assert conn.execute(delete(totp_uses).where(totp_uses.c.operator_id == operator.id)).rowcount == 1
+    assert client.post("/v1/auth/login", json=body).status_code == 401
+    clock.advance(30)
+    assert client.post("/v1/auth/login", json={**body, "totp": operator.code(clock.now)}).status_code == 200

@@ -96,10 +96,11 @@ DECISIONS: dict[str, dict[str, str]] = {
     "audit_verify_jobs": {c: "open: a verification job's record (issue #16), not an access decision"
                           for c in ("id", "status", "total", "done", "resume", "result", "requested_by",
                                     "started_at", "updated_at", "finished_at")},
-    # A MAC cannot help here: the attack is deleting the row of a used step, which no MAC sees.
-    "totp_uses": {"operator_id": "open: deleting a used step lets that one code be replayed within its 90 s "
-                                 "window (the password is still needed); a MAC cannot see a deleted row",
-                  "step": "open: as operator_id", "used_at": "harmless: informational only"},
+    # A MAC on these rows cannot help: the attack is deleting a used step's row, which no MAC sees. The
+    # steps that could still match are also kept in the MACed operators.totp_used_steps (vault/access/totp.py).
+    "totp_uses": {"operator_id": "harmless: a deleted used step is still refused (operators.totp_used_steps, "
+                                 "tests/attacks/test_insider_rows.py); an older operator row restored is item 2",
+                  "step": "harmless: as operator_id", "used_at": "harmless: informational only"},
     "subjects": {**{c: MAC for c in ("id", *MACED["subjects"])}, ROW_MAC: MAC},
     "consents": {**{c: MAC for c in ("id", *MACED["consents"])}, ROW_MAC: MAC},
     "holds": {**{c: MAC for c in ("id", *MACED["holds"])}, ROW_MAC: MAC},

@@ -264,7 +264,7 @@ class OperatorRegistry(AuditedOperations):
 
     def _open_session(self, conn: Connection, actor: Actor, step: int, rehash: str | None, now: datetime,
                       origin: Origin) -> Session | None:
-        if not claim_step(conn, actor.id, step, now):
+        if not claim_step(conn, actor.id, step, now, self._macs):
             return None
         values: dict[str, Any] = {"failed_attempts": 0, "locked_until": None}
         if rehash is not None:
@@ -373,7 +373,7 @@ class OperatorRegistry(AuditedOperations):
             claimed = step
 
             def work(conn: Connection) -> bool:
-                if not claim_step(conn, actor.id, claimed, now):
+                if not claim_step(conn, actor.id, claimed, now, self._macs):
                     return False
                 self._trail.record(conn, [self._event(actor, "step_up", "allowed", origin, detail=detail)])
                 return True
@@ -403,7 +403,7 @@ class OperatorRegistry(AuditedOperations):
             return
 
         def work(conn: Connection) -> None:
-            release_step(conn, step_up.actor.id, step)
+            release_step(conn, step_up.actor.id, step, self._macs)
             self._trail.record(conn, [self._event(step_up.actor, "step_up_released", "allowed", origin)])
 
         with contextlib.suppress(VaultError):

@@ -356,6 +356,9 @@ operators = Table(
     Column("enrolment_expires_at", UTCDateTime, nullable=True),
     Column("failed_attempts", Integer, nullable=False),
     Column("locked_until", UTCDateTime, nullable=True),
+    # The TOTP steps this operator used that could still match (comma-separated, MACed): a code whose
+    # `totp_uses` row an insider deleted is still refused (vault/access/totp.py). NULL: none.
+    Column("totp_used_steps", String(64), nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("disabled_at", UTCDateTime, nullable=True),
     # HMAC under the `row` domain key over the declared columns (vault.keys.row_mac): an edit never grants.

@@ -9,7 +9,7 @@ from sqlalchemy import select, text, update
 
 from api.wiring import Components
 from vault.audit.trail import HOST, Origin
-from vault.errors import Conflict, IntegrityFailure, NotFound
+from vault.errors import Conflict, IntegrityFailure
 from vault.relay.routes import RouteBook, parse_config
 from vault.storage.schema import relay_routes
 

@@ -1,6 +1,8 @@
 """row MACs on privacy requests, retained records, key jobs and relay routes (issue #15)
 
-Adds `row_mac` to privacy_requests, retained_records, key_jobs and relay_routes. As in 0015a,
+Adds `row_mac` to privacy_requests, retained_records, key_jobs and relay_routes, and
+`operators.totp_used_steps` (TOTP steps used that could still match; NULL, so existing operator
+MACs hold). As in 0015a,
 `tokenvault init` fills it (vault.keys.row_mac.RowMacs.backfill, which needs the key service);
 until then those rows fail their check (deny), never grant.
 
@@ -24,9 +26,13 @@ def upgrade() -> None:
     for table in _TABLES:
         with op.batch_alter_table(table) as batch:
             batch.add_column(sa.Column("row_mac", sa.String(length=120), nullable=True))
+    with op.batch_alter_table("operators") as batch:
+        batch.add_column(sa.Column("totp_used_steps", sa.String(length=64), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("operators") as batch:
+        batch.drop_column("totp_used_steps")
     for table in _TABLES:
         with op.batch_alter_table(table) as batch:
             batch.drop_column("row_mac")

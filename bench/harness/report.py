@@ -148,15 +148,18 @@ def audit_table(audit: dict[str, Any]) -> str:
 
 
 def row_mac_table(costs: dict[str, Any]) -> str:
-    lines = ["| engine | request | CPU ms with row MACs | without | cost (goal < 5 %) |", "|---|---|---:|---:|---:|"]
+    lines = ["| engine | request | CPU ms with row MACs | without | cost (goal < 5 %) | checks/request "
+             "| derived cost |", "|---|---|---:|---:|---:|---:|---:|"]
     for c in costs.values():
         if "error" in c:
-            lines.append(f"| {c.get('engine', '?')} | {DASH} | {DASH} | {DASH} | {c['error']} |")
+            lines.append(f"| {c.get('engine', '?')} | {DASH} | {DASH} | {DASH} | {c['error']} | {DASH} | {DASH} |")
             continue
         for name in ("tokenize", "detokenize"):
             r = c[name]
+            derived = f"{r['derived_cost']:+.2%}" if "derived_cost" in r else DASH
             lines.append(f"| {c['engine']} | single {name} | {r['cpu_ms_with_macs']:.2f} | "
-                         f"{r['cpu_ms_without_macs']:.2f} | {r['cost']:+.1%} |")
+                         f"{r['cpu_ms_without_macs']:.2f} | {r['cost']:+.1%} | {r.get('checks_per_request', DASH)} "
+                         f"| {derived} |")
     return "\n".join(lines)
 
 

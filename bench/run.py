@@ -9,7 +9,8 @@ each vault; batch tokenize and detokenize of 1,000 items per request (SQLite, lo
 transit/encrypt and KV v2 write of one PAN per request (the peer); the raw limit (bench/raw_limit.py).
 After the rounds: the audit chain cost (bench/audit_chain_cost.py, short), the erasure epoch's rewrap
 rate and the subject-key locks' cost (bench/epoch_and_locks.py, issue #17), the relay's overhead over
-calling the same HTTPS upstream directly (bench/relay_overhead.py, issue #20), a top-up of the SQLite-local
+calling the same HTTPS upstream directly (bench/relay_overhead.py, issue #20), the row-MAC cost on single-item
+tokenize and detokenize (bench/row_mac_cost.py, issue #15), a top-up of the SQLite-local
 vault to 100,000 tokens, and each server worker's resident memory.
 
 Writes bench/results/<UTC date-time>.json, .md and .png (git-ignored); --publish also copies the
@@ -37,7 +38,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import chart, report
 from bench.harness.cases import build_cases, run_rounds, summarise, warm_up
-from bench.harness.extras import audit_chain_cost, epoch_and_locks, relay_overhead, top_up, worker_memory
+from bench.harness.extras import (
+    audit_chain_cost,
+    epoch_and_locks,
+    relay_overhead,
+    row_mac_cost,
+    top_up,
+    worker_memory,
+)
 from bench.harness.procs import (
     RESULTS,
     ROOT,
@@ -129,6 +137,21 @@ def measure_audit(stack: Stack, args: argparse.Namespace, notes: list[str]) -> d
     return out
 
 
+def measure_row_macs(stack: Stack, args: argparse.Namespace, notes: list[str]) -> dict[str, Any]:
+    urls: dict[str, str | None] = {"sqlite": None}
+    if "postgres" in stack.vaults:
+        urls["postgresql"] = args.postgres_url
+    rounds, requests = (2, 50) if args.quick else (8, 300)
+    out: dict[str, Any] = {}
+    for engine, url in urls.items():
+        try:
+            out[engine] = row_mac_cost(stack.python, rounds, requests, url)
+        except BenchError as error:
+            out[engine] = {"engine": engine, "error": "failed"}
+            notes.append(f"row MAC cost on {engine} failed: {error}")
+    return out
+
+
 def measure_epochs(stack: Stack, args: argparse.Namespace, notes: list[str]) -> dict[str, Any]:
     urls: dict[str, str | None] = {"sqlite": None}
     if "postgres" in stack.vaults:
@@ -199,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         audit = {} if args.no_extras else measure_audit(stack, args, notes)
         epochs = {} if args.no_extras else measure_epochs(stack, args, notes)
         relay = {} if args.no_extras else measure_relay(stack, args, notes)
+        row_macs = {} if args.no_extras else measure_row_macs(stack, args, notes)
         memory = measure_memory(stack, 0 if args.no_extras else args.min_tokens)
         record: dict[str, Any] = {
             "started_at": started_at.isoformat(),
@@ -220,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             "audit_chain": audit,
             "epochs": epochs,
             "relay": relay,
+            "row_macs": row_macs,
             "notes": notes,
             "runs": runs,
             "wall_seconds": time.monotonic() - clock,

@@ -41,6 +41,14 @@ def audit_chain_cost(python: Path, rounds: int, ops: int, database_url: str | No
     return _json_script(python, "audit_chain_cost.py", *args)
 
 
+def row_mac_cost(python: Path, rounds: int, requests: int, database_url: str | None) -> dict[str, Any]:
+    """bench/row_mac_cost.py (issue #15): CPU per single-item request with and without row-MAC checks."""
+    args = ["--rounds", str(rounds), "--requests", str(requests)]
+    if database_url:
+        args += ["--database-url", database_url]
+    return _json_script(python, "row_mac_cost.py", *args, timeout=600)
+
+
 def epoch_and_locks(python: Path, database_url: str | None, keys: int) -> dict[str, Any]:
     """bench/epoch_and_locks.py (issue #17): erasure-epoch rewrap rate and the cost of the subject-key locks."""
     args = ["--keys", str(keys)]

@@ -147,6 +147,22 @@ def audit_table(audit: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def row_mac_table(costs: dict[str, Any]) -> str:
+    lines = ["| engine | request | CPU ms with row MACs | without | cost (goal < 5 %) | checks/request "
+             "| derived cost |", "|---|---|---:|---:|---:|---:|---:|"]
+    for c in costs.values():
+        if "error" in c:
+            lines.append(f"| {c.get('engine', '?')} | {DASH} | {DASH} | {DASH} | {c['error']} | {DASH} | {DASH} |")
+            continue
+        for name in ("tokenize", "detokenize"):
+            r = c[name]
+            derived = f"{r['derived_cost']:+.2%}" if "derived_cost" in r else DASH
+            lines.append(f"| {c['engine']} | single {name} | {r['cpu_ms_with_macs']:.2f} | "
+                         f"{r['cpu_ms_without_macs']:.2f} | {r['cost']:+.1%} | {r.get('checks_per_request', DASH)} "
+                         f"| {derived} |")
+    return "\n".join(lines)
+
+
 def epoch_table(epochs: dict[str, Any]) -> str:
     lines = ["| engine | epoch: data keys/s (goal ≥ 5,000) | single tokenize: lock cost | batch tokenize: lock cost "
              "(goal < 5 %) |", "|---|---:|---:|---:|"]
@@ -208,6 +224,11 @@ def markdown(record: dict[str, Any], image: str | None) -> str:
         parts += ["## Audit chain cost", "", audit_table(record["audit_chain"]), "",
                   "In-process tokenize with the chained audit trail against plain audit rows "
                   "(bench/audit_chain_cost.py, short run).", ""]
+    if record.get("row_macs"):
+        parts += ["## Row MAC cost (issue #15)", "", row_mac_table(record["row_macs"]), "",
+                  "The app in-process (Flask test client), one item per request, CPU time per request with the "
+                  "row-MAC checks and with them switched off in the bench process only; alternating rounds, "
+                  "median of paired ratios (bench/row_mac_cost.py).", ""]
     if record.get("epochs"):
         parts += ["## Erasure epochs and subject-key locks (issue #17)", "", epoch_table(record["epochs"]), "",
                   "Epoch: `start_epoch` + `run` over one data key per subject; lock cost: tokenize for existing "
@@ -230,6 +251,7 @@ def console_summary(record: dict[str, Any]) -> str:
     audit = [audit_table(record["audit_chain"])] if record["audit_chain"] else []
     audit += [epoch_table(record["epochs"])] if record.get("epochs") else []
     audit += [relay_table(record["relay"])] if record.get("relay") else []
+    audit += [row_mac_table(record["row_macs"])] if record.get("row_macs") else []
     return "\n\n".join([cases_table(record["summary"]), targets_table(record["targets"]),
                         memory_table(record["memory"]), *audit, *[f"note: {n}" for n in record["notes"]],
                         machine_line(record)])

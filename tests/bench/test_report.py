@@ -93,10 +93,15 @@ def test_markdown_and_chart(tmp_path: Path) -> None:
               "summary": summary, "targets": report.evaluate(summary, memory, {}, 32), "memory": memory,
               "audit_chain": {"sqlite": {"engine": "sqlite", "chained_ops_per_sec": 900.0,
                                          "unchained_ops_per_sec": 1000.0, "cost": 0.1}},
+              "row_macs": {"sqlite": {"engine": "sqlite", "tokenize": {"cpu_ms_with_macs": 4.2,
+                                                                       "cpu_ms_without_macs": 4.0, "cost": 0.05},
+                                      "detokenize": {"cpu_ms_with_macs": 4.1, "cpu_ms_without_macs": 4.0,
+                                                     "cost": 0.025}}},
               "notes": ["PostgreSQL cases skipped"], "wall_seconds": 12.0}
     text = report.markdown(record, "latest.png")
     assert "![throughput and latency per case](latest.png)" in text
     assert "| **2** (0 HTTP, 2 item) |" in text
     assert "**not met**" in text and "10.0%" in text and "load average 0.10 / 0.20 / 0.30 before" in text
+    assert "## Row MAC cost (issue #15)" in text and "| sqlite | single tokenize | 4.20 | 4.00 | +5.0% |" in text
     png = chart.draw(summary, tmp_path / "chart.png", "test")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -13,8 +13,9 @@ from sqlalchemy import delete
 from api.wiring import Components
 from vault.access.totp import STEP_SECONDS
 from vault.audit.trail import HOST, Origin
+from vault.keys.row_mac import RowMacs
 from vault.secret import Secret
-from vault.storage.schema import totp_uses
+from vault.storage.schema import operators, totp_uses
 
 PASSWORD = "correct horse battery staple"
 
@@ -48,6 +49,7 @@ def enrol(components: Components, code: str, password: str = PASSWORD) -> str:
                                           Origin())
     with components.engine.begin() as conn:
         conn.execute(delete(totp_uses).where(totp_uses.c.operator_id == actor.id))
+        RowMacs(components.keys).update(conn, operators, actor.id, {"totp_used_steps": None})
     return seed
 
 

@@ -157,9 +157,10 @@ class Enrolments(AuditedOperations):
         expires_at = now + self.lifetime
         self._macs.update(conn, operators, operator_id, {
             "password_hash": UNSET_PASSWORD, "enrolment_hash": self._code_hash(conn, half_hash, second),
-            "enrolment_expires_at": expires_at, **sealed})
+            "enrolment_expires_at": expires_at, "totp_used_steps": None, **sealed})
         conn.execute(delete(data_keys).where(data_keys.c.id == old_key))  # the old seed is shredded
-        # Claimed steps belong to the old seed; the new one's codes were never seen, so none can be a replay.
+        # Claimed steps (in both places) belong to the old seed; the new one's codes were never seen,
+        # so none can be a replay.
         conn.execute(delete(totp_uses).where(totp_uses.c.operator_id == operator_id))
         self._sessions.revoke_all(conn, operator_id, now)
         return EnrolmentCode(operator_id=operator_id, code=shown, expires_at=expires_at,
@@ -222,7 +223,7 @@ class Enrolments(AuditedOperations):
             step = matching_step(seed, totp, now)
             if step is None:
                 return actor, "totp"
-            if not claim_step(conn, row["id"], step, now):
+            if not claim_step(conn, row["id"], step, now, self._macs):
                 return actor, "totp_replayed"
             spent = self._macs.update(conn, operators, row["id"],
                                       {"enrolment_hash": None, "enrolment_expires_at": None},

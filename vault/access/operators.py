@@ -275,7 +275,7 @@ class OperatorRegistry(AuditedOperations):
                                               operators.c.enrolment_hash.is_(None))
         if conn.execute(usable.with_for_update() if conn.dialect.name == "postgresql" else usable).first() is None:
             return "disabled"
-        if not claim_step(conn, actor.id, step, now):
+        if not claim_step(conn, actor.id, step, now, self._macs):
             return "totp_replayed"
         self._macs.update(conn, operators, actor.id, values)
         session = self._sessions.issue(conn, actor.id, now)
@@ -381,13 +381,15 @@ class OperatorRegistry(AuditedOperations):
             claimed = step
 
             def work(conn: Connection) -> bool:
-                # As at login: the row still enabled (locked) before the code is claimed (issue #17).
+                # As at login: the row still enabled (locked) before the code is claimed (issue #17). FOR UPDATE,
+                # not FOR SHARE: claiming writes this row (its used steps), and two step-ups holding a shared
+                # lock would deadlock on that write.
                 usable = select(operators.c.id).where(operators.c.id == actor.id, operators.c.disabled_at.is_(None),
                                                       operators.c.enrolment_hash.is_(None))
-                if conn.execute(usable.with_for_update(read=True) if conn.dialect.name == "postgresql"
+                if conn.execute(usable.with_for_update() if conn.dialect.name == "postgresql"
                                 else usable).first() is None:
                     raise Forbidden("step-up needs an operator session")
-                if not claim_step(conn, actor.id, claimed, now):
+                if not claim_step(conn, actor.id, claimed, now, self._macs):
                     return False
                 self._trail.record(conn, [self._event(actor, "step_up", "allowed", origin, detail=detail)])
                 return True
@@ -421,7 +423,7 @@ class OperatorRegistry(AuditedOperations):
             return
 
         def work(conn: Connection) -> None:
-            release_step(conn, step_up.actor.id, step)
+            release_step(conn, step_up.actor.id, step, self._macs)
             self._trail.record(conn, [self._event(step_up.actor, "step_up_released", "allowed", origin)])
 
         with contextlib.suppress(VaultError):

@@ -21,17 +21,27 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import bindparam, delete, func, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from vault.access.operations import AuditedOperations
 from vault.access.policy import Policy
+from vault.audit.alerts import integrity_event
 from vault.audit.trail import Actor, AuditTrail, Origin
-from vault.errors import Conflict, KeyServiceUnavailable, NotFound, StorageUnavailable, ValidationFailed, VaultError
+from vault.errors import (
+    Conflict,
+    IntegrityFailure,
+    KeyServiceUnavailable,
+    NotFound,
+    StorageUnavailable,
+    ValidationFailed,
+    VaultError,
+)
 from vault.keys.envelope import Cipher, record_aad
 from vault.keys.hierarchy import RECORD_PURPOSES, KeyHierarchy
 from vault.keys.provider import KeyProvider, wrapped_version
+from vault.keys.row_mac import RowMacs
 from vault.secret import Secret
 from vault.storage.engine import drop_deleted_copies, vacuum_deleted
 from vault.storage.schema import audit_signing_keys, data_keys, domain_keys, key_jobs, tokens
@@ -43,6 +53,7 @@ LEASE = timedelta(seconds=60)
 _MOVE_DATA_KEY = {"qmark": "UPDATE data_keys SET domain_key_id = ?, wrapped = ? WHERE id = ?",
                   "format": "UPDATE data_keys SET domain_key_id = %s, wrapped = %s WHERE id = %s",
                   "pyformat": "UPDATE data_keys SET domain_key_id = %s, wrapped = %s WHERE id = %s"}
+SYSTEM = Actor(id="system", role="system")
 WAITING = "wait_key_caches"  # the job phase while nothing is left to move but time (see `describe`)
 
 
@@ -83,6 +94,11 @@ def _dead_here(owner: str) -> bool:
     return False
 
 
+def _progress(values: dict[str, Any], moved: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The job row's new values: `done` counted up from the checked row, not a SQL expression (it is MACed)."""
+    return lambda stored: {**values, "done": int(stored["done"]) + moved}
+
+
 def rekey_data_key(conn: Connection, keys: KeyHierarchy, key_id: str) -> Cipher | None:
     """Give a data key new material (same id) and re-seal every record under it; returns the new cipher.
 
@@ -120,6 +136,9 @@ class KeyLifecycle(AuditedOperations):
                  clock: Callable[[], datetime] = _now) -> None:
         super().__init__(engine=engine, policy=policy, trail=trail, clock=clock)
         self._keys = keys
+        # Key-job rows are MACed (vault.keys.row_mac): an edited kind, status, phase or parameter (which
+        # keys to rewrap, re-key or destroy, and when) fails the job instead of steering it.
+        self._macs = RowMacs(keys)
         self._provider = provider
         self._periods = periods
         self._cache_seconds = cache_seconds
@@ -223,11 +242,9 @@ class KeyLifecycle(AuditedOperations):
     def epoch_due(self, every: timedelta) -> bool:
         """Whether the last finished epoch (or, if none, the oldest KEK version in use) is `every` old."""
         with self._engine.connect() as conn:
-            last = conn.execute(select(func.max(key_jobs.c.finished_at)).where(
-                key_jobs.c.kind == "epoch", key_jobs.c.status == "done")).scalar()
-            running = conn.execute(select(key_jobs.c.id).where(key_jobs.c.kind == "epoch",
-                                                               key_jobs.c.status == "running")).first()
-        if running is not None:
+            epochs = self._checked(conn, select(key_jobs).where(key_jobs.c.kind == "epoch"))
+        last = max((job["finished_at"] for job in epochs if job["status"] == "done"), default=None)
+        if any(job["status"] == "running" for job in epochs):
             return True  # an unfinished epoch: resume it
         if last is None:
             info = self._provider.info()
@@ -278,18 +295,29 @@ class KeyLifecycle(AuditedOperations):
     def _new_job(self, conn: Connection, actor: Actor, kind: str, params: dict[str, Any], total: int) -> str:
         job_id = f"job_{secrets.token_hex(8)}"
         now = self._clock()
-        conn.execute(insert(key_jobs).values(id=job_id, kind=kind, status="running", params=json.dumps(params),
-                                             phase="start", total=total, done=0, started_at=now, updated_at=now,
-                                             requested_by=actor.id))
+        self._macs.insert(conn, key_jobs, {
+            "id": job_id, "kind": kind, "status": "running", "params": json.dumps(params), "phase": "start",
+            "total": total, "done": 0, "started_at": now, "updated_at": now, "requested_by": actor.id})
         return job_id
+
+    def _checked(self, conn: Connection, query: Any) -> list[dict[str, Any]]:
+        """Key-job rows, each MAC-checked (IntegrityFailure if one was edited in the database)."""
+        rows = [dict(row) for row in conn.execute(query).mappings()]
+        for row in rows:
+            self._macs.check(conn, key_jobs, row)
+        return rows
 
     def job(self, actor: Actor, job_id: str, origin: Origin) -> dict[str, Any]:
         self._require(actor, "manage_keys", "key_job", origin)
-        with self._engine.connect() as conn:
-            row = conn.execute(select(key_jobs).where(key_jobs.c.id == job_id)).mappings().first()
-        if row is None:
-            raise NotFound("no such job")
-        return self.describe(row)
+
+        def work(conn: Connection) -> dict[str, Any]:
+            rows = self._checked(conn, select(key_jobs).where(key_jobs.c.id == job_id))
+            if not rows:
+                raise NotFound("no such job")
+            return self.describe(rows[0])
+
+        found: dict[str, Any] = self._audited(actor, "key_job", origin, work)
+        return found
 
     def describe(self, row: Any) -> dict[str, Any]:
         elapsed = max((row["updated_at"] - row["started_at"]).total_seconds(), 1e-6)
@@ -312,8 +340,8 @@ class KeyLifecycle(AuditedOperations):
 
     def job_kind(self, job_id: str) -> str | None:
         with self._engine.connect() as conn:
-            kind: str | None = conn.execute(select(key_jobs.c.kind).where(key_jobs.c.id == job_id)).scalar()
-            return kind
+            rows = self._checked(conn, select(key_jobs).where(key_jobs.c.id == job_id))
+        return str(rows[0]["kind"]) if rows else None
 
     def unfinished(self) -> list[str]:
         with self._engine.connect() as conn:
@@ -327,17 +355,31 @@ class KeyLifecycle(AuditedOperations):
                    key_jobs.c.lease_owner == self._runner)
         if holder and _dead_here(holder):
             free = or_(free, key_jobs.c.lease_owner == holder)
-        taken = conn.execute(update(key_jobs).where(key_jobs.c.id == job_id, key_jobs.c.status == "running", free)
-                             .values(lease_owner=self._runner, lease_until=now + LEASE)).rowcount
-        return taken == 1
+        return self._macs.update(conn, key_jobs, job_id, {"lease_owner": self._runner, "lease_until": now + LEASE},
+                                 key_jobs.c.status == "running", free)
 
     def run(self, job_id: str, *, batch: int = 500,
             on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        """Work a job to completion (or until another runner holds it); safe to call again after a crash."""
+        """Work a job to completion (or until another runner holds it); safe to call again after a crash.
+
+        A job row that fails its MAC stops the job (IntegrityFailure, audited and alerted): nothing
+        is rewrapped, re-keyed or destroyed on the word of an edited row.
+        """
+        try:
+            return self._run(job_id, batch, on_progress)
+        except IntegrityFailure as error:
+            self._audit_failure([self._event(SYSTEM, "key_job", "denied", Origin(), error_code=error.code,
+                                             detail=f"job={job_id}"),
+                                 integrity_event(self._clock(), SYSTEM, Origin(), error)])
+            raise
+
+    def _run(self, job_id: str, batch: int,
+             on_progress: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
         with self._engine.begin() as conn:
-            row = conn.execute(select(key_jobs).where(key_jobs.c.id == job_id)).mappings().first()
-            if row is None:
+            rows = self._checked(conn, select(key_jobs).where(key_jobs.c.id == job_id))
+            if not rows:
                 raise NotFound("no such job")
+            row = rows[0]
             if row["status"] != "running":
                 return self.describe(row)
             if not self._lease(conn, job_id):
@@ -349,12 +391,12 @@ class KeyLifecycle(AuditedOperations):
                     if not self._lease(conn, job_id):
                         raise Conflict("lost the lease on this job")
                     moved, phase = self._step(conn, row["kind"], params, batch)
-                    values: dict[str, Any] = {"done": key_jobs.c.done + moved, "phase": phase,
-                                              "updated_at": self._clock()}
+                    values: dict[str, Any] = {"phase": phase, "updated_at": self._clock()}
                     if phase == "done":
                         values.update(status="done", finished_at=self._clock(), lease_until=None)
-                    conn.execute(update(key_jobs).where(key_jobs.c.id == job_id).values(**values))
-                    current = conn.execute(select(key_jobs).where(key_jobs.c.id == job_id)).mappings().one()
+                    if not self._macs.update(conn, key_jobs, job_id, _progress(values, moved)):
+                        raise Conflict("the job changed meanwhile")
+                    current = self._checked(conn, select(key_jobs).where(key_jobs.c.id == job_id))[0]
                 if on_progress is not None:
                     on_progress(self.describe(current))
                 if phase == "done":
@@ -366,14 +408,16 @@ class KeyLifecycle(AuditedOperations):
                     time.sleep(0.2)  # waiting for other processes' key caches to expire
         except (KeyServiceUnavailable, StorageUnavailable) as error:
             # Transient: the job stays running, its lease released, for `keys resume` to finish.
-            with contextlib.suppress(SQLAlchemyError), self._engine.begin() as conn:
-                conn.execute(update(key_jobs).where(key_jobs.c.id == job_id).values(
-                    error=error.code, updated_at=self._clock(), lease_until=None))
+            with contextlib.suppress(SQLAlchemyError, IntegrityFailure), self._engine.begin() as conn:
+                self._macs.update(conn, key_jobs, job_id, {
+                    "error": error.code, "updated_at": self._clock(), "lease_until": None})
             raise
+        except IntegrityFailure:
+            raise  # the row itself is in doubt: leave it for the operator and the integrity sweep
         except VaultError as error:
             with self._engine.begin() as conn:
-                conn.execute(update(key_jobs).where(key_jobs.c.id == job_id).values(
-                    status="failed", error=error.code, updated_at=self._clock(), lease_until=None))
+                self._macs.update(conn, key_jobs, job_id, {
+                    "status": "failed", "error": error.code, "updated_at": self._clock(), "lease_until": None})
             raise
 
     def _caches_expired(self, params: dict[str, Any]) -> bool:

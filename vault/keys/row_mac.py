@@ -37,8 +37,12 @@ from vault.storage.schema import (
     consents,
     disclosures,
     holds,
+    key_jobs,
     operator_sessions,
     operators,
+    privacy_requests,
+    relay_routes,
+    retained_records,
     subjects,
 )
 
@@ -51,7 +55,8 @@ MACED: dict[str, tuple[str, ...]] = {
     "clients": ("name", "role", "key_hash", "created_at", "revoked_at", "previous_key_hash",
                 "previous_key_expires_at", "suspended_at"),
     "operators": ("username", "role", "password_hash", "totp_sealed", "totp_key_id", "failed_attempts",
-                  "locked_until", "created_at", "disabled_at", "enrolment_hash", "enrolment_expires_at"),
+                  "locked_until", "created_at", "disabled_at", "enrolment_hash", "enrolment_expires_at",
+                  "totp_used_steps"),
     "operator_sessions": ("operator_id", "token_hash", "created_at", "expires_at", "revoked_at"),
     "approvals": ("action", "params", "requested_by", "requested_at", "expires_at", "status", "approved_by",
                   "approved_at", "result"),
@@ -60,10 +65,37 @@ MACED: dict[str, tuple[str, ...]] = {
     "holds": ("subject_id", "reason", "until", "created_by", "created_at", "released_at"),
     "disclosures": ("subject_id", "tokens", "case_reference", "authority", "justification", "requested_by",
                     "requested_at", "approved_by", "approved_at", "status", "expires_at", "delivered_at"),
+    # A request's state and dates: an edit could close an open request (no reminder) or move its due date.
+    "privacy_requests": ("subject_id", "right", "received_at", "due_at", "status", "outcome", "closed_at",
+                         "handled_by"),
+    # What erasure kept and until when: an earlier date purges early, a later one keeps data too long.
+    "retained_records": ("subject_id", "kind", "meta", "reason", "retain_until", "created_at"),
+    # A key job decides which keys are rewrapped, re-keyed or destroyed and when (params, kind, status,
+    # phase); the lease too, so an edit cannot let two runners work at once or hold a job forever.
+    "key_jobs": ("kind", "status", "params", "phase", "total", "done", "started_at", "updated_at", "finished_at",
+                 "error", "requested_by", "lease_owner", "lease_until"),
+    # `sealed` is AEAD-bound to (name, version, state, key id) already; the MAC adds the clear columns and
+    # lets a read check the newer versions it skips (an approved version marked proposed rolls a route back).
+    "relay_routes": ("state", "data_key_id", "proposed_by", "proposed_at", "approved_by"),
 }
 
-_TABLES: dict[str, Table] = {table.name: table for table in (clients, operators, operator_sessions, approvals,
-                                                             subjects, consents, holds, disclosures)}
+_TABLES: dict[str, Table] = {table.name: table for table in (
+    clients, operators, operator_sessions, approvals, subjects, consents, holds, disclosures, privacy_requests,
+    retained_records, key_jobs, relay_routes)}
+
+
+def _where(table: Table, key: Any) -> list[Any]:
+    """The primary-key condition; `key` is a tuple for a table with a composite key (relay_routes)."""
+    columns = table.primary_key.columns.values()
+    values = key if len(columns) > 1 else (key,)
+    return [column == value for column, value in zip(columns, values, strict=True)]
+
+
+def _key_of(table: Table, row: Mapping[Any, Any]) -> Any:
+    columns = table.primary_key.columns.values()
+    if len(columns) > 1:
+        return tuple(row[column.name] for column in columns)
+    return row[columns[0].name]
 
 
 def _canonical(value: Any) -> Any:
@@ -97,10 +129,10 @@ class RowMacs:
 
     def insert(self, conn: Connection, table: Table, row: Mapping[str, Any]) -> Any:
         """Insert `row` with its MAC; returns the primary key (drawn by the database if autoincrement)."""
-        pk = table.primary_key.columns.values()[0]
-        if pk.name in row:
+        if all(column.name in row for column in table.primary_key.columns):
             conn.execute(insert(table).values(**row, **{ROW_MAC: self.seal(conn, table, row)}))
-            return row[pk.name]
+            return _key_of(table, row)
+        pk = table.primary_key.columns.values()[0]
         key = conn.execute(insert(table).values(**row).returning(pk)).scalar_one()
         mac = self.seal(conn, table, {**row, pk.name: key})
         conn.execute(update(table).where(pk == key).values(**{ROW_MAC: mac}))
@@ -125,13 +157,13 @@ class RowMacs:
                *conditions: Any) -> bool:
         """Apply `values` to the row with primary key `key` if it matches `conditions`; False if none does.
 
+        `key` is a tuple of the key's columns for a table with a composite key.
         The stored row is checked first (IntegrityFailure if edited behind our back), then
         re-MACed with the new values and written only if nobody changed it meanwhile.
         Values must be plain values, not SQL expressions: the MAC is computed here. A callable
         gets the checked row and returns the values (e.g. a counter plus one).
         """
-        pk = table.primary_key.columns.values()[0]
-        query = select(table).where(pk == key, *conditions)
+        query = select(table).where(*_where(table, key), *conditions)
         if conn.dialect.name == "postgresql":
             query = query.with_for_update()
         found = conn.execute(query).mappings().first()
@@ -143,7 +175,7 @@ class RowMacs:
             values = values(row)
         fresh = {**row, **values}
         mac = self.seal(conn, table, fresh)
-        changed = conn.execute(update(table).where(pk == key, table.c[ROW_MAC] == row[ROW_MAC])
+        changed = conn.execute(update(table).where(*_where(table, key), table.c[ROW_MAC] == row[ROW_MAC])
                                .values(**values, **{ROW_MAC: mac})).rowcount
         return bool(changed == 1)
 
@@ -156,12 +188,11 @@ class RowMacs:
         done = 0
         for name in MACED:
             table = _TABLES[name]
-            pk = table.primary_key.columns.values()[0]
             query = select(table)
             if only_missing:
                 query = query.where(table.c[ROW_MAC].is_(None))
             for row in conn.execute(query).mappings().all():
                 mac = self.seal(conn, table, dict(row))
-                conn.execute(update(table).where(pk == row[pk.name]).values(**{ROW_MAC: mac}))
+                conn.execute(update(table).where(*_where(table, _key_of(table, row))).values(**{ROW_MAC: mac}))
                 done += 1
         return done

@@ -41,8 +41,18 @@ class RetentionService(AuditedOperations):
 
         def work(conn: Connection) -> dict[str, int]:
             held = held_subjects(conn, now, self._macs)
-            counts = {"expired_retained_records": conn.execute(delete(retained_records).where(
-                retained_records.c.retain_until <= now, retained_records.c.subject_id.not_in(held))).rowcount}
+            # Every retained record is MAC-checked, not only those due: a date moved earlier (purge now) or
+            # later (keep too long) is refused here, at the next purge, and nothing is deleted.
+            due = []
+            for row in conn.execute(select(retained_records)).mappings():
+                self._macs.check(conn, retained_records, row)
+                if row["retain_until"] <= now and row["subject_id"] not in held:
+                    due.append(row["token"])
+            expired = 0
+            for start in range(0, len(due), 500):
+                expired += conn.execute(delete(retained_records).where(
+                    retained_records.c.token.in_(due[start:start + 500]))).rowcount
+            counts = {"expired_retained_records": expired}
             skipped = conn.execute(select(func.count()).select_from(retained_records).where(
                 retained_records.c.retain_until <= now, retained_records.c.subject_id.in_(held))).scalar() or 0
             for kind in ("card", "cvv", "address", "email", "phone", "name", "text"):
@@ -64,5 +74,5 @@ class RetentionService(AuditedOperations):
                                                       detail=",".join(f"{k}={v}" for k, v in counts.items()))])
             return counts
 
-        found: dict[str, int] = self._transaction(work)
+        found: dict[str, int] = self._audited(actor, "purge_retention", Origin(), work)
         return found

@@ -97,11 +97,21 @@ class PrivacyService(AuditedOperations):
         """Record a right exercised now, in the register, as completed."""
         now = self._clock()
         request_id = f"req_{secrets.token_hex(8)}"
-        conn.execute(insert(privacy_requests).values(
-            id=request_id, subject_id=subject_id, right=right, received_at=now,
-            due_at=now + timedelta(days=RESPONSE_DAYS), status="completed", outcome=outcome[:500], closed_at=now,
-            handled_by=actor.id))
+        self._macs.insert(conn, privacy_requests, {
+            "id": request_id, "subject_id": subject_id, "right": right, "received_at": now,
+            "due_at": now + timedelta(days=RESPONSE_DAYS), "status": "completed", "outcome": outcome[:500],
+            "closed_at": now, "handled_by": actor.id})
         return request_id
+
+    def _requests(self, conn: Connection, query: Any, due_by: datetime | None = None) -> list[dict[str, Any]]:
+        """Register rows, each MAC-checked (a request closed, re-dated or moved in the database is refused),
+        then, with `due_by`, those due by then."""
+        found = []
+        for row in conn.execute(query).mappings():
+            self._macs.check(conn, privacy_requests, row)
+            if due_by is None or row["due_at"] <= due_by:
+                found.append(self._request_json(row))
+        return found
 
     def _lock_subject_rows(self, conn: Connection, subject_id: str) -> None:
         """Lock the subject's token rows: a hold placed now waits for any deletion in flight (see refuse_if_held)."""
@@ -156,8 +166,8 @@ class PrivacyService(AuditedOperations):
                 "consents": self._consents(conn, subject_id),
                 "holds": [{"id": h["id"], "reason": h["reason"], "until": _iso(h["until"])}
                           for h in self._active_holds(conn, subject_id)],
-                "open_requests": [self._request_json(r) for r in conn.execute(select(privacy_requests).where(
-                    privacy_requests.c.subject_id == subject_id, privacy_requests.c.status == "open")).mappings()],
+                "open_requests": self._requests(conn, select(privacy_requests).where(
+                    privacy_requests.c.subject_id == subject_id, privacy_requests.c.status == "open")),
             }
             self._trail.record(conn, [self._event(actor, "view_subject", "allowed", origin, subject_id=subject_id)])
             return result
@@ -218,10 +228,9 @@ class PrivacyService(AuditedOperations):
                 "subject_id": subject_id, "generated_at": _iso(now), "request_id": request_id,
                 "data": items, "consents": self._consents(conn, subject_id),
                 "disclosure_history": reads, "legal_disclosures": register,
-                "retained_records": [{"token": r.token, "kind": r.kind, "metadata": json.loads(r.meta),
-                                      "reason": r.reason, "retain_until": _iso(r.retain_until)}
-                                     for r in conn.execute(select(retained_records)
-                                                           .where(retained_records.c.subject_id == subject_id))],
+                "retained_records": [{"token": r["token"], "kind": r["kind"], "metadata": json.loads(r["meta"]),
+                                      "reason": r["reason"], "retain_until": _iso(r["retain_until"])}
+                                     for r in self._retained(conn, subject_id)],
             }
             self._trail.record(conn, [self._event(actor, "export", "allowed", origin, subject_id=subject_id,
                                                   detail=f"values={len(items)}")])
@@ -229,6 +238,13 @@ class PrivacyService(AuditedOperations):
 
         found: dict[str, Any] = self._audited(actor, "export", origin, work, subject_id=subject_id)
         return found
+
+    def _retained(self, conn: Connection, subject_id: str) -> list[Any]:
+        rows = list(conn.execute(select(retained_records).where(retained_records.c.subject_id == subject_id))
+                    .mappings())
+        for row in rows:
+            self._macs.check(conn, retained_records, row)
+        return rows
 
     # -- erasure (Art. 17), minors --------------------------------------------------------------
 
@@ -252,9 +268,9 @@ class PrivacyService(AuditedOperations):
                 meta = json.loads(row["meta"])
                 kept = {name: meta[name] for name in rule.keep_after_erasure if name in meta}
                 until = now + timedelta(days=rule.keep_days)
-                conn.execute(insert(retained_records).values(
-                    token=row["token"], subject_id=subject_id, kind=row["kind"], meta=json.dumps(kept),
-                    reason=rule.legal_basis[:200], retain_until=until, created_at=now))
+                self._macs.insert(conn, retained_records, {
+                    "token": row["token"], "subject_id": subject_id, "kind": row["kind"], "meta": json.dumps(kept),
+                    "reason": rule.legal_basis[:200], "retain_until": until, "created_at": now})
                 retained.append({"token": row["token"], "kind": row["kind"], "kept": kept,
                                  "why": rule.legal_basis, "until": _iso(until)})
         # Exactly the tokens counted and retained above: a token of a key created after our locks
@@ -411,13 +427,12 @@ class PrivacyService(AuditedOperations):
         def work(conn: Connection) -> dict[str, Any]:
             now = self._clock()
             request_id = f"req_{secrets.token_hex(8)}"
-            conn.execute(insert(privacy_requests).values(
-                id=request_id, subject_id=subject_id, right=right, received_at=now,
-                due_at=now + timedelta(days=RESPONSE_DAYS), status="open"))
+            self._macs.insert(conn, privacy_requests, {
+                "id": request_id, "subject_id": subject_id, "right": right, "received_at": now,
+                "due_at": now + timedelta(days=RESPONSE_DAYS), "status": "open"})
             self._trail.record(conn, [self._event(actor, "register_request", "allowed", origin,
                                                   subject_id=subject_id, detail=f"{right}:{request_id}")])
-            row = conn.execute(select(privacy_requests).where(privacy_requests.c.id == request_id)).mappings().one()
-            return self._request_json(row)
+            return self._requests(conn, select(privacy_requests).where(privacy_requests.c.id == request_id))[0]
 
         found: dict[str, Any] = self._audited(actor, "register_request", origin, work, subject_id=subject_id)
         return found
@@ -427,11 +442,10 @@ class PrivacyService(AuditedOperations):
         refuse_pan("outcome", outcome)
 
         def work(conn: Connection) -> None:
-            done = conn.execute(update(privacy_requests).where(privacy_requests.c.id == request_id,
-                                                               privacy_requests.c.status == "open")
-                                .values(status="completed", outcome=outcome[:500], closed_at=self._clock(),
-                                        handled_by=actor.id)).rowcount
-            if done != 1:
+            done = self._macs.update(conn, privacy_requests, request_id, {
+                "status": "completed", "outcome": outcome[:500], "closed_at": self._clock(), "handled_by": actor.id},
+                privacy_requests.c.status == "open")
+            if not done:
                 raise NotFound("no such open request")
             self._trail.record(conn, [self._event(actor, "close_request", "allowed", origin, detail=request_id)])
 
@@ -440,12 +454,14 @@ class PrivacyService(AuditedOperations):
     def requests_due(self, actor: Actor, origin: Origin, within_days: int | None = None) -> list[dict[str, Any]]:
         """Open requests, soonest due first; with `within_days`, only those due by then."""
         self._require(actor, "manage_subjects", "list_requests", origin)
-        query = select(privacy_requests).where(privacy_requests.c.status == "open")
-        if within_days is not None:
-            query = query.where(privacy_requests.c.due_at <= self._clock() + timedelta(days=within_days))
-        with self._engine.connect() as conn:
-            return [self._request_json(r) for r in conn.execute(query.order_by(privacy_requests.c.due_at))
-                    .mappings()]
+        # Every open request is read and checked, then filtered here: a due date moved out of the window in
+        # the database is refused, not silently left out of the reminders.
+        until = None if within_days is None else self._clock() + timedelta(days=within_days)
+        ordered = select(privacy_requests).where(privacy_requests.c.status == "open").order_by(
+            privacy_requests.c.due_at)
+        found: list[dict[str, Any]] = self._audited(actor, "list_requests", origin,
+                                                    lambda conn: self._requests(conn, ordered, until))
+        return found
 
     # -- correction (GDPR Art. 16) -----------------------------------------------------------
 

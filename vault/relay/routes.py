@@ -29,7 +29,7 @@ from typing import Any, Literal
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -37,6 +37,7 @@ from vault.access.policy import NO_PLAINTEXT_ROLES, PURPOSES, Policy
 from vault.errors import Conflict, DecryptionFailed, NotFound, ValidationFailed
 from vault.keys.envelope import associated_data
 from vault.keys.hierarchy import KeyHierarchy
+from vault.keys.row_mac import RowMacs
 from vault.relay.addresses import Upstream, check_address, check_pattern, parse_upstream
 from vault.secret import Secret
 from vault.storage.schema import data_keys, relay_routes
@@ -258,6 +259,9 @@ class RouteBook:
 
     def __init__(self, keys: KeyHierarchy, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._keys = keys
+        # Route rows are MACed too (vault.keys.row_mac): the AAD binds a blob to its row, the MAC binds
+        # the row's clear columns, and reading the current version checks every newer one it passes.
+        self._macs = RowMacs(keys)
         self._clock = clock
         # Opened approved versions by (name, version, key id, SHA-256 of the sealed blob): a relay call
         # reads the row but neither unwraps the data key nor decrypts and validates the route again.
@@ -283,37 +287,40 @@ class RouteBook:
         document = json.dumps({"config": config.model_dump(mode="json"), "publishable_key_sha256": key_hash},
                               sort_keys=True).encode()
         try:
-            conn.execute(insert(relay_routes).values(
-                name=config.name, version=version, state="proposed", data_key_id=data_key.id,
-                sealed=data_key.cipher.seal(document, _aad(config.name, version, "proposed", data_key.id)),
-                proposed_by=actor_id, proposed_at=self._clock(), approved_by=None))
+            self._macs.insert(conn, relay_routes, {
+                "name": config.name, "version": version, "state": "proposed", "data_key_id": data_key.id,
+                "sealed": data_key.cipher.seal(document, _aad(config.name, version, "proposed", data_key.id)),
+                "proposed_by": actor_id, "proposed_at": self._clock(), "approved_by": None})
         except IntegrityError:  # the (name, version) key settles two proposals at once
             raise Conflict("another change of this route was proposed at the same time") from None
         return version, key
 
     def check_draft(self, conn: Connection, name: str, version: int) -> None:
-        row = conn.execute(select(relay_routes.c.state).where(relay_routes.c.name == name,
-                                                              relay_routes.c.version == version)).first()
-        if row is None or row[0] != "proposed":
+        row = conn.execute(select(relay_routes).where(relay_routes.c.name == name,
+                                                      relay_routes.c.version == version)).mappings().first()
+        if row is not None:
+            self._macs.check(conn, relay_routes, row)
+        if row is None or row["state"] != "proposed":
             raise NotFound("no such proposed route version")
 
     def approve(self, conn: Connection, actor_id: str, name: str, version: int) -> Route:
         """Re-seal a draft as approved; refused if a newer version is already approved."""
         row = conn.execute(select(relay_routes).where(relay_routes.c.name == name, relay_routes.c.version == version)
                            .with_for_update()).mappings().first()
+        if row is not None:
+            self._macs.check(conn, relay_routes, row)
         if row is None or row["state"] != "proposed":
             raise NotFound("no such proposed route version")
-        newest = conn.execute(select(func.max(relay_routes.c.version)).where(
-            relay_routes.c.name == name, relay_routes.c.state == "approved")).scalar()
-        if newest is not None and int(newest) > version:
+        newest = self._approved_row(conn, name)
+        if newest is not None and int(newest["version"]) > version:
             raise Conflict("a newer version of this route is already approved")
         cipher = self._cipher(conn, row["data_key_id"])
         document = cipher.open(row["sealed"], _aad(name, version, "proposed", row["data_key_id"]))
-        taken = conn.execute(update(relay_routes).where(
-            relay_routes.c.name == name, relay_routes.c.version == version, relay_routes.c.state == "proposed",
-        ).values(state="approved", approved_by=actor_id,
-                 sealed=cipher.seal(document, _aad(name, version, "approved", row["data_key_id"])))).rowcount
-        if taken != 1:
+        taken = self._macs.update(conn, relay_routes, (name, version), {
+            "state": "approved", "approved_by": actor_id,
+            "sealed": cipher.seal(document, _aad(name, version, "approved", row["data_key_id"]))},
+            relay_routes.c.state == "proposed")
+        if not taken:
             raise Conflict("this route version was already decided")
         return self._route(document, version)
 
@@ -331,11 +338,7 @@ class RouteBook:
 
     def current(self, conn: Connection, name: str, *, missing_ok: bool = False) -> Route | None:
         """The highest approved version that opens; NotFound (or None) otherwise."""
-        row = None
-        if NAME.match(name):
-            row = conn.execute(select(relay_routes).where(relay_routes.c.name == name,
-                                                          relay_routes.c.state == "approved")
-                               .order_by(relay_routes.c.version.desc()).limit(1)).mappings().first()
+        row = self._approved_row(conn, name) if NAME.match(name) else None
         if row is None:
             if missing_ok:
                 return None
@@ -360,6 +363,19 @@ class RouteBook:
         found = conn.execute(select(func.max(relay_routes.c.version)).where(
             relay_routes.c.name == name, relay_routes.c.state == "approved")).scalar()
         return int(found) if found is not None else None
+
+    def _approved_row(self, conn: Connection, name: str) -> Any | None:
+        """The highest approved version's row, after checking its MAC and every newer version's.
+
+        An approved version marked `proposed` in the database (or a draft's state edited) would roll
+        the route back to an older configuration: the newer rows are read and checked, never skipped.
+        """
+        for row in conn.execute(select(relay_routes).where(relay_routes.c.name == name)
+                                .order_by(relay_routes.c.version.desc())).mappings():
+            self._macs.check(conn, relay_routes, row)
+            if row["state"] == "approved":
+                return row
+        return None
 
     def names(self, conn: Connection) -> list[str]:
         rows = conn.execute(select(relay_routes.c.name).where(relay_routes.c.state == "approved").distinct()

@@ -28,6 +28,7 @@ from vault.audit.trail import ANONYMOUS, Actor, AuditTrail, Origin
 from vault.errors import (
     Conflict,
     Forbidden,
+    IntegrityFailure,
     NotFound,
     PayloadTooLarge,
     Unauthenticated,
@@ -250,7 +251,7 @@ class RelayService(AuditedOperations):
             route = remembered or self.route(name, "outbound")
             if actor.role not in route.config.roles:
                 raise NotFound("no such route")  # a role the route does not serve cannot learn it exists
-        except NotFound as error:
+        except (NotFound, IntegrityFailure) as error:
             if remembered is not None:
                 raise _StaleRoute() from None
             raise self._deny(actor, "relay", origin, error, detail=f"route={name[:40]}") from None
@@ -354,6 +355,8 @@ class RelayService(AuditedOperations):
             route = self.route(name, "inbound")
             if not check_publishable_key(route, publishable_key.expose() if publishable_key else None):
                 raise Unauthenticated("invalid publishable key")
+        except IntegrityFailure as error:
+            raise self._deny(ANONYMOUS, "relay_inbound", origin, error, detail=f"route={name[:40]}") from None
         except (NotFound, Unauthenticated):
             raise self._deny(ANONYMOUS, "relay_inbound", origin, Unauthenticated("invalid publishable key"),
                              detail=f"route={name[:40]}") from None
@@ -407,7 +410,7 @@ class RelayService(AuditedOperations):
         """For CORS preflight: the inbound route if `browser_origin` may call it (nothing audited)."""
         try:
             route = self.route(name, "inbound")
-        except NotFound:
+        except (NotFound, IntegrityFailure):  # refused without a word; the call itself is denied and audited
             return None
         return route if browser_origin in route.config.allowed_origins else None
 

@@ -310,6 +310,7 @@ privacy_requests = Table(
     Column("outcome", String(500), nullable=True),
     Column("closed_at", UTCDateTime, nullable=True),
     Column("handled_by", String(128), nullable=True),
+    Column("row_mac", String(120), nullable=True),  # vault.keys.row_mac
 )
 
 # What a legal retention rule keeps after erasure: metadata only, never a value.
@@ -323,6 +324,7 @@ retained_records = Table(
     Column("reason", String(200), nullable=False),
     Column("retain_until", UTCDateTime, nullable=False, index=True),
     Column("created_at", UTCDateTime, nullable=False),
+    Column("row_mac", String(120), nullable=True),  # vault.keys.row_mac
 )
 
 disclosures = Table(
@@ -365,6 +367,9 @@ operators = Table(
     Column("enrolment_expires_at", UTCDateTime, nullable=True),
     Column("failed_attempts", Integer, nullable=False),
     Column("locked_until", UTCDateTime, nullable=True),
+    # The TOTP steps this operator used that could still match (comma-separated, MACed): a code whose
+    # `totp_uses` row an insider deleted is still refused (vault/access/totp.py). NULL: none.
+    Column("totp_used_steps", String(64), nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("disabled_at", UTCDateTime, nullable=True),
     # HMAC under the `row` domain key over the declared columns (vault.keys.row_mac): an edit never grants.
@@ -429,6 +434,7 @@ relay_routes = Table(
     Column("proposed_by", String(40), nullable=False),
     Column("proposed_at", UTCDateTime, nullable=False),
     Column("approved_by", String(40), nullable=True),
+    Column("row_mac", String(120), nullable=True),  # vault.keys.row_mac
 )
 
 
@@ -452,6 +458,7 @@ key_jobs = Table(
     # One runner at a time, across processes and hosts: whoever holds an unexpired lease.
     Column("lease_owner", String(64), nullable=True),
     Column("lease_until", UTCDateTime, nullable=True),
+    Column("row_mac", String(120), nullable=True),  # vault.keys.row_mac
 )
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import secrets
 import time
 from pathlib import Path
@@ -20,13 +19,15 @@ from sqlalchemy import delete
 
 from api.cli.access import qr_text
 from api.cli.main import main
+from api.settings import Settings
+from api.wiring import build
 from tests.conftest import make_components
 from tests.support.operators import PASSWORD, seed_of
 from vault.access.totp import STEP_SECONDS
 from vault.audit.trail import Origin
+from vault.keys.row_mac import RowMacs
 from vault.secret import Secret
-from vault.storage.engine import create_engine_for
-from vault.storage.schema import totp_uses
+from vault.storage.schema import operators, totp_uses
 
 
 @pytest.fixture
@@ -77,10 +78,15 @@ def enrol(codes: Codes, enrolment_code: str, password: str = PASSWORD) -> str:
     uri: str = json.loads(out.splitlines()[0])["totp_uri"]
     code, out = run("operators", "confirm", stdin=f"{enrolment_code}\n{pyotp.TOTP(seed_of(uri)).now()}\n")
     assert code == 0 and json.loads(out.splitlines()[0])["enrolled"] is True, out
-    engine = create_engine_for(os.environ["TOKENVAULT_DATABASE_URL"])
-    with engine.begin() as conn:
-        conn.execute(delete(totp_uses).where(totp_uses.c.operator_id == json.loads(out.splitlines()[0])["id"]))
-    engine.dispose()
+    operator_id = json.loads(out.splitlines()[0])["id"]
+    parts = build(Settings.from_env())  # the operator row's used steps are MACed: reset through RowMacs
+    try:
+        with parts.engine.begin() as conn:
+            conn.execute(delete(totp_uses).where(totp_uses.c.operator_id == operator_id))
+            RowMacs(parts.keys).update(conn, operators, operator_id, {"totp_used_steps": None})
+    finally:
+        parts.trail.close()
+        parts.engine.dispose()
     codes.used.pop(seed_of(uri), None)
     return uri
 

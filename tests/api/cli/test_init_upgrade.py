@@ -21,7 +21,7 @@ from api.wiring import Components
 from tests.conftest import make_components
 from tests.support.operators import PASSWORD, make_operator
 from tests.vault.tokens.test_service import CARD, HERE, tokenize_one
-from vault.audit.trail import Origin
+from vault.audit.trail import HOST, Actor, Origin
 from vault.keys.hierarchy import _header
 from vault.keys.row_mac import MACED
 from vault.secret import Secret
@@ -56,6 +56,11 @@ def test_init_upgrades_an_existing_vault_and_it_keeps_serving(
     _, gateway_key = old.clients.create("gateway", "payment_gateway")
     operator = make_operator(old, "aud.upgrade", "auditor", password=PASSWORD)
     card = tokenize_one(old, "card", CARD)
+    officer = Actor(id="op_po", role="privacy_officer")
+    request = old.privacy.register_request(officer, "cust-1", "access", Origin())
+    old.relay_routes.propose(HOST, {"name": "psp", "direction": "outbound", "upstream": "https://api.psp.example",
+                                    "paths": ["/v1/charges"], "roles": ["payment_gateway"], "purposes": ["payment"],
+                                    "substitute": {"body": ["card"]}}, Origin())
     _back_to_0016a(old)
     with old.engine.connect() as conn:
         assert "row_mac" not in {c["name"] for c in inspect(conn).get_columns("clients")}
@@ -76,6 +81,8 @@ def test_init_upgrades_an_existing_vault_and_it_keeps_serving(
         assert actor.role == "payment_gateway"
         result_row = new.tokens.detokenize(actor, [card.token], "payment", HERE)[0]
         assert result_row.error is None and result_row.value["pan"] == "4111111111111111"
+        assert [r["id"] for r in new.privacy.requests_due(officer, Origin())] == [request["id"]]
+        assert [r["name"] for r in new.relay_routes.list(HOST, Origin())] == ["psp"]
         code = operator.code(new.tokens._clock())
         assert new.operators.login(operator.username, Secret(PASSWORD), Secret(code), Origin()).actor.id == operator.id
     finally:

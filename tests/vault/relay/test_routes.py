@@ -9,7 +9,7 @@ from sqlalchemy import select, text, update
 
 from api.wiring import Components
 from vault.audit.trail import HOST, Origin
-from vault.errors import Conflict, NotFound
+from vault.errors import Conflict, IntegrityFailure
 from vault.relay.routes import RouteBook, parse_config
 from vault.storage.schema import relay_routes
 
@@ -44,7 +44,7 @@ def test_a_draft_marked_approved_by_an_insider_does_not_open(components: Compone
     with components.engine.begin() as conn:
         RouteBook(components.keys).propose(conn, "op_x", wider)
         conn.execute(update(relay_routes).where(relay_routes.c.version == 2).values(state="approved"))
-    with pytest.raises(NotFound), components.engine.begin() as conn:
+    with pytest.raises(IntegrityFailure), components.engine.begin() as conn:  # the row MAC covers `state`
         RouteBook(components.keys).current(conn, "psp")
 
 
@@ -55,7 +55,7 @@ def test_a_blob_moved_to_another_route_does_not_open(components: Components) -> 
         row = conn.execute(select(relay_routes).where(relay_routes.c.name == "psp")).mappings().one()
         conn.execute(update(relay_routes).where(relay_routes.c.name == "other")
                      .values(sealed=row["sealed"], data_key_id=row["data_key_id"]))
-    with pytest.raises(NotFound), components.engine.begin() as conn:
+    with pytest.raises(IntegrityFailure), components.engine.begin() as conn:  # the row MAC covers data_key_id
         RouteBook(components.keys).current(conn, "other")
 
 

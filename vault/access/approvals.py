@@ -31,6 +31,7 @@ from sqlalchemy.engine import Connection, Engine
 from vault.access.operations import AuditedOperations
 from vault.access.operators import StepUp
 from vault.access.policy import Policy
+from vault.audit.facts import check_approval
 from vault.audit.trail import Actor, AuditTrail, Origin
 from vault.clear_text import refuse_pan
 from vault.errors import Conflict, Forbidden, NotFound, ValidationFailed
@@ -175,6 +176,7 @@ class Approvals(AuditedOperations):
             if row is None:
                 raise NotFound("no such approval request")
             self._macs.check(conn, approvals, row)
+            check_approval(conn, row)  # a consumed request restored to pending: a replay
             action = self._actions.get(row["action"])
             if action is None:
                 raise Conflict("this action can no longer be run")

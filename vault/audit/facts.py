@@ -44,7 +44,7 @@ _BY_DETAIL = {
     "approve_relay_route": ("route", "route"),
 }
 _BY_SUBJECT = ("restrict", "mark_minor", "consent", "hold", "release_hold")
-FACT_ACTIONS = (*_BY_DETAIL, *_BY_SUBJECT, "disclose", "suspend_client")
+FACT_ACTIONS = (*_BY_DETAIL, *_BY_SUBJECT, "disclose", "suspend_client", "propose_relay_route")
 _ENTITY_LENGTH = 160
 
 
@@ -68,6 +68,8 @@ def entity_of(action: str, outcome: str, actor: str, subject_id: str | None, det
         entity = f"subject:{subject_id}"
     elif action == "disclose" and detail:
         entity = f"disclosure:{detail}"
+    elif action == "propose_relay_route" and _field(detail, "approved") == "True":  # the host's, approved at once
+        entity = f"route:{_field(detail, 'route')}"
     return entity if entity is None or len(entity) <= _ENTITY_LENGTH else None
 
 

@@ -1,0 +1,116 @@
+"""The integrity watch: each worker verifies the audit trail every few seconds, and locks on a break.
+
+The checks of vault.audit.facts make a restored or deleted row useless unless the insider
+also deletes (or edits) the audit event that witnesses the fact, which breaks the chain. This
+thread notices that without an operator: it runs the incremental verification (events after
+the last anchored point it verified, plus every anchor and the checkpoint log), and on a break
+engages the lockdown (vault.audit.lockdown), writes an `integrity` event and logs CRITICAL.
+
+Several workers and hosts: each process runs its own watch on the shared database and locks
+itself; there is no lockdown row an insider could delete, because the broken chain *is* the
+state: it stays broken until the trail verifies again, and every watch keeps finding it. A break
+is confirmed by a second run straight away (a transient read race must not lock a fleet);
+verification only reads committed rows and the checkpoint log is read before the database
+snapshot, so events of transactions still in flight never look like a gap.
+
+Lifting: the lockdown lifts by itself once a verification passes (a full one: after a break the
+resume point is dropped), e.g. after the database is restored. A host operator who accepts
+a break starts the service with TOKENVAULT_INTEGRITY_WATCH=alert (README "Insider with the
+database" says why an admin approval inside the same database cannot be the way out).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from vault.audit.lockdown import Lockdown
+from vault.audit.log import AuditLog
+from vault.audit.trail import AuditEvent, AuditTrail
+from vault.audit.verification import Break
+from vault.errors import VaultError
+
+__all__ = ["IntegrityWatch"]
+
+_LOG = logging.getLogger("tokenvault.integrity")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _describe(broken: Break) -> str:
+    return f"{broken.reason} writer={broken.writer} chain_seq={broken.chain_seq}"[:200]
+
+
+class IntegrityWatch:
+    """A daemon thread per process; `check()` is one pass (tests call it directly)."""
+
+    def __init__(self, log: AuditLog, trail: AuditTrail, lockdown: Lockdown, *, seconds: float = 5.0,
+                 lock: bool = True, clock: Callable[[], datetime] = _now) -> None:
+        self._log = log
+        self._trail = trail
+        self._lockdown = lockdown
+        self._seconds = seconds
+        self._lock = lock  # False: alert only (TOKENVAULT_INTEGRITY_WATCH=alert)
+        self._clock = clock
+        self._resume: dict[str, tuple[int, str]] | None = None
+        self._started = False
+        self._alerted: Break | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._seconds > 0 and (self._thread is None or not self._thread.is_alive()):
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="integrity-watch", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._seconds):
+            with contextlib.suppress(VaultError, SQLAlchemyError, OSError):
+                self.check()  # the database or key service away: the next pass tries again
+
+    def check(self) -> Break | None:
+        """Verify what is new since the last pass; lock (or lift) accordingly. Returns the break, if any."""
+        if not self._started:  # the last verify job's MACed resume point, else one full run
+            self._resume, self._started = self._log.resume_point(), True
+        report = self._log.verify_now(resume=self._resume)
+        if report.broken is not None:
+            again = self._log.verify_now(resume=self._resume)  # confirmed, not a passing read race
+            if again.broken == report.broken:
+                self._broken(report.broken)
+                self._resume = None  # from now on full runs: only a whole trail that verifies lifts it
+                return report.broken
+            return None
+        self._resume = report.resume or self._resume
+        self._alerted = None
+        if self._lockdown.lift():
+            self._event("integrity_lockdown_lifted", "allowed", None)
+        return None
+
+    def _broken(self, broken: Break) -> None:
+        engaged = self._lockdown.engage(_describe(broken)) if self._lock else False
+        if engaged or (not self._lock and broken != self._alerted):
+            self._alerted = broken
+            _LOG.critical("audit trail broken: %s", _describe(broken))
+            self._event("integrity", "denied", _describe(broken))
+
+    def _event(self, action: str, outcome: str, detail: str | None) -> None:
+        """The alert in the trail (best effort: the lockdown holds whether or not it is written)."""
+        event = AuditEvent(at=self._clock(), actor="system", role="system", action=action, outcome=outcome,
+                           error_code="integrity_lockdown" if outcome == "denied" else None,
+                           detail=f"watch: {detail}" if detail else "watch")
+        engine = self._log.engine
+        with contextlib.suppress(VaultError, SQLAlchemyError), engine.begin() as conn:
+            self._trail.record(conn, [event])

@@ -302,7 +302,7 @@ def test_deleting_the_witnessing_event_too_locks_the_vault(components: Component
 
 
 def test_the_lockdown_is_served_over_http_as_503(components: Components, clock: Clock) -> None:
-    client_id, key = components.clients.create("shop", "checkout")
+    _, key = components.clients.create("shop", "checkout")
     app: Flask = create_app(parts=components)
     http = app.test_client()
     headers = {"Authorization": f"Bearer {key.expose()}"}

@@ -97,7 +97,7 @@ def _last(facts: list[tuple[str, str]], *actions: str) -> str | None:
     return next((action for action, _ in reversed(facts) if action in actions), None)
 
 
-def check_client(conn: Connection, row: Mapping[str, Any]) -> None:
+def check_client(conn: Connection, row: Mapping[Any, Any]) -> None:
     """A client row must be revoked, or suspended, if the trail says so."""
     facts = facts_of(conn, [f"client:{row['id']}"]).get(f"client:{row['id']}", [])
     if any(action == "revoke_client" for action, _ in facts) and row["revoked_at"] is None:
@@ -106,26 +106,26 @@ def check_client(conn: Connection, row: Mapping[str, Any]) -> None:
         raise _refuse("clients")
 
 
-def check_operator(facts: Mapping[str, list[tuple[str, str]]], row: Mapping[str, Any]) -> None:
+def check_operator(facts: Mapping[str, list[tuple[str, str]]], row: Mapping[Any, Any]) -> None:
     """An operator disabled in the trail (and not enabled since) must be disabled in its row."""
     history = facts.get(f"operator:{row['id']}", [])
     if _last(history, "disable_operator", "enable_operator") == "disable_operator" and row["disabled_at"] is None:
         raise _refuse("operators")
 
 
-def check_session(facts: Mapping[str, list[tuple[str, str]]], row: Mapping[str, Any]) -> None:
+def check_session(facts: Mapping[str, list[tuple[str, str]]], row: Mapping[Any, Any]) -> None:
     """A session logged out in the trail is over, whatever its row says."""
     if facts.get(f"session:{row['id']}") and row["revoked_at"] is None:
         raise _refuse("operator_sessions")
 
 
-def check_approval(conn: Connection, row: Mapping[str, Any]) -> None:
+def check_approval(conn: Connection, row: Mapping[Any, Any]) -> None:
     """A request the trail shows approved ran once: a row pending again is a restored copy (a replay)."""
     if row["status"] == "pending" and facts_of(conn, [f"request:{row['id']}"]):
         raise _refuse("approvals")
 
 
-def check_disclosure(conn: Connection, row: Mapping[str, Any]) -> None:
+def check_disclosure(conn: Connection, row: Mapping[Any, Any]) -> None:
     """A disclosure the trail shows delivered is never collectable again."""
     if row["status"] != "delivered" and facts_of(conn, [f"disclosure:{row['id']}"]):
         raise _refuse("disclosures")

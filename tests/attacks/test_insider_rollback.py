@@ -301,6 +301,28 @@ def test_deleting_the_witnessing_event_too_locks_the_vault(components: Component
             audit_events.c.action == "integrity", audit_events.c.error_code == "integrity_lockdown")).first()
 
 
+def test_a_fact_hidden_behind_the_verified_point_locks_the_vault(components: Components, clock: Clock) -> None:
+    """The incremental walk never re-reads old events: the watch compares the fact events themselves."""
+    client_id, key = components.clients.create("gateway", "payment_gateway")
+    before = _row(components, clients, client_id)
+    components.clients.revoke(client_id)
+    assert components.watch.check() is None  # first pass: the whole trail
+    for n in range(5):  # later events on the same chains, anchored: the resume point moves past the revocation
+        _email(components, f"cust-{n}")
+        components.clients.create(f"c{n}", "shipping")
+    components.trail.checkpoint(all_writers=True)
+    assert components.watch.check() is None
+    with components.engine.begin() as conn:  # the revocation renamed, so no lookup finds it
+        conn.execute(update(audit_events).where(audit_events.c.entity == f"client:{client_id}")
+                     .values(action="rotate_client_key"))
+    _restore(components, clients, before)
+    assert _fresh_clients(components, clock).authenticate(key, Origin()).id == client_id  # the restore works...
+    broken = components.watch.check()  # ...until the watch's next pass
+    assert broken is not None
+    with pytest.raises(IntegrityLockdown):
+        components.authenticator.authenticate(key, Origin())
+
+
 def test_the_lockdown_is_served_over_http_as_503(components: Components, clock: Clock) -> None:
     _, key = components.clients.create("shop", "checkout")
     app: Flask = create_app(parts=components)

@@ -2,9 +2,13 @@
 
 The checks of vault.audit.facts make a restored or deleted row useless unless the insider
 also deletes (or edits) the audit event that witnesses the fact, which breaks the chain. This
-thread notices that without an operator: it runs the incremental verification (events after
-the last anchored point it verified, plus every anchor and the checkpoint log), and on a break
-engages the lockdown (vault.audit.lockdown), writes an `integrity` event and logs CRITICAL.
+thread notices that without an operator. Its first pass verifies the whole trail; each later
+pass runs the incremental verification (events after the last anchored point it verified, plus
+every anchor and the checkpoint log), and then compares the fact events (those with an
+`entity`) with the ones it saw before: an incremental walk never re-reads an old event, so a
+fact deleted, edited or stripped of its entity behind the resume point is found this way (an
+event that `audit archive` moved out, per its MACed archive record, is not a finding). On a break
+it engages the lockdown (vault.audit.lockdown), writes an `integrity` event and logs CRITICAL.
 
 Several workers and hosts: each process runs its own watch on the shared database and locks
 itself; there is no lockdown row an insider could delete, because the broken chain *is* the
@@ -26,7 +30,9 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from vault.audit.lockdown import Lockdown
@@ -34,6 +40,7 @@ from vault.audit.log import AuditLog
 from vault.audit.trail import AuditEvent, AuditTrail
 from vault.audit.verification import Break
 from vault.errors import VaultError
+from vault.storage.schema import audit_archives, audit_events
 
 __all__ = ["IntegrityWatch"]
 
@@ -60,7 +67,9 @@ class IntegrityWatch:
         self._lock = lock  # False: alert only (TOKENVAULT_INTEGRITY_WATCH=alert)
         self._clock = clock
         self._resume: dict[str, tuple[int, str]] | None = None
-        self._started = False
+        # Fact events seen (seq -> writer, chain_seq, entity, action, detail, MAC): verified by a walk.
+        self._facts: dict[int, tuple[Any, ...]] = {}
+        self._seen: dict[int, tuple[Any, ...]] = {}
         self._alerted: Break | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -83,20 +92,41 @@ class IntegrityWatch:
 
     def check(self) -> Break | None:
         """Verify what is new since the last pass; lock (or lift) accordingly. Returns the break, if any."""
-        if not self._started:  # the last verify job's MACed resume point, else one full run
-            self._resume, self._started = self._log.resume_point(), True
-        report = self._log.verify_now(resume=self._resume)
-        if report.broken is not None:
+        report = self._log.verify_now(resume=self._resume)  # None at first: the whole trail
+        broken = report.broken
+        if broken is None:
+            broken = self._facts_changed()
+        if broken is not None:
             again = self._log.verify_now(resume=self._resume)  # confirmed, not a passing read race
-            if again.broken == report.broken:
-                self._broken(report.broken)
-                self._resume = None  # from now on full runs: only a whole trail that verifies lifts it
-                return report.broken
+            if again.broken == broken or (again.broken is None and self._facts_changed() == broken):
+                self._broken(broken)
+                self._resume, self._facts = None, {}  # from now on full runs: only a whole trail lifts it
+                return broken
             return None
         self._resume = report.resume or self._resume
+        self._facts = self._seen
         self._alerted = None
         if self._lockdown.lift():
             self._event("integrity_lockdown_lifted", "allowed", None)
+        return None
+
+    def _facts_changed(self) -> Break | None:
+        """A fact event seen before that is gone or different now (and not archived), else None."""
+        c = audit_events.c
+        with self._log.engine.connect() as conn:
+            seen = {int(r[0]): (str(r[1]), int(r[2]), r[3], r[4], r[5], bytes(r[6])) for r in conn.execute(
+                select(c.seq, c.writer, c.chain_seq, c.entity, c.action, c.detail, c.mac)
+                .where(c.entity.is_not(None)))}
+            archived = dict(conn.execute(select(audit_archives.c.writer, audit_archives.c.chain_seq)).all())
+        self._seen = seen
+        for seq, before in self._facts.items():
+            now = seen.get(seq)
+            if now == before:
+                continue
+            writer, chain_seq = before[0], before[1]
+            if now is None and chain_seq <= int(archived.get(writer, 0)):
+                continue  # archived (the archive record itself is verified every pass)
+            return Break("fact event deleted or changed behind the verified point", writer, chain_seq, seq)
         return None
 
     def _broken(self, broken: Break) -> None:

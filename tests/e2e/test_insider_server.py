@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import requests
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from api.settings import Settings
 from tests.support.server import running_server
@@ -44,33 +44,37 @@ def test_client_role_edit_is_refused_by_the_real_server(tmp_path: Path) -> None:
         assert PAN not in server.log.read_text(errors="replace")
 
 
-def test_a_deleted_audit_event_locks_every_worker_of_the_real_server(tmp_path: Path) -> None:
-    """The insider deletes an anchored event (to hide a restore): both workers' integrity watches lock."""
+def test_a_revoked_key_restored_with_its_event_deleted_locks_every_worker_of_the_real_server(tmp_path: Path) -> None:
+    """The full rollback: the revoked client's old row put back and its `revoke_client` event deleted.
+
+    Each worker's integrity watch (every second here) finds the chain broken and locks: every API key
+    answers 503 `integrity_lockdown`, the restored one included.
+    """
     with running_server(tmp_path / "var", TOKENVAULT_INTEGRITY_WATCH_SECONDS="1") as server:
-        checkout = server.client_key("checkout")
-        headers = {"Authorization": f"Bearer {checkout}"}
-        body = {"kind": "card", "value": {"pan": PAN, "exp_month": 1, "exp_year": 2099}}
-        for _ in range(4):  # both workers write and anchor events
-            assert requests.post(server.url + "/v1/tokens", timeout=10, headers=headers, json=body).status_code == 201
-        time.sleep(3)  # anchored (1 s) and verified clean by each watch (1 s): no lockdown on a clean trail
-        assert requests.post(server.url + "/v1/tokens", timeout=10, headers=headers, json=body).status_code == 201
+        checkout, leaked = server.client_key("checkout"), server.client_key("shipping")
         engine = create_engine_for(Settings.from_env(server.env).database_url)
         try:
+            with engine.connect() as conn:
+                before = dict(conn.execute(select(clients).where(clients.c.name == "e2e-shipping")).mappings().one())
+            server.cli("clients", "revoke", before["id"])
+            headers = {"Authorization": f"Bearer {checkout}"}
+            body = {"kind": "card", "value": {"pan": PAN, "exp_month": 1, "exp_year": 2099}}
+            time.sleep(3)  # each watch has verified the revocation (and found nothing to lock for)
+            assert requests.post(server.url + "/v1/tokens", timeout=10, headers=headers, json=body).status_code == 201
             with engine.begin() as conn:
-                first = conn.execute(select(audit_events.c.seq).where(audit_events.c.action == "create_client")
-                                     .order_by(audit_events.c.seq).limit(1)).scalar_one()
-                conn.execute(update(audit_events).where(audit_events.c.seq == first).values(detail="client=x"))
+                conn.execute(update(clients).where(clients.c.id == before["id"]).values(**before))
+                assert conn.execute(delete(audit_events).where(
+                    audit_events.c.entity == f"client:{before['id']}")).rowcount == 1
         finally:
             engine.dispose()
         deadline = time.monotonic() + 20
         codes: list[int] = []
         while time.monotonic() < deadline:
-            codes = [requests.post(server.url + "/v1/tokens", timeout=10, headers=headers, json=body).status_code
-                     for _ in range(6)]  # reaches both workers
+            codes = [requests.get(server.url + "/v1/tokens/tok_none", timeout=10,
+                                  headers={"Authorization": f"Bearer {key}"}).status_code
+                     for key in (checkout, leaked) * 3]  # reaches both workers
             if set(codes) == {503}:
                 break
             time.sleep(0.5)
         assert set(codes) == {503}, codes
-        answer = requests.post(server.url + "/v1/tokens", timeout=10, headers=headers, json=body)
-        assert answer.json()["error"]["code"] == "integrity_lockdown"
         assert "integrity lockdown" in server.log.read_text(errors="replace")

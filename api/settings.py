@@ -38,6 +38,13 @@ def _float(env: Mapping[str, str], name: str, default: float, low: float | None 
     return value
 
 
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    raw = (env.get(name) or choices[0]).lower()
+    if raw not in choices:
+        raise ConfigurationError(f"{name} must be one of {', '.join(choices)}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path
@@ -56,6 +63,9 @@ class Settings:
     log_level: str
     checkpoint_dir: Path
     checkpoint_seconds: float
+    # The integrity watch (vault.audit.watch): lockdown (default), alert (log and audit only) or off.
+    integrity_watch: str
+    integrity_watch_seconds: float
     env: Mapping[str, str] = field(repr=False)
 
     @classmethod
@@ -88,5 +98,7 @@ class Settings:
                                 or data_dir.parent / f"{data_dir.name}-audit-checkpoints"),
             # The window in which a worker's newest events are not anchored yet (also every 1,000 events).
             checkpoint_seconds=_float(env, "TOKENVAULT_AUDIT_CHECKPOINT_SECONDS", 1.0),
+            integrity_watch=_choice(env, "TOKENVAULT_INTEGRITY_WATCH", ("lockdown", "alert", "off")),
+            integrity_watch_seconds=_float(env, "TOKENVAULT_INTEGRITY_WATCH_SECONDS", 5.0),
             env=env,
         )

@@ -28,8 +28,10 @@ from vault.access.policy import Policy, load_policy
 from vault.access.sessions import Sessions
 from vault.audit.alerts import Alerts
 from vault.audit.checkpoints import CheckpointSink, Signer, SyslogMirror
+from vault.audit.lockdown import Lockdown
 from vault.audit.log import AuditLog
 from vault.audit.trail import AuditTrail
+from vault.audit.watch import IntegrityWatch
 from vault.errors import ConfigurationError
 from vault.keys.hierarchy import KeyHierarchy
 from vault.keys.provider import KeyProvider
@@ -137,6 +139,8 @@ class Components:
     alerts: Alerts
     relay: RelayService
     relay_routes: RouteChanges
+    lockdown: Lockdown
+    watch: IntegrityWatch
 
 
 def build(
@@ -156,6 +160,7 @@ def build(
                        sinks=build_checkpoint_sinks(settings), mirrors=build_checkpoint_mirrors(settings),
                        signer=build_checkpoint_signer(settings), clock=now,
                        on_write=observe_audit_write)
+    lockdown = Lockdown(engine, trail)
     guessing = GuessingGuard(trail, RowMacs(keys), clock=now)
     token_service = TokenService(engine=engine, keys=keys, policy=policy, trail=trail, clock=now, guessing=guessing)
     access = AccessSettings.from_env(settings.env, policy)
@@ -166,7 +171,7 @@ def build(
                             sessions=sessions, lifetime=timedelta(seconds=access.enrolment_seconds), clock=now)
     operators = OperatorRegistry(engine=engine, keys=keys, policy=policy, trail=trail, passwords=passwords,
                                  lockout=access.lockout, clock=now, sessions=sessions, enrolments=enrolments)
-    approvals = Approvals(engine=engine, policy=policy, trail=trail, macs=RowMacs(keys), clock=now)
+    approvals = Approvals(engine=engine, policy=policy, trail=trail, macs=RowMacs(keys), clock=now, lockdown=lockdown)
     approvals.register(ApprovalAction(name="disable_operator", operation="manage_operators",
                                       run=operators.run_disable, check=operators.check_disable,
                                       lifetime=timedelta(seconds=access.approval_seconds)))
@@ -212,6 +217,7 @@ def build(
         run=relay_routes.run_approval, lifetime=timedelta(seconds=access.approval_seconds)))
     relay = RelayService(engine=engine, policy=policy, trail=trail, tokens=token_service, book=book,
                          transport=transport or HttpsTransport(), clock=now, on_call=observe_relay_call)
+    audit_log = AuditLog(engine, trail, policy, clock=now, reader=lambda: create_snapshot_reader(settings.database_url))
     return Components(
         settings=settings,
         engine=engine,
@@ -219,8 +225,7 @@ def build(
         keys=keys,
         policy=policy,
         trail=trail,
-        audit_log=AuditLog(engine, trail, policy, clock=now,
-                           reader=lambda: create_snapshot_reader(settings.database_url)),
+        audit_log=audit_log,
         clients=clients,
         tokens=token_service,
         privacy=privacy,
@@ -234,8 +239,12 @@ def build(
         operators=operators,
         enrolments=enrolments,
         approvals=approvals,
-        authenticator=Authenticator(clients, operators),
+        authenticator=Authenticator(clients, operators, lockdown),
         alerts=Alerts(engine, trail, clock=now),
         relay=relay,
         relay_routes=relay_routes,
+        lockdown=lockdown,
+        # Started by each server worker (api.http.app.wsgi_app), not by the CLI or tests' apps.
+        watch=IntegrityWatch(audit_log, trail, lockdown, seconds=settings.integrity_watch_seconds,
+                             lock=settings.integrity_watch == "lockdown", clock=now),
     )

@@ -30,9 +30,12 @@ from bench.harness.vaultdata import BATCH, UNLIMITED, luhn_complete
 CASES = ("tokenize", "detokenize", "batch-tokenize", "batch-detokenize")
 
 
-def card() -> dict[str, object]:
+def card(subject: bool = False) -> dict[str, object]:
     pan = luhn_complete("4" + str(secrets.randbelow(10**14)).zfill(14))
-    return {"kind": "card", "value": {"pan": pan, "exp_month": 12, "exp_year": 2099}}
+    item: dict[str, object] = {"kind": "card", "value": {"pan": pan, "exp_month": 12, "exp_year": 2099}}
+    if subject:
+        item["subject_id"] = f"cust-{secrets.token_hex(4)}"
+    return item
 
 
 def main() -> int:
@@ -41,17 +44,23 @@ def main() -> int:
     parser.add_argument("--requests", type=int, help="requests per measurement (default 2000, batches 5)")
     parser.add_argument("--database-url", help="PostgreSQL server (a fresh database is made and dropped)")
     parser.add_argument("--top", type=int, default=40, help="functions to list (default 40)")
+    parser.add_argument("--auth-cache-seconds", help="TOKENVAULT_AUTH_CACHE_SECONDS (0: authenticate on the "
+                                                     "database every request; default 2)")
+    parser.add_argument("--subject", action="store_true",
+                        help="cards carry a subject id (detokenize then checks the subject's limits)")
     args = parser.parse_args()
     batch = args.case.startswith("batch")
     count = args.requests or (5 if batch else 2000)
 
+    cache = {"TOKENVAULT_AUTH_CACHE_SECONDS": args.auth_cache_seconds} if args.auth_cache_seconds else {}
     parts, url = fresh_vault(args.database_url, "tokenvault-profile-", TOKENVAULT_RATE_LIMIT=UNLIMITED,
-                             TOKENVAULT_DETOKENIZE_RATE_LIMIT=UNLIMITED, TOKENVAULT_LOG_LEVEL="info")
+                             TOKENVAULT_DETOKENIZE_RATE_LIMIT=UNLIMITED, TOKENVAULT_LOG_LEVEL="info", **cache)
     try:
         client = create_app(parts=parts).test_client()
         checkout = {"Authorization": "Bearer " + parts.clients.create("profile-checkout", "checkout")[1].expose()}
         gateway = {"Authorization": "Bearer " + parts.clients.create("profile-gateway", "payment_gateway")[1].expose()}
-        answer = client.post("/v1/tokens/batch", json={"items": [card() for _ in range(BATCH)]}, headers=checkout)
+        answer = client.post("/v1/tokens/batch", json={"items": [card(args.subject) for _ in range(BATCH)]},
+                             headers=checkout)
         tokens = [r["token"] for r in answer.get_json()["results"]]
 
         def one(index: int) -> None:

@@ -21,6 +21,7 @@ __all__ = [
     "RateLimited",
     "DecryptionFailed",
     "IntegrityFailure",
+    "IntegrityLockdown",
     "KeyServiceUnavailable",
     "StorageUnavailable",
     "AuditWriteFailed",
@@ -133,6 +134,16 @@ class IntegrityFailure(VaultError):
     def __init__(self, table: str) -> None:
         super().__init__(f"integrity check failed on {table}")
         self.table = table
+
+
+class IntegrityLockdown(VaultError):
+    """The integrity watch found the audit chain broken (vault.audit.watch): data and grants are refused.
+
+    Someone deleted or changed audit events, perhaps to hide a restored row from the checks of
+    vault.audit.facts; until the trail verifies again only admins and auditors are served.
+    """
+
+    code = "integrity_lockdown"
 
 
 class KeyServiceUnavailable(VaultError):

@@ -178,7 +178,11 @@ def wsgi_app() -> Any:
     def stop() -> None:
         if not stopped:
             stopped.append(True)
+            parts.watch.stop()
             _record_lifecycle(parts, "service_stop")
+
+    if parts.settings.integrity_watch != "off":
+        parts.watch.start()  # this worker verifies the trail every few seconds (vault.audit.watch)
 
     atexit.register(stop)
     multiprocessing.util.Finalize(None, stop, exitpriority=10)

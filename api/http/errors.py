@@ -29,6 +29,7 @@ STATUS: dict[type[e.VaultError], int] = {
     e.AuditWriteFailed: 503,
     e.DecryptionFailed: 500,
     e.IntegrityFailure: 403,
+    e.IntegrityLockdown: 503,
     e.ConfigurationError: 500,
     e.UpstreamFailed: 502,
 }
@@ -48,6 +49,8 @@ _MESSAGES = {
     "audit_unavailable": "audit trail unavailable; nothing was done",
     "decryption_failed": "the stored value failed its integrity check",
     "integrity_failure": "a stored record failed its integrity check; refused and reported",
+    "integrity_lockdown": ("the audit trail failed its integrity check: the vault serves only admins and "
+                           "auditors until it verifies again"),
     "internal_error": "internal error",
     "configuration_error": "internal error",
     "upstream_failed": "the relay's upstream could not be reached or answered beyond its limits",

@@ -31,6 +31,8 @@ from sqlalchemy.engine import Connection, Engine
 from vault.access.operations import AuditedOperations
 from vault.access.operators import StepUp
 from vault.access.policy import Policy
+from vault.audit.facts import check_approval
+from vault.audit.lockdown import Lockdown
 from vault.audit.trail import Actor, AuditTrail, Origin
 from vault.clear_text import refuse_pan
 from vault.errors import Conflict, Forbidden, NotFound, ValidationFailed
@@ -120,10 +122,11 @@ class Approvals(AuditedOperations):
     """Pending requests, their approval, and the single execution that follows."""
 
     def __init__(self, *, engine: Engine, policy: Policy, trail: AuditTrail, macs: RowMacs,
-                 clock: Callable[[], datetime] = _now) -> None:
+                 clock: Callable[[], datetime] = _now, lockdown: Lockdown | None = None) -> None:
         super().__init__(engine=engine, policy=policy, trail=trail, clock=clock)
         # Action, parameters, requester, status and expiry are MACed: an edited request never runs.
         self._macs = macs
+        self._lockdown = lockdown
         self._actions: dict[str, ApprovalAction] = {}
 
     def register(self, action: ApprovalAction) -> None:
@@ -172,6 +175,8 @@ class Approvals(AuditedOperations):
     def approve(self, step_up: StepUp, approval_id: str, origin: Origin) -> Approval:
         """Approve and run a pending request: by another operator allowed the action, before it expires."""
         actor = step_up.actor
+        if self._lockdown is not None:  # no grant while the audit chain is broken (vault.audit.lockdown)
+            self._lockdown.check(actor, origin, grant=True)
         now = self._clock()
         detail = f"request={approval_id[:48]}"
 
@@ -180,6 +185,7 @@ class Approvals(AuditedOperations):
             if row is None:
                 raise NotFound("no such approval request")
             self._macs.check(conn, approvals, row)
+            check_approval(conn, row)  # a consumed request restored to pending: a replay
             action = self._actions.get(row["action"])
             if action is None:
                 raise Conflict("this action can no longer be run")

@@ -28,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from vault.access.policy import Policy
 from vault.audit.alerts import integrity_event
+from vault.audit.facts import check_client
 from vault.audit.trail import HOST, Actor, AuditEvent, AuditTrail, Origin
 from vault.clear_text import refuse_pan
 from vault.errors import (
@@ -224,6 +225,8 @@ class ClientRegistry:
             ).first()
             if row is not None:
                 self._macs.check(conn, clients, row._asdict())
+                if row.revoked_at is None or row.suspended_at is None:
+                    check_client(conn, row._asdict())  # a restored pre-revocation or pre-suspension copy
         if row is None or row.revoked_at is not None or not self._policy.has_role(row.role):
             raise Unauthenticated("invalid credentials")
         if bytes(row.key_hash) != digest and not (row.previous_key_expires_at and

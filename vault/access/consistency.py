@@ -1,10 +1,11 @@
 """The integrity sweep: every MACed row, and the access decisions the audit trail remembers.
 
 A row MAC catches an edited row when a request reads it; it cannot see a deleted row,
-a row nobody reads, or an older authentic copy restored over a newer one. This sweep,
-run by `tokenvault integrity check` (cron, like `tokenvault audit verify`), closes part
-of that gap by cross-checking the tables against the audit trail, whose events are
-chained and anchored outside the database by checkpoints:
+a row nobody reads, or an older authentic copy restored over a newer one. Decisions ask
+the audit trail about the last two themselves (vault.audit.facts); this sweep, run by
+`tokenvault integrity check` (cron, like `tokenvault audit verify`), reports them for the
+whole database, and finds edits of rows no request has read, by cross-checking the tables
+against the audit trail, whose events are chained and anchored outside the database:
 
 - every row of a MACed table must carry a valid MAC (a row never read is still checked);
 - a client revoked in the trail must be revoked in `clients` (a restored pre-revocation

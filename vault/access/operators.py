@@ -34,6 +34,7 @@ from vault.access.passwords import Passwords
 from vault.access.policy import Policy
 from vault.access.sessions import Session, Sessions
 from vault.access.totp import claim_step, matching_step, release_step
+from vault.audit.facts import check_operator, facts_of
 from vault.audit.trail import HOST, Actor, AuditTrail, Origin
 from vault.clear_text import refuse_pan
 from vault.errors import (
@@ -212,6 +213,8 @@ class OperatorRegistry(AuditedOperations):
         if row is None:
             return None
         self._macs.check(conn, operators, row)
+        if row["disabled_at"] is None:  # a pre-disable copy restored must not log in
+            check_operator(facts_of(conn, [f"operator:{row['id']}"]), row)
         key_row = {"id": row["totp_key_id"], "domain_key_id": row["domain_key_id"], "subject_id": row["subject_id"],
                    "purpose": row["purpose"], "wrapped": row["wrapped"]}
         cipher = self._keys.open_data_keys(conn, [key_row], ("totp",))[row["totp_key_id"]]

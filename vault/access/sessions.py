@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection
 
+from vault.audit.facts import check_operator, check_session, facts_of
 from vault.keys.hierarchy import KeyHierarchy
 from vault.keys.row_mac import RowMacs
 from vault.secret import Secret
@@ -94,6 +95,10 @@ class Sessions:
         if (session["revoked_at"] is not None or session["expires_at"] <= now or operator["disabled_at"] is not None
                 or operator["enrolment_hash"] is not None):  # a reset operator's sessions are revoked; belt and braces
             return None
+        # A logged-out session re-inserted, or a pre-disable copy of the operator restored: the trail says no.
+        facts = facts_of(conn, [f"session:{session['id']}", f"operator:{operator['id']}"])
+        check_session(facts, session)
+        check_operator(facts, operator)
         return _Found(id=session["id"], expires_at=session["expires_at"], revoked_at=session["revoked_at"],
                       operator_id=operator["id"], username=operator["username"], role=operator["role"],
                       disabled_at=operator["disabled_at"])

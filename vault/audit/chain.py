@@ -31,8 +31,12 @@ _FIELDS_V1 = (
     "at", "actor", "role", "action", "outcome", "error_code", "token", "kind", "subject_id", "purpose", "key_id",
     "request_id", "source", "user_agent", "detail", "writer", "chain_seq", "mac_key_id",
 )
-event_fields = (*_FIELDS_V1, "seq", "mac_scheme")
-MAC_SCHEME = 2
+_FIELDS_V2 = (*_FIELDS_V1, "seq", "mac_scheme")
+# Scheme 3 (every event since the one-way facts, vault.audit.facts) also covers `entity`, the
+# client, operator, session, request, disclosure, subject or route a one-way fact is about:
+# clearing it to hide a revocation from the vault's lookups breaks the chain like deleting the event.
+event_fields = (*_FIELDS_V2, "entity")
+MAC_SCHEME = 3
 
 
 def iso(moment: datetime) -> str:
@@ -40,7 +44,8 @@ def iso(moment: datetime) -> str:
 
 
 def _canonical(row: Mapping[str, Any] | Any) -> bytes:
-    names = event_fields if int(row.get("mac_scheme") or 1) >= 2 else _FIELDS_V1
+    scheme = int(row.get("mac_scheme") or 1)
+    names = event_fields if scheme >= 3 else _FIELDS_V2 if scheme == 2 else _FIELDS_V1
     values = [(iso(row[name]) if name == "at" else row.get(name)) for name in names]
     return json.dumps(values, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 

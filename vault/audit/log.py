@@ -57,6 +57,10 @@ class AuditLog(AuditedOperations):
         self._reader: Engine | None = None
         self._reader_lock = threading.Lock()
 
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
     def _authorise(self, actor: Actor, action: str, origin: Origin) -> None:
         self._require(actor, "read_audit", action, origin)
 
@@ -88,7 +92,7 @@ class AuditLog(AuditedOperations):
         with self._reader.connect() as conn:
             return self._trail.verify(conn, progress=progress, resume=resume)
 
-    def _resume_point(self) -> dict[str, tuple[int, str]] | None:
+    def resume_point(self) -> dict[str, tuple[int, str]] | None:
         """The latest run's per-chain resume points, if their MAC holds under an audit key; else None (full)."""
         with self._engine.connect() as conn:
             raw = conn.execute(select(audit_verify_jobs.c.resume).where(audit_verify_jobs.c.status == "done",
@@ -217,7 +221,7 @@ class AuditLog(AuditedOperations):
                              .values(done=done, total=total, updated_at=self._clock()))
 
         try:
-            report = self.verify_now(progress, resume=None if full else self._resume_point())
+            report = self.verify_now(progress, resume=None if full else self.resume_point())
         except (VaultError, SQLAlchemyError) as exc:
             code = exc.code if isinstance(exc, VaultError) else "storage_unavailable"
             with self._engine.begin() as conn:

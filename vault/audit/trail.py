@@ -45,6 +45,7 @@ from vault.audit.checkpoints import (
     entry_lines,
     record_sink_head,
 )
+from vault.audit.facts import entity_of
 from vault.audit.verification import Break, Verification, verify_trail
 from vault.errors import AuditWriteFailed, KeyServiceUnavailable, VaultError
 from vault.keys.hierarchy import KeyHierarchy
@@ -119,10 +120,12 @@ class AuditEvent:
 
     def row(self) -> dict[str, Any]:
         origin = self.origin
+        detail = _printable(self.detail, 256)
         return {
             "at": self.at, "actor": self.actor, "role": self.role, "action": self.action, "outcome": self.outcome,
             "error_code": self.error_code, "token": self.token, "kind": self.kind, "subject_id": self.subject_id,
-            "purpose": self.purpose, "key_id": self.key_id, "detail": _printable(self.detail, 256),
+            "purpose": self.purpose, "key_id": self.key_id, "detail": detail,
+            "entity": entity_of(self.action, self.outcome, self.actor, self.subject_id, detail),
             "request_id": _printable(origin.request_id, 64), "source": _printable(origin.source, 64),
             "user_agent": _printable(origin.user_agent, 256),
         }

@@ -142,8 +142,9 @@ def _check_archives(conn: Connection, keys: _Keys, report: Verification) -> dict
 
 
 _COLUMNS = [audit_events.c[name] for name in event_fields] + [audit_events.c.prev_mac, audit_events.c.mac]
-_WRITER, _CHAIN_SEQ, _KEY_ID, _SEQ, _SCHEME, _PREV, _MAC = (event_fields.index("writer"), event_fields.index(
-    "chain_seq"), event_fields.index("mac_key_id"), event_fields.index("seq"), len(event_fields) - 1,
+_WRITER, _CHAIN_SEQ, _KEY_ID, _SEQ, _SCHEME, _ENTITY, _PREV, _MAC = (
+    event_fields.index("writer"), event_fields.index("chain_seq"), event_fields.index("mac_key_id"),
+    event_fields.index("seq"), event_fields.index("mac_scheme"), event_fields.index("entity"),
     len(event_fields), len(event_fields) + 1)
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -241,8 +242,10 @@ def _walk_chains(conn: Connection, keys: _Keys, report: Verification, starts: di
         if bytes(values[_PREV]) != prev:
             return fail("link to previous event broken", values)
         row_scheme = values[_SCHEME]
-        if row_scheme == 2:
-            payload = _dumps([values[0].isoformat(), *values[1:_PREV]]).encode("utf-8")
+        if row_scheme in (2, 3) and row_scheme >= scheme:
+            # Scheme 2 covers every column up to `mac_scheme`; scheme 3 adds `entity` (vault.audit.chain).
+            end = _PREV if row_scheme == 3 else _ENTITY
+            payload = _dumps([values[0].isoformat(), *values[1:end]]).encode("utf-8")
             computed = hmac.digest(key, prev + payload, "sha256")
         elif row_scheme == 1 and scheme == 1:
             computed = mac_of(key, prev, dict(zip(event_fields, values[:_PREV], strict=True)))

@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from vault.access.operations import AuditedOperations
 from vault.access.policy import Policy
+from vault.audit.facts import check_disclosure
 from vault.audit.trail import Actor, AuditTrail, Origin
 from vault.clear_text import refuse_pan
 from vault.errors import DecryptionFailed, Forbidden, NotFound, ValidationFailed
@@ -81,6 +82,7 @@ class DisclosureService(AuditedOperations):
             row = conn.execute(select(disclosures).where(disclosures.c.id == disclosure_id)).mappings().first()
             if row is not None:
                 self._macs.check(conn, disclosures, row)
+                check_disclosure(conn, row)  # delivered once: a restored copy is not collectable again
             if row is None or row["status"] != "pending" or row["expires_at"] <= self._clock():
                 raise NotFound("no such pending disclosure")
             if row["requested_by"] == actor.id:
@@ -106,6 +108,7 @@ class DisclosureService(AuditedOperations):
             row = conn.execute(select(disclosures).where(disclosures.c.id == disclosure_id)).mappings().first()
             if row is not None:
                 self._macs.check(conn, disclosures, row)
+                check_disclosure(conn, row)  # delivered once: a restored copy is not collectable again
             if row is None or row["status"] != "approved" or row["requested_by"] != actor.id \
                     or row["expires_at"] <= self._clock():
                 raise NotFound("no such approved disclosure")

@@ -34,6 +34,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from vault.access.policy import NO_PLAINTEXT_ROLES, PURPOSES, Policy
+from vault.audit.facts import check_route
 from vault.errors import Conflict, DecryptionFailed, NotFound, ValidationFailed
 from vault.keys.envelope import associated_data
 from vault.keys.hierarchy import KeyHierarchy
@@ -343,6 +344,8 @@ class RouteBook:
             if missing_ok:
                 return None
             raise NotFound("no such route")
+        # The newest approved version deleted brings the previous one back: the trail knows the newest.
+        check_route(conn, name, int(row["version"]))
         slot = (name, int(row["version"]), str(row["data_key_id"]), hashlib.sha256(row["sealed"]).digest())
         if (opened := self._opened.get(slot)) is not None:
             return opened

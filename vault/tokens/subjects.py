@@ -15,6 +15,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
+from vault.audit.facts import live_holds, subject_facts
 from vault.clear_text import contains_pan
 from vault.errors import IntegrityFailure, LegalHold, ValidationFailed
 from vault.keys.row_mac import RowMacs
@@ -86,6 +87,13 @@ def subject_states(conn: Connection, subject_ids: Iterable[str], macs: RowMacs) 
     for subject_id in set(flags) | set(refused):
         restricted, minor = flags.get(subject_id, (False, False))
         out[subject_id] = SubjectState(bool(restricted), bool(minor), frozenset(refused.get(subject_id, ())))
+    # A deleted subject or consent row, or an older copy restored, reads as "no limitation":
+    # the trail remembers every restriction, minor marker and opt-out (vault.audit.facts).
+    for subject_id, said in subject_facts(conn, wanted).items():
+        state = out.get(subject_id, SubjectState())
+        if ((said.restricted and not state.restricted) or (said.minor and not state.minor)
+                or not said.refused <= state.refused):
+            raise IntegrityFailure("subjects (trail)")  # or a consents row
     return out
 
 
@@ -101,6 +109,9 @@ def held_subjects(conn: Connection, now: datetime, macs: RowMacs) -> list[str]:
             continue
         if row["released_at"] is None and row["until"] > now:
             held.add(str(row["subject_id"]))
+    # A hold the trail placed and never released, whose row is gone, still holds (its `until` went with it).
+    present = set(conn.execute(select(holds.c.id)).scalars())
+    held.update(subject for hold, subject in live_holds(conn).items() if hold not in present)
     return sorted(held)
 
 
@@ -114,7 +125,12 @@ def refuse_if_held(conn: Connection, subject_id: str | None, now: datetime, macs
     """
     if subject_id is None:
         return
+    present = set()
     for row in conn.execute(select(holds).where(holds.c.subject_id == subject_id)).mappings():
         macs.check(conn, holds, row)  # a hold released in the database is an integrity failure, never a release
+        present.add(row["id"])
         if row["released_at"] is None and row["until"] > now:
             raise LegalHold("subject is under legal hold")
+    said = subject_facts(conn, [subject_id]).get(subject_id)
+    if said is not None and not said.holds <= present:  # a hold row deleted: the trail still holds it
+        raise IntegrityFailure("holds (trail)")

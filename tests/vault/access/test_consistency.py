@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 from sqlalchemy import Table, select, update
 
@@ -18,6 +19,7 @@ from tests.support.operators import make_operator
 from tests.vault.access.test_approvals import request_disable, step_up
 from vault.access.consistency import Finding, sweep
 from vault.audit.trail import HOST, Origin
+from vault.errors import IntegrityFailure
 from vault.keys.row_mac import RowMacs
 from vault.secret import Secret
 from vault.storage.schema import approvals, audit_events, clients, operators
@@ -49,11 +51,13 @@ def test_a_revoked_client_restored_from_an_old_copy_is_found(components: Compone
     before = _snapshot(components, clients, client_id)
     components.clients.revoke(client_id)
     _restore(components, clients, before)
-    # Residual (README "Insider with the database"): the authentic old copy authenticates again...
+    # The authentic old copy no longer authenticates: the trail's revoke_client event refuses it
+    # (vault.audit.facts; tests/attacks/test_insider_rollback.py has every such restore)...
     fresh = type(components.clients)(components.engine, components.keys, components.policy, components.trail,
                                      cache_seconds=0)
-    assert fresh.authenticate(key, Origin()).id == client_id
-    # ...until the sweep, which the audit trail's revoke_client event makes conclusive.
+    with pytest.raises(IntegrityFailure):
+        fresh.authenticate(key, Origin())
+    # ...and the sweep reports it too.
     assert _sweep(components) == [Finding("clients", client_id, "revoked in the audit trail, live in the table")]
 
 

@@ -1,0 +1,188 @@
+"""One-way facts: what the audit trail says happened to an entity, so a row put back cannot undo it.
+
+A row MAC catches an edited row, not a deleted one nor an older authentic copy restored
+over a newer one (issue #15). Every decision that such a restore would widen therefore also
+asks the trail, whose events are chained and anchored outside the database:
+
+- a client revoked, or suspended and not resumed since; an operator disabled and not enabled
+  since; a session logged out; a dual-control request approved (it ran once); a disclosure
+  delivered; a subject restricted, marked a minor, opted out of a purpose, or under a legal hold
+  not released; the newest approved version of a relay route.
+
+Each such event names its entity in `audit_events.entity` (derived here from the event, so no
+caller can forget it), covered by the event's MAC from scheme 3 and found through a partial
+index. A row that contradicts the trail raises IntegrityFailure: the request is refused, and
+audited and alerted as an integrity event by the caller's usual path. To make a restore work the
+insider must also delete the event, which breaks the chain: the integrity watch
+(vault.audit.watch) sees that within its interval and locks the vault. What is left (events not
+yet anchored, the watch interval, events archived out of the table) is in README "Insider with
+the database".
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import bindparam, select
+from sqlalchemy.engine import Connection
+
+from vault.errors import IntegrityFailure
+from vault.storage.schema import audit_events
+
+__all__ = ["entity_of", "facts_of", "SubjectFacts", "live_holds", "check_client", "check_operator",
+           "check_session", "check_approval", "check_disclosure", "check_route", "subject_facts",
+           "FACT_ACTIONS"]
+
+# action -> the `key=` in the event's detail that names the entity, and the entity's kind.
+_BY_DETAIL = {
+    "revoke_client": ("client", "client"), "resume_client": ("client", "client"),
+    "disable_operator": ("operator", "operator"), "enable_operator": ("operator", "operator"),
+    "logout": ("session", "session"), "approve": ("request", "request"),
+    "approve_relay_route": ("route", "route"),
+}
+_BY_SUBJECT = ("restrict", "mark_minor", "consent", "hold", "release_hold")
+FACT_ACTIONS = (*_BY_DETAIL, *_BY_SUBJECT, "disclose", "suspend_client", "propose_relay_route")
+_ENTITY_LENGTH = 160
+
+
+def _field(detail: str | None, name: str) -> str | None:
+    match = re.search(rf"(?:^| ){name}=(\S+)", detail or "")
+    return match.group(1) if match else None
+
+
+def entity_of(action: str, outcome: str, actor: str, subject_id: str | None, detail: str | None) -> str | None:
+    """The entity a one-way fact is about, or None for any other event (most of them)."""
+    entity: str | None = None
+    if action == "suspend_client":  # written as the refused client's own event (vault.access.guessing)
+        entity = f"client:{actor}"
+    elif outcome != "allowed":
+        return None
+    elif action in _BY_DETAIL:
+        key, kind = _BY_DETAIL[action]
+        found = _field(detail, key)
+        entity = f"{kind}:{found}" if found else None
+    elif action in _BY_SUBJECT and subject_id:
+        entity = f"subject:{subject_id}"
+    elif action == "disclose" and detail:
+        entity = f"disclosure:{detail}"
+    elif action == "propose_relay_route" and _field(detail, "approved") == "True":  # the host's, approved at once
+        entity = f"route:{_field(detail, 'route')}"
+    return entity if entity is None or len(entity) <= _ENTITY_LENGTH else None
+
+
+_FACTS = (select(audit_events.c.entity, audit_events.c.action, audit_events.c.detail)
+          .where(audit_events.c.entity.in_(bindparam("entities", expanding=True)))
+          .order_by(audit_events.c.seq))
+
+
+def facts_of(conn: Connection, entities: Iterable[str]) -> dict[str, list[tuple[str, str]]]:
+    """Per entity, its facts in trail order as (action, detail); one indexed query."""
+    wanted = sorted(set(entities))
+    found: dict[str, list[tuple[str, str]]] = {}
+    if wanted:
+        for entity, action, detail in conn.execute(_FACTS, {"entities": wanted}):
+            found.setdefault(str(entity), []).append((str(action), str(detail or "")))
+    return found
+
+
+def _refuse(table: str) -> IntegrityFailure:
+    # Names the table only (ids stay in the trail, never in an error); "(trail)" tells it from a bad MAC.
+    return IntegrityFailure(f"{table} (trail)")
+
+
+def _last(facts: list[tuple[str, str]], *actions: str) -> str | None:
+    return next((action for action, _ in reversed(facts) if action in actions), None)
+
+
+def check_client(conn: Connection, row: Mapping[Any, Any]) -> None:
+    """A client row must be revoked, or suspended, if the trail says so."""
+    facts = facts_of(conn, [f"client:{row['id']}"]).get(f"client:{row['id']}", [])
+    if any(action == "revoke_client" for action, _ in facts) and row["revoked_at"] is None:
+        raise _refuse("clients")
+    if _last(facts, "suspend_client", "resume_client") == "suspend_client" and row["suspended_at"] is None:
+        raise _refuse("clients")
+
+
+def check_operator(facts: Mapping[str, list[tuple[str, str]]], row: Mapping[Any, Any]) -> None:
+    """An operator disabled in the trail (and not enabled since) must be disabled in its row."""
+    history = facts.get(f"operator:{row['id']}", [])
+    if _last(history, "disable_operator", "enable_operator") == "disable_operator" and row["disabled_at"] is None:
+        raise _refuse("operators")
+
+
+def check_session(facts: Mapping[str, list[tuple[str, str]]], row: Mapping[Any, Any]) -> None:
+    """A session logged out in the trail is over, whatever its row says."""
+    if facts.get(f"session:{row['id']}") and row["revoked_at"] is None:
+        raise _refuse("operator_sessions")
+
+
+def check_approval(conn: Connection, row: Mapping[Any, Any]) -> None:
+    """A request the trail shows approved ran once: a row pending again is a restored copy (a replay)."""
+    if row["status"] == "pending" and facts_of(conn, [f"request:{row['id']}"]):
+        raise _refuse("approvals")
+
+
+def check_disclosure(conn: Connection, row: Mapping[Any, Any]) -> None:
+    """A disclosure the trail shows delivered is never collectable again."""
+    if row["status"] != "delivered" and facts_of(conn, [f"disclosure:{row['id']}"]):
+        raise _refuse("disclosures")
+
+
+def check_route(conn: Connection, name: str, version: int | None) -> None:
+    """The route's newest approved version in the trail must be the one the table serves (or a later one)."""
+    newest = 0
+    for _action, detail in facts_of(conn, [f"route:{name}"]).get(f"route:{name}", []):
+        approved = _field(detail, "v")
+        if approved is not None and approved.isdigit():
+            newest = max(newest, int(approved))
+    if newest and (version is None or version < newest):
+        raise _refuse("relay_routes")
+
+
+@dataclass
+class SubjectFacts:
+    """What the trail says limits a subject: restricted, a minor, opted out, holds not released."""
+
+    restricted: bool = False
+    minor: bool = False
+    refused: set[str] = field(default_factory=set)
+    holds: set[str] = field(default_factory=set)
+
+
+def subject_facts(conn: Connection, subject_ids: Iterable[str]) -> dict[str, SubjectFacts]:
+    """Per subject with any recorded limitation, what the trail says (one indexed query)."""
+    out: dict[str, SubjectFacts] = {}
+    for entity, facts in facts_of(conn, (f"subject:{s}" for s in subject_ids)).items():
+        state = out.setdefault(entity.removeprefix("subject:"), SubjectFacts())
+        for action, detail in facts:
+            if action == "restrict":
+                state.restricted = "restricted=True" in detail
+            elif action == "mark_minor":
+                state.minor = True
+            elif action == "consent":
+                for choice in detail.split(","):
+                    purpose, _, granted = choice.partition("=")
+                    (state.refused.discard if granted == "True" else state.refused.add)(purpose)
+            elif (hold := _field(detail, "hold")) is not None:
+                (state.holds.add if action == "hold" else state.holds.discard)(hold)
+    return out
+
+
+def live_holds(conn: Connection) -> dict[str, str]:
+    """Every legal hold the trail placed and never released: hold id -> subject (for purges)."""
+    live: dict[str, str] = {}
+    rows = conn.execute(select(audit_events.c.entity, audit_events.c.action, audit_events.c.detail)
+                        .where(audit_events.c.entity.is_not(None),
+                               audit_events.c.action.in_(("hold", "release_hold")))
+                        .order_by(audit_events.c.seq))
+    for entity, action, detail in rows:
+        hold = _field(detail, "hold")
+        if hold is not None:
+            if action == "hold":
+                live[hold] = str(entity).removeprefix("subject:")
+            else:
+                live.pop(hold, None)
+    return live

@@ -1,7 +1,7 @@
 """bin counts: card tokens issued keeping each BIN (keep_bin), capped so guessing one stays pointless
 
 Revision ID: 0021h1920
-Revises: 0019a
+Revises: h15_rollback_0021
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0021h1920"
-down_revision = "0019a"
+down_revision = "h15_rollback_0021"
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """one-way facts: audit_events.entity and its partial index (vault.audit.facts)
 
 Revision ID: h15_rollback_0021
-Revises: 0020a
+Revises: h15macs1
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from alembic import op
 from vault.audit.facts import FACT_ACTIONS, entity_of
 
 revision = "h15_rollback_0021"
-down_revision = "0020a"
+down_revision = "h15macs1"
 branch_labels = None
 depends_on = None
 

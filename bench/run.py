@@ -204,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
             "git": revision,
             "summary": summary,
             "targets": report.evaluate(summary, memory, stack.skipped, args.connections),
+            "targets_21": report.evaluate_peer(summary, stack.skipped, args.connections),
+            "peer_audit_lines": stack.peer.audit_lines() if stack.peer is not None else 0,
             "memory": memory,
             "audit_chain": audit,
             "epochs": epochs,

@@ -83,6 +83,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--quick", action="store_true", help="smoke run: every case for 1-2 s, one round, no memory top-up")
     add("--real-rate-limits", action="store_true",
         help=f"keep the vault's default per-client rate limits (by default raised to {UNLIMITED})")
+    add("--compare", type=Path, metavar="DIR",
+        help="also run the SQLite-local and PostgreSQL vaults from DIR, a checkout of the code before a change "
+             "(e.g. `git worktree add --detach DIR main`), as <setup>-before: before/after in one run")
     add("--publish", action="store_true", help="copy the Markdown and chart to docs/bench/latest.md and latest.png")
     add("--keep", action="store_true", help="keep the temp dir with every server's log")
     add("--no-save", action="store_true", help="do not write bench/results/")
@@ -173,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
               "other work on this machine will lower every figure", file=sys.stderr)
     try:
         print(f"temp dir {work}; starting every server", file=sys.stderr)
-        start(stack, postgres_url=None if args.no_postgres else args.postgres_url, tokens=args.tokens)
+        start(stack, postgres_url=None if args.no_postgres else args.postgres_url, tokens=args.tokens,
+              compare=args.compare.resolve() if args.compare else None)
         notes = list(stack.notes)
         patterns = [p.strip() for p in args.cases.split(",") if p.strip()]
         cases = [c for c in build_cases(stack, args, stack.python)
@@ -198,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                          "raw_items": args.raw_items, "audit_rounds": args.audit_rounds, "audit_ops": args.audit_ops,
                          "min_tokens": 0 if args.no_extras else args.min_tokens, "cases": args.cases,
                          "quick": args.quick, "extras": not args.no_extras,
+                         "compare": str(args.compare) if args.compare else None,
                          "rate_limits": "defaults" if args.real_rate_limits else UNLIMITED},
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                         "wrk": wrk_version(), "loadavg_before": load_before, "loadavg_after": os.getloadavg()},

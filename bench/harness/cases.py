@@ -78,7 +78,7 @@ def build_cases(stack: Stack, args: Any, python: Path) -> list[Case]:
         cases += [Case("tokenize", name, single, "tokenize", url, checkout, metrics_url=url, **common),
                   Case("detokenize", name, single, "detokenize", url, gateway, [str(setup.tokens_file)],
                        metrics_url=url, **common)]
-        if name == "sqlite-local":
+        if name in ("sqlite-local", "sqlite-local-before"):
             # wrk keeps each connection alive; this one closes it after every request (issue #21).
             cases.append(Case("tokenize_close", name, single, "tokenize_close", url, checkout, metrics_url=url,
                               **common))

@@ -131,6 +131,23 @@ def evaluate_peer(summary: dict[str, dict[str, Any]], skipped: dict[str, str], c
     return out
 
 
+def compare_table(summary: dict[str, dict[str, Any]]) -> str | None:
+    """With --compare: each case of a `<setup>-before` vault next to the same case on `<setup>`."""
+    lines = ["| case | setup | before req/s | after req/s | after ÷ before | before p99 ms | after p99 ms |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for key, before in summary.items():
+        if not before["setup"].endswith("-before"):
+            continue
+        after = summary.get(key.replace("-before", ""))
+        if after is None or not before.get("requests_per_sec"):
+            continue
+        ratio = after["requests_per_sec"] / before["requests_per_sec"]
+        lines.append(f"| {OPS[before['op']][0]} | {SETUP_LABELS.get(after['setup'], after['setup'])} "
+                     f"| {_num(before['requests_per_sec'], 1)} | {_num(after['requests_per_sec'], 1)} "
+                     f"| {ratio:.2f} {X} | {_num(before['p99_ms'], 1)} | {_num(after['p99_ms'], 1)} |")
+    return "\n".join(lines) if len(lines) > 2 else None
+
+
 def _num(value: float | None, digits: int = 0) -> str:
     return DASH if value is None else f"{value:,.{digits}f}"
 
@@ -239,6 +256,11 @@ def markdown(record: dict[str, Any], image: str | None) -> str:
               f"VmRSS of each server worker (children of the server's master) after every case and {top_up}; "
               "tokens created = allowed tokenize items in the server's /metrics since it started.", "",
               ]
+    compared = compare_table(record["summary"])
+    if compared:
+        parts += ["## Before and after (--compare)", "", compared, "",
+                  f"Before: the code in `{s.get('compare')}`, started with the same settings in the same run "
+                  "(interleaved rounds).", ""]
     if record["audit_chain"]:
         parts += ["## Audit chain cost", "", audit_table(record["audit_chain"]), "",
                   "In-process tokenize with the chained audit trail against plain audit rows "
@@ -257,6 +279,8 @@ def markdown(record: dict[str, Any], image: str | None) -> str:
 def console_summary(record: dict[str, Any]) -> str:
     """What run.py prints on stdout: the two tables and the machine line."""
     audit = [audit_table(record["audit_chain"])] if record["audit_chain"] else []
+    compared = compare_table(record["summary"])
+    audit += [compared] if compared else []
     audit += [epoch_table(record["epochs"])] if record.get("epochs") else []
     return "\n\n".join([cases_table(record["summary"]), targets_table(record["targets_21"]),
                         targets_table(record["targets"]),

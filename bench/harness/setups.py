@@ -33,6 +33,8 @@ PEER_KEY = "bench-peer"  # a separate Transit key for the peer cases
 SETUP_LABELS = {"sqlite-local": "SQLite, local keys", "sqlite-vault": "SQLite, Vault provider (OpenBao)",
                 "postgres": "PostgreSQL, local keys", "hello": "hello-world Flask", "openbao": "OpenBao dev server",
                 "openbao-raft": "OpenBao, raft storage + file audit",
+                "sqlite-local-before": "SQLite, local keys, code before (--compare)",
+                "postgres-before": "PostgreSQL, local keys, code before (--compare)",
                 "in-process": "Python, no HTTP"}
 
 
@@ -175,8 +177,12 @@ def configure_openbao(bao: OpenBaoServer) -> OpenBao:
     return server
 
 
-def start(stack: Stack, *, postgres_url: str | None, tokens: int) -> None:
-    """Bring every server up (booting at once), initialise each vault and give it `tokens` card tokens."""
+def start(stack: Stack, *, postgres_url: str | None, tokens: int, compare: Path | None = None) -> None:
+    """Bring every server up (booting at once), initialise each vault and give it `tokens` card tokens.
+
+    With `compare` (a checkout of the code before a change), SQLite-local and PostgreSQL are also started
+    from that checkout (PYTHONPATH ahead of this venv's editable install) as `<setup>-before`, so a change
+    is measured before and after in one run, interleaved with everything else."""
     stack.spawn_hello()
     bao = stack.spawn_openbao()
     stack.peer = raft_peer.spawn(stack.processes, stack.work, stack.base)
@@ -209,10 +215,20 @@ def start(stack: Stack, *, postgres_url: str | None, tokens: int) -> None:
             pg = stack.init_vault("postgres", stack.vault_env("postgres", TOKENVAULT_DATABASE_URL=url))
             pg.database_url = url
             setups.append(pg)
+            if compare is not None:
+                url = fresh_postgres(postgres_url)
+                stack.databases.append(url)
+                before = stack.init_vault("postgres-before", stack.vault_env(
+                    "postgres-before", TOKENVAULT_DATABASE_URL=url, PYTHONPATH=str(compare)))
+                before.database_url = url
+                setups.append(before)
         else:
             stack.skipped["postgres"] = f"PostgreSQL cases skipped: {postgres_url} unreachable ({reason})"
     else:
         stack.skipped["postgres"] = "PostgreSQL cases skipped: --no-postgres"
+    if compare is not None:
+        setups.append(stack.init_vault("sqlite-local-before",
+                                       stack.vault_env("sqlite-local-before", PYTHONPATH=str(compare))))
     stack.notes += stack.skipped.values()
 
     for setup in setups:

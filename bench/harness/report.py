@@ -246,7 +246,7 @@ def markdown(record: dict[str, Any], image: str | None) -> str:
               "items/s ÷ the raw limit (best run of bench/raw_limit.py's AES-256-GCM + SQLite bulk insert); "
               "errors = HTTP status ≥ 400 and socket errors (wrk) plus vault items not `allowed` (/metrics); "
               "KMS calls = key provider calls during the measured runs (/metrics).", "",
-              "## Targets (issue #21: the OpenBao raft + audit peer)", "", targets_table(record["targets_21"]), "",
+              "## Targets (issue #21: the OpenBao raft + audit peer)", "", targets_table(record.get("targets_21", [])), "",
               "The peer: `bao server` with raft storage in the run's temp dir and a file audit device declared in "
               "its configuration, initialised and unsealed by the harness (bench/harness/peer.py); KV v2 write of "
               "a new path and read of one of the secrets written before, one PAN per request. "
@@ -282,7 +282,7 @@ def console_summary(record: dict[str, Any]) -> str:
     compared = compare_table(record["summary"])
     audit += [compared] if compared else []
     audit += [epoch_table(record["epochs"])] if record.get("epochs") else []
-    return "\n\n".join([cases_table(record["summary"]), targets_table(record["targets_21"]),
+    return "\n\n".join([cases_table(record["summary"]), targets_table(record.get("targets_21", [])),
                         targets_table(record["targets"]),
                         memory_table(record["memory"]), *audit, *[f"note: {n}" for n in record["notes"]],
                         machine_line(record)])

@@ -71,7 +71,11 @@ def configure(level: str = "info") -> None:
         redact,
     ]
     structlog.configure(
-        processors=[*shared, structlog.processors.JSONRenderer(serializer=_dumps)],
+        # The timestamp after `redact`: the clock's own text, never data, and a 12-digit run that every
+        # line would otherwise test for a card number (issue #21). Every other field is still redacted.
+        processors=[structlog.contextvars.merge_contextvars, structlog.processors.add_log_level, redact,
+                    structlog.processors.TimeStamper(fmt="iso", utc=True),
+                    structlog.processors.JSONRenderer(serializer=_dumps)],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,

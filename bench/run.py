@@ -6,7 +6,9 @@ SQLite with local keys, SQLite with the Vault provider on that OpenBao, PostgreS
 (skipped with a note when PostgreSQL does not answer). Then, after an unrecorded warm-up per case,
 runs in alternating rounds (forward, reverse, ...): hello; single-item tokenize and detokenize on
 each vault; batch tokenize and detokenize of 1,000 items per request (SQLite, local); OpenBao
-transit/encrypt and KV v2 write of one PAN per request (the peer); the raw limit (bench/raw_limit.py).
+transit/encrypt on the dev server, and KV v2 write and read of one PAN per request on the issue #21 peer
+(OpenBao with raft storage and a declared file audit device: bench/harness/peer.py); the raw limit
+(bench/raw_limit.py). `--compare DIR` adds the SQLite-local and PostgreSQL vaults run from an older checkout.
 After the rounds: the audit chain cost (bench/audit_chain_cost.py, short), the erasure epoch's rewrap
 rate and the subject-key locks' cost (bench/epoch_and_locks.py, issue #17), a top-up of the SQLite-local
 vault to 100,000 tokens, and each server worker's resident memory.

@@ -246,7 +246,8 @@ def markdown(record: dict[str, Any], image: str | None) -> str:
               "items/s ÷ the raw limit (best run of bench/raw_limit.py's AES-256-GCM + SQLite bulk insert); "
               "errors = HTTP status ≥ 400 and socket errors (wrk) plus vault items not `allowed` (/metrics); "
               "KMS calls = key provider calls during the measured runs (/metrics).", "",
-              "## Targets (issue #21: the OpenBao raft + audit peer)", "", targets_table(record.get("targets_21", [])), "",
+              "## Targets (issue #21: the OpenBao raft + audit peer)", "",
+              targets_table(record.get("targets_21", [])), "",
               "The peer: `bao server` with raft storage in the run's temp dir and a file audit device declared in "
               "its configuration, initialised and unsealed by the harness (bench/harness/peer.py); KV v2 write of "
               "a new path and read of one of the secrets written before, one PAN per request. "

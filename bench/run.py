@@ -6,7 +6,9 @@ SQLite with local keys, SQLite with the Vault provider on that OpenBao, PostgreS
 (skipped with a note when PostgreSQL does not answer). Then, after an unrecorded warm-up per case,
 runs in alternating rounds (forward, reverse, ...): hello; single-item tokenize and detokenize on
 each vault; batch tokenize and detokenize of 1,000 items per request (SQLite, local); OpenBao
-transit/encrypt and KV v2 write of one PAN per request (the peer); the raw limit (bench/raw_limit.py).
+transit/encrypt on the dev server, and KV v2 write and read of one PAN per request on the issue #21 peer
+(OpenBao with raft storage and a declared file audit device: bench/harness/peer.py); the raw limit
+(bench/raw_limit.py). `--compare DIR` adds the SQLite-local and PostgreSQL vaults run from an older checkout.
 After the rounds: the audit chain cost (bench/audit_chain_cost.py, short), the erasure epoch's rewrap
 rate and the subject-key locks' cost (bench/epoch_and_locks.py, issue #17), the relay's overhead over
 calling the same HTTPS upstream directly (bench/relay_overhead.py, issue #20), the row-MAC cost on single-item
@@ -94,6 +96,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--quick", action="store_true", help="smoke run: every case for 1-2 s, one round, no memory top-up")
     add("--real-rate-limits", action="store_true",
         help=f"keep the vault's default per-client rate limits (by default raised to {UNLIMITED})")
+    add("--compare", type=Path, metavar="DIR",
+        help="also run the SQLite-local and PostgreSQL vaults from DIR, a checkout of the code before a change "
+             "(e.g. `git worktree add --detach DIR main`), as <setup>-before: before/after in one run")
     add("--publish", action="store_true", help="copy the Markdown and chart to docs/bench/latest.md and latest.png")
     add("--keep", action="store_true", help="keep the temp dir with every server's log")
     add("--no-save", action="store_true", help="do not write bench/results/")
@@ -207,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
               "other work on this machine will lower every figure", file=sys.stderr)
     try:
         print(f"temp dir {work}; starting every server", file=sys.stderr)
-        start(stack, postgres_url=None if args.no_postgres else args.postgres_url, tokens=args.tokens)
+        start(stack, postgres_url=None if args.no_postgres else args.postgres_url, tokens=args.tokens,
+              compare=args.compare.resolve() if args.compare else None)
         notes = list(stack.notes)
         patterns = [p.strip() for p in args.cases.split(",") if p.strip()]
         cases = [c for c in build_cases(stack, args, stack.python)
@@ -234,12 +240,15 @@ def main(argv: list[str] | None = None) -> int:
                          "raw_items": args.raw_items, "audit_rounds": args.audit_rounds, "audit_ops": args.audit_ops,
                          "min_tokens": 0 if args.no_extras else args.min_tokens, "cases": args.cases,
                          "quick": args.quick, "extras": not args.no_extras,
+                         "compare": str(args.compare) if args.compare else None,
                          "rate_limits": "defaults" if args.real_rate_limits else UNLIMITED},
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                         "wrk": wrk_version(), "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
             "git": revision,
             "summary": summary,
             "targets": report.evaluate(summary, memory, stack.skipped, args.connections),
+            "targets_21": report.evaluate_peer(summary, stack.skipped, args.connections),
+            "peer_audit_lines": stack.peer.audit_lines() if stack.peer is not None else 0,
             "memory": memory,
             "audit_chain": audit,
             "epochs": epochs,

@@ -40,9 +40,18 @@ def luhn_valid(digits: str) -> bool:
 _RUN = re.compile(r"\d(?:[ ./_:,\-]{0,2}\d)*")
 _SEPARATOR = re.compile(r"[ ./_:,\-]+")
 _PAN_MIN, _PAN_MAX = 12, 19
+_NOT_DIGIT = re.compile(r"\D+")
+
+
+def _few_digits(text: str) -> bool:
+    """Fewer than 12 digits in all of `text`: no run in it can hold a PAN (issue #21: every log line's
+    fields pass through `redact_pans`, and most hold a few short digit runs, each tried in full before)."""
+    return len(text) < _PAN_MIN or len(_NOT_DIGIT.sub("", text)) < _PAN_MIN
 
 
 def _run_holds_pan(run: str) -> bool:
+    if _few_digits(run):
+        return False
     groups = ["".join(str(unicodedata.decimal(char)) for char in group) for group in _SEPARATOR.split(run)]
     for start in range(len(groups)):
         # No card number starts with 0 (ISO/IEC 7812 issues none under MII 0): leading zeros are padding.
@@ -55,11 +64,15 @@ def _run_holds_pan(run: str) -> bool:
 
 def contains_pan(text: str) -> bool:
     """True when `text` holds something that may be a card number (see `_RUN`)."""
+    if _few_digits(text):
+        return False
     return any(_run_holds_pan(match.group(0)) for match in _RUN.finditer(text))
 
 
 def redact_pans(text: str, replacement: str = "[redacted-pan]") -> str:
     """`text` with every digit run that may hold a card number replaced."""
+    if _few_digits(text):
+        return text
     return _RUN.sub(lambda m: replacement if _run_holds_pan(m.group(0)) else m.group(0), text)
 
 

@@ -21,6 +21,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api.http import audit, auth_flood, enrolment, errors, keys, login, metrics, operators, privacy, ratelimits, relay
 from api.http.auth import bearer_credentials
+from api.http.json_codec import OrjsonProvider
 from api.http.logs import configure, get_logger
 from api.http.openapi import document
 from api.http.tokens import blueprint, components, origin
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None, *, parts: Components | None = N
     _warn_human_role_clients(parts)
 
     app = Flask("tokenvault")
+    app.json = OrjsonProvider(app)  # orjson where it writes what json would (api/http/json_codec.py)
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["tokenvault"] = parts

@@ -10,12 +10,12 @@ do not inflate (a small gzip body can expand past any limit).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flask import current_app, request
 from werkzeug.exceptions import UnsupportedMediaType
 
+from api.http import json_codec
 from vault.errors import PayloadTooLarge, ValidationFailed
 
 __all__ = ["json_body", "BodyRefused"]
@@ -46,11 +46,11 @@ def json_body() -> Any:
     if raw.startswith(_BOMS) or b"\x00" in raw:  # UTF-16/32 (a NUL never appears in UTF-8 JSON text)
         raise BodyRefused("the body must be UTF-8 JSON")
     try:
-        text = raw.decode("utf-8")
+        raw.decode("utf-8")
     except UnicodeDecodeError:
         raise BodyRefused("the body must be UTF-8 JSON") from None
     try:
-        return json.loads(text)
+        return json_codec.loads(raw)
     except (ValueError, RecursionError):
         raise ValidationFailed("body", "is not valid JSON") from None
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.harness import peer
 from bench.harness.extras import raw_limit
 from bench.harness.setups import PEER_KEY, Stack
 from bench.harness.vaultdata import BATCH, diff, item_errors, kms_calls, vault_counters
@@ -23,11 +24,13 @@ from bench.harness.wrk import run_wrk
 OPS: dict[str, tuple[str, str]] = {
     "hello": ("hello-world Flask JSON POST (ceiling)", "req"),
     "tokenize": ("POST /v1/tokens, 1 card", "req"),
+    "tokenize_close": ("POST /v1/tokens, 1 card, new connection per request", "req"),
     "detokenize": ("POST /v1/detokenize, 1 token", "req"),
     "batch_tokenize": (f"POST /v1/tokens/batch, {BATCH:,} cards", "items"),
     "batch_detokenize": (f"POST /v1/detokenize, {BATCH:,} tokens", "items"),
     "transit_encrypt": ("OpenBao transit/encrypt, 1 PAN", "req"),
     "kv_write": ("OpenBao KV v2 write, 1 PAN", "req"),
+    "kv_read": ("OpenBao KV v2 read, 1 PAN", "req"),
     "raw_limit": ("AES-256-GCM + SQLite bulk insert, no HTTP", "items"),
 }
 
@@ -62,7 +65,7 @@ class Case:
 
 def build_cases(stack: Stack, args: Any, python: Path) -> list[Case]:
     """hello, then per vault setup tokenize/detokenize, batches on SQLite local, the peer, the raw limit."""
-    assert stack.hello is not None and stack.openbao is not None
+    assert stack.hello is not None and stack.openbao is not None and stack.peer is not None
     single = args.duration / args.rounds
     batch = args.batch_duration / args.rounds
     common = {"threads": args.threads, "connections": args.connections}
@@ -75,7 +78,10 @@ def build_cases(stack: Stack, args: Any, python: Path) -> list[Case]:
         cases += [Case("tokenize", name, single, "tokenize", url, checkout, metrics_url=url, **common),
                   Case("detokenize", name, single, "detokenize", url, gateway, [str(setup.tokens_file)],
                        metrics_url=url, **common)]
-        if name == "sqlite-local":
+        if name in ("sqlite-local", "sqlite-local-before"):
+            # wrk keeps each connection alive; this one closes it after every request (issue #21).
+            cases.append(Case("tokenize_close", name, single, "tokenize_close", url, checkout, metrics_url=url,
+                              **common))
             batch_common = {"threads": min(args.threads, args.batch_connections),
                             "connections": args.batch_connections, "items_per_request": BATCH,
                             "metrics_url": url, "timeout": 60}
@@ -84,9 +90,15 @@ def build_cases(stack: Stack, args: Any, python: Path) -> list[Case]:
                       Case("batch_detokenize", name, batch, "batch_detokenize", url, gateway,
                            [str(setup.tokens_file), str(BATCH)], **batch_common)]
     peer_env = {**stack.base, "BENCH_VAULT_TOKEN": stack.openbao.root_token}
+    # Issue #21's peer: raft storage and a file audit device (bench/harness/peer.py).
+    raft_env = {**stack.base, "BENCH_VAULT_TOKEN": stack.peer.root_token}
+    assert stack.peer.paths_file is not None
     cases += [Case("transit_encrypt", "openbao", single, "transit_encrypt", stack.openbao.addr, peer_env,
                    [PEER_KEY], **common),
-              Case("kv_write", "openbao", single, "kv_write", stack.openbao.addr, peer_env, ["secret"], **common),
+              Case("kv_write", "openbao-raft", single, "kv_write", stack.peer.addr, raft_env, [peer.MOUNT],
+                   **common),
+              Case("kv_read", "openbao-raft", single, "kv_read", stack.peer.addr, raft_env,
+                   [str(stack.peer.paths_file), peer.MOUNT], **common),
               Case("raw_limit", "in-process", 0, runner=lambda: raw_limit(python, args.raw_items))]
     return cases
 

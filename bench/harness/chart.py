@@ -9,7 +9,7 @@ from bench.harness.cases import OPS
 from bench.harness.setups import SETUP_LABELS
 
 COLOURS = {"hello": "#7f7f7f", "sqlite-local": "#1f77b4", "sqlite-vault": "#9467bd", "postgres": "#2ca02c",
-           "openbao": "#ff7f0e", "in-process": "#d62728"}
+           "openbao": "#ff7f0e", "openbao-raft": "#8c564b", "in-process": "#d62728"}
 
 
 def _label(row: dict[str, Any]) -> str:

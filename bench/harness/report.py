@@ -1,4 +1,4 @@
-"""Targets of issue #9 evaluated on one run's summary, and the Markdown report."""
+"""Targets of issues #9 and #21 evaluated on one run's summary, and the Markdown report."""
 
 from __future__ import annotations
 
@@ -87,6 +87,65 @@ def evaluate(summary: dict[str, dict[str, Any]], memory: dict[str, Any], skipped
                              "postgres", row("tokenize", "postgres").get("requests_per_sec"), hello, 0.4, "req/s",
                              skipped.get("postgres", "not measured")))
     return out
+
+
+def evaluate_peer(summary: dict[str, dict[str, Any]], skipped: dict[str, str], connections: int,
+                  ) -> list[dict[str, Any]]:
+    """Issue #21: against the OpenBao raft + file audit peer, the hello ceiling and the raw limit."""
+    def row(op: str, setup: str) -> dict[str, Any]:
+        return summary.get(f"{op}@{setup}") or {}
+
+    hello = row("hello", "hello").get("requests_per_sec")
+    peer = {"tokenize": row("kv_write", "openbao-raft").get("requests_per_sec"),
+            "detokenize": row("kv_read", "openbao-raft").get("requests_per_sec")}
+    peer_op = {"tokenize": "KV write", "detokenize": "KV read"}
+    out: list[dict[str, Any]] = []
+    for setup in VAULT_SETUPS:
+        missing = skipped.get(setup, "not measured")
+        floor = 0.8 if setup == "postgres" else 1.0
+        for op in ("tokenize", "detokenize"):
+            figures = row(op, setup)
+            rate = figures.get("requests_per_sec")
+            out.append(_ratio_target(f"{op}_vs_peer", f"single {op} req/s ≥ {floor:g} {X} OpenBao {peer_op[op]} "
+                                     "(raft + audit)", setup, rate, peer[op], floor, "req/s", missing))
+            out.append(_ratio_target(f"{op}_vs_hello_21", f"single {op} req/s ≥ 0.4 {X} hello", setup, rate, hello,
+                                     0.4, "req/s", missing))
+            name = f"single {op} p99 < 25 ms at -c32"
+            if not figures:
+                out.append(_target(f"{op}_p99", name, setup, None, "< 25 ms", None, "n/a", missing))
+                continue
+            note = "" if connections == 32 else f"measured at -c{connections}, not 32"
+            out.append(_target(f"{op}_p99", name, setup, figures["p99_ms"], "< 25 ms",
+                               figures["p99_ms"] < 25 and connections == 32, f"{figures['p99_ms']:.1f} ms", note))
+    raw = row("raw_limit", "in-process").get("items_per_sec")
+    transit = row("transit_encrypt", "openbao").get("requests_per_sec")
+    batch_tok = row("batch_tokenize", "sqlite-local").get("items_per_sec")
+    batch_det = row("batch_detokenize", "sqlite-local").get("items_per_sec")
+    local = "sqlite-local"
+    out += [_ratio_target("batch_tokenize_vs_raw", f"batch tokenize items/s ≥ 0.15 {X} raw limit", local,
+                          batch_tok, raw, 0.15, "items/s", "not measured"),
+            _ratio_target("batch_tokenize_vs_transit", f"batch tokenize items/s ≥ 5 {X} OpenBao transit/encrypt "
+                          "req/s", local, batch_tok, transit, 5, "items/s vs req/s", "not measured"),
+            _ratio_target("batch_detokenize_vs_raw", f"batch detokenize items/s ≥ 0.25 {X} raw limit", local,
+                          batch_det, raw, 0.25, "items/s", "not measured")]
+    return out
+
+
+def compare_table(summary: dict[str, dict[str, Any]]) -> str | None:
+    """With --compare: each case of a `<setup>-before` vault next to the same case on `<setup>`."""
+    lines = ["| case | setup | before req/s | after req/s | after ÷ before | before p99 ms | after p99 ms |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for key, before in summary.items():
+        if not before["setup"].endswith("-before"):
+            continue
+        after = summary.get(key.replace("-before", ""))
+        if after is None or not before.get("requests_per_sec"):
+            continue
+        ratio = after["requests_per_sec"] / before["requests_per_sec"]
+        lines.append(f"| {OPS[before['op']][0]} | {SETUP_LABELS.get(after['setup'], after['setup'])} "
+                     f"| {_num(before['requests_per_sec'], 1)} | {_num(after['requests_per_sec'], 1)} "
+                     f"| {ratio:.2f} {X} | {_num(before['p99_ms'], 1)} | {_num(after['p99_ms'], 1)} |")
+    return "\n".join(lines) if len(lines) > 2 else None
 
 
 def _num(value: float | None, digits: int = 0) -> str:
@@ -215,11 +274,22 @@ def markdown(record: dict[str, Any], image: str | None) -> str:
               "items/s ÷ the raw limit (best run of bench/raw_limit.py's AES-256-GCM + SQLite bulk insert); "
               "errors = HTTP status ≥ 400 and socket errors (wrk) plus vault items not `allowed` (/metrics); "
               "KMS calls = key provider calls during the measured runs (/metrics).", "",
+              "## Targets (issue #21: the OpenBao raft + audit peer)", "",
+              targets_table(record.get("targets_21", [])), "",
+              "The peer: `bao server` with raft storage in the run's temp dir and a file audit device declared in "
+              "its configuration, initialised and unsealed by the harness (bench/harness/peer.py); KV v2 write of "
+              "a new path and read of one of the secrets written before, one PAN per request. "
+              f"Audit log lines written by the peer during the run: {record.get('peer_audit_lines', 0):,}.", "",
               "## Targets (issue #9)", "", targets_table(record["targets"]), "",
               "## Memory after the run", "", memory_table(record["memory"]), "",
               f"VmRSS of each server worker (children of the server's master) after every case and {top_up}; "
               "tokens created = allowed tokenize items in the server's /metrics since it started.", "",
               ]
+    compared = compare_table(record["summary"])
+    if compared:
+        parts += ["## Before and after (--compare)", "", compared, "",
+                  f"Before: the code in `{s.get('compare')}`, started with the same settings in the same run "
+                  "(interleaved rounds).", ""]
     if record["audit_chain"]:
         parts += ["## Audit chain cost", "", audit_table(record["audit_chain"]), "",
                   "In-process tokenize with the chained audit trail against plain audit rows "
@@ -249,9 +319,12 @@ def markdown(record: dict[str, Any], image: str | None) -> str:
 def console_summary(record: dict[str, Any]) -> str:
     """What run.py prints on stdout: the two tables and the machine line."""
     audit = [audit_table(record["audit_chain"])] if record["audit_chain"] else []
+    compared = compare_table(record["summary"])
+    audit += [compared] if compared else []
     audit += [epoch_table(record["epochs"])] if record.get("epochs") else []
     audit += [relay_table(record["relay"])] if record.get("relay") else []
     audit += [row_mac_table(record["row_macs"])] if record.get("row_macs") else []
-    return "\n\n".join([cases_table(record["summary"]), targets_table(record["targets"]),
+    return "\n\n".join([cases_table(record["summary"]), targets_table(record.get("targets_21", [])),
+                        targets_table(record["targets"]),
                         memory_table(record["memory"]), *audit, *[f"note: {n}" for n in record["notes"]],
                         machine_line(record)])

@@ -1,4 +1,5 @@
-"""Every server of one run, started at once: hello app, OpenBao dev server, and one vault per setup.
+"""Every server of one run, started at once: hello app, OpenBao dev server, the OpenBao raft peer of issue
+#21 (bench/harness/peer.py), and one vault per setup.
 
 Setups (each `tokenvault init` + `tokenvault serve` in its own data dir, same server settings):
 - sqlite-local: SQLite, local keyring (the embedded default)
@@ -15,6 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.harness import peer as raft_peer
 from bench.harness.procs import (
     BENCH,
     BenchError,
@@ -30,6 +32,9 @@ VAULT_KEY = "bench-kek"  # the vault provider's KEK in OpenBao Transit
 PEER_KEY = "bench-peer"  # a separate Transit key for the peer cases
 SETUP_LABELS = {"sqlite-local": "SQLite, local keys", "sqlite-vault": "SQLite, Vault provider (OpenBao)",
                 "postgres": "PostgreSQL, local keys", "hello": "hello-world Flask", "openbao": "OpenBao dev server",
+                "openbao-raft": "OpenBao, raft storage + file audit",
+                "sqlite-local-before": "SQLite, local keys, code before (--compare)",
+                "postgres-before": "PostgreSQL, local keys, code before (--compare)",
                 "in-process": "Python, no HTTP"}
 
 
@@ -67,6 +72,7 @@ class Stack:
     base: dict[str, str] = field(default_factory=dict)
     hello: Service | None = None
     openbao: OpenBaoServer | None = None
+    peer: raft_peer.RaftPeer | None = None
     vaults: dict[str, VaultSetup] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # setup -> why it was not started
@@ -171,14 +177,20 @@ def configure_openbao(bao: OpenBaoServer) -> OpenBao:
     return server
 
 
-def start(stack: Stack, *, postgres_url: str | None, tokens: int) -> None:
-    """Bring every server up (booting at once), initialise each vault and give it `tokens` card tokens."""
+def start(stack: Stack, *, postgres_url: str | None, tokens: int, compare: Path | None = None) -> None:
+    """Bring every server up (booting at once), initialise each vault and give it `tokens` card tokens.
+
+    With `compare` (a checkout of the code before a change), SQLite-local and PostgreSQL are also started
+    from that checkout (PYTHONPATH ahead of this venv's editable install) as `<setup>-before`, so a change
+    is measured before and after in one run, interleaved with everything else."""
     stack.spawn_hello()
     bao = stack.spawn_openbao()
+    stack.peer = raft_peer.spawn(stack.processes, stack.work, stack.base)
 
     local = stack.init_vault("sqlite-local", stack.vault_env("sqlite-local"))
     wait_ready(bao.service, timeout=30)
     server = configure_openbao(bao)
+    raft_peer.prepare(stack.peer, stack.work)
     vault_common = {"TOKENVAULT_KMS": "vault", "VAULT_ADDR": bao.addr, "TOKENVAULT_VAULT_KEY": VAULT_KEY}
     # init creates the KEK with the root token (as an admin would); the service then runs on an AppRole
     # holding only deploy/vault/tokenvault-service.hcl.
@@ -203,10 +215,20 @@ def start(stack: Stack, *, postgres_url: str | None, tokens: int) -> None:
             pg = stack.init_vault("postgres", stack.vault_env("postgres", TOKENVAULT_DATABASE_URL=url))
             pg.database_url = url
             setups.append(pg)
+            if compare is not None:
+                url = fresh_postgres(postgres_url)
+                stack.databases.append(url)
+                before = stack.init_vault("postgres-before", stack.vault_env(
+                    "postgres-before", TOKENVAULT_DATABASE_URL=url, PYTHONPATH=str(compare)))
+                before.database_url = url
+                setups.append(before)
         else:
             stack.skipped["postgres"] = f"PostgreSQL cases skipped: {postgres_url} unreachable ({reason})"
     else:
         stack.skipped["postgres"] = "PostgreSQL cases skipped: --no-postgres"
+    if compare is not None:
+        setups.append(stack.init_vault("sqlite-local-before",
+                                       stack.vault_env("sqlite-local-before", PYTHONPATH=str(compare))))
     stack.notes += stack.skipped.values()
 
     for setup in setups:

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, text, update
+from sqlalchemy import Integer, bindparam, func, insert, select, text, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -64,6 +64,14 @@ _HEAD = (
 _ARCHIVED_HEAD = (
     select(audit_archives.c.chain_seq, audit_archives.c.mac).where(audit_archives.c.writer == bindparam("writer"))
 )
+# Built once too (issue #21): building an UPDATE or INSERT per call and computing its cache key cost
+# more than SQLite running it. The counter row's new value comes back; the numbers below it are ours.
+_NEXT_SEQS = (
+    update(audit_sequence).where(audit_sequence.c.name == "audit")
+    .values(next_seq=audit_sequence.c.next_seq + bindparam("events", type_=Integer))
+    .returning(audit_sequence.c.next_seq)
+)
+_INSERT_EVENTS = insert(audit_events)
 _WRITER_KEY = "tokenvault_audit_writer"
 MAX_FAILURE_SOURCES = 10_000
 # After this long without a new event, and once a checkpoint found nothing new, the checkpointer
@@ -141,9 +149,7 @@ def allocate_seqs(conn: Connection, count: int) -> list[int]:
         rows = conn.execute(text("SELECT nextval(pg_get_serial_sequence('audit_events', 'seq')) "
                                  "FROM generate_series(1, :n)"), {"n": count})
         return sorted(int(row[0]) for row in rows)
-    counter = audit_sequence.c.next_seq
-    top = conn.execute(update(audit_sequence).where(audit_sequence.c.name == "audit")
-                       .values(next_seq=counter + count).returning(counter)).scalar()
+    top = conn.execute(_NEXT_SEQS, {"events": count}).scalar()
     if top is None:  # a database created without the migration's backfill
         start = int(conn.execute(select(func.coalesce(func.max(audit_events.c.seq), 0))).scalar_one()) + 1
         conn.execute(insert(audit_sequence).values(name="audit", next_seq=start + count))
@@ -281,7 +287,7 @@ class AuditTrail:
                            mac_scheme=MAC_SCHEME)
                 row["mac"] = prev = mac_of(key.expose(), prev, row)
                 rows.append(row)
-            conn.execute(insert(audit_events), rows)
+            conn.execute(_INSERT_EVENTS, rows)
             self._on_write(time.perf_counter() - started)
         except KeyServiceUnavailable:
             raise  # the audit key is out of reach: say so, the trail itself is fine

@@ -7,6 +7,7 @@ through Alembic (vault/storage/migrations); `metadata` here is the source they a
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 
 from sqlalchemy import (
@@ -58,6 +59,7 @@ __all__ = [
     "totp_uses",
     "approvals",
     "insert_ignoring_conflict",
+    "ignoring_conflict_for",
 ]
 
 
@@ -473,9 +475,16 @@ def insert_ignoring_conflict(conn: Connection, table: Table) -> Insert:
 
     Races (two requests creating the same deterministic token or subject key) are
     settled by the database's unique constraints, never by locks in Python. Rows go
-    as execute() parameters, so the compiled statement is cached.
+    as execute() parameters, so the compiled statement is cached; the statement itself is
+    built once per dialect and table (its cache key too: issue #21).
     """
-    if conn.dialect.name == "postgresql":
+    return ignoring_conflict_for(conn.dialect.name, table)
+
+
+@functools.cache
+def ignoring_conflict_for(dialect: str, table: Table) -> Insert:
+    """`insert_ignoring_conflict` by dialect name, built once per dialect and table."""
+    if dialect == "postgresql":
         return pg_insert(table).on_conflict_do_nothing()
     return sqlite_insert(table).on_conflict_do_nothing()
 

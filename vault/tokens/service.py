@@ -9,6 +9,7 @@ formats.py (formats), rows.py (reading), keys/hierarchy.py (which key) and keys/
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -42,7 +43,7 @@ from vault.keys.envelope import record_aad
 from vault.keys.hierarchy import RECORD_PURPOSES, DataKey, KeyHierarchy
 from vault.keys.row_mac import RowMacs
 from vault.storage.engine import drop_deleted_copies
-from vault.storage.schema import data_keys, insert_ignoring_conflict, tokens
+from vault.storage.schema import data_keys, ignoring_conflict_for, insert_ignoring_conflict, tokens
 from vault.tokens.bins import KEEP_BIN_MIN_LENGTH, BinCounts
 from vault.tokens.formats import card_token, kind_of_token, opaque_token
 from vault.tokens.kinds import (
@@ -59,6 +60,15 @@ from vault.tokens.rows import MARK_USED, live_rows_where, open_rows, rows_by_tok
 from vault.tokens.subjects import held_subjects, refuse_if_held, subject_states
 
 __all__ = ["TokenService"]
+
+# The tokenize path's writes, built once (issue #21: building them per call cost more than running them).
+_INSERT_DATA_KEYS = insert(data_keys)
+
+
+@functools.cache
+def _new_tokens(dialect: str) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING token, for this dialect."""
+    return ignoring_conflict_for(dialect, tokens).returning(tokens.c.token)
 
 _TOKEN_RETRIES = 8
 SYSTEM = Actor(id="system", role="system")
@@ -267,11 +277,11 @@ class TokenService(AuditedOperations):
         to_insert = [p for p in writers if p.lookup is None or p.lookup not in found]
         new_keys = [p.data_key.row for p in to_insert if p.new_key]
         if new_keys:
-            conn.execute(insert(data_keys), new_keys)
+            conn.execute(_INSERT_DATA_KEYS, new_keys)
         for _attempt in range(_TOKEN_RETRIES):
             if not to_insert:
                 break
-            stmt = insert_ignoring_conflict(conn, tokens).returning(tokens.c.token)
+            stmt = _new_tokens(conn.dialect.name)
             inserted = {row[0] for row in conn.execute(stmt, [p.row for p in to_insert])}
             retry = []
             for p in to_insert:

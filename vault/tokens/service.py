@@ -43,7 +43,7 @@ from vault.keys.envelope import record_aad
 from vault.keys.hierarchy import RECORD_PURPOSES, DataKey, KeyHierarchy
 from vault.keys.row_mac import RowMacs
 from vault.storage.engine import drop_deleted_copies
-from vault.storage.schema import data_keys, ignoring_conflict_for, insert_ignoring_conflict, tokens
+from vault.storage.schema import data_keys, ignoring_conflict_for, tokens
 from vault.tokens.bins import KEEP_BIN_MIN_LENGTH, BinCounts
 from vault.tokens.formats import card_token, kind_of_token, opaque_token
 from vault.tokens.kinds import (

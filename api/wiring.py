@@ -31,6 +31,7 @@ from vault.audit.checkpoints import CheckpointSigner, CheckpointSink, Signer, Sy
 from vault.audit.log import AuditLog
 from vault.audit.trail import AuditTrail
 from vault.errors import ConfigurationError
+from vault.keys.epoch import KeyEpoch
 from vault.keys.hierarchy import KeyHierarchy
 from vault.keys.provider import KeyProvider
 from vault.keys.rotation import KeyLifecycle
@@ -149,6 +150,7 @@ class Components:
     disclosures: DisclosureService
     retention: RetentionService
     lifecycle: KeyLifecycle
+    epochs: KeyEpoch
     access: AccessSettings
     operators: OperatorRegistry
     enrolments: Enrolments
@@ -198,8 +200,9 @@ def build(
     approvals.register(ApprovalAction(name="reenrol_operator", operation="manage_operators",
                                       run=operators.run_reenrol, check=operators.check_reenrol,
                                       lifetime=timedelta(seconds=access.approval_seconds)))
+    epochs = KeyEpoch(engine, keys, clock=now)
     lifecycle = KeyLifecycle(engine=engine, keys=keys, provider=provider, policy=policy, trail=trail,
-                             cache_seconds=settings.key_cache_seconds, clock=now)
+                             cache_seconds=settings.key_cache_seconds, clock=now, epochs=epochs)
     # Irreversible key actions need a second admin (PCI DSS 3.6.1.2 split knowledge and dual control).
     approvals.register(ApprovalAction(
         name="retire_kek", operation="manage_keys", check=lifecycle.check_retire,
@@ -251,6 +254,7 @@ def build(
                                    macs=RowMacs(keys),
                                    clock=now),
         lifecycle=lifecycle,
+        epochs=epochs,
         access=access,
         operators=operators,
         enrolments=enrolments,

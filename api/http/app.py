@@ -173,11 +173,13 @@ def wsgi_app() -> Any:
     multiprocessing runs its own finalizers on the way out. The stop is registered with both, and runs once."""
     app = create_app()
     parts = app.extensions["tokenvault"]
+    parts.epochs.start()  # acknowledges key epochs: key jobs need not wait the whole cache window
     stopped: list[bool] = []
 
     def stop() -> None:
         if not stopped:
             stopped.append(True)
+            parts.epochs.stop()
             _record_lifecycle(parts, "service_stop")
 
     atexit.register(stop)

@@ -91,6 +91,11 @@ DECISIONS: dict[str, dict[str, str]] = {
     "relay_routes": {"sealed": AEAD, "data_key_id": AEAD,
                      **{c: "open: relay route rows (issue #20) are not MACed yet; `state`/`approved_by` decide use"
                         for c in ("name", "version", "state", "proposed_by", "proposed_at", "approved_by")}},
+    # Issue #18's key epoch: an edit may only make a key job wait its cache window (tests/vault/keys/test_key_epoch.py).
+    "key_epoch": {c: "harmless: any change makes every process drop its cached keys; lowered, jobs wait"
+                  for c in ("name", "epoch", "changed_at")},
+    "key_epoch_acks": {c: "harmless: HMACed by vault.keys.epoch; an edited row sends key jobs to the cache window"
+                       for c in ("worker", "epoch", "seen_at", "row_mac")},
     "key_jobs": {c: "open: key-job rows are not MACed yet (a job can be marked done early)"
                  for c in ("id", "kind", "status", "params", "phase", "total", "done", "started_at", "updated_at",
                            "finished_at", "error", "requested_by", "lease_owner", "lease_until")},

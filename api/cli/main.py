@@ -142,8 +142,9 @@ def human_role_warning(refused: list[dict[str, object]]) -> list[str]:
               help="worker processes (default TOKENVAULT_WORKERS or 2)")
 def serve(bind: str | None, workers: int | None) -> None:
     """Serve the HTTP API (granian, WSGI) until SIGTERM, which drains requests in flight."""
-    settings = Settings.from_env()
-    try:  # a bad policy or rate limit refuses to start here, with its reason, not in every worker
+    try:  # a bad policy, rate limit or retired setting refuses to start here, with its reason, not in every worker
+        settings = Settings.from_env()
+        settings.check_serving()
         AccessSettings.from_env(settings.env, load_policy(settings.policy_path))
     except VaultError as error:
         _fail(error)

@@ -18,12 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
+import os
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 __all__ = ["BufferingFront"]
+
+_log = logging.getLogger("tokenvault.http")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -34,7 +39,9 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 _REFUSALS = {
     408: b'{"error": {"code": "request_timeout", "message": "the request body did not arrive in time"}}',
     413: b'{"error": {"code": "payload_too_large", "message": "payload too large"}}',
+    503: b'{"error": {"code": "service_unavailable", "message": "the request did not finish in time"}}',
 }
+EXIT_STUCK = 75  # a worker whose spare threads all hang exits; granian starts a fresh one
 
 
 class _Refused(Exception):
@@ -46,11 +53,21 @@ class _Refused(Exception):
 class BufferingFront:
     """ASGI app around a WSGI app; `threads` run the WSGI app, each on one complete request at a time."""
 
-    def __init__(self, app: WSGIApp, *, max_body_bytes: int, body_seconds: float, threads: int) -> None:
+    def __init__(self, app: WSGIApp, *, max_body_bytes: int, body_seconds: float, threads: int,
+                 request_seconds: float = 30.0, on_stuck: Callable[[], None] | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.body_seconds = body_seconds
-        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tokenvault-wsgi")
+        # The watchdog: a request still in the app after `request_seconds` is answered 503 and its thread
+        # written off (Python cannot stop a thread); one of `threads` spare threads takes its place. When
+        # the spares are all written off too, `on_stuck` ends the worker (granian starts a fresh one).
+        self.request_seconds = request_seconds
+        self.spares = threads
+        self.stuck = 0
+        self._on_stuck = on_stuck or (lambda: os._exit(EXIT_STUCK))
+        self._lock = threading.Lock()
+        self._slots = threading.Semaphore(threads)  # requests in the app at once, written-off ones excluded
+        self.pool = ThreadPoolExecutor(max_workers=threads * 2, thread_name_prefix="tokenvault-wsgi")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,8 +80,34 @@ class BufferingFront:
             return
         environ = _environ(scope, body)
         loop = asyncio.get_running_loop()
-        status, headers, payload = await loop.run_in_executor(self.pool, _run, self.app, environ)
+        while not self._slots.acquire(blocking=False):
+            await asyncio.sleep(0.005)  # every thread busy: wait here, on the loop, not in the pool's queue
+        future = loop.run_in_executor(self.pool, _run, self.app, environ)
+        try:
+            status, headers, payload = await asyncio.wait_for(asyncio.shield(future), self.request_seconds)
+        except TimeoutError:
+            self._write_off(future)
+            await _send(send, 503, [(b"content-type", b"application/json"), (b"retry-after", b"1"),
+                                    (b"server", b"")], _REFUSALS[503])
+            return
+        finally:
+            self._slots.release()
         await _send(send, status, headers, payload)
+
+    def _write_off(self, future: asyncio.Future[Any]) -> None:
+        with self._lock:
+            self.stuck += 1
+            stuck = self.stuck
+        future.add_done_callback(lambda _done: self._unstick())
+        _log.error("request exceeded TOKENVAULT_REQUEST_SECONDS=%g: answered 503, its thread written off "
+                   "(%d of %d spares in use)", self.request_seconds, stuck, self.spares)
+        if stuck > self.spares:
+            _log.critical("every spare thread hangs: this worker exits and granian starts a fresh one")
+            self._on_stuck()
+
+    def _unstick(self) -> None:
+        with self._lock:
+            self.stuck -= 1
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
         declared = _content_length(scope)

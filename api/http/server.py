@@ -31,6 +31,7 @@ from typing import Any
 
 from api.http.logs import server_log_config
 from api.settings import Settings
+from vault.errors import ConfigurationError
 
 __all__ = ["ServerOptions", "BindUnavailable", "serve", "main"]
 
@@ -95,7 +96,8 @@ def asgi_app() -> Any:
     app = found() if attribute.endswith("()") else found
     settings = Settings.from_env()
     return BufferingFront(app, max_body_bytes=settings.max_body_bytes, body_seconds=BODY_SECONDS,
-                          threads=int(os.environ.get("TOKENVAULT_THREADS") or THREADS_PER_WORKER))
+                          threads=int(os.environ.get("TOKENVAULT_THREADS") or THREADS_PER_WORKER),
+                          request_seconds=settings.request_seconds)
 
 
 def _keep_an_early_stop() -> None:
@@ -168,6 +170,11 @@ def main(argv: list[str]) -> int:
     _TLS_CERT, _TLS_KEY, _LOG_LEVEL); bench/ passes its hello-world app as TARGET to serve it the same way."""
     target = argv[0] if argv else APP
     settings = Settings.from_env()
+    try:
+        settings.check_serving()
+    except ConfigurationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     options = ServerOptions.from_env(settings.env, bind=settings.bind, workers=settings.workers,
                                      log_level=settings.log_level)
     try:

@@ -86,24 +86,26 @@ class BufferingFront:
         try:
             status, headers, payload = await asyncio.wait_for(asyncio.shield(future), self.request_seconds)
         except TimeoutError:
-            self._write_off(future)
+            stuck = self._write_off(future)
             await _send(send, 503, [(b"content-type", b"application/json"), (b"retry-after", b"1"),
                                     (b"server", b"")], _REFUSALS[503])
+            if stuck > self.spares:  # after the answer, so this client still gets its 503
+                _log.critical("every spare thread hangs: this worker exits and granian starts a fresh one")
+                self._on_stuck()
             return
         finally:
             self._slots.release()
         await _send(send, status, headers, payload)
 
-    def _write_off(self, future: asyncio.Future[Any]) -> None:
+    def _write_off(self, future: asyncio.Future[Any]) -> int:
+        """Count a hung request's thread as lost (until it returns, if ever); returns how many are."""
         with self._lock:
             self.stuck += 1
             stuck = self.stuck
         future.add_done_callback(lambda _done: self._unstick())
         _log.error("request exceeded TOKENVAULT_REQUEST_SECONDS=%g: answered 503, its thread written off "
                    "(%d of %d spares in use)", self.request_seconds, stuck, self.spares)
-        if stuck > self.spares:
-            _log.critical("every spare thread hangs: this worker exits and granian starts a fresh one")
-            self._on_stuck()
+        return stuck
 
     def _unstick(self) -> None:
         with self._lock:

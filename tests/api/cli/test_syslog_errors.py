@@ -1,4 +1,4 @@
-"""`audit export --syslog` with a wrong address: one line naming the host, never the resolver's bare words (issue #18)."""
+"""`audit export --syslog` with a wrong address: one line naming the host, not the resolver's words (issue #18)."""
 
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 
 from vault.errors import ConfigurationError
@@ -45,6 +46,24 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     return raw
 
 
+def _networks(env: Mapping[str, str], name: str) -> tuple[IPv4Network | IPv6Network, ...] | None:
+    """Comma-separated addresses or networks; unset or `*` is None (every peer)."""
+    raw = (env.get(name) or "").strip()
+    if not raw or raw == "*":
+        return None
+    try:
+        return tuple(ip_network(item.strip(), strict=False) for item in raw.split(",") if item.strip())
+    except ValueError:
+        raise ConfigurationError(f"{name} must list IP addresses or networks, comma-separated") from None
+
+
+# Settings of the gunicorn era that granian has no use for: refused at start rather than silently ignored.
+RETIRED = {
+    "TOKENVAULT_WORKER_CLASS": "the server is granian (ASGI front, TOKENVAULT_THREADS threads per worker) since "
+                               "issue 18; there is no worker class to choose: remove it",
+}
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path
@@ -60,6 +79,8 @@ class Settings:
     min_body_bytes_per_second: float
     body_grace_seconds: float
     proxy_hops: int
+    forwarded_allow: tuple[IPv4Network | IPv6Network, ...] | None
+    request_seconds: float
     log_level: str
     checkpoint_dir: Path
     checkpoint_seconds: float
@@ -76,6 +97,7 @@ class Settings:
         if kms not in ("local", "vault"):
             raise ConfigurationError("TOKENVAULT_KMS must be `local` or `vault`")
         policy = env.get("TOKENVAULT_POLICY")
+        forwarded_allow = _networks(env, "TOKENVAULT_FORWARDED_ALLOW_IPS")
         return cls(
             data_dir=data_dir,
             database_url=env.get("TOKENVAULT_DATABASE_URL") or f"sqlite:///{data_dir / 'tokenvault.db'}",
@@ -90,7 +112,11 @@ class Settings:
             bodies_per_address=_int(env, "TOKENVAULT_BODIES_PER_ADDRESS", 16, 0, 100_000),
             min_body_bytes_per_second=_float(env, "TOKENVAULT_MIN_BODY_BYTES_PER_SECOND", 1024.0, 0.0),
             body_grace_seconds=_float(env, "TOKENVAULT_BODY_GRACE_SECONDS", 5.0, 0.0),
-            proxy_hops=_int(env, "TOKENVAULT_PROXY_HOPS", 0, 0, 5),
+            # A proxy list without a hop count means one proxy.
+            proxy_hops=_int(env, "TOKENVAULT_PROXY_HOPS", 1 if forwarded_allow else 0, 0, 5),
+            forwarded_allow=forwarded_allow,
+            # The per-request watchdog (api/http/buffering.py): past it, 503 and the thread written off.
+            request_seconds=_float(env, "TOKENVAULT_REQUEST_SECONDS", 30.0),
             log_level=(env.get("TOKENVAULT_LOG_LEVEL") or "info").lower(),
             # Beside the data directory, not inside it: a copy or restore of the data directory must not
             # carry the anchors along. Production: another filesystem or host (README, Audit).
@@ -102,3 +128,9 @@ class Settings:
             integrity_watch_seconds=_float(env, "TOKENVAULT_INTEGRITY_WATCH_SECONDS", 5.0),
             env=env,
         )
+
+    def check_serving(self) -> None:
+        """`tokenvault serve`: refuse settings that no longer do anything (one line, the setting named)."""
+        for name, why in RETIRED.items():
+            if self.env.get(name):
+                raise ConfigurationError(f"{name} no longer applies: {why}")

@@ -27,12 +27,13 @@ from vault.access.passwords import Passwords
 from vault.access.policy import Policy, load_policy
 from vault.access.sessions import Sessions
 from vault.audit.alerts import Alerts
-from vault.audit.checkpoints import CheckpointSink, Signer, SyslogMirror
+from vault.audit.checkpoints import CheckpointSigner, CheckpointSink, Signer, SyslogMirror, UpgradedSigner
 from vault.audit.lockdown import Lockdown
 from vault.audit.log import AuditLog
 from vault.audit.trail import AuditTrail
 from vault.audit.watch import IntegrityWatch
 from vault.errors import ConfigurationError
+from vault.keys.epoch import KeyEpoch
 from vault.keys.hierarchy import KeyHierarchy
 from vault.keys.provider import KeyProvider
 from vault.keys.rotation import KeyLifecycle
@@ -88,21 +89,41 @@ def _vault_client(settings: Settings, what: str) -> Any:
                        timeout=(config.connect_timeout, config.read_timeout))
 
 
-def build_checkpoint_signer(settings: Settings) -> Signer | None:
-    """`TOKENVAULT_AUDIT_SIGNING=transit`: sign checkpoints with a non-exportable Transit ed25519 key.
-
-    Otherwise (`sealed`, the default) an ed25519 seed sealed by the key provider signs them.
-    """
-    how = settings.env.get("TOKENVAULT_AUDIT_SIGNING") or "sealed"
-    if how == "sealed":
-        return None
-    if how != "transit":
+def checkpoint_signing(settings: Settings) -> str:
+    """`transit` (the default with the Vault provider) or `sealed` (the default with the local one)."""
+    how = settings.env.get("TOKENVAULT_AUDIT_SIGNING") or ("transit" if settings.kms == "vault" else "sealed")
+    if how not in ("sealed", "transit"):
         raise ConfigurationError("TOKENVAULT_AUDIT_SIGNING must be `sealed` or `transit`")
+    return how
+
+
+def signing_key_name(settings: Settings) -> str:
+    from kms.transit_signing import DEFAULT_NAME
+
+    return settings.env.get("TOKENVAULT_AUDIT_SIGNING_KEY") or DEFAULT_NAME
+
+
+def transit_provider(settings: Settings, provider: KeyProvider) -> Any:
+    """The Vault provider to sign with: the KEK's own (same login), or one from VAULT_* with the local KEK."""
+    from kms.vault_transit import VaultConfig, VaultTransitProvider
+
+    return provider if isinstance(provider, VaultTransitProvider) else VaultTransitProvider(
+        config=VaultConfig.from_env(settings.env))
+
+
+def build_checkpoint_signer(settings: Settings, provider: KeyProvider) -> Signer | None:
+    """Transit (the default with the Vault provider): a non-exportable Transit ed25519 key signs checkpoints.
+
+    `sealed` (the default with the local provider): an ed25519 seed sealed by the key provider
+    signs them (None here: the trail builds that signer). A vault upgraded from sealed to Transit
+    signing keeps verifying its old entries (UpgradedSigner).
+    """
+    if checkpoint_signing(settings) == "sealed":
+        return None
     from kms.transit_signing import TransitSigner
 
-    return TransitSigner(_vault_client(settings, "TOKENVAULT_AUDIT_SIGNING"),
-                         mount=settings.env.get("TOKENVAULT_VAULT_MOUNT") or "transit",
-                         name=settings.env.get("TOKENVAULT_AUDIT_SIGNING_KEY") or "tokenvault-audit-checkpoints")
+    signer = TransitSigner(transit_provider(settings, provider), name=signing_key_name(settings))
+    return UpgradedSigner(signer, CheckpointSigner(provider))
 
 
 def build_checkpoint_mirrors(settings: Settings) -> list[SyslogMirror]:
@@ -131,6 +152,7 @@ class Components:
     disclosures: DisclosureService
     retention: RetentionService
     lifecycle: KeyLifecycle
+    epochs: KeyEpoch
     access: AccessSettings
     operators: OperatorRegistry
     enrolments: Enrolments
@@ -154,11 +176,12 @@ def build(
     now = clock or (lambda: datetime.now(UTC))
     policy = load_policy(settings.policy_path)
     engine = create_engine_for(settings.database_url, pool_size=4)
-    provider = InstrumentedProvider(provider or build_provider(settings))
+    raw_provider = provider or build_provider(settings)
+    provider = InstrumentedProvider(raw_provider)
     keys = KeyHierarchy(provider, cache_seconds=settings.key_cache_seconds, clock=now, on_lookup=observe_key_cache)
     trail = AuditTrail(keys, checkpoint_dir=settings.checkpoint_dir, checkpoint_seconds=settings.checkpoint_seconds,
                        sinks=build_checkpoint_sinks(settings), mirrors=build_checkpoint_mirrors(settings),
-                       signer=build_checkpoint_signer(settings), clock=now,
+                       signer=build_checkpoint_signer(settings, raw_provider), clock=now,
                        on_write=observe_audit_write)
     lockdown = Lockdown(engine, trail)
     guessing = GuessingGuard(trail, RowMacs(keys), clock=now)
@@ -182,8 +205,9 @@ def build(
     approvals.register(ApprovalAction(name="reenrol_operator", operation="manage_operators",
                                       run=operators.run_reenrol, check=operators.check_reenrol,
                                       lifetime=timedelta(seconds=access.approval_seconds)))
+    epochs = KeyEpoch(engine, keys, clock=now)
     lifecycle = KeyLifecycle(engine=engine, keys=keys, provider=provider, policy=policy, trail=trail,
-                             cache_seconds=settings.key_cache_seconds, clock=now)
+                             cache_seconds=settings.key_cache_seconds, clock=now, epochs=epochs)
     # Irreversible key actions need a second admin (PCI DSS 3.6.1.2 split knowledge and dual control).
     approvals.register(ApprovalAction(
         name="retire_kek", operation="manage_keys", check=lifecycle.check_retire,
@@ -235,6 +259,7 @@ def build(
                                    macs=RowMacs(keys),
                                    clock=now),
         lifecycle=lifecycle,
+        epochs=epochs,
         access=access,
         operators=operators,
         enrolments=enrolments,

@@ -1,10 +1,15 @@
 """Checkpoint signatures by a Transit ed25519 key that never leaves Vault/OpenBao.
 
-With the Vault provider the checkpoint log can be signed by Transit itself
-(`TOKENVAULT_AUDIT_SIGNING=transit`): the key is created `exportable=false`, so neither the
-database, nor the host, nor this process ever holds it; anyone can verify with the public
-keys Transit publishes (`GET transit/keys/:name`). Each entry names the key version that
-signed it (`transit:<name>:v<N>`), so entries survive a rotation of the key.
+The default with the Vault provider (`TOKENVAULT_AUDIT_SIGNING` unset or `transit`): the key
+(`TOKENVAULT_AUDIT_SIGNING_KEY`, default `tokenvault-audit-checkpoints`) is created by
+`tokenvault init` with the admin policy, `exportable=false`, so neither the database, nor the
+host, nor this process ever holds it; anyone can verify with the public keys Transit publishes
+(`GET transit/keys/:name`). Each entry names the key version that signed it
+(`transit:<name>:v<N>`), so entries survive a rotation of the key.
+
+Requests go through the provider's client (kms.vault_transit): the same AppRole login, token
+renewal, retries and circuit breaker as the KEK's. A failure raises AuditWriteFailed, so the
+trail fails closed as it does for any unwritable sink.
 
 Satisfies vault.audit.checkpoints.Signer structurally (kms/ does not import the audit wing).
 """
@@ -13,22 +18,20 @@ from __future__ import annotations
 
 import base64
 import threading
-from typing import Any
 
-import hvac
-import hvac.exceptions
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from vault.errors import AuditWriteFailed, ConfigurationError
+from kms.vault_transit import VaultTransitProvider
+from vault.errors import AuditWriteFailed, ConfigurationError, KeyServiceUnavailable
 
-__all__ = ["TransitSigner"]
+__all__ = ["DEFAULT_NAME", "TransitSigner"]
+
+DEFAULT_NAME = "tokenvault-audit-checkpoints"
 
 
 class TransitSigner:
-    def __init__(self, client: hvac.Client, *, mount: str = "transit",
-                 name: str = "tokenvault-audit-checkpoints") -> None:
-        self._client = client
-        self._mount = mount
+    def __init__(self, provider: VaultTransitProvider, *, name: str = DEFAULT_NAME) -> None:
+        self._provider = provider
         self._name = name
         self._version: int | None = None
         self._lock = threading.Lock()
@@ -37,26 +40,25 @@ class TransitSigner:
     def key_id(self) -> str:
         return f"transit:{self._name}:v{self._version or 0}"
 
-    def _read(self) -> dict[str, Any] | None:
-        try:
-            data: dict[str, Any] = self._client.secrets.transit.read_key(name=self._name,
-                                                                          mount_point=self._mount)["data"]
-        except hvac.exceptions.InvalidPath:
-            return None
-        return data
-
     def prepare(self, conn: object) -> None:
         if self._version is not None:
             return
         try:
-            info = self._read()
-            if info is None:
-                self._client.adapter.post(f"/v1/{self._mount}/keys/{self._name}",
-                                          json={"type": "ed25519", "exportable": False})
-                info = self._read()
-        except (hvac.exceptions.VaultError, OSError) as exc:
+            info = self._provider.signing_key(self._name)
+        except KeyServiceUnavailable as exc:
             raise AuditWriteFailed("checkpoint signing key unavailable") from exc
-        if info is None or info.get("type") != "ed25519" or info.get("exportable"):
+        if info is None:
+            # The service policy may sign but not create (the admin role's `tokenvault init` does);
+            # a token that may create it (a dev server's root token) gets it made here.
+            try:
+                self._provider.ensure_signing_key(self._name)
+                info = self._provider.signing_key(self._name)
+            except KeyServiceUnavailable:
+                info = None
+            if info is None:
+                raise ConfigurationError(f"checkpoint signing key {self._name} missing in Transit: run "
+                                         "`tokenvault init` with the admin role (deploy/vault/README.md)")
+        if info.get("type") != "ed25519" or info.get("exportable") is not False:
             raise ConfigurationError("the checkpoint signing key must be a non-exportable ed25519 Transit key")
         with self._lock:
             self._version = int(info["latest_version"])
@@ -65,21 +67,18 @@ class TransitSigner:
         if self._version is None:
             raise AuditWriteFailed("checkpoint signing key not prepared")
         try:
-            answer = self._client.adapter.post(
-                f"/v1/{self._mount}/sign/{self._name}",
-                json={"input": base64.b64encode(payload).decode(), "key_version": self._version})
-        except (hvac.exceptions.VaultError, OSError) as exc:
+            return self._provider.sign(self._name, self._version, payload).hex()
+        except KeyServiceUnavailable as exc:
             raise AuditWriteFailed("checkpoint signing failed") from exc
-        signature = str(answer["data"]["signature"]).split(":", 2)[2]
-        return base64.b64decode(signature).hex()
 
     def public_keys(self, conn: object) -> dict[str, Ed25519PublicKey]:
         try:
-            info = self._read()
-        except (hvac.exceptions.VaultError, OSError) as exc:
+            info = self._provider.signing_key(self._name)
+        except KeyServiceUnavailable as exc:
             raise AuditWriteFailed("checkpoint signing key unavailable") from exc
         if info is None:
             return {}
+        keys = info.get("keys")
         return {f"transit:{self._name}:v{version}": Ed25519PublicKey.from_public_bytes(
-            base64.b64decode(item["public_key"])) for version, item in info.get("keys", {}).items()
+            base64.b64decode(item["public_key"])) for version, item in (keys or {}).items()
             if isinstance(item, dict) and item.get("public_key")}

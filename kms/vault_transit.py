@@ -504,6 +504,55 @@ class VaultTransitProvider:
                 out[i] = ciphertext if ciphertext is not None and _well_formed(ciphertext) else None
         return out
 
+    # -- checkpoint signing key (an ed25519 Transit key beside the KEK) ------------------
+
+    def signing_key(self, name: str) -> dict[str, Any] | None:
+        """The signing key's metadata (versions and public keys), or None if it does not exist."""
+
+        def read() -> object:
+            try:
+                return self._transit.read_key(name=name, mount_point=self._config.mount)
+            except hvac.exceptions.InvalidPath:
+                return None
+
+        response = self._call("read signing key", read, idempotent=True)
+        return None if response is None else _data(response, "read signing key")
+
+    def ensure_signing_key(self, name: str) -> bool:
+        """Create the audit checkpoint signing key if missing (admin policy); refuse an unsafe one.
+
+        True if it was created. Only `tokenvault init` calls this: the service policy may read and
+        sign with the key but not create it.
+        """
+        key = self.signing_key(name)
+        created = False
+        if key is None:
+            self._call("create signing key", lambda: self._transit.create_key(
+                name=name, key_type="ed25519", exportable=False, allow_plaintext_backup=False,
+                mount_point=self._config.mount), idempotent=False)
+            created = True
+            key = self.signing_key(name)
+            if key is None:
+                raise KeyServiceUnavailable("vault create signing key: key still missing after creation")
+        if key.get("type") != "ed25519":
+            raise ConfigurationError(f"transit key {name} must be of type ed25519 to sign audit checkpoints")
+        if key.get("exportable") is not False or key.get("allow_plaintext_backup") is not False:
+            raise ConfigurationError(f"transit key {name} could leave Vault (exportable or plaintext backup)")
+        return created
+
+    def sign(self, name: str, version: int, payload: bytes) -> bytes:
+        """An ed25519 signature by version `version` of Transit key `name` (the key never leaves Vault)."""
+        response = self._call("sign", lambda: self._transit.sign_data(
+            name=name, hash_input=_b64(payload), key_version=version, mount_point=self._config.mount),
+            idempotent=True)  # a signature has no side effect: a retry is harmless
+        signature = _data(response, "sign").get("signature")
+        if not isinstance(signature, str) or signature.count(":") != 2:
+            raise KeyServiceUnavailable("vault sign: unexpected response")
+        try:
+            return base64.b64decode(signature.split(":", 2)[2], validate=True)
+        except (binascii.Error, ValueError):
+            raise KeyServiceUnavailable("vault sign: unexpected response") from None
+
     def rotate(self) -> int:
         """New KEK version. Never retried: a retry after a lost reply would rotate twice."""
         response = self._call(

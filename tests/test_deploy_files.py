@@ -56,3 +56,13 @@ def test_compose_has_the_service_its_database_and_key_service() -> None:
     env = services["tokenvault"]["environment"]
     text = str(env)
     assert "TOKENVAULT_KMS" in text and "vault" in text and "postgresql" in text
+
+
+def test_the_systemd_unit_stops_the_master_only_and_outlasts_its_drain() -> None:
+    """Issue #18: with KillMode=control-group every worker gets SIGTERM with the master; requests in flight are cut."""
+    unit = (ROOT / "deploy" / "systemd" / "tokenvault.service").read_text()
+    settings = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#"))
+    assert settings["KillMode"] == "mixed" and settings["KillSignal"] == "SIGTERM"
+    assert int(settings["TimeoutStopSec"]) > 30  # the server drains for up to 30 s
+    assert settings["ExecStart"].endswith("tokenvault serve")
+    assert "KillMode=mixed" in (ROOT / "README.md").read_text()

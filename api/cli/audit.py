@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
+import socket
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -120,18 +121,33 @@ def cef_line(event: dict[str, Any]) -> str:
     return head + "|" + " ".join(f"{k}={_cef_escape(v)}" for k, v in extension.items() if v is not None)
 
 
+class SyslogUnreachable(click.ClickException):
+    """The --syslog host does not resolve: one line naming it, the exit code of an unreachable service."""
+
+    exit_code = 3
+
+
+def _syslog_handler(where: str) -> logging.handlers.SysLogHandler:
+    host, _, port = where.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter("must be HOST:PORT (port 1-65535)", param_hint="--syslog")
+    try:
+        socket.getaddrinfo(host, int(port), type=socket.SOCK_DGRAM)
+    except OSError:  # gaierror: the resolver's own words name neither the host nor the option
+        raise SyslogUnreachable(f"syslog host {host} cannot be resolved (--syslog)") from None
+    return logging.handlers.SysLogHandler(address=(host, int(port)))
+
+
 @audit.command()
 @click.option("--since", type=IsoTime(), default=None, help="ISO 8601 time (default: everything)")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "cef"]), default="jsonl")
 @click.option("--syslog", default=None, help="HOST:PORT to forward each line to over UDP syslog")
 def export(since: datetime | None, fmt: str, syslog: str | None) -> None:
     """Stream events for a SIEM, to stdout or to syslog."""
+    forward = _syslog_handler(syslog) if syslog else None  # a wrong address fails before any work
     parts = _components()
     start = since
-    forward = None
-    if syslog:
-        host, _, port = syslog.rpartition(":")
-        forward = logging.handlers.SysLogHandler(address=(host, int(port)))
     cursor = 0
     with parts.engine.connect() as conn:
         while True:

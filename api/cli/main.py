@@ -20,7 +20,7 @@ from api.cli.keys import keys
 from api.cli.relay import relay
 from api.cli.subjects import subjects, transfer
 from api.settings import Settings
-from api.wiring import build, build_provider
+from api.wiring import build, build_provider, checkpoint_signing, signing_key_name, transit_provider
 from kms.local import create_master_key_file
 from vault.access.policy import load_policy
 from vault.audit.trail import Actor
@@ -88,6 +88,11 @@ def init() -> None:
         provider = build_provider(settings)
         if provider.initialise():
             click.echo(f"created key-encryption key in the {provider.name} provider", err=True)
+        if checkpoint_signing(settings) == "transit":
+            name = signing_key_name(settings)
+            if transit_provider(settings, provider).ensure_signing_key(name):
+                click.echo(f"created audit checkpoint signing key {name} (ed25519, not exportable) in Transit",
+                           err=True)
         parts = build(settings, provider=provider)
         try:
             upgrade(parts.engine)
@@ -137,8 +142,9 @@ def human_role_warning(refused: list[dict[str, object]]) -> list[str]:
               help="worker processes (default TOKENVAULT_WORKERS or 2)")
 def serve(bind: str | None, workers: int | None) -> None:
     """Serve the HTTP API (granian, WSGI) until SIGTERM, which drains requests in flight."""
-    settings = Settings.from_env()
-    try:  # a bad policy or rate limit refuses to start here, with its reason, not in every worker
+    try:  # a bad policy, rate limit or retired setting refuses to start here, with its reason, not in every worker
+        settings = Settings.from_env()
+        settings.check_serving()
         AccessSettings.from_env(settings.env, load_policy(settings.policy_path))
     except VaultError as error:
         _fail(error)

@@ -17,13 +17,13 @@ from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api.http import audit, auth_flood, enrolment, errors, keys, login, metrics, operators, privacy, ratelimits, relay
 from api.http.auth import bearer_credentials
 from api.http.json_codec import OrjsonProvider
 from api.http.logs import configure, get_logger
 from api.http.openapi import document
+from api.http.proxies import TrustedProxies
 from api.http.tokens import blueprint, components, origin
 from api.settings import Settings
 from api.wiring import Components, build
@@ -61,8 +61,9 @@ def create_app(settings: Settings | None = None, *, parts: Components | None = N
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["tokenvault"] = parts
-    if settings.proxy_hops:
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops)  # type: ignore[method-assign]
+    if settings.proxy_hops:  # forwarded headers only from the listed proxies (TOKENVAULT_FORWARDED_ALLOW_IPS)
+        app.wsgi_app = TrustedProxies(app.wsgi_app, hops=settings.proxy_hops,  # type: ignore[method-assign]
+                                      allowed=settings.forwarded_allow)
     errors.register(app)
     openapi = document()
     failures = auth_flood.FailedAuthentications(parts.access.auth_failure_rate_limit, parts.access.redis_url)
@@ -175,12 +176,14 @@ def wsgi_app() -> Any:
     multiprocessing runs its own finalizers on the way out. The stop is registered with both, and runs once."""
     app = create_app()
     parts = app.extensions["tokenvault"]
+    parts.epochs.start()  # acknowledges key epochs: key jobs need not wait the whole cache window
     stopped: list[bool] = []
 
     def stop() -> None:
         if not stopped:
             stopped.append(True)
             parts.watch.stop()
+            parts.epochs.stop()
             _record_lifecycle(parts, "service_stop")
 
     if parts.settings.integrity_watch != "off":

@@ -26,14 +26,22 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
+import os
 import sys
+import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network
 from typing import Any
 
+from api.http.proxies import trusted_peer
+
 __all__ = ["BufferingFront", "BodyLimits", "client_address"]
+
+_log = logging.getLogger("tokenvault.http")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -45,7 +53,9 @@ _REFUSALS = {
     408: b'{"error": {"code": "request_timeout", "message": "the request body did not arrive in time"}}',
     413: b'{"error": {"code": "payload_too_large", "message": "payload too large"}}',
     429: b'{"error": {"code": "rate_limited", "message": "too many request bodies in flight from this address"}}',
+    503: b'{"error": {"code": "service_unavailable", "message": "the request did not finish in time"}}',
 }
+EXIT_STUCK = 75  # a worker whose spare threads all hang exits; granian starts a fresh one
 RETRY_AFTER_SECONDS = 1
 
 
@@ -60,6 +70,7 @@ class BodyLimits:
     grace_seconds: float = 5.0
     slow_after_seconds: float = 1.0  # a body counts against its address once it has taken this long
     proxy_hops: int = 0  # trusted reverse proxies in front (TOKENVAULT_PROXY_HOPS)
+    forwarded_allow: tuple[IPv4Network | IPv6Network, ...] | None = None  # peers believed (None: every peer)
 
 
 class _Refused(Exception):
@@ -71,16 +82,27 @@ class _Refused(Exception):
 class BufferingFront:
     """ASGI app around a WSGI app; `threads` run the WSGI app, each on one complete request at a time."""
 
-    def __init__(self, app: WSGIApp, *, limits: BodyLimits, threads: int) -> None:
+    def __init__(self, app: WSGIApp, *, limits: BodyLimits, threads: int, request_seconds: float = 30.0,
+                 on_stuck: Callable[[], None] | None = None) -> None:
         self.app = app
         self.limits = limits
         self.receiving: Counter[str] = Counter()  # bodies being received, per address (this process)
-        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tokenvault-wsgi")
+        # The watchdog: a request still in the app after `request_seconds` is answered 503 and its thread
+        # written off (Python cannot stop a thread); one of `threads` spare threads takes its place. When
+        # the spares are all written off too, `on_stuck` ends the worker (granian starts a fresh one).
+        self.request_seconds = request_seconds
+        self.spares = threads
+        self.stuck = 0
+        self._on_stuck = on_stuck or (lambda: os._exit(EXIT_STUCK))
+        self._lock = threading.Lock()
+        self._slots = threading.Semaphore(threads)  # requests in the app at once, written-off ones excluded
+        self.pool = ThreadPoolExecutor(max_workers=threads * 2, thread_name_prefix="tokenvault-wsgi")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return  # no websockets; lifespan is not used (granian's `asginl` interface)
-        address = client_address(scope, self.limits.proxy_hops) if _has_body(scope) else None
+        address = (client_address(scope, self.limits.proxy_hops, self.limits.forwarded_allow)
+                   if _has_body(scope) else None)
         try:
             if address is not None and self._at_cap(address):
                 raise _Refused(429)  # before reading a byte of the body
@@ -92,8 +114,36 @@ class BufferingFront:
             return
         environ = _environ(scope, body)
         loop = asyncio.get_running_loop()
-        status, headers, payload = await loop.run_in_executor(self.pool, _run, self.app, environ)
+        while not self._slots.acquire(blocking=False):
+            await asyncio.sleep(0.005)  # every thread busy: wait here, on the loop, not in the pool's queue
+        future = loop.run_in_executor(self.pool, _run, self.app, environ)
+        try:
+            status, headers, payload = await asyncio.wait_for(asyncio.shield(future), self.request_seconds)
+        except TimeoutError:
+            stuck = self._write_off(future)
+            await _send(send, 503, [(b"content-type", b"application/json"), (b"retry-after", b"1"),
+                                    (b"server", b"")], _REFUSALS[503])
+            if stuck > self.spares:  # after the answer, so this client still gets its 503
+                _log.critical("every spare thread hangs: this worker exits and granian starts a fresh one")
+                self._on_stuck()
+            return
+        finally:
+            self._slots.release()
         await _send(send, status, headers, payload)
+
+    def _write_off(self, future: asyncio.Future[Any]) -> int:
+        """Count a hung request's thread as lost (until it returns, if ever); returns how many are."""
+        with self._lock:
+            self.stuck += 1
+            stuck = self.stuck
+        future.add_done_callback(lambda _done: self._unstick())
+        _log.error("request exceeded TOKENVAULT_REQUEST_SECONDS=%g: answered 503, its thread written off "
+                   "(%d of %d spares in use)", self.request_seconds, stuck, self.spares)
+        return stuck
+
+    def _unstick(self) -> None:
+        with self._lock:
+            self.stuck -= 1
 
     def _at_cap(self, address: str) -> bool:
         return bool(self.limits.per_address) and self.receiving[address] >= self.limits.per_address
@@ -152,13 +202,16 @@ class BufferingFront:
                     del self.receiving[counting]
 
 
-def client_address(scope: Scope, proxy_hops: int) -> str:
+def client_address(scope: Scope, proxy_hops: int,
+                   allowed: tuple[IPv4Network | IPv6Network, ...] | None = None) -> str:
     """The address the per-address cap counts: the peer's, or with `proxy_hops` trusted proxies in front the
     one they report in X-Forwarded-For, picked as werkzeug's ProxyFix picks it for the app (the `proxy_hops`-th
-    from the right); the peer's if the header has fewer entries. The one place to change what "address" means."""
+    from the right); the peer's if the header has fewer entries, or if the peer is not one of the `allowed`
+    proxies (TOKENVAULT_FORWARDED_ALLOW_IPS, as api.http.proxies decides for the app). The one place to change
+    what "address" means."""
     client = scope.get("client")
     peer = str(client[0]) if client else ""
-    if not proxy_hops:
+    if not proxy_hops or not trusted_peer(peer, allowed):
         return peer
     forwarded = [value.decode("latin-1") for name, value in scope.get("headers", ())
                  if name.lower() == b"x-forwarded-for"]

@@ -31,6 +31,7 @@ from typing import Any
 
 from api.http.logs import server_log_config
 from api.settings import Settings
+from vault.errors import ConfigurationError
 
 __all__ = ["ServerOptions", "BindUnavailable", "serve", "main"]
 
@@ -97,8 +98,10 @@ def asgi_app() -> Any:
     limits = BodyLimits(max_bytes=settings.max_body_bytes, seconds=BODY_SECONDS,
                         per_address=settings.bodies_per_address,
                         min_bytes_per_second=settings.min_body_bytes_per_second,
-                        grace_seconds=settings.body_grace_seconds, proxy_hops=settings.proxy_hops)
-    return BufferingFront(app, limits=limits, threads=int(os.environ.get("TOKENVAULT_THREADS") or THREADS_PER_WORKER))
+                        grace_seconds=settings.body_grace_seconds, proxy_hops=settings.proxy_hops,
+                        forwarded_allow=settings.forwarded_allow)
+    return BufferingFront(app, limits=limits, threads=int(os.environ.get("TOKENVAULT_THREADS") or THREADS_PER_WORKER),
+                          request_seconds=settings.request_seconds)
 
 
 def _keep_an_early_stop() -> None:
@@ -171,6 +174,11 @@ def main(argv: list[str]) -> int:
     _TLS_CERT, _TLS_KEY, _LOG_LEVEL); bench/ passes its hello-world app as TARGET to serve it the same way."""
     target = argv[0] if argv else APP
     settings = Settings.from_env()
+    try:
+        settings.check_serving()
+    except ConfigurationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     options = ServerOptions.from_env(settings.env, bind=settings.bind, workers=settings.workers,
                                      log_level=settings.log_level)
     try:

@@ -10,8 +10,9 @@
 #
 # It is idempotent. It writes the role ids and secret ids to files (mode 0600) in the
 # directory given as $1 (default ./vault-credentials), never to the terminal.
-# The KEK itself is created by `tokenvault init` with the admin role, which also
-# checks it (aes256-gcm96, exportable=false, allow_plaintext_backup=false).
+# The KEK and the audit checkpoint signing key are created by `tokenvault init` with the
+# admin role, which also checks them (aes256-gcm96 / ed25519, exportable=false,
+# allow_plaintext_backup=false).
 set -eu
 
 CLI="${VAULT_CLI:-$(command -v bao || command -v vault || true)}"
@@ -24,6 +25,7 @@ export BAO_ADDR="${BAO_ADDR:-$VAULT_ADDR}" BAO_TOKEN="${BAO_TOKEN:-$VAULT_TOKEN}
 
 MOUNT="${TOKENVAULT_VAULT_MOUNT:-transit}"
 KEY="${TOKENVAULT_VAULT_KEY:-tokenvault-kek}"
+SIGNING_KEY="${TOKENVAULT_AUDIT_SIGNING_KEY:-tokenvault-audit-checkpoints}"
 OUT="${1:-./vault-credentials}"
 HERE="$(cd "$(dirname "$0")" && pwd)"
 umask 077
@@ -37,12 +39,13 @@ fi
 # 2. Policies, retargeted when TOKENVAULT_VAULT_MOUNT / TOKENVAULT_VAULT_KEY differ
 #    from the defaults written in the .hcl files.
 render() {
-  sed -e "s|tokenvault-kek|$KEY|g" \
+  sed -e "s|tokenvault-kek|$KEY|g" -e "s|tokenvault-audit-checkpoints|$SIGNING_KEY|g" \
       -e "s|\"sys/mounts/transit\"|\"sys/mounts/$MOUNT\"|g" \
       -e "s|\"transit/|\"$MOUNT/|g" "$HERE/$1"
 }
 render tokenvault-service.hcl | "$CLI" policy write tokenvault-service -
 render tokenvault-admin.hcl | "$CLI" policy write tokenvault-admin -
+render tokenvault-auditor.hcl | "$CLI" policy write tokenvault-auditor -
 
 # 3. AppRole auth: machines log in with a role id + secret id, get a short-lived token.
 if ! "$CLI" auth list -format=json | grep -q '"approle/"'; then

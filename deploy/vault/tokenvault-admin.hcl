@@ -46,3 +46,13 @@ path "transit/keys/tokenvault-kek/config" {
 path "transit/keys/tokenvault-kek/trim" {
   capabilities = ["update"]
 }
+
+# The audit checkpoint signing key (`tokenvault init`): only as a non-exportable ed25519 key.
+path "transit/keys/tokenvault-audit-checkpoints" {
+  capabilities = ["create", "read", "update"]
+  allowed_parameters = {
+    "type"                   = ["ed25519"]
+    "exportable"             = [false]
+    "allow_plaintext_backup" = [false]
+  }
+}

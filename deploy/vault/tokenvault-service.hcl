@@ -23,3 +23,14 @@ path "transit/rewrap/tokenvault-kek" {
 path "transit/keys/tokenvault-kek" {
   capabilities = ["read"]
 }
+
+# Audit checkpoints: sign with the ed25519 key (it never leaves Transit) and read its
+# public keys to verify. No create: `tokenvault init` makes the key with the admin role.
+# Replace "tokenvault-audit-checkpoints" if you set TOKENVAULT_AUDIT_SIGNING_KEY.
+path "transit/sign/tokenvault-audit-checkpoints" {
+  capabilities = ["update"]
+}
+
+path "transit/keys/tokenvault-audit-checkpoints" {
+  capabilities = ["read"]
+}

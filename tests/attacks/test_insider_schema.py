@@ -110,6 +110,11 @@ DECISIONS: dict[str, dict[str, str]] = {
     # `sealed` is bound to (name, version, state, data key) by its AAD; the MAC covers the clear columns.
     "relay_routes": {"sealed": AEAD, **_maced(relay_routes)},
     "key_jobs": _maced(key_jobs),
+    # Issue #18's key epoch: an edit may only make a key job wait its cache window (tests/vault/keys/test_key_epoch.py).
+    "key_epoch": {c: "harmless: any change makes every process drop its cached keys; lowered, jobs wait"
+                  for c in ("name", "epoch", "changed_at")},
+    "key_epoch_acks": {c: "harmless: HMACed by vault.keys.epoch; an edited row sends key jobs to the cache window"
+                       for c in ("worker", "epoch", "seen_at", "row_mac")},
 }
 
 

@@ -218,11 +218,13 @@ def ensure_transit(server: OpenBao, mount: str = "transit") -> None:
             raise
 
 
-def render_policy(file_name: str, *, key_name: str, mount: str = "transit") -> str:
-    """A policy from deploy/vault/, retargeted at a test's mount and key name."""
+def render_policy(file_name: str, *, key_name: str, mount: str = "transit",
+                  signing_key: str = "tokenvault-audit-checkpoints") -> str:
+    """A policy from deploy/vault/, retargeted at a test's mount, key name and checkpoint signing key."""
     text = (POLICY_DIR / file_name).read_text(encoding="utf-8")
     return (
         text.replace("tokenvault-kek", key_name)
+        .replace("tokenvault-audit-checkpoints", signing_key)
         .replace('"sys/mounts/transit"', f'"sys/mounts/{mount}"')
         .replace('"transit/', f'"{mount}/')
     )
@@ -258,6 +260,7 @@ def enable_approle(
     policy_files: tuple[str, ...] = ("tokenvault-service.hcl",),
     token_ttl: str = "1h",
     approle_mount: str = "approle",
+    signing_key: str = "tokenvault-audit-checkpoints",
 ) -> AppRole:
     """An AppRole whose tokens carry only the given deploy/vault policies (for this key)."""
     client = server.client()
@@ -270,7 +273,8 @@ def enable_approle(
     policies = []
     for file_name in policy_files:
         name = f"{file_name.removesuffix('.hcl')}-{key_name}-{suffix}"
-        client.sys.create_or_update_policy(name=name, policy=render_policy(file_name, key_name=key_name, mount=mount))
+        client.sys.create_or_update_policy(name=name, policy=render_policy(file_name, key_name=key_name, mount=mount,
+                                                                          signing_key=signing_key))
         policies.append(name)
     role_name = f"tokenvault-{key_name}-{suffix}"
     client.auth.approle.create_or_update_approle(

@@ -38,8 +38,8 @@ from vault.errors import DecryptionFailed
 from vault.keys.provider import KeyProvider
 from vault.storage.schema import audit_signing_keys, audit_sink_heads, insert_ignoring_conflict
 
-__all__ = ["Signer", "CheckpointSigner", "CheckpointSink", "FileSink", "SinkLog", "Entry", "ZERO_HASH", "line_hash",
-           "entry_lines", "last_of"]
+__all__ = ["Signer", "CheckpointSigner", "UpgradedSigner", "CheckpointSink", "FileSink", "SinkLog", "Entry",
+           "ZERO_HASH", "line_hash", "entry_lines", "last_of"]
 
 ZERO_HASH = "0" * 64
 SIGNING_KEY_ID = "checkpoint-ed25519-1"
@@ -120,6 +120,32 @@ class CheckpointSigner:
     def public_keys(self, conn: Connection) -> dict[str, Ed25519PublicKey]:
         private = self._load(conn, create=False)
         return {SIGNING_KEY_ID: private.public_key()} if private is not None else {}
+
+
+class UpgradedSigner:
+    """Signs with `current` (a Transit key); also verifies what the sealed key signed before the upgrade.
+
+    A vault that ran with the sealed seed before Transit signing became the default keeps that
+    seed's row: its old entries still verify. `read_log` refuses a sealed-key entry after the first
+    Transit-signed one, so a host that can still unseal the seed cannot append forged entries.
+    """
+
+    def __init__(self, current: Signer, legacy: CheckpointSigner) -> None:
+        self._current = current
+        self._legacy = legacy
+
+    @property
+    def key_id(self) -> str:
+        return self._current.key_id
+
+    def prepare(self, conn: Connection) -> None:
+        self._current.prepare(conn)
+
+    def sign(self, payload: bytes) -> str:
+        return self._current.sign(payload)
+
+    def public_keys(self, conn: Connection) -> dict[str, Ed25519PublicKey]:
+        return {**self._legacy.public_keys(conn), **self._current.public_keys(conn)}
 
 
 def signature_valid(publics: Mapping[str, Ed25519PublicKey], entry: dict[str, Any]) -> bool:
@@ -256,6 +282,7 @@ class SinkLog:
 def read_log(name: str, lines: list[str], publics: Mapping[str, Ed25519PublicKey]) -> SinkLog:
     log = SinkLog(name, [], [])
     prev = ZERO_HASH
+    transit_seen = False  # no way back: after a Transit-signed entry the sealed seed signs nothing
     for number, line in enumerate(lines, start=1):
         try:
             entry = json.loads(line)
@@ -268,6 +295,10 @@ def read_log(name: str, lines: list[str], publics: Mapping[str, Ed25519PublicKey
         if not signature_valid(publics, entry):
             log.problem = f"checkpoint log {name}: signature invalid at entry {number}"
             return log
+        if entry.get("key") == SIGNING_KEY_ID and transit_seen:
+            log.problem = f"checkpoint log {name}: entry {number} signed with the sealed key after Transit signing"
+            return log
+        transit_seen = transit_seen or str(entry.get("key")).startswith("transit:")
         prev = line_hash(line)
         log.entries.append(entry)
         log.hashes.append(prev)

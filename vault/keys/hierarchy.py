@@ -11,8 +11,10 @@ live only in process memory, in caches bounded in size and time.
 
 from __future__ import annotations
 
+import math
 import secrets
 import threading
+import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,9 +28,17 @@ from vault.errors import ConfigurationError, DecryptionFailed, KeyServiceUnavail
 from vault.keys.envelope import Cipher, associated_data
 from vault.keys.provider import KEY_BYTES, KeyProvider, wrapped_version
 from vault.secret import Secret
-from vault.storage.schema import data_keys, domain_keys, insert_ignoring_conflict
+from vault.storage.schema import data_keys, domain_keys, insert_ignoring_conflict, key_epoch
 
-__all__ = ["KeyHierarchy", "DataKey", "PURPOSES"]
+__all__ = ["KeyHierarchy", "DataKey", "PURPOSES", "EPOCH_NAME", "read_epoch"]
+
+EPOCH_NAME = "keys"
+
+
+def read_epoch(conn: Connection) -> int:
+    """The key epoch (vault.keys.epoch): 0 until a key job first raises it."""
+    value = conn.execute(select(key_epoch.c.epoch).where(key_epoch.c.name == EPOCH_NAME)).scalar()
+    return int(value) if value is not None else 0
 
 # data: records; cvv: card security codes (own key, PCI DSS 3.3.2); index: keyed
 # hashes for deterministic tokens; auth: keyed hashes of credentials; audit: the MACs
@@ -91,8 +101,15 @@ class KeyHierarchy:
         data_key_cache_size: int = 10_000,
         clock: Callable[[], datetime] = _now,
         on_lookup: Callable[[str, bool], None] | None = None,
+        epoch_seconds: float = 1.0,
     ) -> None:
         self.provider = provider
+        # The key epoch: cached keys are used only while this process confirmed the epoch within
+        # `epoch_seconds` (read here at most once per interval, or by vault.keys.epoch's heartbeat);
+        # any change of it drops every cache, so a rotation reaches this process within a second.
+        self.epoch_seconds = epoch_seconds
+        self._epoch: int | None = None
+        self._epoch_checked = -math.inf  # time.monotonic() of the read that confirmed `_epoch`
         self._on_lookup = on_lookup or (lambda _cache, _hit: None)
         self._clock = clock
         self._lock = threading.Lock()
@@ -103,6 +120,37 @@ class KeyHierarchy:
         self._active: TTLCache[str, str] = TTLCache(maxsize=16, ttl=ttl)
         # Keyed by id *and* wrapped bytes: a data key rewrapped or re-keyed elsewhere misses here.
         self._data: TTLCache[tuple[str, bytes], Cipher] = TTLCache(maxsize=data_key_cache_size, ttl=ttl)
+
+    # -- key epoch ------------------------------------------------------------------------
+
+    @property
+    def epoch(self) -> int | None:
+        return self._epoch
+
+    def _fresh(self) -> bool:
+        return time.monotonic() - self._epoch_checked < self.epoch_seconds
+
+    def observe_epoch(self, epoch: int, read_at: float) -> None:
+        """`epoch` was read at monotonic time `read_at`: drop every cached key if it changed."""
+        with self._lock:
+            if epoch == self._epoch:
+                self._epoch_checked = max(self._epoch_checked, read_at)
+                return
+            # A different value, newer or older (an edit, or a read that raced a newer one): dropping
+            # is always safe; only a read at least as recent as the last confirmation replaces it.
+            self._domain.clear()
+            self._domain_ciphers.clear()
+            self._active.clear()
+            self._data.clear()
+            if self._epoch is None or read_at >= self._epoch_checked:
+                self._epoch = epoch
+                self._epoch_checked = read_at
+
+    def _gate(self, conn: Connection) -> None:
+        """Before any cached key is used: confirm the epoch if the last confirmation is too old."""
+        if not self._fresh():
+            read_at = time.monotonic()
+            self.observe_epoch(read_epoch(conn), read_at)
 
     # -- domain keys ----------------------------------------------------------------------
 
@@ -143,6 +191,7 @@ class KeyHierarchy:
         return self._create_domain_key(conn, purpose)
 
     def _active_id(self, conn: Connection, purpose: str) -> str:
+        self._gate(conn)
         key_id = self._active.get(purpose)
         if key_id is None:
             row = conn.execute(select(domain_keys.c.id).where(domain_keys.c.active_for == purpose)).first()
@@ -152,6 +201,7 @@ class KeyHierarchy:
 
     def _domain_secret(self, conn: Connection, key_id: str, purpose: str) -> Secret[bytes]:
         """The domain key `key_id`, only if its row and its wrapping both say `purpose`."""
+        self._gate(conn)
         key = self._domain.get((key_id, purpose))
         self._on_lookup("domain", key is not None)
         if key is not None:
@@ -169,6 +219,7 @@ class KeyHierarchy:
         return key
 
     def domain_cipher(self, conn: Connection, key_id: str, purpose: str) -> Cipher:
+        self._gate(conn)
         cipher = self._domain_ciphers.get((key_id, purpose))
         if cipher is None:
             # Setting up an AES key costs more than sealing one data key with it: keep it, as long as the secret.
@@ -185,6 +236,8 @@ class KeyHierarchy:
 
     def cached_hmac_key(self, purpose: str) -> Secret[bytes] | None:
         """The active key of `purpose` if this process holds it already, else None (no I/O)."""
+        if not self._fresh():
+            return None  # the caller takes the path that confirms the epoch
         key_id = self._active.get(purpose)
         return self._domain.get((key_id, purpose)) if key_id is not None else None
 
@@ -249,6 +302,8 @@ class KeyHierarchy:
 
         Lets callers seal records before they take the database's write lock.
         """
+        if not self._fresh():
+            return None
         domain_id = self._active.get(purpose)
         domain = self._domain_ciphers.get((domain_id, purpose)) if domain_id is not None else None
         if domain_id is None or domain is None:
@@ -335,6 +390,7 @@ class KeyHierarchy:
         Only keys of `purposes` open (DecryptionFailed otherwise), each under a domain key
         of its own purpose: a row pointed at another kind of key never yields a cipher.
         """
+        self._gate(conn)
         out: dict[str, Cipher] = {}
         for row in rows:
             if row["purpose"] not in purposes:

@@ -39,6 +39,7 @@ from vault.errors import (
     VaultError,
 )
 from vault.keys.envelope import Cipher, record_aad
+from vault.keys.epoch import KeyEpoch
 from vault.keys.hierarchy import RECORD_PURPOSES, KeyHierarchy
 from vault.keys.provider import KeyProvider, wrapped_version
 from vault.keys.row_mac import RowMacs
@@ -133,7 +134,7 @@ def rekey_data_key(conn: Connection, keys: KeyHierarchy, key_id: str) -> Cipher 
 class KeyLifecycle(AuditedOperations):
     def __init__(self, *, engine: Engine, keys: KeyHierarchy, provider: KeyProvider, policy: Policy,
                  trail: AuditTrail, periods: CryptoPeriods = CryptoPeriods(), cache_seconds: float = 300.0,
-                 clock: Callable[[], datetime] = _now) -> None:
+                 clock: Callable[[], datetime] = _now, epochs: KeyEpoch | None = None) -> None:
         super().__init__(engine=engine, policy=policy, trail=trail, clock=clock)
         self._keys = keys
         # Key-job rows are MACed (vault.keys.row_mac): an edited kind, status, phase or parameter (which
@@ -142,6 +143,10 @@ class KeyLifecycle(AuditedOperations):
         self._provider = provider
         self._periods = periods
         self._cache_seconds = cache_seconds
+        # The key epoch (vault.keys.epoch): jobs this process started wait for every serving process's
+        # acknowledgement, not the whole cache window. job id -> (epoch raised, processes seen reporting).
+        self._epochs = epochs
+        self._raised: dict[str, tuple[int, set[str]]] = {}
         self._runner = f"{socket.gethostname()[:30]}:{os.getpid()}:{secrets.token_hex(3)}"
 
     # -- inventory --------------------------------------------------------------------------
@@ -214,9 +219,10 @@ class KeyLifecycle(AuditedOperations):
                                    .where(domain_keys.c.kek_version < version)).scalar_one()
             moving = conn.execute(select(func.count()).select_from(data_keys)
                                   .where(data_keys.c.domain_key_id.in_(old))).scalar_one() if old else 0
-            job_id = self._new_job(conn, actor, kind, {"kek_version": version, "old_domain_keys": old,
-                                                      "rotated_at": _iso(self._clock())},
-                                   int(pending) + int(moving))
+            params = {"kek_version": version, "old_domain_keys": old, "rotated_at": _iso(self._clock()),
+                      **self._raise(conn)}
+            job_id = self._new_job(conn, actor, kind, params, int(pending) + int(moving))
+            self._remember(job_id, params)
             self._trail.record(conn, [self._event(actor, action, "allowed", origin, detail=(
                 f"job={job_id} kek_version={version} domain_keys={len(old)}"))])
             return job_id
@@ -286,11 +292,22 @@ class KeyLifecycle(AuditedOperations):
             self._keys.rotate_domain_key(conn, row["purpose"])
         count = conn.execute(select(func.count()).select_from(data_keys)
                              .where(data_keys.c.domain_key_id == domain_key_id)).scalar_one()
-        job_id = self._new_job(conn, actor, "reencrypt", {"domain_key": domain_key_id,
-                                                         "rotated_at": _iso(self._clock())}, int(count))
+        params = {"domain_key": domain_key_id, "rotated_at": _iso(self._clock()), **self._raise(conn)}
+        job_id = self._new_job(conn, actor, "reencrypt", params, int(count))
+        self._remember(job_id, params)
         self._trail.record(conn, [self._event(actor, "reencrypt", "allowed", origin, key_id=domain_key_id,
                                               detail=f"job={job_id} data_keys={count}")])
         return job_id
+
+    def _raise(self, conn: Connection) -> dict[str, Any]:
+        """Raise the key epoch with the keys it retires; the epoch goes into the job's params."""
+        if self._epochs is None:
+            return {}
+        return {"key_epoch": self._epochs.bump(conn)}
+
+    def _remember(self, job_id: str, params: dict[str, Any]) -> None:
+        if "key_epoch" in params:
+            self._raised[job_id] = (int(params["key_epoch"]), set())
 
     def _new_job(self, conn: Connection, actor: Actor, kind: str, params: dict[str, Any], total: int) -> str:
         job_id = f"job_{secrets.token_hex(8)}"
@@ -332,9 +349,16 @@ class KeyLifecycle(AuditedOperations):
             # Every record is done; what is left is time: another process may still hold the old domain
             # key in its cache and write under it, so the old key is destroyed only once all caches have
             # let it go (TOKENVAULT_KEY_CACHE_SECONDS after the rotation).
-            until = self._caches_expire_at(json.loads(row["params"]))
-            out["waiting_for"] = (f"other workers' key caches to let the old key go "
-                                  f"(TOKENVAULT_KEY_CACHE_SECONDS={self._cache_seconds:g}) until {_iso(until)}")
+            params = json.loads(row["params"])
+            until = self._caches_expire_at(params)
+            if row["id"] in self._raised:
+                out["waiting_for"] = (f"every serving process to acknowledge key epoch {params['key_epoch']} "
+                                      f"(they drop their cached keys within {self._keys.epoch_seconds:g}s), at the "
+                                      f"latest until {_iso(until)} (TOKENVAULT_KEY_CACHE_SECONDS="
+                                      f"{self._cache_seconds:g}) for a process that stopped reporting")
+            else:
+                out["waiting_for"] = (f"other workers' key caches to let the old key go "
+                                      f"(TOKENVAULT_KEY_CACHE_SECONDS={self._cache_seconds:g}) until {_iso(until)}")
             out["eta_seconds"] = round(max((until - self._clock()).total_seconds(), 0.0), 1)
         return out
 
@@ -390,7 +414,7 @@ class KeyLifecycle(AuditedOperations):
                 with self._engine.begin() as conn:
                     if not self._lease(conn, job_id):
                         raise Conflict("lost the lease on this job")
-                    moved, phase = self._step(conn, row["kind"], params, batch)
+                    moved, phase = self._step(conn, job_id, row["kind"], params, batch)
                     values: dict[str, Any] = {"phase": phase, "updated_at": self._clock()}
                     if phase == "done":
                         values.update(status="done", finished_at=self._clock(), lease_until=None)
@@ -420,15 +444,32 @@ class KeyLifecycle(AuditedOperations):
                     "status": "failed", "error": error.code, "updated_at": self._clock(), "lease_until": None})
             raise
 
-    def _caches_expired(self, params: dict[str, Any]) -> bool:
-        """Other processes may still hold the old active domain key until their cache expires."""
-        return self._clock() >= self._caches_expire_at(params)
+    def _caches_expired(self, conn: Connection, job_id: str, params: dict[str, Any]) -> bool:
+        """Other processes may hold the old keys until each acknowledged the key epoch, or their caches expired.
+
+        The acknowledgements count only for a job whose epoch this process raised (its memory, not
+        the job row, says which); each process had `epoch_seconds` and a heartbeat to see it.
+        """
+        now = self._clock()
+        if now >= self._caches_expire_at(params):
+            return True
+        raised = self._raised.get(job_id)
+        if self._epochs is None or raised is None:
+            return False
+        epoch, seen = raised
+        rotated = self._caches_expire_at(params) - timedelta(seconds=self._cache_seconds)
+        settle = timedelta(seconds=self._keys.epoch_seconds + self._epochs.heartbeat_seconds)
+        # Anyone that reported within a cache window (and a heartbeat) before the rotation may hold old keys.
+        since = rotated - timedelta(seconds=self._cache_seconds + self._epochs.heartbeat_seconds)
+        acknowledged = self._epochs.acknowledged(conn, epoch, since=since, seen=seen)
+        return acknowledged and now >= rotated + settle
 
     def _caches_expire_at(self, params: dict[str, Any]) -> datetime:
         rotated = datetime.fromisoformat(str(params["rotated_at"]).replace("Z", "+00:00"))
         return rotated + timedelta(seconds=self._cache_seconds)
 
-    def _step(self, conn: Connection, kind: str, params: dict[str, Any], batch: int) -> tuple[int, str]:
+    def _step(self, conn: Connection, job_id: str, kind: str, params: dict[str, Any],
+              batch: int) -> tuple[int, str]:
         """One batch in the caller's transaction; returns (items moved, phase)."""
         if kind in ("rotate", "epoch"):
             moved = self._rewrap_domain_keys(conn, int(params["kek_version"]), batch)
@@ -438,7 +479,7 @@ class KeyLifecycle(AuditedOperations):
             moved = self._move_data_keys(conn, old, batch) if old else 0
             if moved:
                 return moved, "rewrap_data_keys"
-            if old and not self._caches_expired(params):
+            if old and not self._caches_expired(conn, job_id, params):
                 return 0, WAITING
             for domain_key_id in old:
                 self._destroy_if_empty(conn, domain_key_id)
@@ -448,7 +489,7 @@ class KeyLifecycle(AuditedOperations):
         moved = self._rekey_data_keys(conn, str(params["domain_key"]), batch)
         if moved:
             return moved, "reencrypt_records"
-        if not self._caches_expired(params):
+        if not self._caches_expired(conn, job_id, params):
             return 0, WAITING
         self._destroy_if_empty(conn, str(params["domain_key"]))
         return 0, "done"

@@ -258,6 +258,26 @@ audit_verify_jobs = Table(
     Index("ix_audit_verify_jobs_started_at", "started_at"),
 )
 
+# The key epoch (issue #18): a counter every key job raises when it rotates or re-keys, and each
+# serving process's acknowledgement that it dropped its key caches for that epoch (row-MACed).
+# A job then waits only until every live process acknowledged, not the whole cache window.
+key_epoch = Table(
+    "key_epoch",
+    metadata,
+    Column("name", String(16), primary_key=True),
+    Column("epoch", BigInteger, nullable=False),
+    Column("changed_at", UTCDateTime, nullable=False),
+)
+
+key_epoch_acks = Table(
+    "key_epoch_acks",
+    metadata,
+    Column("worker", String(80), primary_key=True),
+    Column("epoch", BigInteger, nullable=False),
+    Column("seen_at", UTCDateTime, nullable=False),
+    Column("row_mac", String(120), nullable=True),
+)
+
 audit_sink_heads = Table(
     "audit_sink_heads",
     metadata,

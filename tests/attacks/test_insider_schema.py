@@ -110,6 +110,10 @@ DECISIONS: dict[str, dict[str, str]] = {
     # `sealed` is bound to (name, version, state, data key) by its AAD; the MAC covers the clear columns.
     "relay_routes": {"sealed": AEAD, **_maced(relay_routes)},
     "key_jobs": _maced(key_jobs),
+    # Issue #19's per-BIN counter: raised, later cards of that BIN get a random head (no wider access);
+    # lowered, more tokens keep the BIN than the guessing bar allows (README "Insider with the database").
+    "bin_counts": {c: "open: not MACed; a lowered count lets more tokens keep their BIN"
+                   for c in ("bin", "length", "issued")},
     # Issue #18's key epoch: an edit may only make a key job wait its cache window (tests/vault/keys/test_key_epoch.py).
     "key_epoch": {c: "harmless: any change makes every process drop its cached keys; lowered, jobs wait"
                   for c in ("name", "epoch", "changed_at")},

@@ -25,12 +25,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
 from api.wiring import Components
 from tests.conftest import make_components
 from tests.support.cards import HERE, fill, read_all
 from vault.audit.trail import Actor
+from vault.keys.row_mac import RowMacs
 from vault.storage.schema import domain_keys, key_jobs
 
 BIN = Path(sys.executable).with_name("tokenvault")
@@ -74,9 +75,9 @@ class Vault:
         `keys resume` right after a crash is refused until then: see
         test_resume_right_after_a_crash_takes_the_job_over.
         """
-        with self.parts.engine.begin() as conn:
-            conn.execute(update(key_jobs).where(key_jobs.c.id == job_id)
-                         .values(lease_until=datetime.now(UTC) - timedelta(seconds=1)))
+        with self.parts.engine.begin() as conn:  # through the row MAC, as the vault itself writes (#15)
+            RowMacs(self.parts.keys).update(conn, key_jobs, job_id,
+                                            {"lease_until": datetime.now(UTC) - timedelta(seconds=1)})
 
 
 @pytest.fixture

@@ -20,11 +20,12 @@ def test_an_old_trail_upgrades_and_keeps_verifying(tmp_path: Path, database_url:
     parts = make_components(tmp_path / "data", database_url, clock, TOKENVAULT_AUDIT_CHECKPOINT_SECONDS="3600")
     engine = create_engine_for(database_url)
     config = alembic_config()
+    with parts.engine.begin() as conn:  # the audit key, read while the current schema (key epochs) is there
+        key_id, key = parts.keys.active_hmac_key(conn, "audit")
     with engine.begin() as conn:
         config.attributes["connection"] = conn
         command.downgrade(config, "0004")
     with parts.engine.begin() as conn:  # what a 0004 vault wrote: MACs without seq, one chain
-        key_id, key = parts.keys.active_hmac_key(conn, "audit")
         prev = GENESIS
         for chain_seq in (1, 2, 3):
             row = {"seq": 10 + chain_seq, "at": datetime.now(UTC), "actor": "old", "role": "system",

@@ -56,6 +56,7 @@ _REFUSALS = {
     503: b'{"error": {"code": "service_unavailable", "message": "the request did not finish in time"}}',
 }
 EXIT_STUCK = 75  # a worker whose spare threads all hang exits; granian starts a fresh one
+EXIT_DELAY_SECONDS = 0.5
 RETRY_AFTER_SECONDS = 1
 
 
@@ -125,7 +126,9 @@ class BufferingFront:
                                     (b"server", b"")], _REFUSALS[503])
             if stuck > self.spares:  # after the answer, so this client still gets its 503
                 _log.critical("every spare thread hangs: this worker exits and granian starts a fresh one")
-                self._on_stuck()
+                # Not at once: granian writes the answer after this coroutine returns, and an exit now
+                # would cut that client's 503 off (seen as "connection closed without response").
+                loop.call_later(EXIT_DELAY_SECONDS, self._on_stuck)
             return
         finally:
             self._slots.release()

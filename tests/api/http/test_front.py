@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from api.http.buffering import BodyLimits, BufferingFront
+from api.http.buffering import EXIT_DELAY_SECONDS, BodyLimits, BufferingFront
 from api.http.proxies import TrustedProxies
 from api.settings import Settings
 from vault.errors import ConfigurationError
@@ -58,6 +58,8 @@ def test_a_hung_request_is_answered_503_and_its_thread_replaced() -> None:
         ok, _ = await asyncio.wait_for(_call(front, "/ok"), 5)
         assert not ended
         second, _ = await asyncio.wait_for(_call(front, "/hang"), 5)  # the spare hangs too
+        assert not ended  # the 503 is written before the worker ends
+        await asyncio.sleep(EXIT_DELAY_SECONDS + 0.2)
         return [status, headers, took, ok, second]
 
     try:

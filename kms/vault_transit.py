@@ -44,6 +44,7 @@ from kms.transit_wire import (
     _well_formed,
 )
 from kms.vault_config import VaultConfig
+from kms.vault_session import REASONS, CountingSession, Denied, Rejected, Unreachable
 from vault.errors import ConfigurationError, KeyServiceUnavailable
 from vault.keys.provider import KEY_BYTES, KekInfo
 from vault.secret import Secret
@@ -60,57 +61,6 @@ _JITTER = random.SystemRandom()
 
 
 # -- configuration ------------------------------------------------------------------
-
-
-class _CountingSession(requests.Session):
-    """Counts HTTP round trips and remembers each thread's last status code.
-
-    The status is needed because hvac maps some codes (412) to a generic exception.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._count_lock = threading.Lock()
-        self._local = threading.local()
-        self.round_trips = 0
-
-    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-        with self._count_lock:
-            self.round_trips += 1
-        self._local.status = None
-        response = super().send(request, **kwargs)
-        self._local.status = response.status_code
-        return response
-
-    def last_status(self) -> int | None:
-        status = getattr(self._local, "status", None)
-        return status if isinstance(status, int) else None
-
-
-class _Unreachable(Exception):
-    """Vault could not serve (down, sealed, overloaded): counts against the breaker."""
-
-
-class _Denied(Exception):
-    """Vault refused our token (401/403)."""
-
-
-class _Rejected(Exception):
-    """Vault answered with an error the caller did not handle."""
-
-    def __init__(self, message: str, status: int | None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-_REASONS = {
-    412: "precondition failed (replication lag)",
-    429: "rate limited or standby",
-    500: "internal error",
-    501: "not initialised",
-    502: "bad gateway",
-    503: "sealed or unavailable",
-}
 
 
 class VaultTransitProvider:
@@ -131,7 +81,7 @@ class VaultTransitProvider:
         self._breaker = CircuitBreaker(
             failure_threshold=config.breaker_failures, reset_timeout=config.breaker_reset, clock=clock
         )
-        session = _CountingSession()
+        session = CountingSession()
         # Explicit config only: no proxies, CA bundles or netrc picked up from the environment.
         session.trust_env = False
         verify: bool | str = False if config.skip_verify else (config.ca_cert or True)
@@ -185,27 +135,27 @@ class VaultTransitProvider:
             try:
                 return fn()
             except requests.exceptions.SSLError:
-                failure = _Unreachable(f"vault {what}: TLS verification failed")
+                failure = Unreachable(f"vault {what}: TLS verification failed")
             except requests.ConnectionError:  # includes ConnectTimeout
-                failure = _Unreachable(f"vault {what}: cannot connect")
+                failure = Unreachable(f"vault {what}: cannot connect")
                 retryable = True
             except requests.Timeout:
-                failure = _Unreachable(f"vault {what}: timed out")
+                failure = Unreachable(f"vault {what}: timed out")
             except requests.RequestException:
-                failure = _Unreachable(f"vault {what}: HTTP transport error")
+                failure = Unreachable(f"vault {what}: HTTP transport error")
             except hvac.exceptions.ParamValidationError:
-                raise _Rejected(f"vault {what}: invalid request", None) from None
+                raise Rejected(f"vault {what}: invalid request", None) from None
             except hvac.exceptions.VaultError as exc:
                 status = self._session.last_status()
                 if status in (401, 403) or isinstance(exc, hvac.exceptions.Forbidden | hvac.exceptions.Unauthorized):
-                    raise _Denied(f"vault {what}: permission denied") from None
+                    raise Denied(f"vault {what}: permission denied") from None
                 if status is None or status in _RETRY_STATUS or status >= 500:
                     errors = " ".join(str(e) for e in (exc.errors or []))
-                    reason = "sealed" if "sealed" in errors else _REASONS.get(status or 0, "server error")
-                    failure = _Unreachable(f"vault {what}: HTTP {status} {reason}")
+                    reason = "sealed" if "sealed" in errors else REASONS.get(status or 0, "server error")
+                    failure = Unreachable(f"vault {what}: HTTP {status} {reason}")
                     retryable = status in _RETRY_STATUS
                 else:
-                    raise _Rejected(f"vault {what}: HTTP {status}", status) from None
+                    raise Rejected(f"vault {what}: HTTP {status}", status) from None
             if not retryable or attempt == attempts - 1:
                 raise failure
             self._sleep(self._backoff(attempt))
@@ -219,10 +169,10 @@ class VaultTransitProvider:
             )
         try:
             result = self._authenticated_call(what, fn, idempotent=idempotent)
-        except _Unreachable as exc:
+        except Unreachable as exc:
             self._breaker.record_failure()
             raise KeyServiceUnavailable(str(exc)) from None
-        except (_Denied, _Rejected) as exc:
+        except (Denied, Rejected) as exc:
             self._breaker.record_success()
             raise KeyServiceUnavailable(str(exc)) from None
         except Exception:
@@ -235,7 +185,7 @@ class VaultTransitProvider:
         generation = self._ensure_token()
         try:
             return self._attempt(what, fn, idempotent=idempotent)
-        except _Denied:
+        except Denied:
             if not self._config.uses_approle:
                 raise
         # The token may have been revoked or expired early: log in again and retry once.
@@ -258,7 +208,7 @@ class VaultTransitProvider:
     def _login_locked(self) -> None:
         role_id = self._config.role_id
         if role_id is None:
-            raise _Denied("vault: no AppRole configured")
+            raise Denied("vault: no AppRole configured")
         secret_id = self._config.read_secret_id()
         try:
             response = self._attempt(
@@ -271,19 +221,19 @@ class VaultTransitProvider:
                 ),
                 idempotent=False,
             )
-        except _Rejected as exc:
+        except Rejected as exc:
             # Vault answers 400 for a wrong role or secret id: our credentials are refused.
-            raise _Denied(f"vault AppRole login refused (HTTP {exc.status})") from None
+            raise Denied(f"vault AppRole login refused (HTTP {exc.status})") from None
         auth = response.get("auth") if isinstance(response, dict) else None
         if not isinstance(auth, dict) or not isinstance(auth.get("client_token"), str):
-            raise _Rejected("vault AppRole login: unexpected response", None)
+            raise Rejected("vault AppRole login: unexpected response", None)
         self._set_lease(auth.get("lease_duration"), auth.get("renewable"))
 
     def _lookup_locked(self) -> None:
         """Learn the static token's TTL so it can be renewed in time."""
         try:
             response = self._attempt("token lookup", self._client.auth.token.lookup_self, idempotent=True)
-        except (_Denied, _Rejected):
+        except (Denied, Rejected):
             # A token without the default policy cannot look itself up; use it as is.
             self._set_lease(0, False)
             return
@@ -296,7 +246,7 @@ class VaultTransitProvider:
     def _renew_locked(self) -> bool:
         try:
             response = self._attempt("token renew", self._client.auth.token.renew_self, idempotent=False)
-        except (_Denied, _Rejected):
+        except (Denied, Rejected):
             return False
         auth = response.get("auth") if isinstance(response, dict) else None
         if not isinstance(auth, dict):
@@ -626,7 +576,7 @@ class VaultTransitProvider:
             self._client.sys.read_health_status(method="GET", standby_ok=True)
             status = self._session.last_status()
             if status not in _HEALTHY_STATUS:
-                raise _Unreachable(f"vault health: HTTP {status} {_REASONS.get(status or 0, 'unhealthy')}")
+                raise Unreachable(f"vault health: HTTP {status} {REASONS.get(status or 0, 'unhealthy')}")
             return status
 
         self._call("health", health, idempotent=True)

@@ -118,7 +118,9 @@ def wait_until_working(vault: Vault, process: subprocess.Popen[str], timeout: fl
 
 
 def kill_at_random(vault: Vault, process: subprocess.Popen[str], rng: random.Random) -> bool:
-    """SIGKILL the runner a random 0.1-0.8 s into its work (25 keys per transaction); False if it finished first."""
+    """SIGKILL the runner a random 0.1-0.8 s into its work; False if it finished first.
+
+    10 keys per transaction, so that the job outlasts three kills (rewrapping got fast in #17)."""
     if not wait_until_working(vault, process):
         return False
     time.sleep(rng.uniform(0.1, 0.8))
@@ -134,7 +136,7 @@ def test_rotation_killed_and_resumed_repeatedly_loses_nothing(vault: Vault) -> N
     expected = fill(vault.parts, 20_000, subjects=1000)
     tokens = list(expected)
 
-    process = vault.start("keys", "rotate", "--batch", "25")
+    process = vault.start("keys", "rotate", "--batch", "10")
     kills = 0
     while kill_at_random(vault, process, rng):
         kills += 1
@@ -143,7 +145,7 @@ def test_rotation_killed_and_resumed_repeatedly_loses_nothing(vault: Vault) -> N
         # Mid-rotation, after a crash, the data is all readable: every batch was one transaction.
         read_all(vault.parts, {t: expected[t] for t in rng.sample(tokens, 1000)})
         vault.expire_lease(str(job["id"]))
-        process = vault.start("keys", "resume", "--batch", "25")
+        process = vault.start("keys", "resume", "--batch", "10")
         if kills == KILLS:
             break
     assert kills >= 2, f"the job finished after {kills} kills: make it longer\n{vault.last_stderr()}"

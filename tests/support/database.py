@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from vault.storage.engine import create_engine_for, normalise_url
 from vault.storage.migrate import upgrade
@@ -76,8 +78,20 @@ def sqlite_copy(template: Path, directory: Path) -> str:
 
 
 def truncate_all(url: str) -> None:
+    """Empty every table. A previous test's background thread (an audit checkpoint, say) may still be
+    finishing a transaction on these tables: PostgreSQL may then pick the TRUNCATE as a deadlock victim,
+    so it is tried again."""
     engine = create_engine_for(url)
     names = ", ".join(f'"{table.name}"' for table in metadata.sorted_tables)
-    with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-    engine.dispose()
+    try:
+        for attempt in range(5):
+            try:
+                with engine.begin() as conn:
+                    conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+                return
+            except OperationalError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+    finally:
+        engine.dispose()

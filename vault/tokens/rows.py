@@ -6,20 +6,21 @@ its data key's columns, so opening it needs no second query.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from vault.errors import DecryptionFailed
 from vault.keys.envelope import record_aad
 from vault.keys.hierarchy import RECORD_PURPOSES, KeyHierarchy
-from vault.storage.schema import data_keys, tokens
+from vault.storage.schema import data_keys, ignoring_conflict_for, tokens
 from vault.tokens.kinds import value_from_bytes
 
-__all__ = ["MARK_USED", "live_rows_where", "open_rows", "rows_by_token"]
+__all__ = ["INSERT_DATA_KEYS", "MARK_USED", "live_rows_where", "new_tokens", "open_rows", "rows_by_token"]
 
 _ROWS = (
     select(
@@ -40,6 +41,16 @@ MARK_USED = (
            or_(tokens.c.last_used_at.is_(None), tokens.c.last_used_at < bindparam("day_ago")))
     .values(last_used_at=bindparam("now"))
 )
+
+
+# The tokenize path's writes, built once (issue #21: building them per call cost more than running them).
+INSERT_DATA_KEYS = insert(data_keys)
+
+
+@functools.cache
+def new_tokens(dialect: str) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING token, for this dialect."""
+    return ignoring_conflict_for(dialect, tokens).returning(tokens.c.token)
 
 
 def _by_token(conn: Connection, query: Any, params: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,6 @@ formats.py (formats), rows.py (reading), keys/hierarchy.py (which key) and keys/
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import hmac
 import json
@@ -21,7 +20,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import and_, delete, func, insert, or_, select
+from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.engine import Connection, Engine
 
 from vault.access.guessing import MISS_DETAIL, GuessingGuard
@@ -43,7 +42,7 @@ from vault.keys.envelope import record_aad
 from vault.keys.hierarchy import RECORD_PURPOSES, DataKey, KeyHierarchy
 from vault.keys.row_mac import RowMacs
 from vault.storage.engine import drop_deleted_copies
-from vault.storage.schema import data_keys, ignoring_conflict_for, tokens
+from vault.storage.schema import data_keys, tokens
 from vault.tokens.bins import KEEP_BIN_MIN_LENGTH, BinCounts
 from vault.tokens.formats import card_token, kind_of_token, opaque_token
 from vault.tokens.kinds import (
@@ -56,19 +55,10 @@ from vault.tokens.kinds import (
     value_from_bytes,
 )
 from vault.tokens.records import Detokenized, Limits, TokenRecord, TokenRequest, purpose_of_kind
-from vault.tokens.rows import MARK_USED, live_rows_where, open_rows, rows_by_token
+from vault.tokens.rows import INSERT_DATA_KEYS, MARK_USED, live_rows_where, new_tokens, open_rows, rows_by_token
 from vault.tokens.subjects import held_subjects, refuse_if_held, subject_states
 
 __all__ = ["TokenService"]
-
-# The tokenize path's writes, built once (issue #21: building them per call cost more than running them).
-_INSERT_DATA_KEYS = insert(data_keys)
-
-
-@functools.cache
-def _new_tokens(dialect: str) -> Any:
-    """INSERT ... ON CONFLICT DO NOTHING RETURNING token, for this dialect."""
-    return ignoring_conflict_for(dialect, tokens).returning(tokens.c.token)
 
 _TOKEN_RETRIES = 8
 SYSTEM = Actor(id="system", role="system")
@@ -277,11 +267,11 @@ class TokenService(AuditedOperations):
         to_insert = [p for p in writers if p.lookup is None or p.lookup not in found]
         new_keys = [p.data_key.row for p in to_insert if p.new_key]
         if new_keys:
-            conn.execute(_INSERT_DATA_KEYS, new_keys)
+            conn.execute(INSERT_DATA_KEYS, new_keys)
         for _attempt in range(_TOKEN_RETRIES):
             if not to_insert:
                 break
-            stmt = _new_tokens(conn.dialect.name)
+            stmt = new_tokens(conn.dialect.name)
             inserted = {row[0] for row in conn.execute(stmt, [p.row for p in to_insert])}
             retry = []
             for p in to_insert:

@@ -8,8 +8,9 @@ host, nor this process ever holds it; anyone can verify with the public keys Tra
 (`transit:<name>:v<N>`), so entries survive a rotation of the key.
 
 Requests go through the provider's client (kms.vault_transit): the same AppRole login, token
-renewal, retries and circuit breaker as the KEK's. A failure raises AuditWriteFailed, so the
-trail fails closed as it does for any unwritable sink.
+renewal, retries and circuit breaker as the KEK's. Vault out of reach raises KeyServiceUnavailable,
+as every other call to it does (deploy/vault/README.md: 503 key_service_unavailable); a missing or
+unsafe key is a ConfigurationError. Either way the trail writes nothing and the operation fails closed.
 
 Satisfies vault.audit.checkpoints.Signer structurally (kms/ does not import the audit wing).
 """
@@ -43,10 +44,7 @@ class TransitSigner:
     def prepare(self, conn: object) -> None:
         if self._version is not None:
             return
-        try:
-            info = self._provider.signing_key(self._name)
-        except KeyServiceUnavailable as exc:
-            raise AuditWriteFailed("checkpoint signing key unavailable") from exc
+        info = self._provider.signing_key(self._name)
         if info is None:
             # The service policy may sign but not create (the admin role's `tokenvault init` does);
             # a token that may create it (a dev server's root token) gets it made here.
@@ -66,16 +64,10 @@ class TransitSigner:
     def sign(self, payload: bytes) -> str:
         if self._version is None:
             raise AuditWriteFailed("checkpoint signing key not prepared")
-        try:
-            return self._provider.sign(self._name, self._version, payload).hex()
-        except KeyServiceUnavailable as exc:
-            raise AuditWriteFailed("checkpoint signing failed") from exc
+        return self._provider.sign(self._name, self._version, payload).hex()
 
     def public_keys(self, conn: object) -> dict[str, Ed25519PublicKey]:
-        try:
-            info = self._provider.signing_key(self._name)
-        except KeyServiceUnavailable as exc:
-            raise AuditWriteFailed("checkpoint signing key unavailable") from exc
+        info = self._provider.signing_key(self._name)
         if info is None:
             return {}
         keys = info.get("keys")

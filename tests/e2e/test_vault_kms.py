@@ -486,6 +486,28 @@ def test_key_service_outage_is_reported_as_such_not_as_audit_failure(
         parts.engine.dispose()
 
 
+def test_a_writer_announced_during_an_outage_reports_the_key_service(
+    own_openbao: OpenBao, tmp_path: Path, sqlite_url: str
+) -> None:
+    """A new audit writer signs its announcement with Transit (#16); Vault being down says so (#3)."""
+    own_openbao.client().sys.enable_secrets_engine(backend_type="transit", path="transit")
+    parts = make_components(tmp_path / "data", sqlite_url,
+                            TOKENVAULT_KMS="vault", VAULT_ADDR=own_openbao.addr, VAULT_TOKEN=own_openbao.root_token,
+                            TOKENVAULT_VAULT_KEY=f"e2e-{secrets.token_hex(4)}", TOKENVAULT_AUTH_CACHE_SECONDS="60")
+    try:
+        client = create_app(parts=parts).test_client()
+        gateway = bearer(parts.clients.create("gw", "payment_gateway")[1].expose())
+        unknown = {"tokens": ["tok_email_" + "A" * 32], "purpose": "payment"}
+        assert client.post("/v1/detokenize", json=unknown, headers=gateway).status_code == 200  # keys cached
+        parts.engine.dispose()  # the next event goes through a new connection: a new writer to announce
+        own_openbao.kill()
+        answer = client.post("/v1/detokenize", json=unknown, headers=gateway)
+        assert answer.status_code == 503
+        assert answer.get_json()["error"]["code"] == "key_service_unavailable"
+    finally:
+        parts.engine.dispose()
+
+
 def test_worker_booting_during_a_vault_outage_does_not_take_the_service_down(
     own_openbao: OpenBao, tmp_path: Path
 ) -> None:

@@ -117,7 +117,7 @@ def test_database_unavailable_then_back(tmp_path: Path) -> None:
             assert time.monotonic() < deadline
             time.sleep(0.2)
         back = requests.post(server.url + "/v1/tokens", headers=bearer(checkout), json=body, timeout=10)
-        assert back.status_code == 201
+        assert back.status_code == 201, back.text + server.log.read_text(errors="replace")[-4000:]
         assert count_tokens(url) == 2
 
 

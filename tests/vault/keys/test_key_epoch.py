@@ -8,10 +8,12 @@ runs the rotation job with the default TOKENVAULT_KEY_CACHE_SECONDS (300 s).
 from __future__ import annotations
 
 import base64
+import contextlib
 import secrets
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,9 @@ from tests.conftest import make_components
 from tests.support.cards import HERE, fill
 from tests.vault.tokens.test_service import tokenize_one
 from vault.audit.trail import Actor
+from vault.errors import Conflict
 from vault.keys.hierarchy import read_epoch
+from vault.keys.row_mac import RowMacs
 from vault.storage.schema import data_keys, domain_keys, key_epoch, key_epoch_acks, key_jobs, tokens
 
 ADMIN = Actor(id="admin-1", role="admin")
@@ -44,15 +48,24 @@ def _run(parts: Components, job: str, seconds: float) -> tuple[dict[str, Any] | 
     """Run the job in a thread for at most `seconds`: its final state (None if still running) and progress."""
     states: list[dict[str, Any]] = []
     final: list[dict[str, Any]] = []
-    thread = threading.Thread(target=lambda: final.append(parts.lifecycle.run(job, batch=500,
-                                                                               on_progress=states.append)),
-                              daemon=True)
+
+    def work() -> None:
+        with contextlib.suppress(Conflict):  # stopped below: it lost its lease
+            final.append(parts.lifecycle.run(job, batch=500, on_progress=states.append))
+
+    thread = threading.Thread(target=work, daemon=True)
     thread.start()
     thread.join(seconds)
-    if thread.is_alive():  # end the runner (it loses its lease) so no thread outlives the test
-        with parts.engine.begin() as conn:
-            conn.execute(update(key_jobs).where(key_jobs.c.id == job).values(status="failed"))
+    if thread.is_alive():  # end the runner (another owner takes its lease, as the vault would) so no thread
+        with parts.engine.begin() as conn:  # outlives the test; a raw edit would fail the row's MAC instead
+            RowMacs(parts.keys).update(
+                conn,
+                key_jobs,
+                job,
+                {"lease_owner": "test:stopper", "lease_until": datetime.now(UTC) + timedelta(hours=1)},
+            )
         thread.join(10)
+        assert not thread.is_alive()
     return (final[0] if final else None), states
 
 

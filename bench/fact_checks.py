@@ -76,8 +76,8 @@ def main() -> int:
                               ("authenticate (no cache)", authenticate)):
                 for mode in ("on", "off"):
                     if mode == "off":
-                        clients_module.check_client = lambda conn, row: None  # type: ignore[assignment]
-                        subjects_module.subject_facts = lambda conn, ids: {}  # type: ignore[assignment]
+                        clients_module.check_client = lambda conn, keys, row: None  # type: ignore[assignment]
+                        subjects_module.subject_facts = lambda conn, keys, ids: {}  # type: ignore[assignment]
                     else:
                         clients_module.check_client, subjects_module.subject_facts = real_client, real_subjects
                     cpu_ms(run)  # warm

@@ -10,12 +10,13 @@ lockdown. Every test runs on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import secrets
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import Table, delete, insert, select, update
+from sqlalchemy import Table, delete, func, insert, select, update
 
 from api.http.app import create_app
 from api.wiring import Components
@@ -24,7 +25,8 @@ from tests.support.operators import Operator, make_operator
 from tests.vault.access.test_approvals import request_disable, step_up
 from tests.vault.relay.test_routes import doc
 from vault.access.clients import ClientRegistry
-from vault.audit.trail import HOST, Actor, AuditEvent, Origin
+from vault.audit.chain import audit_key, mac_of
+from vault.audit.trail import HOST, Actor, AuditEvent, Origin, allocate_seqs
 from vault.errors import IntegrityFailure, IntegrityLockdown, LegalHold, Unauthenticated
 from vault.keys.row_mac import RowMacs
 from vault.relay.routes import RouteBook, parse_config
@@ -249,6 +251,125 @@ def test_a_deleted_restriction_and_a_pre_minor_copy_do_not_widen(components: Com
         _read(components, MARKETING, minor, "marketing")
 
 
+# -- forged fact events: inserted without the audit key ------------------------------------------------
+
+
+def _forge(parts: Components, clock: Clock, **values: Any) -> None:
+    """Append an event the way an insider can: any columns, on a real chain, but a MAC made without the key."""
+    with parts.engine.begin() as conn:
+        last = dict(conn.execute(select(audit_events).order_by(audit_events.c.seq.desc()).limit(1)).mappings().one())
+        head = conn.execute(select(func.max(audit_events.c.chain_seq))
+                            .where(audit_events.c.writer == last["writer"])).scalar_one()
+        forged = {**last, "seq": allocate_seqs(conn, 1)[0], "chain_seq": head + 1, "prev_mac": last["mac"],
+                  "mac": secrets.token_bytes(32), "at": clock.now, "outcome": "allowed", "error_code": None,
+                  "actor": "op_mallory", "role": "privacy_officer", "token": None, "kind": None,
+                  "subject_id": None, "purpose": None, "key_id": None, **values}
+        conn.execute(insert(audit_events).values(**forged))
+
+
+def _copy_event(parts: Components, clock: Clock, seq: int) -> None:
+    """Replay an authentic event: the same row, MAC and all, appended under a new `seq` on its own chain."""
+    with parts.engine.connect() as conn:
+        event = dict(conn.execute(select(audit_events).where(audit_events.c.seq == seq)).mappings().one())
+    _forge(parts, clock, **{k: v for k, v in event.items() if k not in ("seq", "chain_seq", "prev_mac")})
+
+
+def test_a_forged_release_does_not_lift_a_deleted_hold(components: Components, clock: Clock) -> None:
+    token = _email(components, "cust-a")
+    hold = components.privacy.add_hold(OFFICER, "cust-a", "tax audit", clock() + timedelta(days=30), Origin())["id"]
+    _delete(components, holds, holds.c.subject_id == "cust-a")
+    _forge(components, clock, action="release_hold", subject_id="cust-a", entity="subject:cust-a",
+           detail=f"hold={hold}")
+    with pytest.raises(IntegrityFailure):
+        components.privacy.erase(OFFICER, "cust-a", Origin())
+    with pytest.raises((IntegrityFailure, LegalHold)):
+        components.tokens.delete(OFFICER, token, Origin())
+    with components.engine.connect() as conn, pytest.raises(IntegrityFailure):
+        held_subjects(conn, clock.now, RowMacs(components.keys))  # the purge stops rather than guess
+    assert "table=audit_events (trail)" in _trail_refusals(components)
+
+
+def test_an_authentic_opt_in_replayed_after_the_opt_out_does_not_let_marketing_read(components: Components,
+                                                                                     clock: Clock) -> None:
+    token = _email(components, "cust-a")
+    components.privacy.set_consents(OFFICER, "cust-a", {"marketing": True}, "web", Origin())
+    with components.engine.connect() as conn:
+        opt_in = conn.execute(select(audit_events.c.seq).where(audit_events.c.action == "consent")).scalar_one()
+    clock.advance(1)
+    components.privacy.set_consents(OFFICER, "cust-a", {"marketing": False}, "web", Origin())
+    _delete(components, consents, consents.c.subject_id == "cust-a")
+    _copy_event(components, clock, opt_in)  # the opt-in, once more, now after the opt-out
+    with pytest.raises(IntegrityFailure):  # the copy's MAC covered its old seq
+        _read(components, MARKETING, token, "marketing")
+
+
+def _as_before_the_upgrade(parts: Components, seq: int) -> None:
+    """Rewrite an event as the vault wrote it before MAC scheme 3 (whose MAC left `entity` out)."""
+    with parts.engine.begin() as conn:
+        event = dict(conn.execute(select(audit_events).where(audit_events.c.seq == seq)).mappings().one())
+        event["mac_scheme"] = 2
+        key = audit_key(parts.keys, conn, event["mac_key_id"])
+        conn.execute(update(audit_events).where(audit_events.c.seq == seq)
+                     .values(mac_scheme=2, mac=mac_of(key, event["prev_mac"], event)))
+
+
+def test_a_pre_upgrade_opt_in_re_pointed_at_another_subject_does_not_count(components: Components,
+                                                                           clock: Clock) -> None:
+    token, other = _email(components, "cust-a"), _email(components, "cust-b")
+    components.privacy.set_consents(OFFICER, "cust-a", {"marketing": False}, "web", Origin())
+    clock.advance(1)
+    components.privacy.set_consents(OFFICER, "cust-b", {"marketing": True}, "web", Origin())
+    with components.engine.connect() as conn:
+        opt_out, opt_in = conn.execute(select(audit_events.c.seq).where(audit_events.c.action == "consent")
+                                       .order_by(audit_events.c.seq)).scalars().all()
+    _as_before_the_upgrade(components, opt_out)
+    _as_before_the_upgrade(components, opt_in)
+    assert _read(components, MARKETING, other, "marketing") == "cust-b@example.com"  # old facts still count
+    _delete(components, consents, consents.c.subject_id == "cust-a")
+    with pytest.raises(IntegrityFailure):  # the pre-upgrade opt-out still counts
+        _read(components, MARKETING, token, "marketing")
+    with components.engine.begin() as conn:  # cust-b's opt-in now claims to be cust-a's: its MAC does not see it
+        conn.execute(update(audit_events).where(audit_events.c.seq == opt_in).values(entity="subject:cust-a"))
+    with pytest.raises(IntegrityFailure):
+        _read(components, MARKETING, token, "marketing")
+
+
+def test_a_forged_opt_in_does_not_let_marketing_read(components: Components, clock: Clock) -> None:
+    token = _email(components, "cust-a")
+    components.privacy.set_consents(OFFICER, "cust-a", {"marketing": False}, "web", Origin())
+    _delete(components, consents, consents.c.subject_id == "cust-a")
+    _forge(components, clock, action="consent", subject_id="cust-a", entity="subject:cust-a", detail="marketing=True")
+    with pytest.raises(IntegrityFailure):
+        _read(components, MARKETING, token, "marketing")
+
+
+def test_a_forged_resume_does_not_revive_a_suspended_client(components: Components, clock: Clock) -> None:
+    client_id, key = components.clients.create("gateway", "payment_gateway")
+    before = _row(components, clients, client_id)
+    with components.engine.begin() as conn:  # what the guessing guard does when the misses add up
+        RowMacs(components.keys).update(conn, clients, client_id, {"suspended_at": clock.now})
+        components.trail.record(conn, [AuditEvent(at=clock.now, actor=client_id, role="payment_gateway",
+                                                  action="suspend_client", outcome="denied",
+                                                  error_code="guessing_suspected", detail=f"client={client_id}")])
+    _restore(components, clients, before)
+    _forge(components, clock, action="resume_client", entity=f"client:{client_id}", detail=f"client={client_id}")
+    with pytest.raises(IntegrityFailure):
+        _fresh_clients(components, clock).authenticate(key, Origin())
+
+
+def test_a_forged_enable_does_not_revive_a_disabled_operator(components: Components, clock: Clock) -> None:
+    alice, bob = make_operator(components, "alice", "admin"), make_operator(components, "bob", "admin")
+    mallory = make_operator(components, "mallory", "admin")
+    before = _row(components, operators, mallory.id)
+    components.approvals.approve(step_up(components, clock, bob, 1), request_disable(components, clock, alice, mallory),
+                                 Origin())
+    _restore(components, operators, before)
+    _forge(components, clock, action="enable_operator", entity=f"operator:{mallory.id}",
+           detail=f"operator={mallory.id}")
+    with pytest.raises(IntegrityFailure):
+        _login(components, clock, mallory)
+
+
 # -- relay routes (issue #20) -----------------------------------------------------------------------
 
 
@@ -309,18 +430,19 @@ def test_a_fact_hidden_behind_the_verified_point_locks_the_vault(components: Com
     assert components.watch.check() is None  # first pass: the whole trail
     for n in range(5):  # later events on the same chains, anchored: the resume point moves past the revocation
         _email(components, f"cust-{n}")
-        components.clients.create(f"c{n}", "shipping")
+        _, other_key = components.clients.create(f"c{n}", "shipping")
     components.trail.checkpoint(all_writers=True)
     assert components.watch.check() is None
     with components.engine.begin() as conn:  # the revocation renamed, so no lookup finds it
         conn.execute(update(audit_events).where(audit_events.c.entity == f"client:{client_id}")
                      .values(action="rotate_client_key"))
     _restore(components, clients, before)
-    assert _fresh_clients(components, clock).authenticate(key, Origin()).id == client_id  # the restore works...
-    broken = components.watch.check()  # ...until the watch's next pass
+    with pytest.raises(IntegrityFailure):  # the renamed event fails its own MAC: refused at once
+        _fresh_clients(components, clock).authenticate(key, Origin())
+    broken = components.watch.check()  # and the watch's next pass locks the vault
     assert broken is not None
     with pytest.raises(IntegrityLockdown):
-        components.authenticator.authenticate(key, Origin())
+        components.authenticator.authenticate(other_key, Origin())  # every API key
 
 
 def test_the_lockdown_is_served_over_http_as_503(components: Components, clock: Clock) -> None:

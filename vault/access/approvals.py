@@ -185,7 +185,7 @@ class Approvals(AuditedOperations):
             if row is None:
                 raise NotFound("no such approval request")
             self._macs.check(conn, approvals, row)
-            check_approval(conn, row)  # a consumed request restored to pending: a replay
+            check_approval(conn, self._macs.keys, row)  # a consumed request restored to pending: a replay
             action = self._actions.get(row["action"])
             if action is None:
                 raise Conflict("this action can no longer be run")

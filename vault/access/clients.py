@@ -226,7 +226,7 @@ class ClientRegistry:
             if row is not None:
                 self._macs.check(conn, clients, row._asdict())
                 if row.revoked_at is None or row.suspended_at is None:
-                    check_client(conn, row._asdict())  # a restored pre-revocation or pre-suspension copy
+                    check_client(conn, self._keys, row._asdict())  # a restored pre-revocation or pre-suspension copy
         if row is None or row.revoked_at is not None or not self._policy.has_role(row.role):
             raise Unauthenticated("invalid credentials")
         if bytes(row.key_hash) != digest and not (row.previous_key_expires_at and

@@ -214,7 +214,7 @@ class OperatorRegistry(AuditedOperations):
             return None
         self._macs.check(conn, operators, row)
         if row["disabled_at"] is None:  # a pre-disable copy restored must not log in
-            check_operator(facts_of(conn, [f"operator:{row['id']}"]), row)
+            check_operator(facts_of(conn, self._keys, [f"operator:{row['id']}"]), row)
         key_row = {"id": row["totp_key_id"], "domain_key_id": row["domain_key_id"], "subject_id": row["subject_id"],
                    "purpose": row["purpose"], "wrapped": row["wrapped"]}
         cipher = self._keys.open_data_keys(conn, [key_row], ("totp",))[row["totp_key_id"]]

@@ -96,7 +96,7 @@ class Sessions:
                 or operator["enrolment_hash"] is not None):  # a reset operator's sessions are revoked; belt and braces
             return None
         # A logged-out session re-inserted, or a pre-disable copy of the operator restored: the trail says no.
-        facts = facts_of(conn, [f"session:{session['id']}", f"operator:{operator['id']}"])
+        facts = facts_of(conn, self._keys, [f"session:{session['id']}", f"operator:{operator['id']}"])
         check_session(facts, session)
         check_operator(facts, operator)
         return _Found(id=session["id"], expires_at=session["expires_at"], revoked_at=session["revoked_at"],

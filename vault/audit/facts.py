@@ -17,10 +17,16 @@ insider must also delete the event, which breaks the chain: the integrity watch
 (vault.audit.watch) sees that within its interval and locks the vault. What is left (events not
 yet anchored, the watch interval, events archived out of the table) is in README "Insider with
 the database".
+
+Every fact event read here is checked against its own MAC (under an audit-purpose key) before
+it counts, so an event inserted or edited without the audit key (a forged release of a hold, a
+resumed client, an enabled operator, a granted consent) is refused at once, not only at the
+watch's next pass. A copy of an authentic event cannot move: its `seq` and `entity` are MACed.
 """
 
 from __future__ import annotations
 
+import hmac
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,7 +35,9 @@ from typing import Any
 from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection
 
-from vault.errors import IntegrityFailure
+from vault.audit.chain import audit_key, event_fields, mac_of
+from vault.errors import AuditKeyRefused, DecryptionFailed, IntegrityFailure
+from vault.keys.hierarchy import KeyHierarchy
 from vault.storage.schema import audit_events
 
 __all__ = ["entity_of", "facts_of", "SubjectFacts", "live_holds", "check_client", "check_operator",
@@ -73,18 +81,45 @@ def entity_of(action: str, outcome: str, actor: str, subject_id: str | None, det
     return entity if entity is None or len(entity) <= _ENTITY_LENGTH else None
 
 
-_FACTS = (select(audit_events.c.entity, audit_events.c.action, audit_events.c.detail)
+_EVENT_COLUMNS = [audit_events.c[name] for name in (*event_fields, "prev_mac", "mac")]
+_FACTS = (select(*_EVENT_COLUMNS)
           .where(audit_events.c.entity.in_(bindparam("entities", expanding=True)))
           .order_by(audit_events.c.seq))
+_HOLD_FACTS = (select(*_EVENT_COLUMNS)
+               .where(audit_events.c.entity.is_not(None), audit_events.c.action.in_(("hold", "release_hold")))
+               .order_by(audit_events.c.seq))
 
 
-def facts_of(conn: Connection, entities: Iterable[str]) -> dict[str, list[tuple[str, str]]]:
-    """Per entity, its facts in trail order as (action, detail); one indexed query."""
+def _authentic(conn: Connection, keys: KeyHierarchy, rows: Iterable[Any]) -> Iterable[Mapping[str, Any]]:
+    """The fact events, each only if its own MAC holds under an audit key (else IntegrityFailure).
+
+    Scheme 3 is the first MAC to cover `entity`; an older event got it from the upgrade, derived
+    from fields its MAC does cover, so it must still derive the same (a fact is never re-pointed).
+    """
+    audit_keys: dict[str, bytes] = {}
+    for row in rows:
+        event = row._mapping
+        try:
+            key_id = str(event["mac_key_id"])
+            if key_id not in audit_keys:
+                audit_keys[key_id] = audit_key(keys, conn, key_id)
+            expected = mac_of(audit_keys[key_id], bytes(event["prev_mac"]), event)
+        except (AuditKeyRefused, DecryptionFailed, ValueError, TypeError) as exc:
+            raise _refuse("audit_events") from exc
+        derived = int(event["mac_scheme"] or 1) >= 3 or event["entity"] == entity_of(
+            event["action"], event["outcome"], event["actor"], event["subject_id"], event["detail"])
+        if not derived or not hmac.compare_digest(expected, bytes(event["mac"])):
+            raise _refuse("audit_events")
+        yield event
+
+
+def facts_of(conn: Connection, keys: KeyHierarchy, entities: Iterable[str]) -> dict[str, list[tuple[str, str]]]:
+    """Per entity, its facts in trail order as (action, detail); one indexed query, every MAC checked."""
     wanted = sorted(set(entities))
     found: dict[str, list[tuple[str, str]]] = {}
     if wanted:
-        for entity, action, detail in conn.execute(_FACTS, {"entities": wanted}):
-            found.setdefault(str(entity), []).append((str(action), str(detail or "")))
+        for event in _authentic(conn, keys, conn.execute(_FACTS, {"entities": wanted})):
+            found.setdefault(str(event["entity"]), []).append((str(event["action"]), str(event["detail"] or "")))
     return found
 
 
@@ -97,9 +132,9 @@ def _last(facts: list[tuple[str, str]], *actions: str) -> str | None:
     return next((action for action, _ in reversed(facts) if action in actions), None)
 
 
-def check_client(conn: Connection, row: Mapping[Any, Any]) -> None:
+def check_client(conn: Connection, keys: KeyHierarchy, row: Mapping[Any, Any]) -> None:
     """A client row must be revoked, or suspended, if the trail says so."""
-    facts = facts_of(conn, [f"client:{row['id']}"]).get(f"client:{row['id']}", [])
+    facts = facts_of(conn, keys, [f"client:{row['id']}"]).get(f"client:{row['id']}", [])
     if any(action == "revoke_client" for action, _ in facts) and row["revoked_at"] is None:
         raise _refuse("clients")
     if _last(facts, "suspend_client", "resume_client") == "suspend_client" and row["suspended_at"] is None:
@@ -119,22 +154,22 @@ def check_session(facts: Mapping[str, list[tuple[str, str]]], row: Mapping[Any, 
         raise _refuse("operator_sessions")
 
 
-def check_approval(conn: Connection, row: Mapping[Any, Any]) -> None:
+def check_approval(conn: Connection, keys: KeyHierarchy, row: Mapping[Any, Any]) -> None:
     """A request the trail shows approved ran once: a row pending again is a restored copy (a replay)."""
-    if row["status"] == "pending" and facts_of(conn, [f"request:{row['id']}"]):
+    if row["status"] == "pending" and facts_of(conn, keys, [f"request:{row['id']}"]):
         raise _refuse("approvals")
 
 
-def check_disclosure(conn: Connection, row: Mapping[Any, Any]) -> None:
+def check_disclosure(conn: Connection, keys: KeyHierarchy, row: Mapping[Any, Any]) -> None:
     """A disclosure the trail shows delivered is never collectable again."""
-    if row["status"] != "delivered" and facts_of(conn, [f"disclosure:{row['id']}"]):
+    if row["status"] != "delivered" and facts_of(conn, keys, [f"disclosure:{row['id']}"]):
         raise _refuse("disclosures")
 
 
-def check_route(conn: Connection, name: str, version: int | None) -> None:
+def check_route(conn: Connection, keys: KeyHierarchy, name: str, version: int | None) -> None:
     """The route's newest approved version in the trail must be the one the table serves (or a later one)."""
     newest = 0
-    for _action, detail in facts_of(conn, [f"route:{name}"]).get(f"route:{name}", []):
+    for _action, detail in facts_of(conn, keys, [f"route:{name}"]).get(f"route:{name}", []):
         approved = _field(detail, "v")
         if approved is not None and approved.isdigit():
             newest = max(newest, int(approved))
@@ -152,10 +187,10 @@ class SubjectFacts:
     holds: set[str] = field(default_factory=set)
 
 
-def subject_facts(conn: Connection, subject_ids: Iterable[str]) -> dict[str, SubjectFacts]:
+def subject_facts(conn: Connection, keys: KeyHierarchy, subject_ids: Iterable[str]) -> dict[str, SubjectFacts]:
     """Per subject with any recorded limitation, what the trail says (one indexed query)."""
     out: dict[str, SubjectFacts] = {}
-    for entity, facts in facts_of(conn, (f"subject:{s}" for s in subject_ids)).items():
+    for entity, facts in facts_of(conn, keys, (f"subject:{s}" for s in subject_ids)).items():
         state = out.setdefault(entity.removeprefix("subject:"), SubjectFacts())
         for action, detail in facts:
             if action == "restrict":
@@ -171,18 +206,14 @@ def subject_facts(conn: Connection, subject_ids: Iterable[str]) -> dict[str, Sub
     return out
 
 
-def live_holds(conn: Connection) -> dict[str, str]:
+def live_holds(conn: Connection, keys: KeyHierarchy) -> dict[str, str]:
     """Every legal hold the trail placed and never released: hold id -> subject (for purges)."""
     live: dict[str, str] = {}
-    rows = conn.execute(select(audit_events.c.entity, audit_events.c.action, audit_events.c.detail)
-                        .where(audit_events.c.entity.is_not(None),
-                               audit_events.c.action.in_(("hold", "release_hold")))
-                        .order_by(audit_events.c.seq))
-    for entity, action, detail in rows:
-        hold = _field(detail, "hold")
+    for event in _authentic(conn, keys, conn.execute(_HOLD_FACTS)):
+        hold = _field(event["detail"], "hold")
         if hold is not None:
-            if action == "hold":
-                live[hold] = str(entity).removeprefix("subject:")
+            if event["action"] == "hold":
+                live[hold] = str(event["entity"]).removeprefix("subject:")
             else:
                 live.pop(hold, None)
     return live

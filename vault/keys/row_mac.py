@@ -118,6 +118,10 @@ class RowMacs:
     def __init__(self, keys: KeyHierarchy) -> None:
         self._keys = keys
 
+    @property
+    def keys(self) -> KeyHierarchy:
+        return self._keys
+
     @staticmethod
     def table(name: str) -> Table:
         return _TABLES[name]

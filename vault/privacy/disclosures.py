@@ -82,7 +82,7 @@ class DisclosureService(AuditedOperations):
             row = conn.execute(select(disclosures).where(disclosures.c.id == disclosure_id)).mappings().first()
             if row is not None:
                 self._macs.check(conn, disclosures, row)
-                check_disclosure(conn, row)  # delivered once: a restored copy is not collectable again
+                check_disclosure(conn, self._macs.keys, row)  # delivered once: a restored copy is not collectable again
             if row is None or row["status"] != "pending" or row["expires_at"] <= self._clock():
                 raise NotFound("no such pending disclosure")
             if row["requested_by"] == actor.id:
@@ -108,7 +108,7 @@ class DisclosureService(AuditedOperations):
             row = conn.execute(select(disclosures).where(disclosures.c.id == disclosure_id)).mappings().first()
             if row is not None:
                 self._macs.check(conn, disclosures, row)
-                check_disclosure(conn, row)  # delivered once: a restored copy is not collectable again
+                check_disclosure(conn, self._macs.keys, row)  # delivered once: a restored copy is not collectable again
             if row is None or row["status"] != "approved" or row["requested_by"] != actor.id \
                     or row["expires_at"] <= self._clock():
                 raise NotFound("no such approved disclosure")

@@ -345,7 +345,7 @@ class RouteBook:
                 return None
             raise NotFound("no such route")
         # The newest approved version deleted brings the previous one back: the trail knows the newest.
-        check_route(conn, name, int(row["version"]))
+        check_route(conn, self._keys, name, int(row["version"]))
         slot = (name, int(row["version"]), str(row["data_key_id"]), hashlib.sha256(row["sealed"]).digest())
         if (opened := self._opened.get(slot)) is not None:
             return opened

@@ -89,7 +89,7 @@ def subject_states(conn: Connection, subject_ids: Iterable[str], macs: RowMacs) 
         out[subject_id] = SubjectState(bool(restricted), bool(minor), frozenset(refused.get(subject_id, ())))
     # A deleted subject or consent row, or an older copy restored, reads as "no limitation":
     # the trail remembers every restriction, minor marker and opt-out (vault.audit.facts).
-    for subject_id, said in subject_facts(conn, wanted).items():
+    for subject_id, said in subject_facts(conn, macs.keys, wanted).items():
         state = out.get(subject_id, SubjectState())
         if ((said.restricted and not state.restricted) or (said.minor and not state.minor)
                 or not said.refused <= state.refused):
@@ -111,7 +111,7 @@ def held_subjects(conn: Connection, now: datetime, macs: RowMacs) -> list[str]:
             held.add(str(row["subject_id"]))
     # A hold the trail placed and never released, whose row is gone, still holds (its `until` went with it).
     present = set(conn.execute(select(holds.c.id)).scalars())
-    held.update(subject for hold, subject in live_holds(conn).items() if hold not in present)
+    held.update(subject for hold, subject in live_holds(conn, macs.keys).items() if hold not in present)
     return sorted(held)
 
 
@@ -131,6 +131,6 @@ def refuse_if_held(conn: Connection, subject_id: str | None, now: datetime, macs
         present.add(row["id"])
         if row["released_at"] is None and row["until"] > now:
             raise LegalHold("subject is under legal hold")
-    said = subject_facts(conn, [subject_id]).get(subject_id)
+    said = subject_facts(conn, macs.keys, [subject_id]).get(subject_id)
     if said is not None and not said.holds <= present:  # a hold row deleted: the trail still holds it
         raise IntegrityFailure("holds (trail)")

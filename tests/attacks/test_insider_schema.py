@@ -11,9 +11,13 @@ without a decision fails `test_every_column_has_a_decision`.
 For every MACed table, generated attacks run on SQLite and PostgreSQL against the code path
 that relies on the row: change each column, copy each column from another row, swap two
 rows, delete the row. Access never widens, and each change is denied with IntegrityFailure
-and audited as an `integrity` event. Restores of older copies are in
-tests/vault/access/test_consistency.py (found by the sweep, not at request time). A deleted row
-that nothing can see yet (issue #15 item 2) is a strict xfail in `DELETE_OPEN`, with its reason.
+and audited as an `integrity` event. A deleted row that nothing can see yet (issue #15 item 2)
+is a strict xfail in `DELETE_OPEN`, with its reason.
+
+Restores: `RESTORES` names, for every MACed table, each legitimate change that narrows a row, and
+either a scene (snapshot the authentic row, narrow it, put the snapshot back, use it: denied
+with IntegrityFailure, audited) or the reason it needs none. A table added to MACED without an
+entry fails `test_every_maced_table_has_its_restores_decided`.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Table, delete, select, update
+from sqlalchemy import Table, delete, insert, select, update
 
 from api.wiring import Components
 from tests.conftest import Clock
@@ -436,4 +440,140 @@ def test_insider_edit_of_a_maced_row(table_name: str, column: str, attack: str, 
         return
     assert denied, f"{table_name}.{column} {attack} granted: {outcome!r}"
     assert isinstance(outcome, IntegrityFailure), f"{table_name}.{column} {attack}: {outcome!r}"
+    assert _integrity_events(components) == before + 1
+
+
+# -- generated restores: an authentic older copy put back over a row that narrowed since -------------------
+
+
+@dataclass
+class Narrowing:
+    """A row of `table`, a legitimate change that narrows what it grants, and a use that must stay narrow."""
+
+    table: Table
+    victim: Any
+    narrow: Callable[[], Any]
+    use: Callable[[], Any]
+
+
+def _revoked_client(parts: Components, clock: Clock) -> Narrowing:
+    client_id, key = parts.clients.create("gateway", "payment_gateway")
+    fresh = ClientRegistry(parts.engine, parts.keys, parts.policy, parts.trail, cache_seconds=0, clock=clock)
+    return Narrowing(clients, client_id, lambda: parts.clients.revoke(client_id),
+                     lambda: fresh.authenticate(key, Origin()))
+
+
+def _disabled_operator(parts: Components, clock: Clock) -> Narrowing:
+    alice, bob = make_operator(parts, "alice", "admin"), make_operator(parts, "bob", "admin")
+    mallory = make_operator(parts, "mallory", "admin")
+    return Narrowing(operators, mallory.id,
+                     lambda: parts.approvals.approve(step_up(parts, clock, bob, 1),
+                                                     request_disable(parts, clock, alice, mallory), Origin()),
+                     lambda: _login(parts, clock, mallory))
+
+
+def _logged_out_session(parts: Components, clock: Clock) -> Narrowing:
+    alice = make_operator(parts, "alice", "auditor")
+    token = _login(parts, clock, alice).session.token
+    with parts.engine.connect() as conn:
+        session_id = conn.execute(select(operator_sessions.c.id)).scalar_one()
+    return Narrowing(operator_sessions, session_id,
+                     lambda: parts.operators.logout(Actor(id=alice.id, role="auditor"), token, Origin()),
+                     lambda: parts.operators.authenticate(token, Origin()))
+
+
+def _executed_request(parts: Components, clock: Clock) -> Narrowing:
+    team = {n: make_operator(parts, n, "admin") for n in ("alice", "bob", "carol", "mallory")}
+    request_id = request_disable(parts, clock, team["alice"], team["mallory"])
+    return Narrowing(approvals, request_id,
+                     lambda: parts.approvals.approve(step_up(parts, clock, team["bob"], 1), request_id, Origin()),
+                     lambda: parts.approvals.approve(step_up(parts, clock, team["carol"], 1), request_id, Origin()))
+
+
+def _restricted_subject(parts: Components, clock: Clock) -> Narrowing:
+    token = _email(parts, "cust-a")
+    parts.privacy.set_consents(OFFICER, "cust-a", {"profiling": True}, "web", Origin())  # the row exists before
+    return Narrowing(subjects, "cust-a", lambda: parts.privacy.restrict(OFFICER, "cust-a", True, Origin()),
+                     lambda: _read(parts, SUPPORT, token, "support"))
+
+
+def _minor_subject(parts: Components, clock: Clock) -> Narrowing:
+    parts.privacy.set_consents(OFFICER, "cust-a", {"profiling": True}, "web", Origin())
+    tokens: list[str] = []
+
+    def narrow() -> None:
+        parts.privacy.mark_minor(OFFICER, "cust-a", Origin())  # erases what it held: new data comes after
+        tokens.append(_email(parts, "cust-a"))
+
+    return Narrowing(subjects, "cust-a", narrow, lambda: _read(parts, MARKETING, tokens[0], "marketing"))
+
+
+def _delivered_disclosure(parts: Components, clock: Clock) -> Narrowing:
+    first, second = Actor(id="op_po_a", role="privacy_officer"), Actor(id="op_po_b", role="privacy_officer")
+    _email(parts, "cust-a")
+    disclosure_id = parts.disclosures.request(first, subject_id="cust-a", token_list=[], case_reference="case-1",
+                                              authority="court", justification="order", origin=Origin())["id"]
+    parts.disclosures.approve(second, disclosure_id, Origin())
+    return Narrowing(disclosures, disclosure_id, lambda: parts.disclosures.collect(first, disclosure_id, Origin()),
+                     lambda: parts.disclosures.collect(first, disclosure_id, Origin()))
+
+
+# Per MACed table, every change that narrows a row, and how its older copy put back is contained: a scene
+# run below (denied, audited), or a reason. A table added to MACED without an entry fails the next test.
+RESTORES: dict[str, dict[str, Callable[[Components, Clock], Narrowing] | str]] = {
+    "clients": {"revoke": _revoked_client,
+                "suspend": "witnessed: tests/attacks/test_insider_rollback.py (suspended_clients_pre_suspension)",
+                "rotate": "open (README): the pre-rotation row makes the old key work again and the new one stop"},
+    "operators": {"disable": _disabled_operator,
+                  "change_password": "open (README): the old hash works again (a TOTP code is still needed)",
+                  "lockout": "open (README): the counter restored allows more password guesses, each with TOTP"},
+    "operator_sessions": {"logout": _logged_out_session},
+    "approvals": {"approve": _executed_request},
+    "subjects": {"restrict": _restricted_subject, "mark_minor": _minor_subject},
+    "consents": {"opt_out": "harmless: each choice is a new row, never updated, so an older state comes back "
+                            "only by deleting the newer row: the delete cases above and test_insider_rollback.py "
+                            "(deleted_opt_out)"},
+    "holds": {"place": "harmless: a hold row is created whole and only moves towards release (dual control); "
+                       "its older copy holds at least as much. A deleted one: tests/attacks/test_insider_rollback.py"},
+    "disclosures": {"deliver": _delivered_disclosure},
+    "privacy_requests": {"close": "harmless: a request put back open is listed as due again: work, not access"},
+    "retained_records": {"purge": "out of scope (README): a purged row brought back from a backup is the backup "
+                                  "residual of deleted data, not an access decision"},
+    "key_jobs": {"progress": "harmless: an earlier phase or lease restored redoes idempotent steps; each step "
+                             "re-reads the keys it moves and destroys a key only once nothing references it"},
+    "relay_routes": {"approve": "harmless: a version row only moves from proposed to approved; its older copy "
+                                "serves less. Rolling back by deleting the newest: DELETE_OPEN and "
+                                "test_insider_rollback.py (routes_newest_approved_version)"},
+}
+
+
+def test_every_maced_table_has_its_restores_decided() -> None:
+    assert set(RESTORES) == set(MACED)
+    for table, narrowings in RESTORES.items():
+        for name, decision in narrowings.items():
+            assert callable(decision) or decision.startswith(("witnessed: ", "open (README): ", "harmless: ",
+                                                              "out of scope (README): ")), (table, name)
+
+
+def _restore_cases() -> list[tuple[str, str]]:
+    return [(t, n) for t, narrowings in RESTORES.items() for n, d in narrowings.items() if callable(d)]
+
+
+@pytest.mark.parametrize(("table_name", "narrowing"), _restore_cases())
+def test_insider_restore_of_an_older_copy(table_name: str, narrowing: str, components: Components,
+                                          clock: Clock) -> None:
+    make = RESTORES[table_name][narrowing]
+    assert callable(make)
+    scene = make(components, clock)
+    older = _row(components, scene.table, scene.victim)  # authentic: MAC and all
+    scene.narrow()
+    with components.engine.begin() as conn:  # put back over the current row (or re-inserted if it went)
+        if not conn.execute(update(scene.table).where(*_where(scene.table, scene.victim)).values(**older)).rowcount:
+            conn.execute(insert(scene.table).values(**older))
+    before = _integrity_events(components)
+    try:
+        outcome: Any = scene.use()
+    except VaultError as error:
+        outcome = error
+    assert isinstance(outcome, IntegrityFailure), f"{table_name} {narrowing} restored: {outcome!r}"
     assert _integrity_events(components) == before + 1

@@ -38,6 +38,7 @@ from vault.storage.schema import (
     disclosures,
     holds,
     operators,
+    privacy_requests,
     subjects,
 )
 
@@ -101,6 +102,7 @@ def sweep(conn: Connection, macs: RowMacs) -> list[Finding]:
         if row is not None and row.status == "pending":
             findings.append(Finding("approvals", approval_id, "approved in the audit trail, pending in the table"))
     findings += _subject_decisions(conn)
+    findings += _registered_requests(conn)
     delivered = set(conn.execute(select(audit_events.c.detail).where(
         audit_events.c.outcome == "allowed", audit_events.c.action == "disclose")).scalars())
     for disclosure_id in sorted(d for d in delivered if d):
@@ -109,6 +111,20 @@ def sweep(conn: Connection, macs: RowMacs) -> list[Finding]:
             findings.append(Finding("disclosures", disclosure_id, "delivered in the audit trail, "
                                                                   "collectable again in the table"))
     return findings
+
+
+def _registered_requests(conn: Connection) -> list[Finding]:
+    """Every privacy request the trail registered must still be in the register (none is ever deleted).
+
+    A deleted request drops out of `requests due` with no MAC to notice: the customer's deadline
+    would pass unseen. Requests whose events `audit archive` moved out are not compared.
+    """
+    registered = conn.execute(select(audit_events.c.detail).where(
+        audit_events.c.outcome == "allowed", audit_events.c.action == "register_request")).scalars()
+    wanted = sorted({str(detail).partition(":")[2] for detail in registered if detail and ":" in detail})
+    present = set(conn.execute(select(privacy_requests.c.id)).scalars()) if wanted else set()
+    return [Finding("privacy_requests", request_id, "registered in the audit trail, gone from the register")
+            for request_id in wanted if request_id not in present]
 
 
 def _subject_decisions(conn: Connection) -> list[Finding]:

@@ -60,8 +60,6 @@ from vault.storage.schema import (
 from vault.tokens.records import TokenRecord, TokenRequest
 
 MAC, AEAD, CHAIN = "mac", "aead", "chain"
-_NOT_MACED_KEYS = ("the row MAC key is itself a domain key: a MAC over domain-key rows would be checked with a key "
-                   "those rows choose")
 
 
 def _maced(table: Table) -> dict[str, str]:
@@ -70,15 +68,14 @@ def _maced(table: Table) -> dict[str, str]:
 
 
 DECISIONS: dict[str, dict[str, str]] = {
-    # Domain keys: id and purpose are bound into the wrapping (AAD / inner header) and every lookup by id
-    # checks the purpose asked for, so they need no MAC. `active_for` is not bound: see the open decision.
+    # Domain keys: id, purpose and generation are bound into the wrapping (AAD / inner header) and every lookup
+    # by id checks the purpose asked for, so they need no MAC; `active_for` must name the newest generation.
     "domain_keys": {"id": AEAD, "purpose": AEAD, "wrapped": AEAD,
-                    "active_for": "open: which key of a purpose is active is not authenticated (" + _NOT_MACED_KEYS
-                                  + "); moving it makes new data keys wrap under a retired key of the same purpose "
-                                    "(never another purpose's); `tokenvault keys list` shows it",
+                    "active_for": "aead: the row it names must carry its purpose's newest generation inside its "
+                                  "wrapping (tests/vault/keys/test_key_separation.py, active_for_moved)",
                     "kek_version": "harmless: informational; the KEK version is read from `wrapped` itself",
                     "created_at": "harmless: drives the crypto-period report only (`keys due`)",
-                    "retired_at": "harmless: informational; retirement is `active_for` being NULL"},
+                    "retired_at": "harmless: informational; the newest generation is the active key"},
     # Data keys: id, subject, purpose and domain key are bound into the wrapping; no lifecycle column.
     "data_keys": {"id": AEAD, "domain_key_id": AEAD, "subject_id": AEAD, "purpose": AEAD, "wrapped": AEAD,
                   "created_at": "harmless: informational only"},

@@ -24,7 +24,7 @@ from cachetools import TTLCache
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 
-from vault.errors import ConfigurationError, DecryptionFailed, KeyServiceUnavailable
+from vault.errors import ConfigurationError, DecryptionFailed, IntegrityFailure, KeyServiceUnavailable
 from vault.keys.envelope import Cipher, associated_data
 from vault.keys.provider import KEY_BYTES, KeyProvider, wrapped_version
 from vault.secret import Secret
@@ -49,28 +49,44 @@ PURPOSES = ("data", "cvv", "index", "auth", "audit", "totp", "relay", "row")
 RECORD_PURPOSES = ("data", "cvv")
 
 
-def _header(purpose: str, key_id: str) -> bytes:
-    """What a domain key's plaintext starts with inside its KMS wrapping (format 2).
+def _header(purpose: str, key_id: str, generation: int | None = None) -> bytes:
+    """What a domain key's plaintext starts with inside its KMS wrapping (format 3; 2 without a generation).
 
     The KEK's authenticated encryption (local AES-GCM or Transit) covers it, so a
     wrapped key copied to a row of another id or purpose unwraps to the wrong header
     and is refused: a domain key serves only its own purpose and id, whichever
     provider holds the KEK, without asking the provider for anything it lacks.
+    The generation (1 for a purpose's first key, one more at each rotation) says which key of a
+    purpose is the newest, so the clear `active_for` column cannot name a retired one.
     """
-    return f"tokenvault-domain-key|2|{purpose}|{key_id}|".encode()
+    if generation is None:
+        return f"tokenvault-domain-key|2|{purpose}|{key_id}|".encode()
+    return f"tokenvault-domain-key|3|{purpose}|{key_id}|{generation}|".encode()
 
 
-def _bound(purpose: str, key_id: str, key: Secret[bytes]) -> Secret[bytes]:
-    return Secret(_header(purpose, key_id) + key.expose())
+_FORMAT_3 = b"tokenvault-domain-key|3|"
 
 
-def _unbound(purpose: str, key_id: str, plain: Secret[bytes]) -> Secret[bytes]:
-    """The key inside a format-2 plaintext, if it was made for this purpose and id; else DecryptionFailed."""
-    header = _header(purpose, key_id)
+def _bound(purpose: str, key_id: str, generation: int, key: Secret[bytes]) -> Secret[bytes]:
+    return Secret(_header(purpose, key_id, generation) + key.expose())
+
+
+def _unbound(purpose: str, key_id: str, plain: Secret[bytes]) -> tuple[Secret[bytes], int]:
+    """The key and generation inside a plaintext made for this purpose and id; else DecryptionFailed.
+
+    Format 2 (before generations) reads as generation 0: older than any key made or rebound since.
+    """
     material = plain.expose()
-    if len(material) != len(header) + KEY_BYTES or not material.startswith(header):
-        raise DecryptionFailed()
-    return Secret(material[len(header):])
+    head, key = material[:-KEY_BYTES], material[-KEY_BYTES:]
+    if len(material) > KEY_BYTES:
+        if head == _header(purpose, key_id):
+            return Secret(key), 0
+        prefix = f"tokenvault-domain-key|3|{purpose}|{key_id}|".encode()
+        digits = head[len(prefix):-1]
+        if (head.startswith(prefix) and head.endswith(b"|") and digits.isdigit() and len(digits) <= 9
+                and head == _header(purpose, key_id, int(digits))):
+            return Secret(key), int(digits)
+    raise DecryptionFailed()
 
 
 def _new_id(prefix: str) -> str:
@@ -118,6 +134,7 @@ class KeyHierarchy:
         self._domain: TTLCache[tuple[str, str], Secret[bytes]] = TTLCache(maxsize=64, ttl=ttl)
         self._domain_ciphers: TTLCache[tuple[str, str], Cipher] = TTLCache(maxsize=64, ttl=ttl)
         self._active: TTLCache[str, str] = TTLCache(maxsize=16, ttl=ttl)
+        self._generations: TTLCache[tuple[str, str], int] = TTLCache(maxsize=64, ttl=ttl)
         # Keyed by id *and* wrapped bytes: a data key rewrapped or re-keyed elsewhere misses here.
         self._data: TTLCache[tuple[str, bytes], Cipher] = TTLCache(maxsize=data_key_cache_size, ttl=ttl)
 
@@ -141,6 +158,7 @@ class KeyHierarchy:
             self._domain.clear()
             self._domain_ciphers.clear()
             self._active.clear()
+            self._generations.clear()
             self._data.clear()
             if self._epoch is None or read_at >= self._epoch_checked:
                 self._epoch = epoch
@@ -166,7 +184,8 @@ class KeyHierarchy:
     def _create_domain_key(self, conn: Connection, purpose: str) -> str:
         key_id = _new_id("dom")
         key = Secret(secrets.token_bytes(KEY_BYTES))
-        wrapped = self.provider.wrap([_bound(purpose, key_id, key)])[0]
+        generation = max(self._generations_of(conn, purpose).values(), default=0) + 1
+        wrapped = self.provider.wrap([_bound(purpose, key_id, generation, key)])[0]
         conn.execute(
             insert(domain_keys).values(
                 id=key_id,
@@ -177,7 +196,7 @@ class KeyHierarchy:
                 created_at=self._clock(),
             )
         )
-        self._domain[(key_id, purpose)] = key
+        self._remember(key_id, purpose, key, generation)
         return key_id
 
     def rotate_domain_key(self, conn: Connection, purpose: str) -> str:
@@ -191,13 +210,60 @@ class KeyHierarchy:
         return self._create_domain_key(conn, purpose)
 
     def _active_id(self, conn: Connection, purpose: str) -> str:
+        """The id of `purpose`'s active key: the row marked active, only if its wrapping has the newest generation.
+
+        `active_for` is a clear column: moved onto a retired key by someone with the database, it would
+        make new data keys wrap under that key. Each key's generation is inside its KMS wrapping, so
+        the move is refused (IntegrityFailure) instead. Costs one batched unwrap of the purpose's
+        retired keys per cache window, none for a purpose with a single key.
+        """
         self._gate(conn)
         key_id = self._active.get(purpose)
         if key_id is None:
             row = conn.execute(select(domain_keys.c.id).where(domain_keys.c.active_for == purpose)).first()
-            key_id = row[0] if row is not None else self._create_domain_key(conn, purpose)
+            if row is None:
+                key_id = self._create_domain_key(conn, purpose)
+            else:
+                key_id = str(row[0])
+                generations = self._generations_of(conn, purpose)
+                if key_id not in generations:
+                    raise DecryptionFailed()
+                newest = generations.pop(key_id)
+                if newest < 1 or any(other >= newest for other in generations.values()):
+                    raise IntegrityFailure("domain_keys")
             self._active[purpose] = key_id
         return key_id
+
+    def _generations_of(self, conn: Connection, purpose: str) -> dict[str, int]:
+        """The keys of `purpose` that open as such, with the generation each wrapping carries.
+
+        One batched unwrap of the uncached. A row that does not open for its id and purpose (a
+        copy, a corrupted wrapping) is no key of this purpose and is left out, as every use of it is.
+        """
+        rows = conn.execute(select(domain_keys.c.id, domain_keys.c.wrapped)
+                            .where(domain_keys.c.purpose == purpose)).all()
+        found: dict[str, int] = {}
+        missing = []
+        for row in rows:
+            generation = self._generations.get((str(row.id), purpose))
+            if generation is not None and (str(row.id), purpose) in self._domain:
+                found[str(row.id)] = generation
+            else:
+                missing.append(row)
+        if missing:
+            for row, plain in zip(missing, self.provider.unwrap([r.wrapped for r in missing]), strict=True):
+                try:
+                    key, generation = _unbound(purpose, str(row.id), plain if plain is not None else Secret(b""))
+                except DecryptionFailed:
+                    continue
+                self._remember(str(row.id), purpose, key, generation)
+                found[str(row.id)] = generation
+        return found
+
+    def _remember(self, key_id: str, purpose: str, key: Secret[bytes], generation: int) -> None:
+        with self._lock:
+            self._domain[(key_id, purpose)] = key
+            self._generations[(key_id, purpose)] = generation
 
     def _domain_secret(self, conn: Connection, key_id: str, purpose: str) -> Secret[bytes]:
         """The domain key `key_id`, only if its row and its wrapping both say `purpose`."""
@@ -213,9 +279,8 @@ class KeyHierarchy:
         unwrapped = self.provider.unwrap([row[0]])[0]
         if unwrapped is None:
             raise DecryptionFailed()
-        key = _unbound(purpose, key_id, unwrapped)
-        with self._lock:
-            self._domain[(key_id, purpose)] = key
+        key, generation = _unbound(purpose, key_id, unwrapped)
+        self._remember(key_id, purpose, key, generation)
         return key
 
     def domain_cipher(self, conn: Connection, key_id: str, purpose: str) -> Cipher:
@@ -250,38 +315,44 @@ class KeyHierarchy:
         return self._domain_secret(conn, key_id, purpose)
 
     def bind_legacy_wrappings(self, conn: Connection) -> int:
-        """Upgrade: rewrap format-1 domain keys (bare 32 bytes) with their purpose and id bound in.
+        """Upgrade: rewrap older domain keys into format 3, purpose, id and generation bound in.
 
-        Run by `tokenvault init`. Refuses (ConfigurationError) when two rows unwrap to
-        the same material: a wrapped key copied under another id or purpose before the
-        upgrade would otherwise be blessed here; an operator must decide which is real.
-        Returns how many rows were rewrapped.
+        Run by `tokenvault init`. Format 1 (bare 32 bytes) and format 2 (no generation) keys are
+        rewrapped; the key each purpose's row marks active becomes generation 1, the others 0. That
+        trusts `active_for` once, at the upgrade, as the row MAC backfill trusts the rows. Refuses
+        (ConfigurationError) when two rows unwrap to the same material: a wrapped key copied under
+        another id or purpose before the upgrade would otherwise be blessed here; an operator must
+        decide which is real. Returns how many rows were rewrapped.
         """
-        rows = conn.execute(select(domain_keys.c.id, domain_keys.c.purpose, domain_keys.c.wrapped)
-                            .order_by(domain_keys.c.created_at)).all()
+        rows = conn.execute(select(domain_keys.c.id, domain_keys.c.purpose, domain_keys.c.wrapped,
+                                   domain_keys.c.active_for).order_by(domain_keys.c.created_at)).all()
         if not rows:
             return 0
         plains = self.provider.unwrap([row.wrapped for row in rows])
         seen: dict[bytes, str] = {}
-        legacy = []
+        legacy: list[tuple[Any, Secret[bytes], int]] = []
         for row, plain in zip(rows, plains, strict=True):
             if plain is None:
                 continue  # unusable already (tampered, or below the KEK's minimum version): stays failing
-            material = plain.expose()
-            if len(material) == KEY_BYTES:
-                legacy.append((row, plain))
-            elif material.startswith(_header(row.purpose, row.id)):
-                material = material[len(_header(row.purpose, row.id)):]
+            if len(plain.expose()) == KEY_BYTES:
+                key = plain
             else:
-                continue
+                try:
+                    key, _generation = _unbound(row.purpose, row.id, plain)
+                except DecryptionFailed:
+                    continue
+            material = key.expose()
             if material in seen:
                 raise ConfigurationError(f"domain keys {seen[material]} and {row.id} hold the same key: one was "
                                          "copied by someone with database access; remove the copy, then rerun")
             seen[material] = row.id
+            if not plain.expose().startswith(_FORMAT_3):
+                legacy.append((row, key, 1 if row.active_for == row.purpose else 0))
         if not legacy:
             return 0
-        rewrapped = self.provider.wrap([_bound(row.purpose, row.id, plain) for row, plain in legacy])
-        for (row, _plain), wrapped in zip(legacy, rewrapped, strict=True):
+        rewrapped = self.provider.wrap([_bound(row.purpose, row.id, generation, key)
+                                        for row, key, generation in legacy])
+        for (row, _key, _generation), wrapped in zip(legacy, rewrapped, strict=True):
             conn.execute(update(domain_keys).where(domain_keys.c.id == row.id)
                          .values(wrapped=wrapped, kek_version=wrapped_version(wrapped)))
         return len(legacy)

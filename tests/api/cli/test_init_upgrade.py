@@ -22,7 +22,7 @@ from tests.conftest import make_components
 from tests.support.operators import PASSWORD, make_operator
 from tests.vault.tokens.test_service import CARD, HERE, tokenize_one
 from vault.audit.trail import HOST, Actor, Origin
-from vault.keys.hierarchy import _header
+from vault.keys.provider import KEY_BYTES
 from vault.keys.row_mac import MACED
 from vault.secret import Secret
 from vault.storage.migrate import alembic_config
@@ -35,7 +35,7 @@ def _back_to_0016a(parts: Components) -> None:
         for row in conn.execute(select(domain_keys.c.id, domain_keys.c.purpose, domain_keys.c.wrapped)).all():
             plain = parts.provider.unwrap([row.wrapped])[0]
             assert plain is not None
-            bare = Secret(plain.expose()[len(_header(row.purpose, row.id)):])
+            bare = Secret(plain.expose()[-KEY_BYTES:])
             conn.execute(update(domain_keys).where(domain_keys.c.id == row.id)
                          .values(wrapped=parts.provider.wrap([bare])[0]))
     config = alembic_config()

@@ -15,8 +15,9 @@ from sqlalchemy import insert, select, update
 from api.wiring import Components
 from tests.vault.tokens.test_service import CARD, GATEWAY, read, tokenize_one
 from vault.audit.trail import AuditEvent, AuditTrail, mac_of
-from vault.errors import ConfigurationError, DecryptionFailed
-from vault.keys.hierarchy import KeyHierarchy
+from vault.errors import ConfigurationError, DecryptionFailed, IntegrityFailure
+from vault.keys.hierarchy import KeyHierarchy, _header
+from vault.keys.provider import KEY_BYTES
 from vault.secret import Secret
 from vault.storage.schema import audit_events, data_keys, domain_keys
 
@@ -115,3 +116,53 @@ def test_upgrade_binds_legacy_wrappings_and_refuses_a_copied_key(components: Com
                                                 wrapped=legacy, kek_version=1, created_at=datetime.now(UTC)))
     with components.engine.begin() as conn, pytest.raises(ConfigurationError, match="same key"):
         components.keys.bind_legacy_wrappings(conn)
+
+
+def _active_id(parts: Components, purpose: str) -> str:
+    return str(_key_row(parts, purpose)["id"])
+
+
+def test_active_for_moved_onto_a_retired_key_is_refused(components: Components) -> None:
+    """`active_for` is clear: the newest generation, inside each wrapping, decides which key is active."""
+    old = _active_id(components, "data")
+    with components.engine.begin() as conn:
+        new = components.keys.rotate_domain_key(conn, "data")
+        assert KeyHierarchy(components.provider).new_data_key(conn, "data", None).row["domain_key_id"] == new
+    with components.engine.begin() as conn:  # the insider's move: new data keys under the retired key
+        conn.execute(update(domain_keys).where(domain_keys.c.id == new).values(active_for=None))
+        conn.execute(update(domain_keys).where(domain_keys.c.id == old).values(active_for="data", retired_at=None))
+    with components.engine.connect() as conn, pytest.raises(IntegrityFailure):
+        KeyHierarchy(components.provider).new_data_key(conn, "data", None)
+    with components.engine.begin() as conn:  # put back; a copy of the new key's wrapping opens as nothing
+        conn.execute(update(domain_keys).where(domain_keys.c.id == old).values(active_for=None))
+        conn.execute(update(domain_keys).where(domain_keys.c.id == new).values(active_for="data"))
+    with components.engine.connect() as conn:
+        copied = dict(conn.execute(select(domain_keys).where(domain_keys.c.id == new)).mappings().one())
+    _copy_as(components, copied, "dom_copy_of_new", "data")
+    with components.engine.connect() as conn:
+        assert KeyHierarchy(components.provider).new_data_key(conn, "data", None).row["domain_key_id"] == new
+
+
+def test_keys_without_a_generation_serve_only_after_the_upgrade_step(components: Components) -> None:
+    """Format 2 (the previous release): `tokenvault init` makes each active key generation 1, once."""
+    with components.engine.begin() as conn:
+        components.keys.rotate_domain_key(conn, "data")  # a retired key too
+        rows = conn.execute(select(domain_keys.c.id, domain_keys.c.purpose, domain_keys.c.wrapped)).all()
+        for row in rows:
+            plain = components.provider.unwrap([row.wrapped])[0]
+            assert plain is not None
+            format_2 = Secret(_header(row.purpose, row.id) + plain.expose()[-KEY_BYTES:])
+            conn.execute(update(domain_keys).where(domain_keys.c.id == row.id)
+                         .values(wrapped=components.provider.wrap([format_2])[0]))
+    with components.engine.connect() as conn, pytest.raises(IntegrityFailure):
+        KeyHierarchy(components.provider).new_data_key(conn, "data", None)  # generation 0 is never trusted
+    with components.engine.begin() as conn:
+        assert components.keys.bind_legacy_wrappings(conn) == len(rows)
+        assert components.keys.bind_legacy_wrappings(conn) == 0  # idempotent
+    active = _active_id(components, "data")
+    with components.engine.begin() as conn:
+        cold = KeyHierarchy(components.provider)
+        assert cold.new_data_key(conn, "data", None).row["domain_key_id"] == active
+        rotated = cold.rotate_domain_key(conn, "data")  # generation 2
+    with components.engine.connect() as conn:
+        assert KeyHierarchy(components.provider).new_data_key(conn, "data", None).row["domain_key_id"] == rotated

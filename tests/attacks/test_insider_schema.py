@@ -458,6 +458,13 @@ def _revoked_client(parts: Components, clock: Clock) -> Narrowing:
                      lambda: fresh.authenticate(key, Origin()))
 
 
+def _rotated_client(parts: Components, clock: Clock) -> Narrowing:
+    client_id, key = parts.clients.create("gateway", "payment_gateway")
+    fresh = ClientRegistry(parts.engine, parts.keys, parts.policy, parts.trail, cache_seconds=0, clock=clock)
+    return Narrowing(clients, client_id, lambda: parts.clients.rotate(client_id, 0),  # a leaked key rotated out
+                     lambda: fresh.authenticate(key, Origin()))
+
+
 def _disabled_operator(parts: Components, clock: Clock) -> Narrowing:
     alice, bob = make_operator(parts, "alice", "admin"), make_operator(parts, "bob", "admin")
     mallory = make_operator(parts, "mallory", "admin")
@@ -518,7 +525,7 @@ def _delivered_disclosure(parts: Components, clock: Clock) -> Narrowing:
 RESTORES: dict[str, dict[str, Callable[[Components, Clock], Narrowing] | str]] = {
     "clients": {"revoke": _revoked_client,
                 "suspend": "witnessed: tests/attacks/test_insider_rollback.py (suspended_clients_pre_suspension)",
-                "rotate": "open (README): the pre-rotation row makes the old key work again and the new one stop"},
+                "rotate": _rotated_client},
     "operators": {"disable": _disabled_operator,
                   "change_password": "open (README): the old hash works again (a TOTP code is still needed)",
                   "lockout": "open (README): the counter restored allows more password guesses, each with TOTP"},

@@ -28,7 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from vault.access.policy import Policy
 from vault.audit.alerts import integrity_event
-from vault.audit.facts import check_client
+from vault.audit.facts import check_client, key_fingerprint
 from vault.audit.trail import HOST, Actor, AuditEvent, AuditTrail, Origin
 from vault.clear_text import refuse_pan
 from vault.errors import (
@@ -150,8 +150,9 @@ class ClientRegistry:
                 lambda row: {"previous_key_hash": row["key_hash"], "key_hash": new_hash,
                              "previous_key_expires_at": now + timedelta(seconds=grace_seconds)},
                 clients.c.revoked_at.is_(None))
-            if changed:
-                self._host_event(conn, "rotate_client_key", client_id, f"grace_seconds={grace_seconds}")
+            if changed:  # the key's fingerprint makes the rotation a fact: a pre-rotation row put back is refused
+                self._host_event(conn, "rotate_client_key", client_id,
+                                 f"grace_seconds={grace_seconds} key={key_fingerprint(new_hash)}")
         if not changed:
             raise NotFound("no such active client")
         if self._cache is not None:

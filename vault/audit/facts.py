@@ -26,6 +26,7 @@ watch's next pass. A copy of an authentic event cannot move: its `seq` and `enti
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
 from collections.abc import Iterable, Mapping
@@ -40,13 +41,14 @@ from vault.errors import AuditKeyRefused, DecryptionFailed, IntegrityFailure
 from vault.keys.hierarchy import KeyHierarchy
 from vault.storage.schema import audit_events
 
-__all__ = ["entity_of", "facts_of", "SubjectFacts", "live_holds", "check_client", "check_operator",
+__all__ = ["entity_of", "facts_of", "key_fingerprint", "SubjectFacts", "live_holds", "check_client", "check_operator",
            "check_session", "check_approval", "check_disclosure", "check_route", "subject_facts",
            "FACT_ACTIONS"]
 
 # action -> the `key=` in the event's detail that names the entity, and the entity's kind.
 _BY_DETAIL = {
     "revoke_client": ("client", "client"), "resume_client": ("client", "client"),
+    "rotate_client_key": ("client", "client"),
     "disable_operator": ("operator", "operator"), "enable_operator": ("operator", "operator"),
     "logout": ("session", "session"), "approve": ("request", "request"),
     "approve_relay_route": ("route", "route"),
@@ -132,13 +134,21 @@ def _last(facts: list[tuple[str, str]], *actions: str) -> str | None:
     return next((action for action, _ in reversed(facts) if action in actions), None)
 
 
+def key_fingerprint(key_hash: bytes) -> str:
+    """A short digest of a client's stored key hash, for its rotation event (names the key, reveals nothing)."""
+    return hashlib.sha256(b"tokenvault-client-key|" + bytes(key_hash)).hexdigest()[:16]
+
+
 def check_client(conn: Connection, keys: KeyHierarchy, row: Mapping[Any, Any]) -> None:
-    """A client row must be revoked, or suspended, if the trail says so."""
+    """A client row must be revoked, or suspended, if the trail says so, and hold the key it last rotated to."""
     facts = facts_of(conn, keys, [f"client:{row['id']}"]).get(f"client:{row['id']}", [])
     if any(action == "revoke_client" for action, _ in facts) and row["revoked_at"] is None:
         raise _refuse("clients")
     if _last(facts, "suspend_client", "resume_client") == "suspend_client" and row["suspended_at"] is None:
         raise _refuse("clients")
+    rotated = [_field(detail, "key") for action, detail in facts if action == "rotate_client_key"]
+    if rotated and rotated[-1] is not None and rotated[-1] != key_fingerprint(row["key_hash"]):
+        raise _refuse("clients")  # a pre-rotation copy: the old key would work again and the new one not
 
 
 def check_operator(facts: Mapping[str, list[tuple[str, str]]], row: Mapping[Any, Any]) -> None:

@@ -90,7 +90,8 @@ def test_a_rolled_back_kv_log_is_detected(with_kv: tuple[Components, KvCheckpoin
     parts.trail.checkpoint()
     kv = openbao.client().secrets.kv.v2
     base = f"{sink._path}/{sink._host}"
-    head = kv.read_secret_version(path=f"{base}/head", mount_point="secret")["data"]["data"]
+    head = kv.read_secret_version(path=f"{base}/head", mount_point="secret",
+                                  raise_on_deleted_version=True)["data"]["data"]
     kv.create_or_update_secret(path=f"{base}/head", secret={**head, "n": 1}, mount_point="secret")
     with parts.engine.connect() as conn:
         report = parts.trail.verify(conn)

@@ -121,6 +121,8 @@ def _check_params(params: dict[str, Any]) -> str:
 class Approvals(AuditedOperations):
     """Pending requests, their approval, and the single execution that follows."""
 
+    gate_operators = False  # `_check_approver` takes the approver's row after the request's (lock order)
+
     def __init__(self, *, engine: Engine, policy: Policy, trail: AuditTrail, macs: RowMacs,
                  clock: Callable[[], datetime] = _now, lockdown: Lockdown | None = None) -> None:
         super().__init__(engine=engine, policy=policy, trail=trail, clock=clock)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
@@ -18,6 +19,7 @@ from vault.access.policy import Policy
 from vault.audit.alerts import integrity_event
 from vault.audit.trail import Actor, AuditEvent, AuditTrail, Origin
 from vault.errors import Forbidden, IntegrityFailure, StorageUnavailable, VaultError
+from vault.storage.schema import operators
 
 __all__ = ["AuditedOperations"]
 
@@ -26,8 +28,31 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+OPERATOR_ID_PREFIX = "op_"
+
+
+def refuse_if_disabled(conn: Connection, operator_id: str) -> None:
+    """Forbidden if the operator's row says disabled, read under a shared lock until this transaction ends.
+
+    The session was checked in an earlier transaction: a disable acknowledged since is seen here, and
+    one still running (it holds the row FOR UPDATE) waits for this operation to commit first, so no
+    operator acts after their disable was acknowledged (issue #17). Narrowing only: a row edited to
+    look enabled still fails its MAC at the next authentication; a missing row is the session's concern.
+    """
+    query = select(operators.c.disabled_at).where(operators.c.id == operator_id)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(read=True)
+    row = conn.execute(query).first()
+    if row is not None and row.disabled_at is not None:
+        raise Forbidden("the operator's account is disabled")
+
+
 class AuditedOperations:
     """Base for services whose every call is authorised by the policy and audited."""
+
+    # Whether `_audited` re-checks, in the operation's own transaction, that an operator actor is not
+    # disabled. Approvals check their approver at the end instead (their lock order: request, then operator).
+    gate_operators = True
 
     def __init__(self, *, engine: Engine, policy: Policy, trail: AuditTrail,
                  clock: Callable[[], datetime] = _now) -> None:
@@ -79,8 +104,14 @@ class AuditedOperations:
     def _audited(self, actor: Actor, action: str, origin: Origin, work: Callable[[Connection], Any],
                  **fields: Any) -> Any:
         """Run `work` (which records its own success events); audit an error if it fails."""
+
+        def gated(conn: Connection) -> Any:
+            if self.gate_operators and actor.id.startswith(OPERATOR_ID_PREFIX):
+                refuse_if_disabled(conn, actor.id)
+            return work(conn)
+
         try:
-            return self._transaction(work)
+            return self._transaction(gated)
         except VaultError as error:
             outcome = ("denied" if error.code in ("not_found", "forbidden", "conflict", "invalid_input",
                                                   "integrity_failure", "legal_hold") else "error")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from sqlalchemy import select
 
@@ -9,9 +11,9 @@ from api.wiring import Components
 from tests.conftest import Clock
 from tests.support.operators import PASSWORD, Operator, make_operator
 from vault.audit.trail import HOST, Actor, Origin
-from vault.errors import Conflict, Forbidden, StepUpRequired, Unauthenticated, ValidationFailed
+from vault.errors import Conflict, Forbidden, StepUpRequired, Unauthenticated, ValidationFailed, VaultError
 from vault.secret import Secret
-from vault.storage.schema import audit_events, operator_sessions, operators
+from vault.storage.schema import audit_events, operator_sessions, operators, privacy_requests
 
 ORIGIN = Origin(request_id="req-1", source="203.0.113.7", user_agent="pytest")
 
@@ -225,3 +227,39 @@ def test_no_password_or_code_reaches_the_audit_trail(components: Components, clo
     text = "\n".join(rows)
     for secret in (PASSWORD, "a wrong password", *codes, alice.seed):
         assert secret not in text
+
+
+def test_no_operation_commits_after_the_operators_disable_was_acknowledged(components: Components,
+                                                                           clock: Clock) -> None:
+    """Issue #17: the session was checked in an earlier transaction; the operation's own re-reads the row.
+
+    The disable runs as a second admin's approval would (`run_disable`), held open mid-transaction while
+    the officer files a request: on PostgreSQL the filing waits for the disable and is then refused; on
+    SQLite (one writer) it runs after the disable and is refused the same way.
+    """
+    officer = make_operator(components, "olive", "privacy_officer")
+    actor = Actor(id=officer.id, role="privacy_officer")
+    components.privacy.register_request(actor, "cust-1", "access", Origin())  # allowed while enabled
+    outcome: list[object] = []
+    disabling = components.engine.begin()
+    conn = disabling.__enter__()
+    try:
+        components.operators.run_disable(conn, Actor(id="op_admin", role="admin"), {"operator_id": officer.id},
+                                         Origin())
+        worker = threading.Thread(target=lambda: outcome.append(_attempt(components, actor)), daemon=True)
+        worker.start()
+        worker.join(0.5 if components.engine.dialect.name == "postgresql" else 0)
+    finally:
+        disabling.__exit__(None, None, None)  # the disable commits: acknowledged from here on
+    worker.join(30)
+    assert outcome and isinstance(outcome[0], Forbidden), outcome
+    with components.engine.connect() as conn:
+        filed = conn.execute(select(privacy_requests.c.id).where(privacy_requests.c.subject_id == "cust-2")).all()
+    assert filed == []
+
+
+def _attempt(components: Components, actor: Actor) -> object:
+    try:
+        return components.privacy.register_request(actor, "cust-2", "erasure", Origin())
+    except VaultError as error:
+        return error

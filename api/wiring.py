@@ -28,6 +28,7 @@ from vault.access.policy import Policy, load_policy
 from vault.access.sessions import Sessions
 from vault.audit.alerts import Alerts
 from vault.audit.checkpoints import CheckpointSigner, CheckpointSink, Signer, SyslogMirror, UpgradedSigner
+from vault.audit.facts import witnessed_generation
 from vault.audit.lockdown import Lockdown
 from vault.audit.log import AuditLog
 from vault.audit.trail import AuditTrail
@@ -179,6 +180,7 @@ def build(
     raw_provider = provider or build_provider(settings)
     provider = InstrumentedProvider(raw_provider)
     keys = KeyHierarchy(provider, cache_seconds=settings.key_cache_seconds, clock=now, on_lookup=observe_key_cache)
+    keys.witnessed = lambda conn, purpose: witnessed_generation(conn, keys, purpose)
     trail = AuditTrail(keys, checkpoint_dir=settings.checkpoint_dir, checkpoint_seconds=settings.checkpoint_seconds,
                        sinks=build_checkpoint_sinks(settings), mirrors=build_checkpoint_mirrors(settings),
                        signer=build_checkpoint_signer(settings, raw_provider), clock=now,

@@ -36,6 +36,7 @@ from vault.storage.schema import (
     audit_events,
     clients,
     consents,
+    data_keys,
     disclosures,
     holds,
     operator_sessions,
@@ -149,6 +150,19 @@ def test_a_disabled_operators_earlier_row_neither_logs_in_nor_keeps_its_session(
         components.operators.authenticate(token, Origin())
     with pytest.raises(IntegrityFailure):
         _login(components, clock, mallory)
+
+
+def test_an_operators_row_from_before_a_re_enrolment_does_not_log_in(components: Components, clock: Clock) -> None:
+    """The old password and authenticator (a leaked phone, say) must stay dead after the operator re-enrols."""
+    alice = make_operator(components, "alice", "auditor")
+    before = _row(components, operators, alice.id)
+    seed_key = _row(components, data_keys, before["totp_key_id"])  # shredded by the re-enrolment
+    components.operators.reenrol_self(step_up(components, clock, alice, 1), Secret(alice.password), Origin())
+    _restore(components, data_keys, seed_key)
+    _restore(components, operators, before)
+    with pytest.raises(IntegrityFailure):
+        _login(components, clock, alice)
+    assert "table=operators (trail)" in _trail_refusals(components)
 
 
 def test_a_logged_out_session_put_back_does_not_authenticate(components: Components, clock: Clock) -> None:

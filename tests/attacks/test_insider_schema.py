@@ -527,6 +527,8 @@ RESTORES: dict[str, dict[str, Callable[[Components, Clock], Narrowing] | str]] =
                 "suspend": "witnessed: tests/attacks/test_insider_rollback.py (suspended_clients_pre_suspension)",
                 "rotate": _rotated_client},
     "operators": {"disable": _disabled_operator,
+                  "reenrol": "witnessed: tests/attacks/test_insider_rollback.py (row_from_before_a_re_enrolment; "
+                             "the old seed's data key must be restored too)",
                   "change_password": "open (README): the old hash works again (a TOTP code is still needed)",
                   "lockout": "open (README): the counter restored allows more password guesses, each with TOTP"},
     "operator_sessions": {"logout": _logged_out_session},

@@ -42,6 +42,7 @@ from vault.access.passwords import Passwords
 from vault.access.policy import Policy
 from vault.access.sessions import Sessions
 from vault.access.totp import claim_step, matching_step, new_seed, provisioning_uri
+from vault.audit.facts import seed_fingerprint
 from vault.audit.trail import ANONYMOUS, Actor, AuditTrail, Origin
 from vault.errors import NotFound, Unauthenticated, ValidationFailed, VaultError
 from vault.keys.envelope import associated_data
@@ -199,7 +200,8 @@ class Enrolments(AuditedOperations):
             self._macs.update(conn, operators, row["id"], {"password_hash": password_hash, **sealed})
             conn.execute(delete(data_keys).where(data_keys.c.id == row["totp_key_id"]))
             actor = Actor(id=row["id"], role=row["role"], name=row["username"])
-            self._trail.record(conn, [self._event(actor, "enrol_begin", "allowed", origin)])
+            self._trail.record(conn, [self._event(actor, "enrol_begin", "allowed", origin, detail=(
+                f"operator={row['id']} seed={seed_fingerprint(sealed['totp_key_id'])}"))])
             return Enrolling(operator_id=row["id"], username=row["username"],
                              totp_uri=provisioning_uri(seed, row["username"]))
 

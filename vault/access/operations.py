@@ -101,17 +101,21 @@ class AuditedOperations:
         """For callers that must refuse before reading a request body: same as `_require`."""
         self._require(actor, operation, action, origin)
 
-    def _audited(self, actor: Actor, action: str, origin: Origin, work: Callable[[Connection], Any],
-                 **fields: Any) -> Any:
-        """Run `work` (which records its own success events); audit an error if it fails."""
+    def _gated(self, actor: Actor, work: Callable[[Connection], Any]) -> Callable[[Connection], Any]:
+        """`work`, after `refuse_if_disabled` in the same transaction when the actor is an operator."""
 
         def gated(conn: Connection) -> Any:
             if self.gate_operators and actor.id.startswith(OPERATOR_ID_PREFIX):
                 refuse_if_disabled(conn, actor.id)
             return work(conn)
 
+        return gated
+
+    def _audited(self, actor: Actor, action: str, origin: Origin, work: Callable[[Connection], Any],
+                 **fields: Any) -> Any:
+        """Run `work` (which records its own success events); audit an error if it fails."""
         try:
-            return self._transaction(gated)
+            return self._transaction(self._gated(actor, work))
         except VaultError as error:
             outcome = ("denied" if error.code in ("not_found", "forbidden", "conflict", "invalid_input",
                                                   "integrity_failure", "legal_hold") else "error")

@@ -34,7 +34,7 @@ from vault.access.passwords import Passwords
 from vault.access.policy import Policy
 from vault.access.sessions import Session, Sessions
 from vault.access.totp import claim_step, matching_step, release_step
-from vault.audit.facts import check_operator, facts_of
+from vault.audit.facts import check_operator, facts_of, seed_fingerprint
 from vault.audit.trail import HOST, Actor, AuditTrail, Origin
 from vault.clear_text import refuse_pan
 from vault.errors import (
@@ -168,7 +168,8 @@ class OperatorRegistry(AuditedOperations):
                 "created_at": self._clock(), "disabled_at": None if active else self._clock(), **sealed})
             enrolment = self._enrolments.issue(conn, operator_id) if active else None
             self._trail.record(conn, [self._event(actor, "create_operator", "allowed", origin,
-                                                  detail=f"operator={operator_id} role={role} active={active}")])
+                                                  detail=f"operator={operator_id} role={role} active={active} "
+                                                         f"seed={self._seed_of(conn, operator_id)}")])
             return enrolment
 
         enrolment: EnrolmentCode | None = self._audited(actor, "create_operator", origin, work)
@@ -463,9 +464,17 @@ class OperatorRegistry(AuditedOperations):
         result: dict[str, Any] = {"operator_id": operator_id}
         if "enrolment_half" in params:
             result.update(self._second_half(conn, operator_id, str(params["enrolment_half"])))
+        seed = f" seed={self._seed_of(conn, operator_id)}" if "enrolment_half" in params else ""
         self._trail.record(conn, [self._event(actor, "enable_operator", "allowed", origin,
-                                              detail=f"operator={operator_id} enrolment={'enrolment_half' in params}")])
+                                              detail=f"operator={operator_id} enrolment={'enrolment_half' in params}"
+                                                     + seed)])
         return result
+
+    @staticmethod
+    def _seed_of(conn: Connection, operator_id: str) -> str:
+        """The fingerprint of the operator's current TOTP seed key, for the event that gave it (vault.audit.facts)."""
+        return seed_fingerprint(str(conn.execute(select(operators.c.totp_key_id)
+                                                 .where(operators.c.id == operator_id)).scalar_one()))
 
     def _second_half(self, conn: Connection, operator_id: str, first_half_hash: str) -> dict[str, Any]:
         issued = self._enrolments.issue(conn, operator_id, first_half_hash=first_half_hash)
@@ -486,7 +495,8 @@ class OperatorRegistry(AuditedOperations):
         operator_id = str(params["operator_id"])
         result = {"operator_id": operator_id, **self._second_half(conn, operator_id, str(params["enrolment_half"]))}
         self._trail.record(conn, [self._event(actor, "reenrol_operator", "allowed", origin,
-                                              detail=f"operator={operator_id}")])
+                                              detail=f"operator={operator_id} "
+                                                     f"seed={self._seed_of(conn, operator_id)}")])
         return result
 
     def reissue(self, operator: str, origin: Origin) -> EnrolmentCode:
@@ -496,7 +506,8 @@ class OperatorRegistry(AuditedOperations):
         def work(conn: Connection) -> EnrolmentCode:
             issued = self._enrolments.issue(conn, operator_id)
             self._trail.record(conn, [self._event(HOST, "reenrol_operator", "allowed", origin,
-                                                  detail=f"operator={operator_id} by=host")])
+                                                  detail=f"operator={operator_id} by=host "
+                                                         f"seed={self._seed_of(conn, operator_id)}")])
             return issued
 
         issued: EnrolmentCode = self._audited(HOST, "reenrol_operator", origin, work)
@@ -534,7 +545,8 @@ class OperatorRegistry(AuditedOperations):
 
         def work(conn: Connection) -> EnrolmentCode:
             issued = self._enrolments.issue(conn, actor.id)
-            self._trail.record(conn, [self._event(actor, "reenrol_self", "allowed", origin)])
+            self._trail.record(conn, [self._event(actor, "reenrol_self", "allowed", origin,
+                                                  detail=f"operator={actor.id} seed={self._seed_of(conn, actor.id)}")])
             return issued
 
         issued: EnrolmentCode = self._audited(actor, "reenrol_self", origin, work)

@@ -41,20 +41,24 @@ from vault.errors import AuditKeyRefused, DecryptionFailed, IntegrityFailure
 from vault.keys.hierarchy import KeyHierarchy
 from vault.storage.schema import audit_events
 
-__all__ = ["entity_of", "facts_of", "key_fingerprint", "SubjectFacts", "live_holds", "check_client", "check_operator",
-           "check_session", "check_approval", "check_disclosure", "check_route", "subject_facts",
-           "FACT_ACTIONS"]
+__all__ = ["entity_of", "facts_of", "key_fingerprint", "seed_fingerprint", "SubjectFacts", "live_holds",
+           "check_client", "check_operator", "check_session", "check_approval", "check_disclosure", "check_route",
+           "subject_facts", "witnessed_generation", "FACT_ACTIONS"]
 
 # action -> the `key=` in the event's detail that names the entity, and the entity's kind.
 _BY_DETAIL = {
     "revoke_client": ("client", "client"), "resume_client": ("client", "client"),
     "rotate_client_key": ("client", "client"),
+    # Each new TOTP seed of an operator (creation, enrolment, every re-enrolment) names its fingerprint.
+    "create_operator": ("operator", "operator"), "enrol_begin": ("operator", "operator"),
+    "reenrol_operator": ("operator", "operator"), "reenrol_self": ("operator", "operator"),
     "disable_operator": ("operator", "operator"), "enable_operator": ("operator", "operator"),
     "logout": ("session", "session"), "approve": ("request", "request"),
     "approve_relay_route": ("route", "route"),
 }
 _BY_SUBJECT = ("restrict", "mark_minor", "consent", "hold", "release_hold")
-FACT_ACTIONS = (*_BY_DETAIL, *_BY_SUBJECT, "disclose", "suspend_client", "propose_relay_route")
+_KEY_ROTATIONS = ("rotate_keys", "erasure_epoch", "reencrypt")  # with `generations=purpose:n,...`
+FACT_ACTIONS = (*_BY_DETAIL, *_BY_SUBJECT, "disclose", "suspend_client", "propose_relay_route", *_KEY_ROTATIONS)
 _ENTITY_LENGTH = 160
 
 
@@ -80,16 +84,20 @@ def entity_of(action: str, outcome: str, actor: str, subject_id: str | None, det
         entity = f"disclosure:{detail}"
     elif action == "propose_relay_route" and _field(detail, "approved") == "True":  # the host's, approved at once
         entity = f"route:{_field(detail, 'route')}"
+    elif action in _KEY_ROTATIONS and _field(detail, "generations"):
+        entity = "domain_keys"
     return entity if entity is None or len(entity) <= _ENTITY_LENGTH else None
 
 
 _EVENT_COLUMNS = [audit_events.c[name] for name in (*event_fields, "prev_mac", "mac")]
+# Trail order is the events' time, then seq: `at` is under every scheme's MAC, `seq` only from scheme 2
+# on, so an old event given a later seq in the database does not become the newest word on its entity.
 _FACTS = (select(*_EVENT_COLUMNS)
           .where(audit_events.c.entity.in_(bindparam("entities", expanding=True)))
-          .order_by(audit_events.c.seq))
+          .order_by(audit_events.c.at, audit_events.c.seq))
 _HOLD_FACTS = (select(*_EVENT_COLUMNS)
                .where(audit_events.c.entity.is_not(None), audit_events.c.action.in_(("hold", "release_hold")))
-               .order_by(audit_events.c.seq))
+               .order_by(audit_events.c.at, audit_events.c.seq))
 
 
 def _authentic(conn: Connection, keys: KeyHierarchy, rows: Iterable[Any]) -> Iterable[Mapping[str, Any]]:
@@ -139,6 +147,17 @@ def key_fingerprint(key_hash: bytes) -> str:
     return hashlib.sha256(b"tokenvault-client-key|" + bytes(key_hash)).hexdigest()[:16]
 
 
+def witnessed_generation(conn: Connection, keys: KeyHierarchy, purpose: str) -> int:
+    """The newest generation of `purpose`'s domain key that a rotation's audit event names (0 if none)."""
+    newest = 0
+    for _action, detail in facts_of(conn, keys, ["domain_keys"]).get("domain_keys", []):
+        for item in (_field(detail, "generations") or "").split(","):
+            name, _, generation = item.partition(":")
+            if name == purpose and generation.isdigit():
+                newest = max(newest, int(generation))
+    return newest
+
+
 def check_client(conn: Connection, keys: KeyHierarchy, row: Mapping[Any, Any]) -> None:
     """A client row must be revoked, or suspended, if the trail says so, and hold the key it last rotated to."""
     facts = facts_of(conn, keys, [f"client:{row['id']}"]).get(f"client:{row['id']}", [])
@@ -146,15 +165,24 @@ def check_client(conn: Connection, keys: KeyHierarchy, row: Mapping[Any, Any]) -
         raise _refuse("clients")
     if _last(facts, "suspend_client", "resume_client") == "suspend_client" and row["suspended_at"] is None:
         raise _refuse("clients")
-    rotated = [_field(detail, "key") for action, detail in facts if action == "rotate_client_key"]
-    if rotated and rotated[-1] is not None and rotated[-1] != key_fingerprint(row["key_hash"]):
+    rotated = [key for action, detail in facts if action == "rotate_client_key" and (key := _field(detail, "key"))]
+    if rotated and rotated[-1] != key_fingerprint(row["key_hash"]):
         raise _refuse("clients")  # a pre-rotation copy: the old key would work again and the new one not
 
 
+def seed_fingerprint(totp_key_id: str) -> str:
+    """A short digest of the data key that seals an operator's TOTP seed (a new one at every enrolment)."""
+    return hashlib.sha256(b"tokenvault-totp-seed|" + totp_key_id.encode()).hexdigest()[:16]
+
+
 def check_operator(facts: Mapping[str, list[tuple[str, str]]], row: Mapping[Any, Any]) -> None:
-    """An operator disabled in the trail (and not enabled since) must be disabled in its row."""
+    """An operator disabled in the trail (and not enabled since) must be disabled in its row, and hold the
+    TOTP seed it was last given: a row from before a re-enrolment (old password, old authenticator) is refused."""
     history = facts.get(f"operator:{row['id']}", [])
     if _last(history, "disable_operator", "enable_operator") == "disable_operator" and row["disabled_at"] is None:
+        raise _refuse("operators")
+    seeds = [seed for _action, detail in history if (seed := _field(detail, "seed")) is not None]
+    if seeds and seeds[-1] != seed_fingerprint(str(row["totp_key_id"])):
         raise _refuse("operators")
 
 

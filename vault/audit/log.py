@@ -31,6 +31,7 @@ from vault.audit.verification import Break, Verification
 from vault.errors import (
     AuditWriteFailed,
     DecryptionFailed,
+    Forbidden,
     NotFound,
     StorageUnavailable,
     ValidationFailed,
@@ -71,12 +72,15 @@ class AuditLog(AuditedOperations):
             raise ValidationFailed("limit", f"must be 1 to {MAX_PAGE}")
         try:
             with self._engine.begin() as conn:
+                self._gated(actor, lambda _conn: None)(conn)  # a disabled operator reads nothing more
                 rows = list(conn.execute(select_events(query)).mappings())
                 detail = f"returned={len(rows)}"
                 self._trail.record(conn, [self._event(actor, "read_audit", "allowed", origin, detail=detail,
                                                       token=query.token, subject_id=query.subject_id)])
         except SQLAlchemyError as exc:
             raise StorageUnavailable("database unavailable") from exc
+        except Forbidden as error:
+            raise self._deny(actor, "read_audit", origin, error) from None
         events = [event_json(row) for row in rows]
         cursor = events[-1]["seq"] if len(events) == query.limit else None
         return events, cursor

@@ -135,6 +135,9 @@ class KeyHierarchy:
         self._domain_ciphers: TTLCache[tuple[str, str], Cipher] = TTLCache(maxsize=64, ttl=ttl)
         self._active: TTLCache[str, str] = TTLCache(maxsize=16, ttl=ttl)
         self._generations: TTLCache[tuple[str, str], int] = TTLCache(maxsize=64, ttl=ttl)
+        # The newest generation of a purpose the audit trail witnessed (set by the wiring to
+        # vault.audit.facts.witnessed_generation): a newer key hidden in the database is not forgotten.
+        self.witnessed: Callable[[Connection, str], int] | None = None
         # Keyed by id *and* wrapped bytes: a data key rewrapped or re-keyed elsewhere misses here.
         self._data: TTLCache[tuple[str, bytes], Cipher] = TTLCache(maxsize=data_key_cache_size, ttl=ttl)
 
@@ -229,10 +232,18 @@ class KeyHierarchy:
                 if key_id not in generations:
                     raise DecryptionFailed()
                 newest = generations.pop(key_id)
-                if newest < 1 or any(other >= newest for other in generations.values()):
+                if newest < 1 or any(other >= newest for other in generations.values()) or (
+                        self.witnessed is not None and newest < self.witnessed(conn, purpose)):
                     raise IntegrityFailure("domain_keys")
             self._active[purpose] = key_id
         return key_id
+
+    def generation(self, conn: Connection, key_id: str, purpose: str) -> int:
+        """The generation inside key `key_id`'s wrapping (DecryptionFailed if it does not open as `purpose`)."""
+        found = self._generations_of(conn, purpose).get(key_id)
+        if found is None:
+            raise DecryptionFailed()
+        return found
 
     def _generations_of(self, conn: Connection, purpose: str) -> dict[str, int]:
         """The keys of `purpose` that open as such, with the generation each wrapping carries.
@@ -350,6 +361,10 @@ class KeyHierarchy:
                 legacy.append((row, key, 1 if row.active_for == row.purpose else 0))
         if not legacy:
             return 0
+        if len(legacy) < len(seen):  # an upgraded vault: older wrappings now can only have been written back
+            raise ConfigurationError("domain keys " + ", ".join(str(row.id) for row, _key, _gen in legacy)
+                                     + " have wrappings from before the upgrade next to upgraded ones: written back "
+                                       "by someone with database access; restore the current rows, then rerun")
         rewrapped = self.provider.wrap([_bound(row.purpose, row.id, generation, key)
                                         for row, key, generation in legacy])
         for (row, _key, _generation), wrapped in zip(legacy, rewrapped, strict=True):

@@ -208,13 +208,14 @@ class KeyLifecycle(AuditedOperations):
 
         def work(conn: Connection) -> str:
             old: list[str] = []
+            generations: list[str] = []
             if domain_keys_too:
                 for purpose in purposes:
                     current = conn.execute(select(domain_keys.c.id).where(domain_keys.c.active_for == purpose)
                                            ).scalar()
                     if current is not None:
                         old.append(current)
-                    self._keys.rotate_domain_key(conn, purpose)
+                    generations.append(self._rotate_domain_key(conn, purpose))
             pending = conn.execute(select(func.count()).select_from(domain_keys)
                                    .where(domain_keys.c.kek_version < version)).scalar_one()
             moving = conn.execute(select(func.count()).select_from(data_keys)
@@ -223,8 +224,9 @@ class KeyLifecycle(AuditedOperations):
                       **self._raise(conn)}
             job_id = self._new_job(conn, actor, kind, params, int(pending) + int(moving))
             self._remember(job_id, params)
+            witnessed = f" generations={','.join(generations)}" if generations else ""
             self._trail.record(conn, [self._event(actor, action, "allowed", origin, detail=(
-                f"job={job_id} kek_version={version} domain_keys={len(old)}"))])
+                f"job={job_id} kek_version={version} domain_keys={len(old)}{witnessed}"))])
             return job_id
 
         job: str = self._audited(actor, action, origin, work)
@@ -240,6 +242,12 @@ class KeyLifecycle(AuditedOperations):
     # trim, or removed from the local keyring). An old copy then holds only keys that no
     # longer open. It is an ordinary resumable key job (kind `epoch`); the key-wrapping format
     # does not change.
+
+    def _rotate_domain_key(self, conn: Connection, purpose: str) -> str:
+        """Rotate `purpose`'s domain key; "purpose:generation" for the audit event, which witnesses the newest
+        generation (vault.audit.facts), so hiding the new key in the database cannot bring the old one back."""
+        new_id = self._keys.rotate_domain_key(conn, purpose)
+        return f"{purpose}:{self._keys.generation(conn, new_id, purpose)}"
 
     def start_epoch(self, actor: Actor, origin: Origin) -> str:
         """Open a new erasure epoch; returns the job id (run it with `run`, resume it like any job)."""
@@ -288,15 +296,16 @@ class KeyLifecycle(AuditedOperations):
         row = conn.execute(select(domain_keys).where(domain_keys.c.id == domain_key_id)).mappings().first()
         if row is None:
             raise NotFound("no such domain key")
+        witnessed = ""
         if row["active_for"] is not None:
-            self._keys.rotate_domain_key(conn, row["purpose"])
+            witnessed = f" generations={self._rotate_domain_key(conn, row['purpose'])}"
         count = conn.execute(select(func.count()).select_from(data_keys)
                              .where(data_keys.c.domain_key_id == domain_key_id)).scalar_one()
         params = {"domain_key": domain_key_id, "rotated_at": _iso(self._clock()), **self._raise(conn)}
         job_id = self._new_job(conn, actor, "reencrypt", params, int(count))
         self._remember(job_id, params)
         self._trail.record(conn, [self._event(actor, "reencrypt", "allowed", origin, key_id=domain_key_id,
-                                              detail=f"job={job_id} data_keys={count}")])
+                                              detail=f"job={job_id} data_keys={count}{witnessed}")])
         return job_id
 
     def _raise(self, conn: Connection) -> dict[str, Any]:

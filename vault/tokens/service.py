@@ -179,7 +179,7 @@ class TokenService(AuditedOperations):
             return events
 
         try:
-            self._transaction(work)
+            self._transaction(self._gated(actor, work))
         except VaultError as error:
             self._audit_failure([self._event(actor, "tokenize", "error", origin, error_code=error.code,
                                              kind=r.kind, subject_id=r.subject_id) for r in requests])
@@ -462,7 +462,7 @@ class TokenService(AuditedOperations):
             return out
 
         try:
-            result: list[Detokenized] = self._transaction(work)
+            result: list[Detokenized] = self._transaction(self._gated(actor, work))
         except VaultError as error:
             events = [self._event(actor, "detokenize", "error", origin, token=t if t in kinds else None,
                                   purpose=purpose, error_code=error.code) for t in token_list]
@@ -522,7 +522,7 @@ class TokenService(AuditedOperations):
             return self._record(row)
 
         try:
-            record: TokenRecord | None = self._transaction(work)
+            record: TokenRecord | None = self._transaction(self._gated(actor, work))
         except VaultError as error:
             self._audit_failure([self._event(actor, operation, "error", origin, token=token, kind=kind,
                                              error_code=error.code)])

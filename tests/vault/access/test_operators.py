@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 
 import pytest
@@ -10,10 +11,13 @@ from sqlalchemy import select
 from api.wiring import Components
 from tests.conftest import Clock
 from tests.support.operators import PASSWORD, Operator, make_operator
+from vault.audit.facts import seed_fingerprint
+from vault.audit.log import EventQuery
 from vault.audit.trail import HOST, Actor, Origin
 from vault.errors import Conflict, Forbidden, StepUpRequired, Unauthenticated, ValidationFailed, VaultError
 from vault.secret import Secret
 from vault.storage.schema import audit_events, operator_sessions, operators, privacy_requests
+from vault.tokens.records import TokenRecord, TokenRequest
 
 ORIGIN = Origin(request_id="req-1", source="203.0.113.7", user_agent="pytest")
 
@@ -42,7 +46,11 @@ def test_create_stores_an_argon2id_hash_and_a_sealed_seed(components: Components
     assert PASSWORD not in row["password_hash"]
     assert alice.seed.encode() not in bytes(row["totp_sealed"])
     assert row["role"] == "admin" and row["failed_attempts"] == 0
-    assert events(components, "create_operator") == [("allowed", "host", f"operator={alice.id} role=admin active=True")]
+    [(outcome, actor, detail)] = events(components, "create_operator")  # the seed enrolment replaced since
+    assert (outcome, actor) == ("allowed", "host")
+    assert re.fullmatch(f"operator={alice.id} role=admin active=True seed=[0-9a-f]{{16}}", detail)
+    [(_, _, enrolled)] = events(components, "enrol_begin")  # names the seed alice holds now
+    assert enrolled == f"operator={alice.id} seed={seed_fingerprint(row['totp_key_id'])}"
 
 
 def test_create_on_the_host_gives_an_enrolment_code_and_no_credentials(components: Components) -> None:
@@ -263,3 +271,21 @@ def _attempt(components: Components, actor: Actor) -> object:
         return components.privacy.register_request(actor, "cust-2", "erasure", Origin())
     except VaultError as error:
         return error
+
+
+def test_a_disabled_operator_neither_detokenizes_nor_reads_the_trail(components: Components) -> None:
+    """The same re-read on the paths outside `_audited`: detokenize (plaintext for `legal`) and audit reads."""
+    officer = make_operator(components, "olive", "privacy_officer")
+    auditor = make_operator(components, "audrey", "auditor")
+    token = components.tokens.tokenize(Actor(id="cli_checkout", role="checkout"),
+                                       [TokenRequest(kind="email", value="c1@example.com", subject_id="cust-1")],
+                                       Origin())[0]
+    assert isinstance(token, TokenRecord)
+    with components.engine.begin() as conn:  # both disables acknowledged after their sessions were checked
+        for who in (officer, auditor):
+            components.operators.run_disable(conn, Actor(id="op_admin", role="admin"), {"operator_id": who.id},
+                                             Origin())
+    with pytest.raises(Forbidden):
+        components.tokens.detokenize(Actor(id=officer.id, role="privacy_officer"), [token.token], "legal", Origin())
+    with pytest.raises(Forbidden):
+        components.audit_log.events(Actor(id=auditor.id, role="auditor"), EventQuery(limit=10), Origin())

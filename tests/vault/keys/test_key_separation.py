@@ -7,6 +7,7 @@ and then names that key where another purpose is expected (an audit event's
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -14,7 +15,8 @@ from sqlalchemy import insert, select, update
 
 from api.wiring import Components
 from tests.vault.tokens.test_service import CARD, GATEWAY, read, tokenize_one
-from vault.audit.trail import AuditEvent, AuditTrail, mac_of
+from vault.audit.facts import witnessed_generation
+from vault.audit.trail import Actor, AuditEvent, AuditTrail, Origin, mac_of
 from vault.errors import ConfigurationError, DecryptionFailed, IntegrityFailure
 from vault.keys.hierarchy import KeyHierarchy, _header
 from vault.keys.provider import KEY_BYTES
@@ -96,8 +98,22 @@ def test_data_keys_open_only_for_the_purposes_asked(components: Components) -> N
     assert read(components, GATEWAY, record.token, "payment")["pan"] == "4111111111111111"
 
 
+def _as_format(parts: Components, header: Callable[[str, str], bytes]) -> int:
+    """Rewrap every domain key as an older release wrote it: `header(purpose, id)` + the bare key."""
+    with parts.engine.begin() as conn:
+        rows = conn.execute(select(domain_keys.c.id, domain_keys.c.purpose, domain_keys.c.wrapped)).all()
+        for row in rows:
+            plain = parts.provider.unwrap([row.wrapped])[0]
+            assert plain is not None
+            older = Secret(header(row.purpose, row.id) + plain.expose()[-KEY_BYTES:])
+            conn.execute(update(domain_keys).where(domain_keys.c.id == row.id)
+                         .values(wrapped=parts.provider.wrap([older])[0]))
+    return len(rows)
+
+
 def test_upgrade_binds_legacy_wrappings_and_refuses_a_copied_key(components: Components) -> None:
     """Format-1 rows (bare key under the KEK) open only after `tokenvault init` rebinds them."""
+    existing = _as_format(components, lambda _purpose, _id: b"")  # a vault of the release before key binding
     material = Secret(b"\x07" * 32)
     legacy = components.provider.wrap([material])[0]
     with components.engine.begin() as conn:
@@ -107,7 +123,7 @@ def test_upgrade_binds_legacy_wrappings_and_refuses_a_copied_key(components: Com
     with components.engine.connect() as conn, pytest.raises(DecryptionFailed):
         cold.hmac_key_by_id(conn, "dom_legacy", "audit")  # not before the upgrade step
     with components.engine.begin() as conn:
-        assert components.keys.bind_legacy_wrappings(conn) == 1
+        assert components.keys.bind_legacy_wrappings(conn) == existing + 1
         assert components.keys.bind_legacy_wrappings(conn) == 0  # idempotent
     with components.engine.connect() as conn:
         assert KeyHierarchy(components.provider).hmac_key_by_id(conn, "dom_legacy", "audit").expose() == b"\x07" * 32
@@ -115,6 +131,20 @@ def test_upgrade_binds_legacy_wrappings_and_refuses_a_copied_key(components: Com
         conn.execute(insert(domain_keys).values(id="dom_legacy_copy", purpose="auth", active_for=None,
                                                 wrapped=legacy, kek_version=1, created_at=datetime.now(UTC)))
     with components.engine.begin() as conn, pytest.raises(ConfigurationError, match="same key"):
+        components.keys.bind_legacy_wrappings(conn)
+
+
+def test_an_upgraded_vault_refuses_older_wrappings_written_back(components: Components) -> None:
+    """Blobs saved before the upgrade and written back (active_for moved) must not be rebound by a later init."""
+    retired = _active_id(components, "data")
+    with components.engine.begin() as conn:
+        components.keys.rotate_domain_key(conn, "data")
+    _as_format(components, _header)  # format 2: what the insider saved before the upgrade, say
+    with components.engine.begin() as conn:  # one row already upgraded: here, a fresh domain key of a new purpose
+        conn.execute(update(domain_keys).where(domain_keys.c.active_for == "data").values(active_for=None))
+        conn.execute(update(domain_keys).where(domain_keys.c.id == retired).values(active_for="data"))
+        components.keys.rotate_domain_key(conn, "relay")
+    with components.engine.begin() as conn, pytest.raises(ConfigurationError, match="before the upgrade"):
         components.keys.bind_legacy_wrappings(conn)
 
 
@@ -166,3 +196,25 @@ def test_keys_without_a_generation_serve_only_after_the_upgrade_step(components:
         rotated = cold.rotate_domain_key(conn, "data")  # generation 2
     with components.engine.connect() as conn:
         assert KeyHierarchy(components.provider).new_data_key(conn, "data", None).row["domain_key_id"] == rotated
+
+
+def _witnessing(parts: Components) -> KeyHierarchy:
+    """A cold process's hierarchy, wired to the trail's witnessed generations as `api.wiring` does."""
+    cold = KeyHierarchy(parts.provider)
+    cold.witnessed = lambda conn, purpose: witnessed_generation(conn, cold, purpose)
+    return cold
+
+
+@pytest.mark.parametrize("hide", ["rename its purpose", "overwrite its wrapping"])
+def test_hiding_the_newest_key_does_not_reactivate_the_retired_one(components: Components, hide: str) -> None:
+    """The rotation's audit event names the new generation: a newer key hidden for a while is not forgotten."""
+    old = _active_id(components, "data")
+    components.lifecycle.start_rotation(Actor(id="op_admin", role="admin"), Origin(), domain_keys_too=True)
+    new = _active_id(components, "data")
+    with components.engine.begin() as conn:
+        wrapped = conn.execute(select(domain_keys.c.wrapped).where(domain_keys.c.id == old)).scalar_one()
+        hidden = {"purpose": "cvv"} if hide == "rename its purpose" else {"wrapped": wrapped}
+        conn.execute(update(domain_keys).where(domain_keys.c.id == new).values(active_for=None, **hidden))
+        conn.execute(update(domain_keys).where(domain_keys.c.id == old).values(active_for="data", retired_at=None))
+    with components.engine.connect() as conn, pytest.raises(IntegrityFailure):
+        _witnessing(components).new_data_key(conn, "data", None)

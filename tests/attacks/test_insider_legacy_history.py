@@ -1,8 +1,9 @@
-"""Pre-0016a history (MAC scheme 1, `seq` outside the MAC) cannot be reordered to lift a fact.
+"""Authentic old events cannot be reordered to lift a fact.
 
-An insider moves an authentic old event to a later `seq`; decisions order a subject's facts by
-their MACed time first, so the old event stays where it happened. Found by a review of issue #15's
-fact checks (the moved resume and the moved rotation both worked before).
+An insider moves an authentic pre-0016a event (MAC scheme 1, `seq` outside the MAC) to a later
+`seq`, or on SQLite re-spells its `at` so the text sorts last; decisions order an entity's facts
+by the parsed, MACed time, then seq, so the old event stays where it happened. Found by reviews of
+issue #15's fact checks (each of these worked before its fix).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from api.wiring import Components
 from tests.attacks.test_insider_rollback import _fresh_clients, _restore, _row
@@ -136,5 +137,34 @@ def test_a_resume_signed_with_the_row_key_is_refused(components: Components, clo
     clock.advance(60)
     _suspend(components, clock, client_id)
     _restore(components, clients, before)
+    with pytest.raises(IntegrityFailure):
+        _fresh_clients(components, clock).authenticate(key, Origin())
+
+
+def _respelled(parts: Components, seq: int) -> None:
+    """SQLite keeps `at` as text: the same instant spelled in ISO 8601's basic form parses equal (the MAC
+    still holds) but sorts after every extended-form value."""
+    if parts.engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL stores `at` as a timestamp: an instant has one spelling there")
+    with parts.engine.connect() as conn:
+        raw = str(conn.execute(text("SELECT at FROM audit_events WHERE seq = :s"), {"s": seq}).scalar_one())
+    date, _, moment = raw.partition(" ")
+    with parts.engine.begin() as conn:
+        conn.execute(text("UPDATE audit_events SET at = :a WHERE seq = :s"),
+                     {"a": date.replace("-", "") + "T" + moment.replace(":", ""), "s": seq})
+
+
+def test_an_old_resume_respelled_to_sort_last_does_not_lift_a_new_suspension(components: Components,
+                                                                               clock: Clock) -> None:
+    client_id, key = components.clients.create("gateway", "payment_gateway")
+    before = _row(components, clients, client_id)
+    _suspend(components, clock, client_id)
+    clock.advance(1)
+    _resume(components, clock, client_id)
+    resume = _event(components, "resume_client", f"client:{client_id}")
+    clock.advance(60)
+    _suspend(components, clock, client_id)
+    _restore(components, clients, before)
+    _respelled(components, int(resume["seq"]))
     with pytest.raises(IntegrityFailure):
         _fresh_clients(components, clock).authenticate(key, Origin())

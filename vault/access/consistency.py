@@ -23,7 +23,9 @@ restore breaks the chain, which `tokenvault audit verify` reports.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
@@ -60,6 +62,11 @@ def _subject(detail: str | None) -> str | None:
     return match.group(1) if match else None
 
 
+def _in_trail_order(rows: Iterable[Any]) -> list[Any]:
+    """Rows led by (at, seq), sorted on the parsed time in Python: SQLite keeps `at` as text (vault.audit.facts)."""
+    return sorted(rows, key=lambda row: (row[0], int(row[1])))
+
+
 def sweep(conn: Connection, macs: RowMacs) -> list[Finding]:
     """Everything the database says that the vault did not write; empty when all is well."""
     findings: list[Finding] = []
@@ -71,11 +78,10 @@ def sweep(conn: Connection, macs: RowMacs) -> list[Finding]:
                 macs.check(conn, table, stored)
             except IntegrityFailure:
                 findings.append(Finding(name, str(stored[pk.name]), "row MAC missing or wrong"))
-    events = conn.execute(
-        select(audit_events.c.action, audit_events.c.detail)
+    events = [(action, detail) for _at, _seq, action, detail in _in_trail_order(conn.execute(
+        select(audit_events.c.at, audit_events.c.seq, audit_events.c.action, audit_events.c.detail)
         .where(audit_events.c.outcome == "allowed",
-               audit_events.c.action.in_(("revoke_client", "disable_operator", "enable_operator", "approve")))
-        .order_by(audit_events.c.at, audit_events.c.seq)).all()
+               audit_events.c.action.in_(("revoke_client", "disable_operator", "enable_operator", "approve")))))]
     revoked: set[str] = set()
     operator_state: dict[str, str] = {}
     approved: set[str] = set()
@@ -133,11 +139,11 @@ def _subject_decisions(conn: Connection) -> list[Finding]:
     These rows limit access by existing, so deleting one (or restoring an older copy) widens
     access where no MAC can see it; the trail is the witness.
     """
-    events = conn.execute(
-        select(audit_events.c.action, audit_events.c.subject_id, audit_events.c.detail)
+    events = [(action, subject_id, detail) for _at, _seq, action, subject_id, detail in _in_trail_order(conn.execute(
+        select(audit_events.c.at, audit_events.c.seq, audit_events.c.action, audit_events.c.subject_id,
+               audit_events.c.detail)
         .where(audit_events.c.outcome == "allowed", audit_events.c.subject_id.is_not(None),
-               audit_events.c.action.in_(("restrict", "mark_minor", "consent", "hold", "release_hold")))
-        .order_by(audit_events.c.at, audit_events.c.seq)).all()
+               audit_events.c.action.in_(("restrict", "mark_minor", "consent", "hold", "release_hold")))))]
     restricted: dict[str, bool] = {}
     minors: set[str] = set()
     opted: dict[tuple[str, str], bool] = {}

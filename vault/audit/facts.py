@@ -90,23 +90,23 @@ def entity_of(action: str, outcome: str, actor: str, subject_id: str | None, det
 
 
 _EVENT_COLUMNS = [audit_events.c[name] for name in (*event_fields, "prev_mac", "mac")]
-# Trail order is the events' time, then seq: `at` is under every scheme's MAC, `seq` only from scheme 2
-# on, so an old event given a later seq in the database does not become the newest word on its entity.
 _FACTS = (select(*_EVENT_COLUMNS)
-          .where(audit_events.c.entity.in_(bindparam("entities", expanding=True)))
-          .order_by(audit_events.c.at, audit_events.c.seq))
+          .where(audit_events.c.entity.in_(bindparam("entities", expanding=True))))
 _HOLD_FACTS = (select(*_EVENT_COLUMNS)
-               .where(audit_events.c.entity.is_not(None), audit_events.c.action.in_(("hold", "release_hold")))
-               .order_by(audit_events.c.at, audit_events.c.seq))
+               .where(audit_events.c.entity.is_not(None), audit_events.c.action.in_(("hold", "release_hold"))))
 
 
-def _authentic(conn: Connection, keys: KeyHierarchy, rows: Iterable[Any]) -> Iterable[Mapping[str, Any]]:
-    """The fact events, each only if its own MAC holds under an audit key (else IntegrityFailure).
+def _authentic(conn: Connection, keys: KeyHierarchy, rows: Iterable[Any]) -> list[Mapping[str, Any]]:
+    """The fact events in trail order, each only if its own MAC holds under an audit key (else IntegrityFailure).
 
     Scheme 3 is the first MAC to cover `entity`; an older event got it from the upgrade, derived
     from fields its MAC does cover, so it must still derive the same (a fact is never re-pointed).
+    Trail order is the parsed time, then seq, sorted here rather than in SQL: `at` is under every
+    scheme's MAC but `seq` only from scheme 2 on, and SQLite keeps `at` as text, which another
+    spelling of the same instant (still MAC-valid) would sort anywhere.
     """
     audit_keys: dict[str, bytes] = {}
+    events = []
     for row in rows:
         event = row._mapping
         try:
@@ -120,7 +120,8 @@ def _authentic(conn: Connection, keys: KeyHierarchy, rows: Iterable[Any]) -> Ite
             event["action"], event["outcome"], event["actor"], event["subject_id"], event["detail"])
         if not derived or not hmac.compare_digest(expected, bytes(event["mac"])):
             raise _refuse("audit_events")
-        yield event
+        events.append(event)
+    return sorted(events, key=lambda event: (event["at"], int(event["seq"])))
 
 
 def facts_of(conn: Connection, keys: KeyHierarchy, entities: Iterable[str]) -> dict[str, list[tuple[str, str]]]:

@@ -212,6 +212,12 @@ class KeyHierarchy:
         self._active.pop(purpose, None)
         return self._create_domain_key(conn, purpose)
 
+    def rotate_witnessed(self, conn: Connection, purpose: str) -> str:
+        """Rotate `purpose`'s key; returns "purpose:generation" for the caller's audit event, which witnesses the
+        newest generation (vault.audit.facts), so a newer key hidden in the database cannot bring an old one back."""
+        new_id = self.rotate_domain_key(conn, purpose)
+        return f"{purpose}:{self.generation(conn, new_id, purpose)}"
+
     def _active_id(self, conn: Connection, purpose: str) -> str:
         """The id of `purpose`'s active key: the row marked active, only if its wrapping has the newest generation.
 

@@ -215,7 +215,7 @@ class KeyLifecycle(AuditedOperations):
                                            ).scalar()
                     if current is not None:
                         old.append(current)
-                    generations.append(self._rotate_domain_key(conn, purpose))
+                    generations.append(self._keys.rotate_witnessed(conn, purpose))
             pending = conn.execute(select(func.count()).select_from(domain_keys)
                                    .where(domain_keys.c.kek_version < version)).scalar_one()
             moving = conn.execute(select(func.count()).select_from(data_keys)
@@ -242,12 +242,6 @@ class KeyLifecycle(AuditedOperations):
     # trim, or removed from the local keyring). An old copy then holds only keys that no
     # longer open. It is an ordinary resumable key job (kind `epoch`); the key-wrapping format
     # does not change.
-
-    def _rotate_domain_key(self, conn: Connection, purpose: str) -> str:
-        """Rotate `purpose`'s domain key; "purpose:generation" for the audit event, which witnesses the newest
-        generation (vault.audit.facts), so hiding the new key in the database cannot bring the old one back."""
-        new_id = self._keys.rotate_domain_key(conn, purpose)
-        return f"{purpose}:{self._keys.generation(conn, new_id, purpose)}"
 
     def start_epoch(self, actor: Actor, origin: Origin) -> str:
         """Open a new erasure epoch; returns the job id (run it with `run`, resume it like any job)."""
@@ -298,7 +292,7 @@ class KeyLifecycle(AuditedOperations):
             raise NotFound("no such domain key")
         witnessed = ""
         if row["active_for"] is not None:
-            witnessed = f" generations={self._rotate_domain_key(conn, row['purpose'])}"
+            witnessed = f" generations={self._keys.rotate_witnessed(conn, row['purpose'])}"
         count = conn.execute(select(func.count()).select_from(data_keys)
                              .where(data_keys.c.domain_key_id == domain_key_id)).scalar_one()
         params = {"domain_key": domain_key_id, "rotated_at": _iso(self._clock()), **self._raise(conn)}

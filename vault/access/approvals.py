@@ -46,10 +46,11 @@ _PARAM_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 # Ids the vault generates (`op_`, `cli_`, `hold_`, `dom_` + random hex): a run of hex digits can pass Luhn
 # by chance, and an id is never a card number.
 _GENERATED_ID = re.compile(r"[a-z]{2,5}_[0-9a-f]{16,24}")
-# A transfer's recipient is the SHA-256 the vault computed from the recipient's key: one in about 20
-# such digests holds a Luhn-valid run of digits, and refusing it would fail that transfer at random.
+# A transfer's recipient is the SHA-256 the vault computed from the recipient's key, and an enrolment
+# code's first half travels as its keyed hash: one in about 20 such digests holds a Luhn-valid run of
+# digits, and refusing it would fail that transfer, or the creation of an operator, at random.
 _DIGEST = re.compile(r"[0-9a-f]{64}")
-_DIGEST_PARAMS = frozenset({"recipient"})
+_DIGEST_PARAMS = frozenset({"recipient", "enrolment_half"})
 _MAX_PARAMS_BYTES = 2048
 _LIST_LIMIT = 200
 

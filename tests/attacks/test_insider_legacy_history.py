@@ -20,6 +20,7 @@ from vault.audit.chain import audit_key, mac_of
 from vault.audit.trail import AuditEvent, Origin
 from vault.errors import IntegrityFailure
 from vault.keys.row_mac import RowMacs
+from vault.secret import Secret
 from vault.storage.schema import audit_events, clients, domain_keys
 
 
@@ -55,11 +56,24 @@ def _resume(parts: Components, clock: Clock, client_id: str) -> None:
 
 
 
+def _suspended_then_resumed(parts: Components, clock: Clock) -> tuple[str, Secret[str], dict[str, Any]]:
+    """A client, its row from before any suspension, then suspended and resumed: (id, API key, that row)."""
+    client_id, key = parts.clients.create("gateway", "payment_gateway")
+    before = _row(parts, clients, client_id)
+    _suspend(parts, clock, client_id)
+    _resume(parts, clock, client_id)
+    return client_id, key, before
+
+
+def _move_last(parts: Components, seq: int, **also: Any) -> None:
+    """The attack: an authentic event given a `seq` after every other (and any other columns in `also`)."""
+    with parts.engine.begin() as conn:
+        top = conn.execute(select(func.max(audit_events.c.seq))).scalar_one()
+        conn.execute(update(audit_events).where(audit_events.c.seq == seq).values(seq=top + 1000, **also))
+
+
 def test_an_old_resume_moved_after_a_new_suspension_does_not_lift_it(components: Components, clock: Clock) -> None:
-    client_id, key = components.clients.create("gateway", "payment_gateway")
-    before = _row(components, clients, client_id)
-    _suspend(components, clock, client_id)
-    _resume(components, clock, client_id)
+    client_id, key, before = _suspended_then_resumed(components, clock)
     _as_legacy_scheme_1(components, _event(components, "suspend_client", f"client:{client_id}"))
     resume = _event(components, "resume_client", f"client:{client_id}")
     _as_legacy_scheme_1(components, resume)
@@ -69,9 +83,7 @@ def test_an_old_resume_moved_after_a_new_suspension_does_not_lift_it(components:
     with pytest.raises(IntegrityFailure):  # the defence works while the trail is intact
         _fresh_clients(components, clock).authenticate(key, Origin())
     # The attack: move the authentic legacy resume event past the new suspension (seq is not in a scheme-1 MAC).
-    with components.engine.begin() as conn:
-        top = conn.execute(select(func.max(audit_events.c.seq))).scalar_one()
-        conn.execute(update(audit_events).where(audit_events.c.seq == resume["seq"]).values(seq=top + 1000))
+    _move_last(components, resume["seq"])
     with pytest.raises(IntegrityFailure):  # still suspended: the moved resume is older than the suspension
         _fresh_clients(components, clock).authenticate(key, Origin())
 
@@ -92,19 +104,13 @@ def test_an_old_rotation_moved_last_does_not_bring_back_a_rotated_out_key(compon
     _restore(components, clients, before)
     with pytest.raises(IntegrityFailure):
         _fresh_clients(components, clock).authenticate(k2, Origin())
-    with components.engine.begin() as conn:  # the attack: name the entity (derives equal) and move it last
-        top = conn.execute(select(func.max(audit_events.c.seq))).scalar_one()
-        conn.execute(update(audit_events).where(audit_events.c.seq == legacy["seq"]).values(
-            seq=top + 1000, entity=f"client:{client_id}"))
+    _move_last(components, legacy["seq"], entity=f"client:{client_id}")  # the entity derives equal
     with pytest.raises(IntegrityFailure):
         _fresh_clients(components, clock).authenticate(k2, Origin())
 
 
 def test_a_scheme_2_resume_moved_is_refused(components: Components, clock: Clock) -> None:
-    client_id, key = components.clients.create("gateway", "payment_gateway")
-    before = _row(components, clients, client_id)
-    _suspend(components, clock, client_id)
-    _resume(components, clock, client_id)
+    client_id, key, before = _suspended_then_resumed(components, clock)
     resume = _event(components, "resume_client", f"client:{client_id}")
     with components.engine.begin() as conn:
         k = audit_key(components.keys, conn, str(resume["mac_key_id"]))
@@ -114,19 +120,14 @@ def test_a_scheme_2_resume_moved_is_refused(components: Components, clock: Clock
     clock.advance(60)
     _suspend(components, clock, client_id)
     _restore(components, clients, before)
-    with components.engine.begin() as conn:
-        top = conn.execute(select(func.max(audit_events.c.seq))).scalar_one()
-        conn.execute(update(audit_events).where(audit_events.c.seq == resume["seq"]).values(seq=top + 1000))
+    _move_last(components, resume["seq"])
     with pytest.raises(IntegrityFailure):
         _fresh_clients(components, clock).authenticate(key, Origin())
 
 
 def test_a_resume_signed_with_the_row_key_is_refused(components: Components, clock: Clock) -> None:
     """A resume event MACed with a non-audit key the insider cannot have anyway; here the row key id named."""
-    client_id, key = components.clients.create("gateway", "payment_gateway")
-    before = _row(components, clients, client_id)
-    _suspend(components, clock, client_id)
-    _resume(components, clock, client_id)
+    client_id, key, before = _suspended_then_resumed(components, clock)
     with components.engine.connect() as conn:
         row_key = str(conn.execute(select(domain_keys.c.id).where(domain_keys.c.active_for == "row")).scalar_one())
     resume = _event(components, "resume_client", f"client:{client_id}")

@@ -177,17 +177,11 @@ def test_keys_without_a_generation_serve_only_after_the_upgrade_step(components:
     """Format 2 (the previous release): `tokenvault init` makes each active key generation 1, once."""
     with components.engine.begin() as conn:
         components.keys.rotate_domain_key(conn, "data")  # a retired key too
-        rows = conn.execute(select(domain_keys.c.id, domain_keys.c.purpose, domain_keys.c.wrapped)).all()
-        for row in rows:
-            plain = components.provider.unwrap([row.wrapped])[0]
-            assert plain is not None
-            format_2 = Secret(_header(row.purpose, row.id) + plain.expose()[-KEY_BYTES:])
-            conn.execute(update(domain_keys).where(domain_keys.c.id == row.id)
-                         .values(wrapped=components.provider.wrap([format_2])[0]))
+    rows = _as_format(components, _header)
     with components.engine.connect() as conn, pytest.raises(IntegrityFailure):
         KeyHierarchy(components.provider).new_data_key(conn, "data", None)  # generation 0 is never trusted
     with components.engine.begin() as conn:
-        assert components.keys.bind_legacy_wrappings(conn) == len(rows)
+        assert components.keys.bind_legacy_wrappings(conn) == rows
         assert components.keys.bind_legacy_wrappings(conn) == 0  # idempotent
     active = _active_id(components, "data")
     with components.engine.begin() as conn:
